@@ -1,0 +1,103 @@
+"""Time for nbjobs: nothing reads the wall clock directly, so time-dependent logic is testable.
+
+`SystemClock` is the real one. `ManualClock` only moves when a test calls `advance()` or `set()`,
+and its `wait()` returns as soon as the awaited event is set or the manual time passes the deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+
+def utcnow() -> datetime:
+    """Aware UTC now (used only by SystemClock and as a default)."""
+    return datetime.now(UTC)
+
+
+def ensure_utc(value: datetime) -> datetime:
+    """Return an aware UTC datetime; naive values are taken as UTC (databases may drop the zone)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class Clock(Protocol):
+    """What every loop and policy asks for the time."""
+
+    def now(self) -> datetime:
+        """Aware UTC now."""
+        ...
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes back."""
+        ...
+
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        """Block until `event` is set (True) or `timeout` seconds of this clock pass (False)."""
+        ...
+
+
+class SystemClock:
+    """The real clock."""
+
+    def now(self) -> datetime:
+        return utcnow()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        return event.wait(timeout)
+
+
+class ManualClock:
+    """A clock that tests move by hand; waits end when the event fires or the manual time is reached."""
+
+    _REAL_POLL = 0.005
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self._now = ensure_utc(start or datetime(2026, 1, 1, tzinfo=UTC))
+        self._mono = 0.0
+        self._cond = threading.Condition()
+
+    def now(self) -> datetime:
+        with self._cond:
+            return self._now
+
+    def monotonic(self) -> float:
+        with self._cond:
+            return self._mono
+
+    def advance(self, seconds: float | timedelta) -> datetime:
+        """Move time forward and wake every waiter whose deadline passed."""
+        delta = seconds if isinstance(seconds, timedelta) else timedelta(seconds=seconds)
+        with self._cond:
+            self._now += delta
+            self._mono += delta.total_seconds()
+            self._cond.notify_all()
+            return self._now
+
+    def set(self, when: datetime) -> None:
+        """Jump to `when` (forward only)."""
+        when = ensure_utc(when)
+        with self._cond:
+            if when < self._now:
+                raise ValueError("ManualClock only moves forward")
+            self._mono += (when - self._now).total_seconds()
+            self._now = when
+            self._cond.notify_all()
+
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        with self._cond:
+            deadline = None if timeout is None else self._mono + max(0.0, timeout)
+        while True:
+            if event.is_set():
+                return True
+            with self._cond:
+                if deadline is not None and self._mono >= deadline:
+                    return event.is_set()
+                # Events do not notify our condition, so poll them briefly in real time.
+                self._cond.wait(self._REAL_POLL)

@@ -1,0 +1,215 @@
+"""Frozen value objects shared by every layer: job states, specs, records, outcomes, servers."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from .errors import UnknownStateError
+
+
+class JobState(enum.StrEnum):
+    """Where a job is in its life (Hangfire's machine). Exactly one at a time."""
+
+    #: Due later: a delayed job, or a failed attempt waiting for its retry.
+    SCHEDULED = "scheduled"
+    #: A continuation waiting for its parent to reach the required state.
+    AWAITING = "awaiting"
+    #: In a queue, ready for any server that listens to it.
+    ENQUEUED = "enqueued"
+    #: Claimed by a server, which holds a lease on it.
+    PROCESSING = "processing"
+    #: Finished and returned a value.
+    SUCCEEDED = "succeeded"
+    #: Finished with an exception after its last attempt.
+    FAILED = "failed"
+    #: Deleted or cancelled by a person (never an automatic outcome of failure).
+    DELETED = "deleted"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+    @classmethod
+    def parse(cls, value: str | JobState) -> JobState:
+        """Accept a member or a case-insensitive name; say which names exist otherwise."""
+        if isinstance(value, JobState):
+            return value
+        try:
+            return cls(str(value).strip().lower())
+        except ValueError:
+            names = ", ".join(s.value for s in cls)
+            raise UnknownStateError(f"unknown job state {value!r}; use one of: {names}") from None
+
+
+FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DELETED})
+UNFINISHED_STATES = frozenset(JobState) - FINAL_STATES
+
+
+class ContinueOn(enum.StrEnum):
+    """When a continuation runs."""
+
+    #: Only when the parent succeeded; a parent that fails or is deleted deletes the continuation.
+    SUCCEEDED = "succeeded"
+    #: When the parent reaches any final state.
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobOptions:
+    """Per-job execution options, stored with the job."""
+
+    queue: str = "default"
+    priority: int = 0  #: higher runs first within a queue
+    retries: int = 3  #: retries after the first attempt
+    timeout: float | None = None  #: seconds; an overrunning job is cancelled
+    retry_on: tuple[str, ...] = ()  #: exception type names that are retried (empty: all)
+    no_retry_on: tuple[str, ...] = ()  #: exception type names that are never retried
+    retry_base: float = 2.0  #: first retry delay in seconds (doubles per attempt)
+    retry_cap: float = 3600.0  #: longest retry delay in seconds
+    executor: str = "thread"  #: "thread" (in the server's process), "process" or "notebook"
+    name: str | None = None  #: a human name shown in tables and the dashboard
+    key: str | None = None  #: unique key: an unfinished job with the same key is returned instead
+    serializer: str = "pickle"  #: "pickle" (signed) or "json"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queue": self.queue,
+            "priority": self.priority,
+            "retries": self.retries,
+            "timeout": self.timeout,
+            "retry_on": list(self.retry_on),
+            "no_retry_on": list(self.no_retry_on),
+            "retry_base": self.retry_base,
+            "retry_cap": self.retry_cap,
+            "executor": self.executor,
+            "name": self.name,
+            "key": self.key,
+            "serializer": self.serializer,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobOptions:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for name in ("retry_on", "no_retry_on"):
+            if name in known:
+                known[name] = tuple(known[name])
+        return cls(**known)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NewJob:
+    """Everything storage needs to create one job; built and validated by the client."""
+
+    function: str  #: "module:qualname"
+    payload: bytes  #: serialized (and signed) arguments, maybe the function by value
+    options: JobOptions
+    run_at: datetime | None = None  #: None: enqueue now
+    parent_id: int | None = None
+    continue_on: ContinueOn = ContinueOn.SUCCEEDED
+    recurring_id: str | None = None
+    fire_time: datetime | None = None  #: the recurring fire time this job stands for
+    reason: str = "created"
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobRecord:
+    """A job as stored, read back from storage."""
+
+    id: int
+    function: str
+    state: JobState
+    options: JobOptions
+    payload: bytes
+    created_at: datetime
+    attempts: int = 0
+    run_at: datetime | None = None
+    enqueued_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    server_id: str | None = None
+    lease_until: datetime | None = None
+    parent_id: int | None = None
+    continue_on: ContinueOn = ContinueOn.SUCCEEDED
+    recurring_id: str | None = None
+    fire_time: datetime | None = None
+    result: bytes | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_traceback: str | None = None
+    progress: float | None = None
+    progress_message: str | None = None
+    cancel_requested: bool = False
+
+    @property
+    def queue(self) -> str:
+        return self.options.queue
+
+    @property
+    def name(self) -> str | None:
+        return self.options.name
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClaimedJob:
+    """A job a server has just claimed: what a worker needs to run it."""
+
+    id: int
+    function: str
+    payload: bytes
+    options: JobOptions
+    attempts: int  #: attempts including this one
+    recurring_id: str | None = None
+
+
+class OutcomeKind(enum.StrEnum):
+    """How one attempt ended, as reported by a worker (separate from the resulting state)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  #: raised; the retry policy decides between Scheduled and Failed
+    CANCELLED = "cancelled"  #: stopped on request; ends Deleted
+    RETURNED = "returned"  #: not finished (shutdown, lost lease); back to its queue
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """One finished attempt, written to storage by the server (in batches)."""
+
+    job_id: int
+    kind: OutcomeKind
+    started_at: datetime | None = None
+    finished_at: datetime
+    result: bytes | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_traceback: str | None = None
+    retry_at: datetime | None = None  #: set when a failure is to be retried
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateChange:
+    """One row of a job's state history."""
+
+    job_id: int
+    state: JobState
+    at: datetime
+    reason: str
+    server_id: str | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServerInfo:
+    """A running server as registered in storage."""
+
+    id: str
+    name: str
+    host: str
+    pid: int
+    workers: int
+    queues: tuple[str, ...]
+    started_at: datetime
+    heartbeat_at: datetime

@@ -1,0 +1,250 @@
+"""Function references, argument serializers and payload signing.
+
+A payload is `MAGIC + HMAC-SHA256 + body`. The signature is checked before anything is unpickled,
+so a database writer without the key cannot make a worker run code. Functions are stored by
+reference (`module:qualname`); a function defined in a notebook (`__main__`) is also carried by value
+(cloudpickle) so a worker process or another server can run it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import importlib
+import inspect
+import json
+import os
+import pickle
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+
+from .errors import FunctionNotFoundError, InvalidJobError, PayloadError
+
+MAGIC = b"NBJ1"
+_MAC_LEN = 32
+SERIALIZERS = ("pickle", "json")
+
+
+def nbjobs_home() -> Path:
+    """The user's nbjobs folder (NBJOBS_HOME, else ~/.nbjobs)."""
+    return Path(os.environ.get("NBJOBS_HOME") or Path.home() / ".nbjobs")
+
+
+def load_secret() -> bytes:
+    """The signing key: NBJOBS_SECRET, else a key file created once with mode 0600."""
+    env = os.environ.get("NBJOBS_SECRET")
+    if env:
+        return env.encode()
+    path = nbjobs_home() / "secret"
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = os.urandom(32).hex().encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first: use theirs
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    return key
+
+
+class Signer:
+    """Signs and verifies payload bytes with HMAC-SHA256."""
+
+    def __init__(self, key: bytes | None = None) -> None:
+        self._key = key if key is not None else load_secret()
+
+    def sign(self, body: bytes) -> bytes:
+        return MAGIC + hmac.new(self._key, body, hashlib.sha256).digest() + body
+
+    def verify(self, data: bytes) -> bytes:
+        """Return the body, or raise PayloadError; never unpickles."""
+        if not data.startswith(MAGIC) or len(data) < len(MAGIC) + _MAC_LEN:
+            raise PayloadError("payload is not in nbjobs' signed format; it was not written by nbjobs")
+        mac = data[len(MAGIC) : len(MAGIC) + _MAC_LEN]
+        body = data[len(MAGIC) + _MAC_LEN :]
+        expected = hmac.new(self._key, body, hashlib.sha256).digest()
+        if not hmac.compare_digest(mac, expected):
+            raise PayloadError(
+                "payload signature does not verify: it was written with another secret or altered. "
+                "Give every server and client the same NBJOBS_SECRET (or the same ~/.nbjobs/secret file)."
+            )
+        return body
+
+
+# --- function references -------------------------------------------------------------------
+
+
+def function_ref(fn: Callable[..., Any]) -> str:
+    """`module:qualname` for a plain function or method; clear errors for what cannot be stored."""
+    if not callable(fn):
+        raise InvalidJobError(f"{fn!r} is not callable; pass the function itself, e.g. enqueue(train, df)")
+    target = inspect.unwrap(fn)
+    module = getattr(target, "__module__", None)
+    qualname = getattr(target, "__qualname__", None)
+    if module is None or qualname is None:
+        raise InvalidJobError(
+            f"{fn!r} has no module-level name to store; wrap the call in a function defined at module "
+            "or notebook level"
+        )
+    if "<lambda>" in qualname:
+        raise InvalidJobError(
+            "a lambda cannot be stored as a job; define it with `def` at module or notebook level"
+        )
+    if "<locals>" in qualname:
+        raise InvalidJobError(
+            f"{qualname} is defined inside another function (a closure) and cannot be found again by name; "
+            "move it to module or notebook level and pass what it captured as arguments"
+        )
+    return f"{module}:{qualname}"
+
+
+def resolve_function(ref: str) -> Callable[..., Any]:
+    """Import `module:qualname`; FunctionNotFoundError if it no longer exists."""
+    module_name, _, qualname = ref.partition(":")
+    try:
+        obj: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise FunctionNotFoundError(
+            f"function {ref} cannot be found ({exc}); was it renamed or removed? "
+            "Requeue the job after restoring it, or delete the job"
+        ) from exc
+    if not callable(obj):
+        raise FunctionNotFoundError(f"{ref} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def needs_by_value(ref: str) -> bool:
+    """Functions from `__main__` (notebooks, scripts) cannot be imported elsewhere: ship them by value."""
+    return ref.startswith("__main__:") or ref.startswith("__mp_main__:")
+
+
+# --- serializers ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class Call:
+    """What a worker runs: the function (or its reference) and its arguments."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    function_by_value: bytes | None = None
+
+
+class Codec:
+    """Encodes calls and results with one serializer and signs them."""
+
+    def __init__(self, signer: Signer | None = None) -> None:
+        self.signer = signer or Signer()
+
+    # pickle bodies start with b"P", json bodies with b"J"
+    def dumps(self, value: Any, serializer: str = "pickle", what: str = "value") -> bytes:
+        if serializer == "json":
+            try:
+                body = b"J" + json.dumps(value, separators=(",", ":")).encode()
+            except (TypeError, ValueError) as exc:
+                raise InvalidJobError(
+                    f"{what} is not JSON-serializable ({exc}); use serializer='pickle' or pass plain data"
+                ) from exc
+        elif serializer == "pickle":
+            body = b"P" + cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        else:
+            raise InvalidJobError(f"unknown serializer {serializer!r}; use one of {SERIALIZERS}")
+        return self.signer.sign(body)
+
+    def loads(self, data: bytes) -> Any:
+        body = self.signer.verify(data)
+        kind, rest = body[:1], body[1:]
+        if kind == b"J":
+            return json.loads(rest)
+        if kind == b"P":
+            return pickle.loads(rest)  # noqa: S301 - signature verified above
+        raise PayloadError("payload body has an unknown serializer tag")
+
+    def encode_call(
+        self,
+        fn: Callable[..., Any],
+        ref: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        serializer: str,
+    ) -> bytes:
+        """Serialize a call; name the first argument that cannot be serialized and store nothing."""
+        by_value = None
+        if needs_by_value(ref):
+            try:
+                by_value = cloudpickle.dumps(inspect.unwrap(fn), protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise InvalidJobError(
+                    f"function {ref} cannot be pickled by value ({exc}); move it into an importable module"
+                ) from exc
+        if serializer == "json":
+            value: Any = {"args": list(args), "kwargs": dict(kwargs)}
+            self._check_each(args, kwargs, lambda v: json.dumps(v), "JSON-serializable", "serializer='pickle'")
+            envelope = self.dumps(value, "json", "arguments")
+            return self.signer.sign(b"C" + _pack(envelope, by_value))
+        try:
+            envelope = self.dumps({"args": tuple(args), "kwargs": dict(kwargs)}, "pickle", "arguments")
+        except Exception:
+            self._check_each(
+                args, kwargs, lambda v: cloudpickle.dumps(v), "picklable",
+                "pass data (a path, an id, a DataFrame) rather than live objects such as open files, "
+                "locks or connections",
+            )
+            raise
+        return self.signer.sign(b"C" + _pack(envelope, by_value))
+
+    @staticmethod
+    def _check_each(
+        args: Sequence[Any], kwargs: Mapping[str, Any], probe: Callable[[Any], Any], kind: str, fix: str
+    ) -> None:
+        named: list[tuple[str, Any]] = [(f"positional argument {i}", a) for i, a in enumerate(args)]
+        named += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+        for label, value in named:
+            try:
+                probe(value)
+            except Exception as exc:
+                raise InvalidJobError(
+                    f"{label} ({type(value).__name__}) is not {kind}: {exc}; {fix}"
+                ) from exc
+
+    def decode_call(self, data: bytes) -> Call:
+        body = self.signer.verify(data)
+        if body[:1] != b"C":
+            raise PayloadError("payload is not a call envelope")
+        envelope, by_value = _unpack(body[1:])
+        call = self.loads(envelope)
+        return Call(args=tuple(call["args"]), kwargs=dict(call["kwargs"]), function_by_value=by_value)
+
+    def load_function(self, ref: str, call: Call, prefer_live: bool = True) -> Callable[..., Any]:
+        """The live function when it resolves here (a notebook's own server), else the copy by value."""
+        if prefer_live or call.function_by_value is None:
+            try:
+                return resolve_function(ref)
+            except FunctionNotFoundError:
+                if call.function_by_value is None:
+                    raise
+        assert call.function_by_value is not None
+        return pickle.loads(call.function_by_value)  # type: ignore[no-any-return]  # noqa: S301
+
+
+def _pack(envelope: bytes, by_value: bytes | None) -> bytes:
+    fn = by_value or b""
+    return len(envelope).to_bytes(8, "big") + envelope + fn
+
+
+def _unpack(data: bytes) -> tuple[bytes, bytes | None]:
+    n = int.from_bytes(data[:8], "big")
+    envelope = data[8 : 8 + n]
+    fn = data[8 + n :]
+    return envelope, (fn or None)

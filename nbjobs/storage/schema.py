@@ -1,0 +1,200 @@
+"""The tables, created on first connect, and the schema version check.
+
+Indexes are partial where a state selects a small, hot subset (enqueued, scheduled, processing):
+the claim, promote and reap queries then touch only the rows that matter, however many finished
+jobs the table holds.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Dialect,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+from sqlalchemy.dialects.postgresql import TIMESTAMP
+
+SCHEMA_VERSION = 1
+
+metadata = MetaData()
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes: TIMESTAMPTZ on PostgreSQL, epoch seconds (REAL) on SQLite.
+
+    Epoch seconds keep SQLite comparisons and indexes numeric and fast; PostgreSQL keeps a real
+    timestamp for people who query it by hand.
+    """
+
+    impl = Float
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(TIMESTAMP(timezone=True))
+        return dialect.type_descriptor(Float())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            raise TypeError(f"expected datetime, got {type(value).__name__}")
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        if dialect.name == "postgresql":
+            return value.astimezone(UTC)
+        return value.timestamp()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        return datetime.fromtimestamp(float(value), UTC)
+
+
+JobId = BigInteger().with_variant(Integer(), "sqlite")
+
+jobs = Table(
+    "nbjobs_jobs",
+    metadata,
+    Column("id", JobId, primary_key=True, autoincrement=True),
+    Column("state", String(16), nullable=False),
+    Column("queue", String(200), nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("name", String(500)),
+    Column("function", String(1000), nullable=False),
+    Column("options", Text, nullable=False),  # JSON of JobOptions
+    Column("payload", LargeBinary, nullable=False),
+    Column("active_key", String(500)),  # the unique key while the job is unfinished, else NULL
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("run_at", UTCDateTime),  # due time while Scheduled
+    Column("enqueued_at", UTCDateTime),
+    Column("started_at", UTCDateTime),
+    Column("finished_at", UTCDateTime),
+    Column("server_id", String(64)),
+    Column("lease_until", UTCDateTime),
+    Column("parent_id", JobId),
+    Column("continue_on", String(16)),
+    Column("has_children", Boolean, nullable=False, default=False),
+    Column("recurring_id", String(200)),
+    Column("fire_time", UTCDateTime),
+    Column("result", LargeBinary),
+    Column("error_type", String(500)),
+    Column("error_message", Text),
+    Column("error_traceback", Text),
+    Column("progress", Float),
+    Column("progress_message", Text),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+)
+
+_enqueued = jobs.c.state == "enqueued"
+_scheduled = jobs.c.state == "scheduled"
+_processing = jobs.c.state == "processing"
+Index(
+    "ix_nbjobs_jobs_fetch",
+    jobs.c.queue,
+    jobs.c.priority.desc(),
+    jobs.c.id,
+    sqlite_where=_enqueued,
+    postgresql_where=_enqueued,
+)
+Index("ix_nbjobs_jobs_due", jobs.c.run_at, sqlite_where=_scheduled, postgresql_where=_scheduled)
+Index(
+    "ix_nbjobs_jobs_lease",
+    jobs.c.lease_until,
+    sqlite_where=_processing,
+    postgresql_where=_processing,
+)
+Index("ix_nbjobs_jobs_state_id", jobs.c.state, jobs.c.id)
+Index("ix_nbjobs_jobs_state_finished", jobs.c.state, jobs.c.finished_at)
+Index("ix_nbjobs_jobs_parent", jobs.c.parent_id)
+Index("ix_nbjobs_jobs_key", jobs.c.active_key, unique=True)
+Index("ix_nbjobs_jobs_recurring", jobs.c.recurring_id, jobs.c.fire_time)
+
+history = Table(
+    "nbjobs_history",
+    metadata,
+    Column("id", JobId, primary_key=True, autoincrement=True),
+    Column("job_id", JobId, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("server_id", String(64)),
+    Column("data", Text),  # JSON
+)
+Index("ix_nbjobs_history_job", history.c.job_id, history.c.id)
+
+servers = Table(
+    "nbjobs_servers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("host", String(200), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("workers", Integer, nullable=False),
+    Column("queues", Text, nullable=False),  # JSON list
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("heartbeat_at", UTCDateTime, nullable=False),
+)
+
+logs = Table(
+    "nbjobs_logs",
+    metadata,
+    Column("id", JobId, primary_key=True, autoincrement=True),
+    Column("job_id", JobId, nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+    Column("stream", String(16), nullable=False),  # stdout | stderr | log
+    Column("text", Text, nullable=False),
+)
+Index("ix_nbjobs_logs_job", logs.c.job_id, logs.c.id)
+
+recurring = Table(
+    "nbjobs_recurring",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("cron", String(200), nullable=False),
+    Column("tz", String(100), nullable=False, default="UTC"),
+    Column("function", String(1000), nullable=False),
+    Column("payload", LargeBinary, nullable=False),
+    Column("options", Text, nullable=False),  # JSON of JobOptions
+    Column("misfire", String(16), nullable=False, default="once"),
+    Column("misfire_limit", Integer, nullable=False, default=100),
+    Column("overlap", String(16), nullable=False, default="allow"),
+    Column("next_fire", UTCDateTime),
+    Column("last_fire", UTCDateTime),
+    Column("last_job_id", JobId),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
+
+locks = Table(
+    "nbjobs_locks",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+)
+
+meta = Table(
+    "nbjobs_meta",
+    metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", String(1000), nullable=False),
+)

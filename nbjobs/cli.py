@@ -1,0 +1,104 @@
+"""The `nbjobs` command line (click): demo, jobs, requeue, delete, and the admin verbs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import pandas as pd
+
+from . import __version__
+from .engine import Engine, default_url
+from .errors import NbJobsError
+
+url_option = click.option(
+    "--url", default=None, envvar="NBJOBS_URL", show_default="NBJOBS_URL or ./nbjobs.db",
+    help="Database URL: sqlite:///path or postgresql://user@host/db.",
+)
+
+
+def _engine(url: str | None) -> Engine:
+    return Engine(url or default_url())
+
+
+def _print_frame(frame: pd.DataFrame) -> None:
+    if frame.empty:
+        click.echo("(none)")
+        return
+    with pd.option_context("display.max_columns", None, "display.width", 200,
+                           "display.max_colwidth", 60):
+        click.echo(frame.to_string(index=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="nbjobs")
+def cli() -> None:
+    """nbjobs: background jobs for notebooks and Python."""
+
+
+@cli.command()
+@url_option
+def demo(url: str | None) -> None:
+    """Run one job of each kind against the database and print their table."""
+    from .demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    with _engine(url) as engine:
+        click.echo(f"nbjobs {__version__} demo on {engine.url}")
+        frame = run_demo(engine)
+        _print_frame(frame)
+        click.echo(f"\n{len(frame)} jobs in {frame.attrs['elapsed']:.1f}s; "
+                   "`nbjobs jobs` lists them again, `nbjobs requeue ID` retries the failed one.")
+
+
+@cli.command("jobs")
+@url_option
+@click.option("--state", default=None, help="Only jobs in this state (e.g. failed).")
+@click.option("--queue", default=None, help="Only jobs in this queue.")
+@click.option("--limit", default=50, show_default=True, type=int)
+def jobs_cmd(url: str | None, state: str | None, queue: str | None, limit: int) -> None:
+    """List jobs, newest first."""
+    with _engine(url) as engine:
+        frame = engine.jobs(state=state, queue=queue, limit=limit)
+        _print_frame(frame[["id", "name", "function", "queue", "state", "attempts", "created_at",
+                            "duration", "error_type"]])
+
+
+@cli.command()
+@url_option
+@click.argument("job_ids", nargs=-1, type=int, required=True)
+def requeue(url: str | None, job_ids: tuple[int, ...]) -> None:
+    """Put finished jobs back in their queue."""
+    with _engine(url) as engine:
+        for job_id in job_ids:
+            engine.requeue(job_id)
+            click.echo(f"job {job_id} requeued")
+
+
+@cli.command()
+@url_option
+@click.argument("job_ids", nargs=-1, type=int, required=True)
+def delete(url: str | None, job_ids: tuple[int, ...]) -> None:
+    """Delete jobs (running ones are asked to stop)."""
+    with _engine(url) as engine:
+        for job_id in job_ids:
+            state = engine.delete(job_id)
+            click.echo(f"job {job_id}: {state.value}")
+
+
+@cli.command()
+@url_option
+@click.argument("job_id", type=int)
+def history(url: str | None, job_id: int) -> None:
+    """A job's state transitions."""
+    with _engine(url) as engine:
+        _print_frame(engine.history(job_id))
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=True)
+    except NbJobsError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)

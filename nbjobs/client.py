@@ -1,0 +1,373 @@
+"""The client: creates jobs (validated at the call, before anything is stored) and the `Job` handle."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from .clock import Clock, ensure_utc
+from .errors import (
+    InvalidJobError,
+    JobFailedError,
+    JobNotFoundError,
+    ResultTimeoutError,
+)
+from .model import FINAL_STATES, ContinueOn, JobOptions, JobRecord, JobState, NewJob, StateChange
+from .payload import SERIALIZERS, Codec, function_ref
+from .storage import Store
+
+EXECUTORS = ("thread", "process", "notebook")
+#: Options a job accepts; anything else is refused at the call with this list.
+JOB_OPTIONS = frozenset(JobOptions.__dataclass_fields__)
+
+
+def _exception_names(value: Any, option: str) -> tuple[str, ...]:
+    items = value if isinstance(value, list | tuple | set | frozenset) else [value]
+    names: list[str] = []
+    for item in items:
+        if isinstance(item, type) and issubclass(item, BaseException):
+            names.append(item.__name__)
+        elif isinstance(item, str) and item:
+            names.append(item)
+        else:
+            raise InvalidJobError(f"{option} takes exception classes or their names, got {item!r}")
+    return tuple(names)
+
+
+def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> JobOptions:
+    """Merge and validate job options; raise InvalidJobError naming the bad one and the fix."""
+    unknown = set(overrides) - JOB_OPTIONS
+    if unknown:
+        raise InvalidJobError(
+            f"unknown job option(s) {sorted(unknown)}; known options are {sorted(JOB_OPTIONS)}"
+        )
+    merged = {**defaults, **overrides}
+    queue = merged.get("queue", "default")
+    if not isinstance(queue, str) or not queue.strip() or queue == "*":
+        raise InvalidJobError(f"queue must be a non-empty name (not '*'), got {queue!r}")
+    for name in ("priority", "retries"):
+        value = merged.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise InvalidJobError(f"{name} must be an integer, got {value!r}")
+    if merged.get("retries", 0) < 0:
+        raise InvalidJobError(f"retries must be 0 or more, got {merged['retries']}")
+    timeout = merged.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, timedelta):
+            merged["timeout"] = timeout = timeout.total_seconds()
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+            raise InvalidJobError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        merged["timeout"] = float(timeout)
+    for name in ("retry_base", "retry_cap"):
+        value = merged.get(name)
+        if value is not None and (not isinstance(value, int | float) or value < 0):
+            raise InvalidJobError(f"{name} must be a number of seconds ≥ 0, got {value!r}")
+    if merged.get("executor", "thread") not in EXECUTORS:
+        raise InvalidJobError(f"executor must be one of {EXECUTORS}, got {merged['executor']!r}")
+    if merged.get("serializer", "pickle") not in SERIALIZERS:
+        raise InvalidJobError(f"serializer must be one of {SERIALIZERS}, got {merged['serializer']!r}")
+    for name in ("name", "key"):
+        value = merged.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidJobError(f"{name} must be a string, got {value!r}")
+    for name in ("retry_on", "no_retry_on"):
+        if merged.get(name):
+            merged[name] = _exception_names(merged[name], name)
+    return JobOptions(**merged)
+
+
+def resolve_when(when: datetime | timedelta | int | float, now: datetime) -> datetime:
+    """datetime (naive = local time), timedelta or seconds from now → aware UTC; never in the past."""
+    if isinstance(when, bool):
+        raise InvalidJobError(f"when must be a datetime, timedelta or seconds, got {when!r}")
+    if isinstance(when, datetime):
+        return ensure_utc(when.astimezone() if when.tzinfo is None else when)
+    if isinstance(when, timedelta):
+        seconds = when.total_seconds()
+    elif isinstance(when, int | float):
+        seconds = float(when)
+    else:
+        raise InvalidJobError(
+            f"when must be a datetime, a timedelta or a number of seconds, got {type(when).__name__}"
+        )
+    if seconds < 0:
+        raise InvalidJobError(f"delay must not be negative, got {seconds}s; use 0 to run now")
+    return now + timedelta(seconds=seconds)
+
+
+class Notifier:
+    """In-process wake-ups: new work for the local server, finished jobs for local waiters."""
+
+    def __init__(self) -> None:
+        self.work = threading.Event()  #: set on enqueue: the local dispatcher wakes at once
+        self.schedule_changed = threading.Event()  #: set on schedule: the scheduler recomputes
+        self._finished = threading.Condition()
+        self._callbacks: dict[int, list[Callable[[Job], None]]] = {}
+        self._lock = threading.Lock()
+        self.local_cancel: Callable[[int, str], bool] | None = None
+
+    def finished(self, job_ids: Sequence[int]) -> None:
+        with self._finished:
+            self._finished.notify_all()
+        if self._callbacks:
+            with self._lock:
+                todo = [(i, self._callbacks.pop(i)) for i in job_ids if i in self._callbacks]
+            for job_id, callbacks in todo:
+                for cb in callbacks:
+                    cb(job_id)  # type: ignore[arg-type]
+
+    def wait_finished(self, timeout: float) -> None:
+        with self._finished:
+            self._finished.wait(timeout)
+
+
+class Client:
+    """Creates and changes jobs. `options(...)` returns a client with other defaults."""
+
+    def __init__(
+        self,
+        store: Store,
+        codec: Codec,
+        clock: Clock,
+        notifier: Notifier,
+        defaults: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.store = store
+        self.codec = codec
+        self.clock = clock
+        self.notifier = notifier
+        self.defaults: dict[str, Any] = dict(defaults or {})
+        build_options(self.defaults, {})  # validate early
+
+    def options(self, **options: Any) -> Client:
+        """A client whose jobs use these options (validated now): queue, retries, timeout, key, …"""
+        merged = {**self.defaults, **options}
+        build_options({}, merged)
+        return type(self)(self.store, self.codec, self.clock, self.notifier, merged)
+
+    # -- creating jobs --------------------------------------------------------------------------
+    def new_job(
+        self,
+        fn: Callable[..., Any],
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        *,
+        run_at: datetime | None = None,
+        parent_id: int | None = None,
+        continue_on: ContinueOn = ContinueOn.SUCCEEDED,
+        options: Mapping[str, Any] | None = None,
+        reason: str = "created",
+    ) -> NewJob:
+        """Validate and serialize one job (raises before anything is stored)."""
+        opts = build_options(self.defaults, options or {})
+        ref = function_ref(fn)
+        payload = self.codec.encode_call(fn, ref, args, kwargs, opts.serializer)
+        return NewJob(function=ref, payload=payload, options=opts, run_at=run_at, parent_id=parent_id,
+                      continue_on=continue_on, reason=reason)
+
+    def submit(self, specs: Sequence[NewJob]) -> list[Job]:
+        """Store prepared jobs in one transaction and wake local workers."""
+        now = self.clock.now()
+        stored = self.store.enqueue(specs, now)
+        if any(s.state is JobState.ENQUEUED for s in stored):
+            self.notifier.work.set()
+        if any(s.state is JobState.SCHEDULED for s in stored):
+            self.notifier.schedule_changed.set()
+        return [Job(self, s.id) for s in stored]
+
+    def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
+        """Run `fn(*args, **kwargs)` in the background as soon as a worker is free."""
+        return self.submit([self.new_job(fn, args, kwargs)])[0]
+
+    def enqueue_many(self, fn: Callable[..., Any], arg_list: Iterable[Any]) -> list[Job]:
+        """Enqueue one job per item (a tuple is spread as positional arguments) in one transaction."""
+        specs = [
+            self.new_job(fn, item if isinstance(item, tuple) else (item,), {}) for item in arg_list
+        ]
+        return self.submit(specs)
+
+    def schedule(
+        self, when: datetime | timedelta | int | float, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Job:
+        """Run `fn(*args, **kwargs)` at `when`: a datetime, a timedelta or seconds from now."""
+        run_at = resolve_when(when, self.clock.now())
+        return self.submit([self.new_job(fn, args, kwargs, run_at=run_at)])[0]
+
+    def then(
+        self,
+        parent: int | Job,
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        continue_on: ContinueOn | str = ContinueOn.SUCCEEDED,
+        **kwargs: Any,
+    ) -> Job:
+        """A continuation: run `fn` when `parent` succeeds (or, with continue_on="finished", ends)."""
+        parent_id = parent.id if isinstance(parent, Job) else int(parent)
+        try:
+            on = ContinueOn(continue_on)
+        except ValueError:
+            raise InvalidJobError(
+                f"continue_on must be one of {[c.value for c in ContinueOn]}, got {continue_on!r}"
+            ) from None
+        spec = self.new_job(fn, args, kwargs, parent_id=parent_id, continue_on=on,
+                            reason=f"continuation of job {parent_id}")
+        return self.submit([spec])[0]
+
+    def job(self, job_id: int) -> Job:
+        """A handle on an existing job; raises JobNotFoundError if there is none."""
+        if self.store.get(int(job_id)) is None:
+            raise JobNotFoundError(f"job {job_id} does not exist (it may have expired or been removed)")
+        return Job(self, int(job_id))
+
+    # -- changing jobs --------------------------------------------------------------------------
+    def requeue(self, job_id: int, reason: str = "requeued by user") -> JobState:
+        state = self.store.requeue(job_id, self.clock.now(), reason)
+        self.notifier.work.set()
+        return state
+
+    def delete(self, job_id: int, reason: str = "deleted by user", *, cancel_only: bool = False) -> JobState:
+        state = self.store.delete(job_id, self.clock.now(), reason, cancel_only=cancel_only)
+        if state is JobState.PROCESSING and self.notifier.local_cancel is not None:
+            self.notifier.local_cancel(job_id, reason)
+        return state
+
+    def cancel(self, job_id: int, reason: str = "cancelled by user") -> JobState:
+        return self.delete(job_id, reason, cancel_only=True)
+
+    # -- decorator ------------------------------------------------------------------------------
+    def job_function(self, fn: Callable[..., Any], **options: Any) -> JobFunction:
+        return JobFunction(fn, self.options(**options) if options else self)
+
+
+class JobFunction:
+    """A function decorated with `@nb.job(...)`: call it directly, or `.enqueue` / `.schedule` it."""
+
+    def __init__(self, fn: Callable[..., Any], client: Client) -> None:
+        function_ref(fn)  # refuse lambdas and closures at decoration time
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.client = client
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def enqueue(self, *args: Any, **kwargs: Any) -> Job:
+        return self.client.enqueue(self.fn, *args, **kwargs)
+
+    def schedule(self, when: datetime | timedelta | int | float, *args: Any, **kwargs: Any) -> Job:
+        return self.client.schedule(when, self.fn, *args, **kwargs)
+
+    def options(self, **options: Any) -> JobFunction:
+        return JobFunction(self.fn, self.client.options(**options))
+
+    def __repr__(self) -> str:
+        return f"<nbjobs job function {function_ref(self.fn)}>"
+
+
+class Job:
+    """A handle on one stored job. Cheap: it holds the id and reads storage when asked."""
+
+    def __init__(self, client: Client, job_id: int) -> None:
+        self.client = client
+        self.id = int(job_id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id and other.client.store is self.client.store
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        record = self.client.store.get(self.id)
+        if record is None:
+            return f"<Job {self.id}: gone>"
+        name = record.options.name or record.function
+        return f"<Job {self.id} {name} [{record.queue}] {record.state.value}>"
+
+    # -- reading --------------------------------------------------------------------------------
+    def record(self) -> JobRecord:
+        record = self.client.store.get(self.id)
+        if record is None:
+            raise JobNotFoundError(f"job {self.id} does not exist (it may have expired or been removed)")
+        return record
+
+    @property
+    def state(self) -> JobState:
+        states = self.client.store.states_of([self.id])
+        if self.id not in states:
+            raise JobNotFoundError(f"job {self.id} does not exist (it may have expired or been removed)")
+        return states[self.id]
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    def history(self) -> list[StateChange]:
+        return self.client.store.history(self.id)
+
+    def wait(self, timeout: float | None = None) -> JobState:
+        """Block until the job reaches a final state; return it. Raises ResultTimeoutError on timeout."""
+        clock = self.client.clock
+        deadline = None if timeout is None else clock.monotonic() + timeout
+        delay = 0.002
+        while True:
+            state = self.state
+            if state in FINAL_STATES:
+                return state
+            remaining = None if deadline is None else deadline - clock.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise ResultTimeoutError(
+                    f"job {self.id} is still {state.value} after {timeout}s; wait longer or check "
+                    "that a server listens to its queue"
+                )
+            # Local completions wake us at once; jobs finished elsewhere are seen by polling.
+            self.client.notifier.wait_finished(delay if remaining is None else min(delay, remaining))
+            delay = min(delay * 1.5, 0.5)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The return value; raises JobFailedError with the remote traceback if the job failed."""
+        self.wait(timeout)
+        record = self.record()
+        if record.state is JobState.SUCCEEDED:
+            return None if record.result is None else self.client.codec.loads(record.result)
+        raise JobFailedError(self.id, record.error_type, record.error_message, record.error_traceback,
+                             state=record.state.value)
+
+    def logs(self, tail: int | None = None) -> str:
+        """Everything the job printed or logged, as one string."""
+        return "".join(text for _, _, text in self.client.store.read_logs(self.id, tail))
+
+    # -- changing -------------------------------------------------------------------------------
+    def requeue(self) -> Job:
+        self.client.requeue(self.id)
+        return self
+
+    def delete(self) -> Job:
+        self.client.delete(self.id)
+        return self
+
+    def cancel(self) -> Job:
+        self.client.cancel(self.id)
+        return self
+
+    def then(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
+        """A continuation of this job (same queue and options; its own name and key)."""
+        client = self.client
+        if client.defaults.get("name") is not None or client.defaults.get("key") is not None:
+            client = client.options(name=None, key=None)
+        return client.then(self, fn, *args, **kwargs)
+
+    def add_done_callback(self, fn: Callable[[Job], None]) -> None:
+        """Call `fn(job)` in this process once the job is final (at once if it already is)."""
+        if self.done:
+            fn(self)
+            return
+        notifier = self.client.notifier
+        with notifier._lock:
+            notifier._callbacks.setdefault(self.id, []).append(lambda _id: fn(self))  # type: ignore[misc]
+        if self.done:  # finished between our check and the registration
+            notifier.finished([self.id])

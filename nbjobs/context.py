@@ -1,0 +1,85 @@
+"""The running job as seen from inside it: `nbjobs.current_job()`.
+
+A context variable, so every worker thread (and the code it calls) sees its own job. The server
+gives each context a progress sink; writes are rate-limited there, not here.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .errors import JobCancelled, NbJobsError
+
+_current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("nbjobs_job", default=None)
+
+
+@dataclass(kw_only=True, eq=False)
+class JobContext:
+    """What a running job can ask and tell nbjobs."""
+
+    id: int
+    attempt: int
+    function: str
+    queue: str
+    recurring_id: str | None = None
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    cancel_reason: str | None = None
+    progress_sink: Callable[[int, float | None, str | None], None] | None = field(default=None, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once someone cancelled this job or its timeout passed; stop soon."""
+        return self._cancel.is_set()
+
+    def request_cancel(self, reason: str) -> None:
+        if not self._cancel.is_set():
+            self.cancel_reason = reason
+            self._cancel.set()
+
+    def check_cancelled(self) -> None:
+        """Raise JobCancelled if the job was cancelled; call it in loops of long jobs."""
+        if self._cancel.is_set():
+            raise JobCancelled(f"job {self.id} was cancelled ({self.cancel_reason})")
+
+    def wait_cancelled(self, timeout: float | None) -> bool:
+        """Sleep up to `timeout` s, waking early on cancellation (a cancellable time.sleep)."""
+        return self._cancel.wait(timeout)
+
+    def set_progress(self, fraction: float | None, message: str | None = None) -> None:
+        """Report progress (0..1) and an optional message; stored at a bounded rate."""
+        if fraction is not None:
+            if not 0.0 <= float(fraction) <= 1.0:
+                raise ValueError(f"progress fraction must be between 0 and 1, got {fraction}")
+            fraction = float(fraction)
+        if self.progress_sink is not None:
+            self.progress_sink(self.id, fraction, message)
+
+
+def current_job() -> JobContext:
+    """The job running in this thread; raises outside a job."""
+    ctx = _current.get()
+    if ctx is None:
+        raise NbJobsError("current_job() was called outside a running nbjobs job")
+    return ctx
+
+
+def current_job_or_none() -> JobContext | None:
+    return _current.get()
+
+
+def activate(ctx: JobContext | None) -> contextvars.Token[JobContext | None]:
+    return _current.set(ctx)
+
+
+def deactivate(token: contextvars.Token[JobContext | None]) -> None:
+    _current.reset(token)
+
+
+def check_cancelled() -> None:
+    """Raise JobCancelled if the current job was cancelled (no-op outside a job)."""
+    ctx = _current.get()
+    if ctx is not None:
+        ctx.check_cancelled()

@@ -1,0 +1,205 @@
+"""The Engine a user holds: storage, client, an optional in-process server and pandas views, wired."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, overload
+
+import pandas as pd
+
+from . import history as views
+from .client import Client, Job, JobFunction, Notifier
+from .clock import Clock, SystemClock
+from .errors import ConfigurationError
+from .model import JobState, StateChange
+from .payload import Codec, Signer
+from .server import Server, ServerConfig
+from .storage import SqlStore, Store
+
+log = logging.getLogger("nbjobs")
+
+DEFAULT_DB = "nbjobs.db"
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def default_url() -> str:
+    """NBJOBS_URL, else ./nbjobs.db (SQLite in WAL mode)."""
+    return os.environ.get("NBJOBS_URL") or f"sqlite:///{os.path.abspath(DEFAULT_DB)}"
+
+
+class Engine:
+    """Storage + client + server + history: everything `nbjobs.connect()` returns."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        clock: Clock | None = None,
+        synchronous: str | None = None,
+        secret: str | bytes | None = None,
+        store: Store | None = None,
+    ) -> None:
+        self.url = url or default_url()
+        self.clock: Clock = clock or SystemClock()
+        sync = synchronous or os.environ.get("NBJOBS_SQLITE_SYNCHRONOUS", "FULL")
+        self.store: Store = store or SqlStore(self.url, synchronous=sync)
+        key = secret.encode() if isinstance(secret, str) else secret
+        self.codec = Codec(Signer(key))
+        self.notifier = Notifier()
+        self.notifier.local_cancel = self._local_cancel
+        self.client = Client(self.store, self.codec, self.clock, self.notifier)
+        self.server: Server | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        _engines.add(self)
+
+    def __repr__(self) -> str:
+        server = f"server {self.server.name} running" if self.server and self.server.running else "no server"
+        return f"<nbjobs.Engine {self.url} ({server})>"
+
+    # -- server ---------------------------------------------------------------------------------
+    def start_server(
+        self,
+        workers: int = 4,
+        queues: Sequence[str] | None = None,
+        **settings: Any,
+    ) -> Server:
+        """Start a server in background threads of this process (idempotent while one runs)."""
+        with self._lock:
+            if self.server is not None and self.server.running:
+                return self.server
+            known = set(ServerConfig.__dataclass_fields__) - {"workers", "queues"}
+            unknown = set(settings) - known
+            if unknown:
+                raise ConfigurationError(
+                    f"unknown server setting(s) {sorted(unknown)}; known: {sorted(known)}"
+                )
+            config = ServerConfig(workers=workers, queues=tuple(queues or ("*",)), **settings)
+            self.server = Server(
+                store=self.store, clock=self.clock, codec=self.codec, config=config,
+                wake=self.notifier.work, schedule_changed=self.notifier.schedule_changed,
+                executors=self._executors(), wrappers=self._wrappers(),
+                progress_sink=self._progress_sink(), on_finished=self.notifier.finished,
+            )
+            return self.server.start()
+
+    def _executors(self) -> dict[str, Any]:
+        """Extra executors by name (process, notebook); filled in by their modules when present."""
+        return {}
+
+    def _wrappers(self) -> list[Any]:
+        return []
+
+    def _progress_sink(self) -> Callable[[int, float | None, str | None], None] | None:
+        return self.store.set_progress
+
+    def stop_server(self, timeout: float | None = None) -> None:
+        """Stop the in-process server: running jobs get `timeout` s, then return to their queue."""
+        with self._lock:
+            server, self.server = self.server, None
+        if server is not None:
+            server.stop(timeout)
+
+    def _local_cancel(self, job_id: int, reason: str) -> bool:
+        server = self.server
+        return server.request_cancel(job_id, reason) if server is not None else False
+
+    def close(self) -> None:
+        """Stop the server (if any) and release the database."""
+        if self._closed:
+            return
+        self.stop_server()
+        self.store.close()
+        self._closed = True
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- client ---------------------------------------------------------------------------------
+    def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
+        """Run `fn(*args, **kwargs)` in the background; returns at once."""
+        return self.client.enqueue(fn, *args, **kwargs)
+
+    def enqueue_many(self, fn: Callable[..., Any], arg_list: Any) -> list[Job]:
+        return self.client.enqueue_many(fn, arg_list)
+
+    def schedule(
+        self, when: datetime | timedelta | int | float, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Job:
+        """Run `fn` at `when` (datetime, timedelta or seconds from now)."""
+        return self.client.schedule(when, fn, *args, **kwargs)
+
+    def options(self, **options: Any) -> Client:
+        """A client with these job options: queue, priority, retries, timeout, key, name, …"""
+        return self.client.options(**options)
+
+    @overload
+    def job(self, target: int, /) -> Job: ...
+    @overload
+    def job(self, target: Callable[..., Any], /, **options: Any) -> JobFunction: ...
+    @overload
+    def job(self, target: None = None, /, **options: Any) -> Callable[[Callable[..., Any]], JobFunction]: ...
+
+    def job(self, target: Any = None, /, **options: Any) -> Any:
+        """`nb.job(42)` → the Job with id 42; `@nb.job` or `@nb.job(queue=…)` → a job function."""
+        if isinstance(target, int) and not isinstance(target, bool):
+            return self.client.job(target)
+        if target is None:
+            return lambda fn: self.client.job_function(fn, **options)
+        return self.client.job_function(target, **options)
+
+    def requeue(self, job_id: int) -> JobState:
+        return self.client.requeue(job_id)
+
+    def delete(self, job_id: int) -> JobState:
+        return self.client.delete(job_id)
+
+    def cancel(self, job_id: int) -> JobState:
+        return self.client.cancel(job_id)
+
+    # -- views ----------------------------------------------------------------------------------
+    def jobs(self, state: Any = None, queue: Any = None, *, function: str | None = None,
+             since: datetime | None = None, until: datetime | None = None,
+             limit: int | None = 1000) -> pd.DataFrame:
+        """Jobs as a DataFrame, newest first; filters run in the database."""
+        return views.jobs_frame(self.store, state=state, queue=queue, function=function,
+                                since=since, until=until, limit=limit)
+
+    def history(self, job_id: int | Job) -> pd.DataFrame:
+        """A job's state transitions as a DataFrame."""
+        return views.history_frame(self.store, job_id.id if isinstance(job_id, Job) else job_id)
+
+    def history_list(self, job_id: int) -> list[StateChange]:
+        return self.store.history(job_id)
+
+    def servers(self) -> pd.DataFrame:
+        return views.servers_frame(self.store)
+
+    def stats(self, freq: str = "1min", since: datetime | None = None) -> pd.DataFrame:
+        return views.stats_frame(self.store, freq=freq, since=since)
+
+    def counts(self) -> dict[str, int]:
+        return {s.value: n for s, n in self.store.counts().items()}
+
+
+def connect(url: str | None = None, **kwargs: Any) -> Engine:
+    """Open (and create on first use) a job database: NBJOBS_URL, else ./nbjobs.db."""
+    return Engine(url, **kwargs)
+
+
+@atexit.register
+def _close_all() -> None:
+    for engine in list(_engines):
+        try:
+            engine.stop_server(timeout=5.0)
+        except Exception:
+            log.exception("stopping the server at exit failed")

@@ -1,0 +1,98 @@
+"""Run a claimed job in the calling worker thread (the in-kernel executor)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .. import context
+from ..clock import Clock
+from ..errors import FunctionNotFoundError, JobCancelled, PayloadError
+from ..model import ClaimedJob
+from ..payload import Codec
+
+log = logging.getLogger("nbjobs.executor")
+
+#: Wraps one run (output capture, tracing); entered in the worker thread around the call.
+RunWrapper = Callable[[context.JobContext], AbstractContextManager[Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """What happened in one attempt, before any retry decision."""
+
+    started_at: datetime
+    finished_at: datetime
+    ok: bool
+    result: bytes | None = None
+    exc_type: type[BaseException] | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_traceback: str | None = None
+    cancelled: bool = False
+    retryable: bool = True  #: False for errors no retry can fix (bad payload, missing function)
+
+
+def _error(exc: BaseException, *, started: datetime, finished: datetime, retryable: bool = True) -> RunResult:
+    exc_type = type(exc)
+    return RunResult(
+        started_at=started,
+        finished_at=finished,
+        ok=False,
+        exc_type=exc_type,
+        error_type=f"{exc_type.__module__}.{exc_type.__qualname__}"
+        if exc_type.__module__ not in ("builtins", "__main__")
+        else exc_type.__qualname__,
+        error_message=str(exc),
+        error_traceback="".join(traceback.format_exception(exc)),
+        retryable=retryable,
+    )
+
+
+@contextlib.contextmanager
+def _wrapped(wrappers: Sequence[RunWrapper], ctx: context.JobContext) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for wrap in wrappers:
+            stack.enter_context(wrap(ctx))
+        yield
+
+
+def run_in_thread(
+    job: ClaimedJob,
+    ctx: context.JobContext,
+    *,
+    codec: Codec,
+    clock: Clock,
+    wrappers: Sequence[RunWrapper] = (),
+) -> RunResult:
+    """Decode, run and encode one job in this thread; never raises for the job's own errors."""
+    started = clock.now()
+    try:
+        call = codec.decode_call(job.payload)
+        fn = codec.load_function(job.function, call, prefer_live=True)
+    except (PayloadError, FunctionNotFoundError) as exc:
+        return _error(exc, started=started, finished=clock.now(), retryable=False)
+    except Exception as exc:  # a broken pickle, a module that fails to import
+        return _error(exc, started=started, finished=clock.now(), retryable=False)
+    token = context.activate(ctx)
+    try:
+        with _wrapped(wrappers, ctx):
+            value = fn(*call.args, **call.kwargs)
+    except JobCancelled as exc:
+        result = _error(exc, started=started, finished=clock.now())
+        return RunResult(**{**result.__dict__, "cancelled": True})
+    except Exception as exc:
+        return _error(exc, started=started, finished=clock.now())
+    finally:
+        context.deactivate(token)
+    try:
+        encoded = codec.dumps(value, job.options.serializer, what="the job's return value")
+    except Exception as exc:
+        return _error(exc, started=started, finished=clock.now(), retryable=False)
+    return RunResult(started_at=started, finished_at=clock.now(), ok=True, result=encoded)

@@ -1,0 +1,336 @@
+"""Claim jobs, hand them to worker threads, and write their outcomes back in batches.
+
+One dispatcher thread does all job I/O for its server: each turn it flushes every finished attempt in
+one transaction, then claims as many jobs as there are free slots in another (group commit). Workers
+never touch the database for state changes, so N workers cost two transactions per batch, not per job.
+The prefetch adapts: short jobs are claimed in larger batches, long ones one slot at a time, so a
+server does not hoard long jobs that another server could start.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from .. import context
+from ..clock import Clock
+from ..errors import JobTimeoutError
+from ..executors.thread import RunResult, RunWrapper, run_in_thread
+from ..model import ClaimedJob, Outcome, OutcomeKind
+from ..payload import Codec
+from ..retry import decide
+from ..storage import Store
+
+log = logging.getLogger("nbjobs.server")
+
+#: Runs a claimed job somewhere (this thread, a process pool, a notebook kernel) and reports back.
+Executor = Callable[[ClaimedJob, context.JobContext], RunResult]
+
+
+@dataclass(eq=False)
+class Running:
+    job: ClaimedJob
+    ctx: context.JobContext
+    deadline: float | None  #: monotonic time after which the job is cancelled as timed out
+    started: bool = False
+    timed_out: bool = False
+
+
+@dataclass
+class DispatcherConfig:
+    server_id: str
+    queues: Sequence[str]
+    workers: int
+    lease_seconds: float
+    poll_interval: float = 5.0  #: fallback wait when no notification arrives
+    max_batch: int = 200  #: most jobs claimed in one transaction
+    short_job_seconds: float = 0.05  #: jobs shorter than this (on average) are prefetched in bulk
+
+
+@dataclass
+class _Stats:
+    avg_duration: float | None = None
+    executed: int = 0
+    samples: list[float] = field(default_factory=list)
+
+
+class Dispatcher:
+    """The claim/run/report loop of one server."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        codec: Codec,
+        config: DispatcherConfig,
+        wake: threading.Event,
+        executors: dict[str, Executor] | None = None,
+        wrappers: Sequence[RunWrapper] = (),
+        progress_sink: Callable[[int, float | None, str | None], None] | None = None,
+        on_finished: Callable[[Sequence[int]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.codec = codec
+        self.config = config
+        self.wake = wake
+        self.wrappers = tuple(wrappers)
+        self.progress_sink = progress_sink
+        self.on_finished = on_finished
+        self.executors: dict[str, Executor] = {"thread": self._run_thread}
+        self.executors.update(executors or {})
+        self.running: dict[int, Running] = {}
+        self._lock = threading.Lock()
+        self._work: queue.Queue[Running | None] = queue.Queue()
+        self._done: list[tuple[Running, RunResult | None]] = []
+        self._intake = True
+        self._stop = threading.Event()
+        self._workers: list[threading.Thread] = []
+        self._stats = _Stats()
+        self.error: BaseException | None = None
+
+    # -- worker side ----------------------------------------------------------------------------
+    def _run_thread(self, job: ClaimedJob, ctx: context.JobContext) -> RunResult:
+        return run_in_thread(job, ctx, codec=self.codec, clock=self.clock, wrappers=self.wrappers)
+
+    def start_workers(self) -> None:
+        for i in range(self.config.workers):
+            t = threading.Thread(target=self._worker, name=f"nbjobs-worker-{i}", daemon=True)
+            t.start()
+            self._workers.append(t)
+
+    def _worker(self) -> None:
+        while True:
+            item = self._work.get()
+            if item is None:
+                return
+            with self._lock:
+                if item.job.id not in self.running:  # returned during shutdown before it started
+                    continue
+                item.started = True
+            log.info("job %d %s started (attempt %d)", item.job.id, item.job.function, item.job.attempts,
+                     extra={"action": "job_start", "job_id": item.job.id})
+            executor = self.executors.get(item.job.options.executor, self._run_thread)
+            try:
+                result: RunResult | None = executor(item.job, item.ctx)
+            except Exception:  # an executor bug must not kill the worker; the job fails instead
+                log.exception("executor failed for job %d", item.job.id)
+                result = None
+            with self._lock:
+                self._done.append((item, result))
+            self.wake.set()
+
+    # -- dispatcher loop ------------------------------------------------------------------------
+    def capacity(self) -> int:
+        workers = self.config.workers
+        avg = self._stats.avg_duration
+        if avg is not None and avg < self.config.short_job_seconds:
+            return min(self.config.max_batch, workers * 50)
+        return workers
+
+    def run(self) -> None:
+        """The loop; returns when `stop()` was called and everything was flushed."""
+        try:
+            while True:
+                self.wake.clear()
+                self._check_timeouts()
+                flushed = self._flush()
+                claimed = 0
+                if self._intake:
+                    with self._lock:
+                        free = self.capacity() - len(self.running)
+                    if free > 0:
+                        claimed = self._claim(free)
+                if self._stop.is_set():
+                    break
+                if flushed or claimed:
+                    continue
+                self.clock.wait(self.wake, self._wait_timeout())
+        except BaseException as exc:
+            self.error = exc
+            log.exception("dispatcher stopped by an error")
+            raise
+
+    def _wait_timeout(self) -> float:
+        timeout = self.config.poll_interval
+        now = self.clock.monotonic()
+        with self._lock:
+            deadlines = [r.deadline for r in self.running.values() if r.deadline and not r.timed_out]
+        if deadlines:
+            timeout = max(0.0, min(timeout, min(deadlines) - now))
+        return timeout
+
+    def _claim(self, free: int) -> int:
+        now = self.clock.now()
+        lease_until = now + timedelta(seconds=self.config.lease_seconds)
+        jobs = self.store.acquire(self.config.server_id, self.config.queues, free, lease_until, now)
+        mono = self.clock.monotonic()
+        for job in jobs:
+            ctx = context.JobContext(
+                id=job.id, attempt=job.attempts, function=job.function, queue=job.options.queue,
+                recurring_id=job.recurring_id, progress_sink=self.progress_sink,
+            )
+            timeout = job.options.timeout
+            item = Running(job=job, ctx=ctx, deadline=mono + timeout if timeout else None)
+            with self._lock:
+                self.running[job.id] = item
+            self._work.put(item)
+        return len(jobs)
+
+    def _check_timeouts(self) -> None:
+        now = self.clock.monotonic()
+        with self._lock:
+            late = [r for r in self.running.values()
+                    if r.started and r.deadline is not None and not r.timed_out and now >= r.deadline]
+        for r in late:
+            r.timed_out = True
+            r.ctx.request_cancel(f"timeout of {r.job.options.timeout}s passed")
+            log.warning("job %d exceeded its timeout of %ss; cancelling", r.job.id, r.job.options.timeout)
+
+    def _flush(self) -> int:
+        with self._lock:
+            done, self._done = self._done, []
+        if not done:
+            return 0
+        now = self.clock.now()
+        outcomes = [self._outcome(item, result, now) for item, result in done]
+        lost = self.store.finish(self.config.server_id, outcomes, now)
+        if lost:
+            log.warning("jobs %s were no longer held by this server; their outcome was dropped", lost)
+        with self._lock:
+            for item, result in done:
+                self.running.pop(item.job.id, None)
+                if result is not None:
+                    self._record_duration((result.finished_at - result.started_at).total_seconds())
+        for o in outcomes:
+            log.info("job %d %s", o.job_id, o.kind.value if o.retry_at is None else "failed; retry scheduled",
+                     extra={"action": "job_end", "job_id": o.job_id})
+        if self.on_finished is not None:
+            self.on_finished([o.job_id for o in outcomes])
+        return len(done)
+
+    def _record_duration(self, seconds: float) -> None:
+        avg = self._stats.avg_duration
+        self._stats.avg_duration = seconds if avg is None else 0.8 * avg + 0.2 * seconds
+        self._stats.executed += 1
+
+    def _outcome(self, item: Running, result: RunResult | None, now: object) -> Outcome:
+        job = item.job
+        finished = self.clock.now()
+        if result is None:
+            result = RunResult(
+                started_at=finished, finished_at=finished, ok=False, error_type="ExecutorError",
+                error_message="the executor failed before reporting a result", retryable=True,
+            )
+        if result.ok:
+            return Outcome(job_id=job.id, kind=OutcomeKind.SUCCEEDED, started_at=result.started_at,
+                           finished_at=result.finished_at, result=result.result)
+        if item.timed_out:
+            timeout_error = JobTimeoutError(f"job ran longer than its timeout of {job.options.timeout}s")
+            exc_type: type[BaseException] | None = JobTimeoutError
+            error_type, message = "nbjobs.errors.JobTimeoutError", str(timeout_error)
+            traceback = result.error_traceback
+        else:
+            exc_type, error_type, message = result.exc_type, result.error_type, result.error_message
+            traceback = result.error_traceback
+        if result.cancelled and not item.timed_out:
+            return Outcome(job_id=job.id, kind=OutcomeKind.CANCELLED, started_at=result.started_at,
+                           finished_at=result.finished_at, error_type=error_type, error_message=message,
+                           reason=f"cancelled while running ({item.ctx.cancel_reason})")
+        retry_at = None
+        reason = ""
+        if result.retryable:
+            decision = decide(attempts=job.attempts, options=job.options, exc_type=exc_type,
+                              now=result.finished_at)
+            retry_at = decision.run_at if decision.retry else None
+            reason = f"failed with {error_type}: {decision.reason}"
+        else:
+            reason = f"failed with {error_type} (not retryable)"
+        return Outcome(job_id=job.id, kind=OutcomeKind.FAILED, started_at=result.started_at,
+                       finished_at=result.finished_at, error_type=error_type, error_message=message,
+                       error_traceback=traceback, retry_at=retry_at, reason=reason)
+
+    # -- control --------------------------------------------------------------------------------
+    def request_cancel(self, job_id: int, reason: str) -> bool:
+        with self._lock:
+            item = self.running.get(job_id)
+        if item is None:
+            return False
+        item.ctx.request_cancel(reason)
+        return True
+
+    def running_ids(self) -> list[int]:
+        with self._lock:
+            return list(self.running)
+
+    def forget(self, job_ids: Sequence[int]) -> None:
+        """Jobs this server lost (reaped or deleted elsewhere): ask them to stop, drop their outcome."""
+        for job_id in job_ids:
+            self.request_cancel(job_id, "this server no longer holds the job")
+
+    def stop_intake(self) -> None:
+        self._intake = False
+        self.wake.set()
+
+    def return_unstarted(self) -> None:
+        """Give back prefetched jobs no worker has started yet."""
+        with self._lock:
+            unstarted = [r for r in self.running.values() if not r.started]
+            for r in unstarted:
+                self.running.pop(r.job.id)
+        self._return(unstarted, "returned to queue: server stopping before the job started")
+
+    def return_running(self) -> None:
+        """Give back jobs still running after the shutdown grace period (and ask them to stop)."""
+        with self._lock:
+            items = list(self.running.values())
+            self.running.clear()
+        for r in items:
+            r.ctx.request_cancel("server stopped")
+        self._return(items, "returned to queue: server stopped while the job was running")
+
+    def _return(self, items: Sequence[Running], reason: str) -> None:
+        if not items:
+            return
+        now = self.clock.now()
+        self.store.finish(
+            self.config.server_id,
+            [Outcome(job_id=r.job.id, kind=OutcomeKind.RETURNED, finished_at=now, reason=reason)
+             for r in items],
+            now,
+        )
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no job is running (flushing as they finish) or `timeout` passes."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                busy = bool(self.running)
+            if not busy:
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.wake.wait(min(remaining, 0.05))
+            self.wake.clear()
+            self._flush()
+
+    def stop(self) -> None:
+        """Stop the loop (after it flushes) and the workers."""
+        self._stop.set()
+        self.wake.set()
+
+    def stop_workers(self, timeout: float = 1.0) -> None:
+        for _ in self._workers:
+            self._work.put(None)
+        for t in self._workers:
+            t.join(timeout)
+
+    def flush(self) -> int:
+        return self._flush()

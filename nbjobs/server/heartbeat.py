@@ -1,0 +1,62 @@
+"""The heartbeat loop: keeps the server row fresh and extends the leases of running jobs.
+
+It runs on its own thread, never a job's, so a job that holds the GIL in C code for a while or
+blocks on I/O keeps its lease however long it runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import timedelta
+
+from ..clock import Clock
+from ..storage import Store
+from .dispatcher import Dispatcher
+
+log = logging.getLogger("nbjobs.server")
+
+
+class Heartbeat:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        dispatcher: Dispatcher,
+        server_id: str,
+        interval: float,
+        lease_seconds: float,
+        reregister: callable,  # type: ignore[valid-type]
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.dispatcher = dispatcher
+        self.server_id = server_id
+        self.interval = interval
+        self.lease_seconds = lease_seconds
+        self.reregister = reregister
+        self.stop_event = threading.Event()
+        self.beats = 0
+
+    def beat(self) -> None:
+        now = self.clock.now()
+        running = self.dispatcher.running_ids()
+        reply = self.store.heartbeat(
+            self.server_id, running, now + timedelta(seconds=self.lease_seconds), now
+        )
+        if not reply.registered:
+            log.warning("server row was missing (declared dead after a long pause?); registering again")
+            self.reregister()
+        for job_id in reply.cancel_requested:
+            self.dispatcher.request_cancel(job_id, "cancelled by request")
+        if reply.lost:
+            self.dispatcher.forget(list(reply.lost))
+        self.beats += 1
+
+    def run(self) -> None:
+        while not self.clock.wait(self.stop_event, self.interval):
+            try:
+                self.beat()
+            except Exception:  # the database may be briefly unreachable: keep beating
+                log.exception("heartbeat failed; retrying at the next interval")

@@ -1,0 +1,86 @@
+"""The reaper: returns jobs of dead servers to their queues and prunes expired finished jobs.
+
+Every server runs one; a lease-lock in storage lets only one act at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from datetime import timedelta
+
+from ..clock import Clock
+from ..storage import ReapReport, Store
+
+log = logging.getLogger("nbjobs.server")
+
+HOST = socket.gethostname()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class Reaper:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        server_id: str,
+        interval: float,
+        server_timeout: float,
+        keep_succeeded: float,
+        keep_deleted: float,
+        prune_batch: int = 1000,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.server_id = server_id
+        self.interval = interval
+        self.server_timeout = server_timeout
+        self.keep_succeeded = keep_succeeded
+        self.keep_deleted = keep_deleted
+        self.prune_batch = prune_batch
+        self.stop_event = threading.Event()
+
+    def dead_local_servers(self) -> list[str]:
+        """Servers on this host whose process is gone: known dead at once, no need to wait."""
+        return [
+            s.id for s in self.store.list_servers()
+            if s.host == HOST and s.id != self.server_id and not pid_alive(s.pid)
+        ]
+
+    def reap_once(self) -> ReapReport | None:
+        now = self.clock.now()
+        if not self.store.try_lock("reaper", self.server_id, now + timedelta(seconds=self.interval * 2), now):
+            return None
+        report = self.store.reap(now, server_timeout=self.server_timeout,
+                                 dead_server_ids=self.dead_local_servers())
+        if report.dead_servers or report.returned_jobs:
+            log.warning("reaped servers %s; returned jobs %s to their queues",
+                        list(report.dead_servers), list(report.returned_jobs))
+        pruned = 0
+        while not self.stop_event.is_set():
+            n = self.store.prune(now, keep_succeeded=self.keep_succeeded,
+                                 keep_deleted=self.keep_deleted, batch=self.prune_batch)
+            pruned += n
+            if n < self.prune_batch:
+                break
+        return ReapReport(dead_servers=report.dead_servers, returned_jobs=report.returned_jobs,
+                          pruned_jobs=pruned)
+
+    def run(self) -> None:
+        while not self.clock.wait(self.stop_event, self.interval):
+            try:
+                self.reap_once()
+            except Exception:
+                log.exception("reaper pass failed; retrying at the next interval")

@@ -1,0 +1,213 @@
+"""One server: registers itself, runs the dispatcher, heartbeat, scheduler, reaper and listener loops,
+watches them, and shuts down in order.
+
+Shutdown: stop claiming; give back prefetched jobs; let running jobs finish within the grace period
+while heartbeats go on; return the rest to their queues; unregister. `stop()` is idempotent and
+callable from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..clock import Clock
+from ..executors.thread import RunWrapper
+from ..model import ServerInfo
+from ..payload import Codec
+from ..storage import Store
+from .dispatcher import Dispatcher, DispatcherConfig, Executor
+from .heartbeat import Heartbeat
+from .reaper import HOST, Reaper
+from .scheduler import Duty, Scheduler
+
+log = logging.getLogger("nbjobs.server")
+
+DAY = 86400.0
+
+
+@dataclass
+class ServerConfig:
+    """Server settings; defaults suit a notebook kernel."""
+
+    workers: int = 4
+    queues: Sequence[str] = ("*",)  #: in priority order; "*" is every queue
+    name: str | None = None
+    heartbeat_interval: float = 5.0
+    server_timeout: float = 30.0  #: a server silent this long is dead; also the job lease length
+    shutdown_timeout: float = 10.0  #: grace for running jobs when stopping
+    poll_interval: float = 0.25  #: cross-process check for new work when no notification exists
+    scheduler_interval: float = 1.0
+    keep_succeeded: float = 7 * DAY
+    keep_deleted: float = 7 * DAY
+    max_batch: int = 200
+    duties: list[Duty] = field(default_factory=list)
+
+    def validate(self) -> None:
+        from ..errors import ConfigurationError
+
+        if self.workers < 1:
+            raise ConfigurationError(f"workers must be at least 1, got {self.workers}")
+        if not self.queues:
+            raise ConfigurationError("queues must name at least one queue (or '*' for all)")
+        if self.heartbeat_interval <= 0 or self.server_timeout <= self.heartbeat_interval:
+            raise ConfigurationError(
+                "server_timeout must be longer than heartbeat_interval (e.g. 30 and 5 seconds)"
+            )
+
+
+class Server:
+    """A job server living in this process."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        codec: Codec,
+        config: ServerConfig,
+        wake: threading.Event,
+        schedule_changed: threading.Event,
+        executors: dict[str, Executor] | None = None,
+        wrappers: Sequence[RunWrapper] = (),
+        progress_sink: Callable[[int, float | None, str | None], None] | None = None,
+        on_finished: Callable[[Sequence[int]], None] | None = None,
+    ) -> None:
+        config.validate()
+        self.store = store
+        self.clock = clock
+        self.config = config
+        self.id = uuid.uuid4().hex
+        self.name = config.name or f"{HOST}:{os.getpid()}:{self.id[:6]}"
+        self.wake = wake
+        self.dispatcher = Dispatcher(
+            store=store, clock=clock, codec=codec, wake=wake, executors=executors, wrappers=wrappers,
+            progress_sink=progress_sink, on_finished=on_finished,
+            config=DispatcherConfig(
+                server_id=self.id, queues=tuple(config.queues), workers=config.workers,
+                lease_seconds=config.server_timeout, poll_interval=max(config.poll_interval, 5.0),
+                max_batch=config.max_batch,
+            ),
+        )
+        self.heartbeat = Heartbeat(
+            store=store, clock=clock, dispatcher=self.dispatcher, server_id=self.id,
+            interval=config.heartbeat_interval, lease_seconds=config.server_timeout,
+            reregister=self._register,
+        )
+        self.scheduler = Scheduler(
+            store=store, clock=clock, wake_dispatcher=wake, changed=schedule_changed,
+            interval=config.scheduler_interval, duties=config.duties,
+        )
+        self.reaper = Reaper(
+            store=store, clock=clock, server_id=self.id, interval=config.heartbeat_interval,
+            server_timeout=config.server_timeout, keep_succeeded=config.keep_succeeded,
+            keep_deleted=config.keep_deleted,
+        )
+        self._listener = store.listener()
+        self._listen_stop = threading.Event()
+        self._threads: dict[str, threading.Thread] = {}
+        self._started = False
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _register(self) -> None:
+        now = self.clock.now()
+        self.store.register_server(ServerInfo(
+            id=self.id, name=self.name, host=HOST, pid=os.getpid(), workers=self.config.workers,
+            queues=tuple(self.config.queues), started_at=now, heartbeat_at=now,
+        ))
+
+    def start(self) -> Server:
+        if self._started:
+            return self
+        self._register()
+        # Recover what a crashed server on this host left behind before taking new work.
+        try:
+            self.reaper.reap_once()
+        except Exception:
+            log.exception("initial reap failed")
+        self.dispatcher.start_workers()
+        loops: dict[str, Callable[[], None]] = {
+            "dispatcher": self.dispatcher.run,
+            "heartbeat": self.heartbeat.run,
+            "scheduler": self.scheduler.run,
+            "reaper": self.reaper.run,
+            "listener": self._listen,
+        }
+        for name, target in loops.items():
+            t = threading.Thread(target=self._supervised(name, target), name=f"nbjobs-{name}", daemon=True)
+            self._threads[name] = t
+            t.start()
+        self._started = True
+        log.info("server %s started: %d workers, queues %s", self.name, self.config.workers,
+                 list(self.config.queues), extra={"action": "server_start"})
+        return self
+
+    def _supervised(self, name: str, target: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                target()
+            except BaseException:
+                if not self._stopped.is_set():
+                    log.critical("server loop %r died; stopping the server so no job is left behind", name)
+                    threading.Thread(target=self.stop, name="nbjobs-emergency-stop", daemon=True).start()
+                raise
+
+        return run
+
+    def _listen(self) -> None:
+        """Turn notifications from other processes (or SQLite's change counter) into wake-ups."""
+        while not self._listen_stop.is_set():
+            if self._listener.wait(self._listen_stop, self.config.poll_interval):
+                self.wake.set()
+
+    @property
+    def running(self) -> bool:
+        return self._started and not self._stopped.is_set()
+
+    def alive_loops(self) -> dict[str, bool]:
+        return {name: t.is_alive() for name, t in self._threads.items()}
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Drain and stop; running jobs get `timeout` (default: shutdown_timeout) to finish."""
+        with self._stop_lock:
+            if self._stopped.is_set() or not self._started:
+                self._stopped.set()
+                return
+            grace = self.config.shutdown_timeout if timeout is None else timeout
+            log.info("server %s stopping (grace %.1fs)", self.name, grace, extra={"action": "server_stop"})
+            d = self.dispatcher
+            d.stop_intake()
+            d.stop()
+            self._join("dispatcher")
+            d.return_unstarted()
+            if not d.wait_idle(grace):
+                d.return_running()
+            d.flush()
+            self._stopped.set()
+            self.heartbeat.stop_event.set()
+            self.scheduler.stop()
+            self.reaper.stop_event.set()
+            self._listen_stop.set()
+            for name in ("heartbeat", "scheduler", "reaper", "listener"):
+                self._join(name)
+            self._listener.close()
+            d.stop_workers(timeout=0.5)
+            try:
+                self.store.unregister_server(self.id)
+            except Exception:
+                log.exception("could not unregister server %s", self.id)
+            log.info("server %s stopped", self.name, extra={"action": "server_stopped"})
+
+    def _join(self, name: str) -> None:
+        t = self._threads.get(name)
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=30)
+
+    def request_cancel(self, job_id: int, reason: str) -> bool:
+        return self.dispatcher.request_cancel(job_id, reason)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from .errors import JobCancelled, NbJobsError
 
@@ -28,6 +29,10 @@ class JobContext:
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     cancel_reason: str | None = None
     progress_sink: Callable[[int, float | None, str | None], None] | None = field(default=None, repr=False)
+    #: Stores (time, stream, text) chunks as the job's captured output (the server sets it to its store).
+    log_sink: Callable[[int, Sequence[tuple[datetime, str, str]]], None] | None = field(
+        default=None, repr=False
+    )
 
     @property
     def cancelled(self) -> bool:
@@ -47,6 +52,11 @@ class JobContext:
     def wait_cancelled(self, timeout: float | None) -> bool:
         """Sleep up to `timeout` s, waking early on cancellation (a cancellable time.sleep)."""
         return self._cancel.wait(timeout)
+
+    def append_logs(self, chunks: Sequence[tuple[datetime, str, str]]) -> None:
+        """Add (time, stream, text) chunks to this job's captured output (dropped without a sink)."""
+        if chunks and self.log_sink is not None:
+            self.log_sink(self.id, chunks)
 
     def set_progress(self, fraction: float | None, message: str | None = None) -> None:
         """Report progress (0..1) and an optional message; stored at a bounded rate."""

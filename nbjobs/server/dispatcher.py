@@ -175,6 +175,7 @@ class Dispatcher:
             ctx = context.JobContext(
                 id=job.id, attempt=job.attempts, function=job.function, queue=job.options.queue,
                 recurring_id=job.recurring_id, progress_sink=self.progress_sink,
+                log_sink=self.store.append_logs,
             )
             timeout = job.options.timeout
             item = Running(job=job, ctx=ctx, deadline=mono + timeout if timeout else None)

@@ -1,0 +1,316 @@
+"""The foundation's public API, end to end on a real SQLite file and real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import update
+
+import nbjobs
+from nbjobs import JobState
+from nbjobs.errors import (
+    IllegalTransitionError,
+    InvalidJobError,
+    JobFailedError,
+    JobNotFoundError,
+    ResultTimeoutError,
+    SchemaVersionError,
+    UnknownStateError,
+)
+from nbjobs.storage import SqlStore
+from nbjobs.storage.schema import meta
+
+from ..conftest import wait_for
+
+CALLS: Counter[str] = Counter()
+GATE = threading.Event()
+STARTED = threading.Event()
+
+
+def add(a: int, b: int = 0) -> int:
+    return a + b
+
+
+def boom(message: str) -> None:
+    raise ValueError(message)
+
+
+def count(tag: str) -> str:
+    CALLS[tag] += 1
+    return tag
+
+
+def flaky(tag: str, fail_times: int) -> str:
+    CALLS[tag] += 1
+    if CALLS[tag] <= fail_times:
+        raise ConnectionError(f"attempt {CALLS[tag]} fails")
+    return f"ok after {CALLS[tag]}"
+
+
+def blocking(tag: str) -> str:
+    STARTED.set()
+    GATE.wait(30)
+    return tag
+
+
+def cooperative() -> str:
+    STARTED.set()
+    job = nbjobs.current_job()
+    while not job.wait_cancelled(0.01):
+        pass
+    job.check_cancelled()
+    return "unreachable"
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    CALLS.clear()
+    GATE.clear()
+    STARTED.clear()
+
+
+def test_enqueue_runs_and_returns_result(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=2)
+    job = engine.enqueue(add, 2, b=3)
+    assert job.result(timeout=10) == 5
+    assert job.state is JobState.SUCCEEDED
+    states = [c.state for c in job.history()]
+    assert states == [JobState.ENQUEUED, JobState.PROCESSING, JobState.SUCCEEDED]
+    assert "duration" in job.history()[-1].data
+
+
+def test_failure_retries_then_fails_with_remote_traceback(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)
+    job = engine.options(retries=2, retry_base=0.01).enqueue(boom, "kaput")
+    with pytest.raises(JobFailedError) as info:
+        job.result(timeout=20)
+    assert info.value.exc_type == "ValueError" and info.value.remote_message == "kaput"
+    assert "in boom" in (info.value.remote_traceback or "")
+    record = job.record()
+    assert record.attempts == 3 and record.state is JobState.FAILED
+    hist = [c.state for c in job.history()]
+    assert hist.count(JobState.SCHEDULED) == 2 and hist[-1] is JobState.FAILED
+
+
+def test_flaky_job_succeeds_on_retry_and_no_retry_on_stops_it(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)
+    ok = engine.options(retries=3, retry_base=0.01).enqueue(flaky, "a", 2)
+    assert ok.result(timeout=20) == "ok after 3"
+    stop = engine.options(retries=3, retry_base=0.01, no_retry_on=[ConnectionError]).enqueue(flaky, "b", 5)
+    assert stop.wait(timeout=20) is JobState.FAILED
+    assert CALLS["b"] == 1
+
+
+def test_schedule_runs_when_due_with_manual_clock(db_url: str) -> None:
+    clock = nbjobs.ManualClock()
+    with nbjobs.connect(db_url, clock=clock, secret="s") as engine:
+        engine.start_server(workers=1, scheduler_interval=1.0)
+        job = engine.schedule(timedelta(minutes=10), count, "later")
+        assert job.state is JobState.SCHEDULED
+        assert job.record().run_at == clock.now() + timedelta(minutes=10)
+        clock.advance(timedelta(minutes=9))
+        with pytest.raises(ResultTimeoutError):
+            job.wait(timeout=0.0)
+        clock.advance(timedelta(minutes=1, seconds=1))
+        assert job.result(timeout=10) == "later"
+        assert CALLS["later"] == 1
+
+
+def test_schedule_accepts_seconds_datetime_and_rejects_bad_delays(engine: nbjobs.Engine) -> None:
+    now = engine.clock.now()
+    assert engine.schedule(60, add, 1).record().run_at is not None
+    assert engine.schedule(now + timedelta(hours=1), add, 1).state is JobState.SCHEDULED
+    with pytest.raises(InvalidJobError, match="must not be negative"):
+        engine.schedule(-1, add, 1)
+    with pytest.raises(InvalidJobError, match="datetime, a timedelta or a number"):
+        engine.schedule("soon", add, 1)  # type: ignore[arg-type]
+
+
+def test_continuations(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=2)
+    parent = engine.enqueue(add, 1, 1)
+    child = parent.then(count, "child")
+    grandchild = child.then(count, "grandchild")
+    assert grandchild.result(timeout=10) == "grandchild"
+    assert child.history()[0].state is JobState.AWAITING or child.state is JobState.SUCCEEDED
+
+    failing = engine.options(retries=0).enqueue(boom, "x")
+    skipped = failing.then(count, "skipped")
+    skipped_after = skipped.then(count, "skipped2")
+    always = failing.then(count, "always", continue_on="finished")
+    assert always.result(timeout=10) == "always"
+    assert skipped.wait(timeout=10) is JobState.DELETED
+    assert skipped_after.wait(timeout=10) is JobState.DELETED
+    assert CALLS["skipped"] == 0 and CALLS["skipped2"] == 0
+    # A continuation of an already finished parent is decided at once.
+    late = parent.then(count, "late")
+    assert late.result(timeout=10) == "late"
+
+
+def test_continuation_waits_in_awaiting_without_server(engine: nbjobs.Engine) -> None:
+    parent = engine.enqueue(add, 1)
+    child = parent.then(add, 2)
+    assert child.state is JobState.AWAITING
+    parent.delete()
+    assert child.state is JobState.DELETED
+    with pytest.raises(JobNotFoundError):
+        engine.job(10_000)
+    with pytest.raises(InvalidJobError, match="continue_on must be one of"):
+        parent.then(add, 1, continue_on="sometimes")
+
+
+def test_requeue_delete_cancel(engine: nbjobs.Engine) -> None:
+    job = engine.options(retries=0).enqueue(boom, "once")
+    assert job.cancel().state is JobState.DELETED  # not started: cancelled at once
+    with pytest.raises(IllegalTransitionError, match="nothing to cancel"):
+        job.cancel()
+    job.requeue()
+    assert job.state is JobState.ENQUEUED
+    engine.start_server(workers=1)
+    assert job.wait(timeout=10) is JobState.FAILED
+    assert engine.job(job.id).requeue().wait(timeout=10) is JobState.FAILED
+    reasons = [c.reason for c in job.history()]
+    assert "requeued by user" in reasons and "deleted by user" not in reasons
+    job.delete()
+    assert job.state is JobState.DELETED
+
+
+def test_cancel_running_job_is_cooperative(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)
+    job = engine.enqueue(cooperative)
+    assert STARTED.wait(10)
+    wait_for(lambda: job.state is JobState.PROCESSING)
+    job.cancel()
+    assert job.wait(timeout=10) is JobState.DELETED
+    with pytest.raises(JobFailedError, match="deleted or cancelled"):
+        job.result()
+
+
+def test_timeout_marks_job_for_cancellation_and_fails_it(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)
+    job = engine.options(timeout=0.2, retries=0).enqueue(cooperative)
+    with pytest.raises(JobFailedError, match="JobTimeoutError"):
+        job.result(timeout=10)
+
+
+def test_unique_key_returns_existing_unfinished_job(engine: nbjobs.Engine) -> None:
+    first = engine.options(key="train-v1").enqueue(add, 1)
+    second = engine.options(key="train-v1").enqueue(add, 2)
+    assert first == second
+    engine.start_server(workers=1)
+    first.wait(timeout=10)
+    third = engine.options(key="train-v1").enqueue(add, 3)
+    assert third.id != first.id and third.result(timeout=10) == 3
+
+
+def test_priority_and_queue_order(engine: nbjobs.Engine) -> None:
+    low = engine.options(queue="default").enqueue(count, "low")
+    high = engine.options(queue="default", priority=5).enqueue(count, "high")
+    crit = engine.options(queue="critical").enqueue(count, "crit")
+    engine.start_server(workers=1, queues=["critical", "default"])
+    for job in (low, high, crit):
+        job.wait(timeout=10)
+    order = sorted((low, high, crit), key=lambda j: j.record().started_at)
+    assert [j.id for j in order] == [crit.id, high.id, low.id]
+
+
+def test_server_only_takes_its_queues(engine: nbjobs.Engine) -> None:
+    other = engine.options(queue="gpu").enqueue(add, 1)
+    mine = engine.enqueue(add, 2)
+    engine.start_server(workers=1, queues=["default"])
+    assert mine.result(timeout=10) == 2
+    assert other.state is JobState.ENQUEUED
+
+
+def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.Engine) -> None:
+    with pytest.raises(InvalidJobError, match="unknown job option"):
+        engine.options(queu="x")
+    with pytest.raises(InvalidJobError, match="define it with `def`"):
+        engine.enqueue(lambda: 1)
+    with pytest.raises(InvalidJobError, match="not callable"):
+        engine.enqueue("add")  # type: ignore[arg-type]
+    with pytest.raises(InvalidJobError, match="keyword argument 'b'"):
+        engine.enqueue(add, 1, b=threading.Lock())  # type: ignore[arg-type]
+    with pytest.raises(InvalidJobError, match="retries must be 0 or more"):
+        engine.options(retries=-1)
+    with pytest.raises(InvalidJobError, match="timeout must be a positive"):
+        engine.options(timeout=0)
+    with pytest.raises(UnknownStateError, match="use one of"):
+        engine.jobs(state="done")
+    assert engine.jobs().empty
+
+
+def test_job_decorator(engine: nbjobs.Engine) -> None:
+    with pytest.raises(InvalidJobError, match="closure"):
+
+        @engine.job(queue="io", retries=1)
+        def double(x: int) -> int:  # defined inside a function: cannot be found again by name
+            return 2 * x
+
+    tripled = engine.job(add, queue="io")
+    assert tripled(1, 2) == 3  # still callable directly
+    engine.start_server(workers=1, queues=["io"])
+    assert tripled.enqueue(2, 2).result(timeout=10) == 4
+    assert tripled.schedule(0, 5).result(timeout=10) == 5
+
+
+def test_jobs_and_history_frames(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=2)
+    ok = engine.enqueue(add, 1)
+    bad = engine.options(retries=0).enqueue(boom, "bad")
+    ok.wait(10)
+    bad.wait(10)
+    frame = engine.jobs()
+    assert set(frame["id"]) == {ok.id, bad.id}
+    failed = engine.jobs(state="failed")
+    assert list(failed["id"]) == [bad.id] and failed["error_type"].iloc[0] == "ValueError"
+    assert str(frame["created_at"].dt.tz) == "UTC"
+    assert frame["duration"].dtype.kind == "m"
+    hist = engine.history(ok.id)
+    assert list(hist["state"]) == ["enqueued", "processing", "succeeded"]
+
+
+def test_persistence_across_engines(db_url: str) -> None:
+    with nbjobs.connect(db_url, secret="s") as first:
+        ids = [first.enqueue(count, f"p{i}").id for i in range(20)]
+    with nbjobs.connect(db_url, secret="s") as second:
+        second.start_server(workers=4)
+        for job_id in ids:
+            assert second.job(job_id).wait(timeout=20) is JobState.SUCCEEDED
+    assert sum(CALLS.values()) == 20
+
+
+def test_stop_server_returns_running_jobs(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)
+    job = engine.enqueue(blocking, "held")
+    assert STARTED.wait(10)
+    engine.stop_server(timeout=0.1)
+    assert job.state is JobState.ENQUEUED
+    assert engine.counts()["processing"] == 0
+    assert "server stopped while the job was running" in job.history()[-1].reason
+    GATE.set()
+    engine.start_server(workers=1)
+    assert job.result(timeout=10) == "held"
+
+
+def test_payload_signed_with_other_secret_fails_clearly(db_url: str) -> None:
+    with nbjobs.connect(db_url, secret="writer") as writer:
+        job_id = writer.enqueue(add, 1).id
+    with nbjobs.connect(db_url, secret="reader") as reader:
+        reader.start_server(workers=1)
+        job = reader.job(job_id)
+        with pytest.raises(JobFailedError, match="same NBJOBS_SECRET"):
+            job.result(timeout=10)
+        assert job.record().attempts == 1  # not retried: no retry can fix a bad signature
+
+
+def test_newer_schema_is_a_clear_error(db_url: str) -> None:
+    store = SqlStore(db_url)
+    with store.engine.begin() as conn:
+        conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="999"))
+    store.close()
+    with pytest.raises(SchemaVersionError, match="newer nbjobs"):
+        SqlStore(db_url)

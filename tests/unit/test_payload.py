@@ -1,0 +1,67 @@
+import os
+import stat
+
+import pytest
+
+from nbjobs.errors import InvalidJobError, PayloadError
+from nbjobs.payload import Codec, Signer, function_ref, load_secret, resolve_function
+
+
+def module_level(x: int) -> int:
+    return x + 1
+
+
+def test_function_ref_round_trip() -> None:
+    ref = function_ref(module_level)
+    assert ref == f"{__name__}:module_level"
+    assert resolve_function(ref) is module_level
+
+
+def test_lambdas_and_closures_are_refused_with_the_fix() -> None:
+    with pytest.raises(InvalidJobError, match="define it with `def`"):
+        function_ref(lambda: 1)
+
+    def inner() -> None: ...
+
+    with pytest.raises(InvalidJobError, match="closure"):
+        function_ref(inner)
+    with pytest.raises(InvalidJobError, match="not callable"):
+        function_ref(42)  # type: ignore[arg-type]
+
+
+def test_signed_call_round_trip_and_tamper_detection() -> None:
+    codec = Codec(Signer(b"k1"))
+    data = codec.encode_call(module_level, function_ref(module_level), (1,), {"a": [1, 2]}, "pickle")
+    call = codec.decode_call(data)
+    assert call.args == (1,) and call.kwargs == {"a": [1, 2]}
+    tampered = data[:-1] + bytes([data[-1] ^ 1])
+    with pytest.raises(PayloadError, match="does not verify"):
+        codec.decode_call(tampered)
+    with pytest.raises(PayloadError, match="same NBJOBS_SECRET"):
+        Codec(Signer(b"other")).decode_call(data)
+
+
+def test_unpicklable_argument_is_named() -> None:
+    codec = Codec(Signer(b"k"))
+    import threading
+
+    with pytest.raises(InvalidJobError, match="keyword argument 'lock'"):
+        codec.encode_call(module_level, "m:f", (1,), {"lock": threading.Lock()}, "pickle")
+
+
+def test_json_serializer_rejects_non_json_and_round_trips() -> None:
+    codec = Codec(Signer(b"k"))
+    with pytest.raises(InvalidJobError, match="positional argument 0"):
+        codec.encode_call(module_level, "m:f", ({1, 2},), {}, "json")
+    data = codec.encode_call(module_level, "m:f", ([1, "a"],), {"b": None}, "json")
+    call = codec.decode_call(data)
+    assert call.args == ([1, "a"],) and call.kwargs == {"b": None}
+
+
+def test_secret_file_created_with_mode_0600(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("NBJOBS_SECRET", raising=False)
+    monkeypatch.setenv("NBJOBS_HOME", str(tmp_path / "home"))
+    key = load_secret()
+    path = tmp_path / "home" / "secret"
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert load_secret() == key and len(key) == 64

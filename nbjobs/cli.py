@@ -96,6 +96,59 @@ def history(url: str | None, job_id: int) -> None:
         _print_frame(engine.history(job_id))
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d %(threadName)s] %(message)s"
+
+
+@cli.command()
+@url_option
+@click.option("--workers", default=4, show_default=True, type=click.IntRange(min=1),
+              help="Jobs run at once (worker threads; process jobs also use a process pool this size).")
+@click.option("--queues", default="*", show_default=True,
+              help="Comma-separated queues in priority order; '*' is every queue.")
+@click.option("--name", default=None, help="Server name shown in `nbjobs servers` [default: host:pid:id].")
+@click.option("--heartbeat-interval", default=5.0, show_default=True, type=float,
+              help="Seconds between heartbeats (server row and job leases).")
+@click.option("--server-timeout", default=30.0, show_default=True, type=float,
+              help="Seconds without heartbeat after which a server is dead and its jobs return to the queue.")
+@click.option("--shutdown-timeout", default=10.0, show_default=True, type=float,
+              help="Grace seconds for running jobs on SIGTERM/SIGINT before they return to the queue.")
+@click.option("--poll-interval", default=0.25, show_default=True, type=float,
+              help="Seconds between checks for work from other processes when no notification exists.")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def server(url: str | None, workers: int, queues: str, name: str | None, heartbeat_interval: float,
+           server_timeout: float, shutdown_timeout: float, poll_interval: float, log_level: str) -> None:
+    """Run a job server in the foreground until SIGTERM/SIGINT (a second signal stops at once)."""
+    from .server.runner import run_until_stopped
+
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, force=True)
+    queue_list = [q.strip() for q in queues.split(",") if q.strip()]
+    if not queue_list:
+        raise click.BadParameter("name at least one queue, or '*' for every queue", param_hint="--queues")
+    engine = _engine(url)
+    try:
+        code = run_until_stopped(lambda: engine.start_server(
+            workers=workers, queues=queue_list, name=name, heartbeat_interval=heartbeat_interval,
+            server_timeout=server_timeout, shutdown_timeout=shutdown_timeout, poll_interval=poll_interval,
+        ))
+    finally:
+        engine.close()
+    sys.exit(code)
+
+
+@cli.command("servers")
+@url_option
+def servers_cmd(url: str | None) -> None:
+    """List live servers: heartbeats and running jobs."""
+    with _engine(url) as engine:
+        frame = engine.servers()
+        running = engine.store.running_by_server()
+        if not frame.empty:
+            frame["job_ids"] = [",".join(map(str, sorted(running.get(sid, []))[:10])) for sid in frame["id"]]
+            frame["id"] = frame["id"].str[:12]
+        _print_frame(frame)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

@@ -235,7 +235,8 @@ class Dispatcher:
         if item.timed_out:
             timeout_error = JobTimeoutError(f"job ran longer than its timeout of {job.options.timeout}s")
             exc_type: type[BaseException] | None = JobTimeoutError
-            error_type, message = "nbjobs.errors.JobTimeoutError", str(timeout_error)
+            error_type: str | None = "nbjobs.errors.JobTimeoutError"
+            message: str | None = str(timeout_error)
             traceback = result.error_traceback
         else:
             exc_type, error_type, message = result.exc_type, result.error_type, result.error_message

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 from ..clock import Clock
@@ -27,7 +28,7 @@ class Heartbeat:
         server_id: str,
         interval: float,
         lease_seconds: float,
-        reregister: callable,  # type: ignore[valid-type]
+        reregister: Callable[[], None],
     ) -> None:
         self.store = store
         self.clock = clock

@@ -35,7 +35,8 @@ from ..model import (
 )
 from .base import Enqueued, HeartbeatReply, JobFilter, ReapReport, Store
 from .dialects import Dialect, Listener, dialect_for
-from .schema import SCHEMA_VERSION, history, jobs, locks, logs, meta, metadata, servers
+from .schema import SCHEMA_VERSION, counts, history, jobs, locks, logs, meta, metadata, servers
+from .sql_recurring import RecurringSqlMixin
 
 log = logging.getLogger("nbjobs.storage")
 T = TypeVar("T")
@@ -54,7 +55,7 @@ LIST_COLUMNS = [
 _RELEASE = {"server_id": None, "lease_until": None}
 
 
-class SqlStore(Store):
+class SqlStore(RecurringSqlMixin, Store):
     """The Store on a SQLAlchemy engine."""
 
     def __init__(
@@ -106,6 +107,8 @@ class SqlStore(Store):
                     f"this database was written by a newer nbjobs (schema {row}; this nbjobs knows "
                     f"{SCHEMA_VERSION}). Upgrade nbjobs (pip install -U nbjobs) or use another database"
                 )
+            if self.dialect.install_counters(conn):
+                self._recount(conn)
 
         self._tx(body)
 
@@ -302,7 +305,7 @@ class SqlStore(Store):
                 )
                 rows = conn.execute(
                     update(jobs)
-                    .where(jobs.c.id.in_(pick.scalar_subquery()), jobs.c.state == S.ENQUEUED.value)
+                    .where(jobs.c.id.in_(_picked(pick)), jobs.c.state == S.ENQUEUED.value)
                     .values(
                         state=S.PROCESSING.value,
                         server_id=server_id,
@@ -316,7 +319,7 @@ class SqlStore(Store):
                         jobs.c.recurring_id, jobs.c.priority,
                     )
                 ).all()
-                rows.sort(key=lambda r: (-r.priority, r.id))
+                rows = sorted(rows, key=lambda r: (-r.priority, r.id))
                 claimed.extend(
                     ClaimedJob(
                         id=r.id,
@@ -391,7 +394,7 @@ class SqlStore(Store):
         return self._tx(body)
 
     @staticmethod
-    def _outcome_values(o: Outcome, row: Row[Any]) -> tuple[JobState, dict[str, Any]]:
+    def _outcome_values(o: Outcome, row: Any) -> tuple[JobState, dict[str, Any]]:
         base: dict[str, Any] = {"server_id": None, "lease_until": None}
         if o.kind is OutcomeKind.SUCCEEDED:
             return S.SUCCEEDED, {
@@ -529,7 +532,7 @@ class SqlStore(Store):
             )
             ids = conn.execute(
                 update(jobs)
-                .where(jobs.c.id.in_(pick.scalar_subquery()), jobs.c.state == S.SCHEDULED.value)
+                .where(jobs.c.id.in_(_picked(pick)), jobs.c.state == S.SCHEDULED.value)
                 .values(state=S.ENQUEUED.value, enqueued_at=now)
                 .returning(jobs.c.id)
             ).scalars().all()
@@ -613,12 +616,22 @@ class SqlStore(Store):
         return self._tx(body, write=False)
 
     def counts(self) -> dict[JobState, int]:
+        """From the trigger-maintained counters: a few rows, however many jobs there are."""
+
         def body(conn: Connection) -> dict[JobState, int]:
-            rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
+            rows = conn.execute(select(counts.c.state, func.sum(counts.c.n)).group_by(counts.c.state))
             found = {JobState(s): int(n) for s, n in rows}
             return {s: found.get(s, 0) for s in JobState}
 
         return self._tx(body, write=False)
+
+    @staticmethod
+    def _recount(conn: Connection) -> None:
+        """Rebuild the counters from the jobs table (once, when the triggers are first installed)."""
+        conn.execute(delete(counts))
+        rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
+        if rows:
+            conn.execute(insert(counts), [{"state": s, "shard": 0, "n": int(n)} for s, n in rows])
 
     def queue_lengths(self) -> dict[str, int]:
         return self._tx(
@@ -803,6 +816,16 @@ class SqlStore(Store):
                 .values(progress=fraction, progress_message=message)
             )
         )
+
+
+def _picked(pick: Any) -> Any:
+    """The ids a claim picked, as a materialized CTE.
+
+    `UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may run the subquery more than
+    once on PostgreSQL and so update more than n rows; a materialized CTE is evaluated exactly once.
+    """
+    cte = pick.cte("picked").prefix_with("MATERIALIZED")
+    return select(cte.c.id)
 
 
 def _record(row: Row[Any]) -> JobRecord:

@@ -1,0 +1,144 @@
+"""The Store contract, on a real SQLite file and real PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from nbjobs.errors import IllegalTransitionError, JobNotFoundError
+from nbjobs.model import JobOptions, JobState, NewJob, Outcome, OutcomeKind, ServerInfo
+from nbjobs.storage import JobFilter, SqlStore
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+S = JobState
+
+
+def spec(i: int = 0, **options: object) -> NewJob:
+    return NewJob(function="mod:fn", payload=f"p{i}".encode(), options=JobOptions(**options))  # type: ignore[arg-type]
+
+
+def lease(seconds: float = 30) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def test_claims_are_exclusive_under_racing_threads(store: SqlStore) -> None:
+    n = 400
+    store.enqueue([spec(i) for i in range(n)], T0)
+    taken: list[int] = []
+    lock = threading.Lock()
+
+    def claimer(name: str) -> None:
+        while True:
+            got = store.acquire(name, ["*"], 7, lease(), T0)
+            if not got:
+                return
+            with lock:
+                taken.extend(j.id for j in got)
+
+    threads = [threading.Thread(target=claimer, args=(f"s{i}",)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(taken) == n and len(set(taken)) == n
+
+
+def test_finish_only_applies_to_jobs_the_server_holds(store: SqlStore) -> None:
+    [a, b] = store.enqueue([spec(1), spec(2)], T0)
+    claimed = store.acquire("s1", ["default"], 2, lease(), T0)
+    assert {c.id for c in claimed} == {a.id, b.id}
+    assert claimed[0].attempts == 1
+    lost = store.finish(
+        "s2", [Outcome(job_id=a.id, kind=OutcomeKind.SUCCEEDED, finished_at=T0, result=b"r")], T0
+    )
+    assert lost == [a.id]
+    lost = store.finish("s1", [
+        Outcome(job_id=a.id, kind=OutcomeKind.SUCCEEDED, finished_at=T0, result=b"r"),
+        Outcome(job_id=b.id, kind=OutcomeKind.FAILED, finished_at=T0, error_type="ValueError",
+                error_message="x", retry_at=T0 + timedelta(seconds=5)),
+    ], T0)
+    assert lost == []
+    assert store.get(a.id).state is S.SUCCEEDED  # type: ignore[union-attr]
+    rec_b = store.get(b.id)
+    assert rec_b is not None and rec_b.state is S.SCHEDULED and rec_b.error_type == "ValueError"
+    assert store.next_due() == T0 + timedelta(seconds=5)
+    assert store.promote_due(T0) == 0
+    assert store.promote_due(T0 + timedelta(seconds=5)) == 1
+    assert store.get(b.id).state is S.ENQUEUED  # type: ignore[union-attr]
+
+
+def test_user_changes_follow_the_state_machine(store: SqlStore) -> None:
+    [a] = store.enqueue([spec()], T0)
+    store.acquire("s1", ["*"], 1, lease(), T0)
+    with pytest.raises(IllegalTransitionError, match="cannot requeue a job that is processing"):
+        store.requeue(a.id, T0, "test")
+    assert store.delete(a.id, T0, "stop it") is S.PROCESSING  # running: a cancel request
+    reply = store.heartbeat("s1", [a.id], lease(60), T0)
+    assert reply.cancel_requested == {a.id}
+    with pytest.raises(JobNotFoundError):
+        store.requeue(999_999, T0, "test")
+
+
+def test_heartbeat_reports_lost_jobs_and_reaper_returns_expired_leases(store: SqlStore) -> None:
+    now = T0
+    store.register_server(ServerInfo(id="dead", name="d", host="h", pid=1, workers=1, queues=("*",),
+                                     started_at=now, heartbeat_at=now))
+    store.register_server(ServerInfo(id="live", name="l", host="h", pid=2, workers=1, queues=("*",),
+                                     started_at=now, heartbeat_at=now))
+    [a, b] = store.enqueue([spec(1), spec(2)], now)
+    store.acquire("dead", ["*"], 1, now + timedelta(seconds=30), now)
+    store.acquire("live", ["*"], 1, now + timedelta(seconds=30), now)
+    later = now + timedelta(seconds=40)
+    store.heartbeat("live", [b.id], later + timedelta(seconds=30), later)
+    report = store.reap(later, server_timeout=30)
+    assert report.dead_servers == ("dead",) and report.returned_jobs == (a.id,)
+    assert store.get(a.id).state is S.ENQUEUED  # type: ignore[union-attr]
+    assert "its server stopped" in store.history(a.id)[-1].reason
+    assert store.get(b.id).state is S.PROCESSING  # type: ignore[union-attr]
+    # The dead server comes back: its job is gone.
+    reply = store.heartbeat("dead", [a.id], later + timedelta(seconds=30), later)
+    assert not reply.registered and reply.lost == {a.id}
+
+
+def test_unique_key_and_requeue_conflict(store: SqlStore) -> None:
+    [a] = store.enqueue([spec(1, key="k")], T0)
+    [b] = store.enqueue([spec(2, key="k")], T0)
+    assert a.id == b.id and not b.created
+    store.delete(a.id, T0, "x")
+    [c] = store.enqueue([spec(3, key="k")], T0)
+    assert c.created and c.id != a.id
+    with pytest.raises(IllegalTransitionError, match="unique key"):
+        store.requeue(a.id, T0, "again")
+    assert store.get(a.id).state is S.DELETED  # type: ignore[union-attr]
+
+
+def test_prune_removes_old_finished_jobs_with_their_history(store: SqlStore) -> None:
+    ids = [e.id for e in store.enqueue([spec(i) for i in range(5)], T0)]
+    store.acquire("s", ["*"], 5, lease(), T0)
+    store.finish("s", [Outcome(job_id=i, kind=OutcomeKind.SUCCEEDED, finished_at=T0) for i in ids[:3]]
+                 + [Outcome(job_id=i, kind=OutcomeKind.FAILED, finished_at=T0, error_type="E")
+                    for i in ids[3:]], T0)
+    day = 86400.0
+    assert store.prune(T0 + timedelta(days=6), keep_succeeded=7 * day, keep_deleted=7 * day, batch=10) == 0
+    assert store.prune(T0 + timedelta(days=8), keep_succeeded=7 * day, keep_deleted=7 * day, batch=2) == 2
+    assert store.prune(T0 + timedelta(days=8), keep_succeeded=7 * day, keep_deleted=7 * day, batch=2) == 1
+    left = store.query(JobFilter())
+    assert sorted(r["id"] for r in left) == ids[3:]  # failed jobs are kept until deleted
+    assert store.history(ids[0]) == []
+
+
+def test_lease_lock_has_one_owner_at_a_time(store: SqlStore) -> None:
+    assert store.try_lock("reaper", "a", T0 + timedelta(seconds=10), T0)
+    assert not store.try_lock("reaper", "b", T0 + timedelta(seconds=10), T0 + timedelta(seconds=5))
+    assert store.try_lock("reaper", "a", T0 + timedelta(seconds=20), T0 + timedelta(seconds=5))
+    assert store.try_lock("reaper", "b", T0 + timedelta(seconds=40), T0 + timedelta(seconds=21))
+
+
+def test_queue_order_then_priority_then_age(store: SqlStore) -> None:
+    ids = [e.id for e in store.enqueue(
+        [spec(0, queue="low"), spec(1, queue="high"), spec(2, queue="high", priority=3), spec(3)], T0)]
+    got = store.acquire("s", ["high", "low"], 3, lease(), T0)
+    assert [j.id for j in got] == [ids[2], ids[1], ids[0]]
+    assert store.queue_lengths() == {"default": 1}

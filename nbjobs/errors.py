@@ -11,6 +11,10 @@ class ConfigurationError(NbJobsError, ValueError):
     """An option, URL or argument given to nbjobs is not valid."""
 
 
+class InvalidScheduleError(ConfigurationError):
+    """A cron expression, time zone or recurring-job policy is not valid; nothing was stored."""
+
+
 class InvalidJobError(NbJobsError, ValueError):
     """A job cannot be created as asked (bad target, argument, delay or option); nothing was stored."""
 
@@ -39,12 +43,55 @@ class FunctionNotFoundError(NbJobsError):
     """A stored function reference no longer resolves (renamed or removed in code)."""
 
 
-class JobCancelled(NbJobsError):  # noqa: N818 - reads as an event, raised inside the job
+class JobCancelled(NbJobsError):
     """Raised inside a running job by `check_cancelled()` when the job was cancelled."""
 
 
 class JobTimeoutError(NbJobsError, TimeoutError):
     """The job ran longer than its `timeout=`."""
+
+
+class WorkerCrashedError(NbJobsError):
+    """A worker process died while running the job (killed, out of memory, a crash in native code).
+
+    The attempt counts as failed and the job's retry policy applies; if it keeps happening, run the
+    job with less data or on a machine with more memory, or on the thread executor to see the error.
+    """
+
+
+class NotebookError(NbJobsError):
+    """A notebook job could not run to its end (kernel failed to start or died); the partial run is saved."""
+
+    def __init__(self, message: str, *, output_path: str | None = None) -> None:
+        super().__init__(message)
+        self.output_path = output_path  #: where the (partially) executed notebook was saved
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return type(self), (str(self),), self.__dict__
+
+
+class NotebookCellError(NotebookError):
+    """A cell of a notebook job raised: the cell index, the exception and its traceback are attached."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        cell_index: int = -1,
+        ename: str = "",
+        evalue: str = "",
+        traceback: str = "",
+        output_path: str | None = None,
+    ) -> None:
+        super().__init__(message, output_path=output_path)
+        self.cell_index = cell_index  #: index of the failing cell in the saved (executed) notebook
+        self.ename = ename  #: the exception type raised in the kernel, e.g. "ZeroDivisionError"
+        self.evalue = evalue
+        self.traceback = traceback  #: the kernel's traceback, without terminal colours
+
+
+class NotebookCellTimeoutError(NotebookCellError, TimeoutError):
+    """A cell of a notebook job ran longer than its `cell_timeout=`."""
 
 
 class JobFailedError(NbJobsError):

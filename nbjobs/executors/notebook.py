@@ -1,0 +1,251 @@
+"""Run a notebook as a job: parameters injected, a fresh kernel through nbclient, the run saved.
+
+`run_notebook` is an ordinary importable job function, so any server runs notebook jobs (the kernel's
+own server, `nbjobs server` processes on other machines) with the usual queues, retries and timeouts.
+It owns the kernel's whole life: whatever happens (success, a failing cell, a cell timeout, a
+cancellation or the job's timeout, an error in nbjobs) the kernel is shut down before it returns,
+and the executed or partially executed notebook is saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbformat import NotebookNode
+
+from .. import context, notebooks
+from ..clock import SystemClock
+from ..errors import JobCancelled, NotebookCellError, NotebookCellTimeoutError, NotebookError
+
+log = logging.getLogger("nbjobs.executor.notebook")
+
+#: The function reference stored with every notebook job.
+NOTEBOOK_FUNCTION = "nbjobs.executors.notebook:run_notebook"
+LOG_FLUSH_SECONDS = 0.5  #: captured output is written at most this often (and at the end)
+WATCH_SECONDS = 0.1  #: how often a running notebook checks for cancellation
+INTERRUPT_GRACE = 2.0  #: after an interrupt, seconds a cell gets to stop before the kernel is killed
+
+_clock = SystemClock()
+
+
+class _Output:
+    """Buffers the kernel's stream output and stores it as the job's captured output, in batches."""
+
+    def __init__(self, ctx: context.JobContext | None) -> None:
+        self.ctx = ctx
+        self.chunks: list[tuple[Any, str, str]] = []
+        self.last_flush = time.monotonic()
+
+    def write(self, stream: str, text: str) -> None:
+        if text:
+            self.chunks.append((_clock.now(), stream, text))
+
+    def maybe_flush(self) -> None:
+        if self.chunks and time.monotonic() - self.last_flush >= LOG_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        chunks, self.chunks = self.chunks, []
+        self.last_flush = time.monotonic()
+        if chunks and self.ctx is not None:
+            try:
+                self.ctx.append_logs(chunks)
+            except Exception:  # losing output must not fail the notebook
+                log.exception("could not store output of job %s", self.ctx.id)
+
+
+def _client_class() -> type[Any]:
+    """nbclient is imported on first use: `import nbjobs` stays fast for jobs that never run notebooks."""
+    from nbclient import NotebookClient
+
+    class _Client(NotebookClient):  # type: ignore[misc]
+        """NotebookClient that reports stream output as it arrives and remembers the running cell."""
+
+        def __init__(self, nb: NotebookNode, *, output: _Output, ctx: context.JobContext | None,
+                     **kwargs: Any) -> None:
+            super().__init__(nb, **kwargs)
+            self._nbjobs_output = output
+            self._nbjobs_ctx = ctx
+            self.cell_index = -1
+
+        async def async_execute_cell(self, cell: NotebookNode, cell_index: int, *args: Any,
+                                     **kwargs: Any) -> NotebookNode:
+            if self._nbjobs_ctx is not None:
+                self._nbjobs_ctx.check_cancelled()  # an interrupt between cells would not stop the run
+            if cell.get("cell_type") == "code" and cell.get("source", "").strip():
+                self.cell_index = cell_index
+            return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+
+        def output(self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None,
+                   cell_index: int) -> NotebookNode | None:
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream":
+                self._nbjobs_output.write(content.get("name", "stdout"), content.get("text", ""))
+            elif kind == "error":
+                tb = notebooks.strip_ansi("\n".join(content.get("traceback") or []))
+                self._nbjobs_output.write("stderr", tb + "\n")
+            return super().output(outs, msg, display_id, cell_index)
+
+    return _Client
+
+
+class _Run:
+    """One execution: the kernel, the client, and the watch for cancellation."""
+
+    def __init__(self, nb: NotebookNode, *, kernel_name: str, cwd: Path, cell_timeout: float | None,
+                 ctx: context.JobContext | None, output: _Output) -> None:
+        from jupyter_client.manager import AsyncKernelManager
+
+        self.ctx = ctx
+        self.output = output
+        self.km = AsyncKernelManager(kernel_name=kernel_name)
+        self.client = _client_class()(
+            nb, output=output, ctx=ctx, km=self.km, kernel_name=kernel_name,
+            timeout=int(cell_timeout) if cell_timeout else None, interrupt_on_timeout=False,
+            shutdown_kernel="immediate", resources={"metadata": {"path": str(cwd)}},
+        )
+        self.cwd = cwd
+        self.interrupted_at: float | None = None
+
+    def execute(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        task = asyncio.ensure_future(self.client.async_execute(cleanup_kc=True, cwd=str(self.cwd)))
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=WATCH_SECONDS)
+                self.output.maybe_flush()
+                if task.done() or self.ctx is None or not self.ctx.cancelled:
+                    continue
+                if self.interrupted_at is None:
+                    self.interrupted_at = time.monotonic()
+                    log.info("job %d cancelled (%s): interrupting its kernel", self.ctx.id,
+                             self.ctx.cancel_reason)
+                    await self._interrupt()
+                elif time.monotonic() - self.interrupted_at > INTERRUPT_GRACE:
+                    # The cell ignores the interrupt: stop waiting; the kernel is killed below.
+                    raise JobCancelled(f"job {self.ctx.id} was cancelled ({self.ctx.cancel_reason})")
+            task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+            await self._shutdown()
+
+    async def _interrupt(self) -> None:
+        try:
+            if self.km.has_kernel:
+                await self.km.interrupt_kernel()
+        except Exception:
+            log.exception("could not interrupt the kernel")
+
+    async def _shutdown(self) -> None:
+        """The guarantee: no kernel outlives its job, whatever nbclient did or did not do."""
+        try:
+            if self.km.has_kernel:
+                await self.km.shutdown_kernel(now=True)
+        except Exception:
+            log.exception("could not shut down the kernel; killing it")
+            try:
+                await self.km._kill_kernel()
+            except Exception:
+                log.exception("could not kill the kernel")
+
+
+def _save(nb: NotebookNode, path: Path) -> None:
+    """Write atomically, so a reader never sees half a notebook."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            nbformat.write(nb, fh)  # type: ignore[no-untyped-call]
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _error(exc: BaseException, cell_index: int, source: Path, out: Path) -> BaseException:
+    """Turn what nbclient raised into the job's error: which cell, what it raised, where the run is."""
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+
+    where = f"the partially executed notebook is saved at {out}"
+    if isinstance(exc, CellTimeoutError):
+        err: NotebookError = NotebookCellTimeoutError(
+            f"cell {cell_index} of {source.name} ran longer than its cell_timeout; {where}",
+            cell_index=cell_index, ename="CellTimeoutError", evalue=str(exc).splitlines()[0],
+            traceback=str(exc), output_path=str(out),
+        )
+    elif isinstance(exc, CellExecutionError):
+        tb = notebooks.strip_ansi(exc.traceback)
+        err = NotebookCellError(
+            f"cell {cell_index} of {source.name} raised {exc.ename}: {exc.evalue}; {where}",
+            cell_index=cell_index, ename=exc.ename, evalue=exc.evalue, traceback=tb, output_path=str(out),
+        )
+        err.add_note(f"Cell {cell_index} traceback (from the kernel):\n{tb}")
+    elif isinstance(exc, DeadKernelError):
+        err = NotebookError(f"the kernel died while running cell {cell_index} of {source.name}; {where}",
+                            output_path=str(out))
+    else:
+        return exc
+    err.__cause__ = None
+    return err
+
+
+def run_notebook(
+    path: str,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    kernel_name: str | None = None,
+    cwd: str | None = None,
+    output_dir: str | None = None,
+    cell_timeout: float | None = None,
+) -> dict[str, Any]:
+    """Execute the notebook at `path` with `parameters` in a fresh kernel and save the run.
+
+    Returns `{"output_path", "kernel_name", "parameters", "cells"}`; raises NotebookCellError for a
+    failing cell and JobCancelled when the job was cancelled (or timed out) while running.
+    """
+    ctx = context.current_job_or_none()
+    source = Path(path)
+    nb = notebooks.parse_notebook(source.read_text(encoding="utf-8"), str(source))
+    params = notebooks.check_parameters(parameters)
+    nb = notebooks.inject_parameters(nb, params)
+    run_id: int | str = ctx.id if ctx is not None else _clock.now().strftime("%Y%m%dT%H%M%S%f")
+    out = notebooks.output_path(source, output_dir, run_id)
+    kernel = notebooks.kernel_name(nb, kernel_name)
+    folder = Path(cwd) if cwd else source.parent
+    output = _Output(ctx)
+    nb.metadata["nbjobs"] = {
+        "input_path": str(source), "parameters": params, "kernel_name": kernel,
+        "job_id": ctx.id if ctx else None, "attempt": ctx.attempt if ctx else None,
+        "started_at": _clock.now().isoformat(),
+    }
+    run = _Run(nb, kernel_name=kernel, cwd=folder, cell_timeout=cell_timeout, ctx=ctx, output=output)
+    status = "failed"
+    try:
+        run.execute()
+        status = "succeeded"
+    except Exception as exc:
+        if ctx is not None and ctx.cancelled:
+            status = "cancelled"
+            raise JobCancelled(f"job {ctx.id} was cancelled while running {source.name} "
+                               f"({ctx.cancel_reason}); the partial run is saved at {out}") from None
+        raise _error(exc, run.client.cell_index, source, out) from None
+    finally:
+        nb.metadata["nbjobs"].update(status=status, finished_at=_clock.now().isoformat())
+        output.flush()
+        _save(nb, out)
+    log.info("notebook %s ran in kernel %s; saved to %s", source, kernel, out,
+             extra={"action": "notebook_done", "job_id": ctx.id if ctx else None})
+    return {"output_path": str(out), "kernel_name": kernel, "parameters": params,
+            "cells": len(nb.cells)}

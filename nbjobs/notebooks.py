@@ -1,0 +1,163 @@
+"""Pure logic of notebook jobs: parameter checks, papermill-style injection, output naming.
+
+No files, kernels or storage here: the client validates with these functions at enqueue and the
+notebook executor (`executors/notebook.py`) uses the same ones to run, so both agree on every rule.
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import keyword
+import math
+import re
+from collections.abc import Mapping
+from datetime import date, datetime, time
+from pathlib import Path
+from typing import Any
+
+import nbformat
+from nbformat import NotebookNode
+
+from .errors import InvalidJobError
+
+PARAMETERS_TAG = "parameters"
+INJECTED_TAG = "injected-parameters"
+DEFAULT_OUTPUT_DIR = "nbjobs-runs"  #: next to the notebook, unless `output_dir=` says otherwise
+DEFAULT_KERNEL = "python3"
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_KINDS = "str, int, float, bool, None, or lists, tuples and dicts of them (dates as ISO strings)"
+
+
+# --- parameters ---------------------------------------------------------------------------------
+
+
+def _literal(value: Any, where: str) -> Any:
+    """`value` as a Python literal (dates become ISO strings); InvalidJobError naming `where`."""
+    kind = type(value)
+    if value is None or kind in (str, int, bool):
+        return value
+    if kind is float:
+        if not math.isfinite(value):
+            raise InvalidJobError(f"{where} is {value!r}, which has no Python literal; pass a finite number "
+                                  "or None")
+        return value
+    if kind in (datetime, date, time):
+        return value.isoformat()
+    if kind in (list, tuple):
+        return kind(_literal(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if kind is dict:
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            if type(k) not in (str, int, float, bool, type(None)):
+                raise InvalidJobError(f"{where} has a key {k!r} of type {type(k).__name__}; dict keys must "
+                                      "be str, int, float, bool or None")
+            out[k] = _literal(v, f"{where}[{k!r}]")
+        return out
+    raise InvalidJobError(
+        f"{where} is a {kind.__name__} ({value!r:.80}), which cannot be written into a notebook as a "
+        f"Python literal; pass {_KINDS}, e.g. convert it with str(), int(), float() or .tolist()"
+    )
+
+
+def check_parameters(parameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate notebook parameters and return them normalised (dates as ISO strings).
+
+    Every value must survive `ast.literal_eval(repr(value))`, because it is written into a code cell.
+    """
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, Mapping):
+        raise InvalidJobError(f"parameters must be a dict of name → value, got {type(parameters).__name__}")
+    checked: dict[str, Any] = {}
+    for name, value in parameters.items():
+        if not isinstance(name, str) or not name.isidentifier() or keyword.iskeyword(name):
+            raise InvalidJobError(f"parameter name {name!r} is not a valid Python variable name")
+        where = f"parameter {name!r}"
+        literal = _literal(value, where)
+        text = repr(literal)
+        try:
+            same = ast.literal_eval(text) == literal
+        except (ValueError, SyntaxError, RecursionError):
+            same = False
+        if not same:
+            raise InvalidJobError(f"{where} does not survive a round trip through its repr ({text:.80}); "
+                                  f"pass {_KINDS}")
+        checked[name] = literal
+    return checked
+
+
+def parameters_source(parameters: Mapping[str, Any]) -> str:
+    """The code of the injected cell: one `name = literal` line per parameter."""
+    lines = ["# Parameters (injected by nbjobs)"]
+    lines += [f"{name} = {value!r}" for name, value in parameters.items()]
+    return "\n".join(lines) + "\n"
+
+
+def parse_cli_value(text: str) -> Any:
+    """A `-p NAME VALUE` value from the command line: a Python literal if it is one, else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return text
+
+
+# --- notebooks ----------------------------------------------------------------------------------
+
+
+def parse_notebook(text: str, source: str) -> NotebookNode:
+    """Parse and validate notebook JSON (nbformat 4); InvalidJobError saying what is wrong."""
+    try:
+        nb = nbformat.reads(text, as_version=4)  # type: ignore[no-untyped-call]
+    except Exception as exc:  # NotJSONError, jsonschema ValidationError, conversion errors
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InvalidJobError(f"{source} is not a valid Jupyter notebook (nbformat 4): {first:.300}") from exc
+    if not isinstance(nb, NotebookNode) or "cells" not in nb:
+        raise InvalidJobError(f"{source} is not a valid Jupyter notebook: it has no cells")
+    return nb
+
+
+def tagged(cell: NotebookNode, tag: str) -> bool:
+    return tag in (cell.get("metadata", {}).get("tags") or [])
+
+
+def inject_parameters(nb: NotebookNode, parameters: Mapping[str, Any]) -> NotebookNode:
+    """A copy of `nb` with a cell tagged `injected-parameters` after the `parameters` cell (or first).
+
+    As papermill does: a previous injected cell is replaced, the notebook's own defaults stay in place
+    and are overridden because the injected cell runs after them.
+    """
+    out = copy.deepcopy(nb)
+    out.cells = [c for c in out.cells if not tagged(c, INJECTED_TAG)]
+    if not parameters:
+        return out
+    cell = nbformat.v4.new_code_cell(  # type: ignore[no-untyped-call]
+        parameters_source(parameters), metadata={"tags": [INJECTED_TAG]}
+    )
+    if (out.get("nbformat"), out.get("nbformat_minor", 0)) < (4, 5):
+        cell.pop("id", None)  # cell ids exist from nbformat 4.5 on; older files must not get one
+    at = next((i + 1 for i, c in enumerate(out.cells) if tagged(c, PARAMETERS_TAG)), 0)
+    out.cells.insert(at, cell)
+    return out
+
+
+def kernel_name(nb: NotebookNode, override: str | None = None) -> str:
+    """The kernel to run: the option, else the notebook's kernelspec, else python3."""
+    if override:
+        return override
+    spec = nb.get("metadata", {}).get("kernelspec") or {}
+    name = spec.get("name")
+    return name if isinstance(name, str) and name else DEFAULT_KERNEL
+
+
+def output_path(notebook: str | Path, output_dir: str | Path | None, job_id: int | str) -> Path:
+    """Where a run is saved: `<output_dir>/<name>.<job id>.ipynb` (default dir: nbjobs-runs beside it)."""
+    src = Path(notebook)
+    folder = Path(output_dir) if output_dir is not None else src.parent / DEFAULT_OUTPUT_DIR
+    return folder / f"{src.stem}.{job_id}.ipynb"
+
+
+def strip_ansi(text: str) -> str:
+    """Kernel tracebacks carry terminal colour codes; logs and error messages should not."""
+    return _ANSI.sub("", text)

@@ -55,6 +55,7 @@ class Engine:
         self.notifier.local_cancel = self._local_cancel
         self.client = Client(self.store, self.codec, self.clock, self.notifier)
         self.server: Server | None = None
+        self._process_pool: Any = None
         self._lock = threading.Lock()
         self._closed = False
         _engines.add(self)
@@ -84,14 +85,20 @@ class Engine:
             self.server = Server(
                 store=self.store, clock=self.clock, codec=self.codec, config=config,
                 wake=self.notifier.work, schedule_changed=self.notifier.schedule_changed,
-                executors=self._executors(), wrappers=self._wrappers(),
+                executors=self._executors(workers), wrappers=self._wrappers(),
                 progress_sink=self._progress_sink(), on_finished=self.notifier.finished,
             )
             return self.server.start()
 
-    def _executors(self) -> dict[str, Any]:
+    def _executors(self, workers: int = 4) -> dict[str, Any]:
         """Extra executors by name (process, notebook); filled in by their modules when present."""
-        return {}
+        from .executors.process import ProcessExecutor
+
+        if self._process_pool is not None:
+            self._process_pool.close()
+        # Children start lazily, so a server that never runs a process job starts no process.
+        self._process_pool = ProcessExecutor(size=workers, signer=self.codec.signer, clock=self.clock)
+        return {"process": self._process_pool}
 
     def _wrappers(self) -> list[Any]:
         return []
@@ -105,6 +112,9 @@ class Engine:
             server, self.server = self.server, None
         if server is not None:
             server.stop(timeout)
+        pool, self._process_pool = self._process_pool, None
+        if pool is not None:
+            pool.close()
 
     def _local_cancel(self, job_id: int, reason: str) -> bool:
         server = self.server

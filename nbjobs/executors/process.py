@@ -1,0 +1,289 @@
+"""Run jobs in a pool of worker processes (`executor="process"`): CPU-bound work, hard timeouts.
+
+Why processes: a CPU-bound job on a thread holds the GIL and freezes the notebook; in a child process
+it does not, and a job that overruns its `timeout=` (or is cancelled) can be stopped for sure by
+terminating its process, which no thread allows.
+
+How:
+- One child per slot (the pool has as many slots as the server has workers), started lazily from a
+  `forkserver` (a clean, single-threaded process that preloads nbjobs; falling back to `spawn` where
+  forkserver does not exist). Never `fork`: forking a kernel that runs threads can deadlock the child.
+- The parent sends the job's *signed* payload and the signing key travels once, at child start-up, over
+  the process pipe (never the environment). The child verifies, decodes and runs it; functions from a
+  notebook (`__main__`) are loaded from the cloudpickled copy the payload carries
+  (`Codec.load_function(prefer_live=False)`), others are imported by reference. The child follows the
+  parent's `sys.path` and working directory at each job, so modules the notebook can import resolve.
+- Timeout and cancellation: the dispatcher sets the job's cancel flag (on timeout, cancel, shutdown);
+  the waiting worker thread sees it and terminates the child (SIGTERM, then SIGKILL). The slot's next
+  job starts a new child.
+- A child that dies mid-job (killed, out of memory, segfault) fails the attempt with
+  `WorkerCrashedError`; the job's retry policy applies. Nothing hangs: the parent waits on the pipe
+  and the process sentinel together.
+- Inside the child, `nbjobs.current_job()` works; `set_progress()` is forwarded to the parent (and so
+  to storage); `check_cancelled()` never fires there, because cancellation terminates the process.
+
+Output capture hook (for the job-output feature): the child records what the job writes to
+`sys.stdout`/`sys.stderr` as `(time, stream, text)` chunks and sends them back with the result; the
+parent hands them to `on_output(ctx, chunks)` if one was given, else to `ctx.append_logs(chunks)`
+(the job's captured output in storage). A job killed for its timeout sends no output. To stream output live
+instead, the child could send `("output", chunks)` messages the way it sends progress; the parent loop
+in `_Slot.run` already dispatches on the message kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import multiprocessing
+import os
+import pickle
+import queue
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from .. import context
+from ..clock import Clock
+from ..errors import JobCancelled, WorkerCrashedError
+from ..model import ClaimedJob
+from ..payload import Codec, Signer
+from .thread import RunResult, _error
+
+log = logging.getLogger("nbjobs.executor")
+
+#: Receives the captured output of one process job: (time, stream, text) chunks.
+OutputSink = Callable[[context.JobContext, Sequence[tuple[datetime, str, str]]], None]
+
+_TERMINATE_GRACE = 1.0  #: seconds between SIGTERM and SIGKILL of a child that must stop
+
+
+def _mp_context() -> Any:
+    methods = multiprocessing.get_all_start_methods()
+    if "forkserver" in methods:
+        ctx = multiprocessing.get_context("forkserver")
+        # Children fork from a server that already imported nbjobs: start-up takes milliseconds.
+        ctx.set_forkserver_preload(["nbjobs.executors.process"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+# -- child side ---------------------------------------------------------------------------------
+class _Capture(io.TextIOBase):
+    """A text stream that records writes as timestamped chunks."""
+
+    def __init__(self, name: str, sink: list[tuple[datetime, str, str]]) -> None:
+        self.name_ = name
+        self.sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if text:
+            self.sink.append((datetime.now(UTC), self.name_, text))
+        return len(text)
+
+
+def _child_main(conn: Connection, key: bytes) -> None:
+    """The loop of one worker process: run jobs sent by the parent until told to stop."""
+    # Ctrl-C in a terminal reaches the whole process group; the parent decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    codec = Codec(Signer(key))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        conn.send(("result", _child_run(codec, conn, msg)))
+
+
+def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    if msg["sys_path"] != sys.path:
+        sys.path[:] = msg["sys_path"]
+    with contextlib.suppress(OSError):
+        if os.getcwd() != msg["cwd"]:
+            os.chdir(msg["cwd"])
+    started = datetime.now(UTC)
+    output: list[tuple[datetime, str, str]] = []
+
+    def reply(result: RunResult) -> dict[str, Any]:
+        out = {k: v for k, v in result.__dict__.items() if k != "exc_type"}
+        try:
+            out["exc_type"] = pickle.dumps(result.exc_type) if result.exc_type else None
+        except Exception:  # a class defined somewhere the parent cannot import
+            out["exc_type"] = None
+        out["output"] = output
+        return out
+
+    try:
+        call = codec.decode_call(msg["payload"])
+        fn = codec.load_function(msg["function"], call, prefer_live=False)
+    except Exception as exc:  # bad signature, missing function, broken pickle: no retry helps
+        return reply(_error(exc, started=started, finished=datetime.now(UTC), retryable=False))
+
+    def progress(job_id: int, fraction: float | None, message: str | None) -> None:
+        conn.send(("progress", (fraction, message)))
+
+    ctx = context.JobContext(id=msg["id"], attempt=msg["attempt"], function=msg["function"],
+                             queue=msg["queue"], recurring_id=msg["recurring_id"], progress_sink=progress)
+    token = context.activate(ctx)
+    try:
+        with contextlib.redirect_stdout(_Capture("stdout", output)), \
+                contextlib.redirect_stderr(_Capture("stderr", output)):
+            value = fn(*call.args, **call.kwargs)
+    except JobCancelled as exc:
+        result = _error(exc, started=started, finished=datetime.now(UTC))
+        return reply(RunResult(**{**result.__dict__, "cancelled": True}))
+    except Exception as exc:
+        return reply(_error(exc, started=started, finished=datetime.now(UTC)))
+    finally:
+        context.deactivate(token)
+    try:
+        encoded = codec.dumps(value, msg["serializer"], what="the job's return value")
+    except Exception as exc:
+        return reply(_error(exc, started=started, finished=datetime.now(UTC), retryable=False))
+    return reply(RunResult(started_at=started, finished_at=datetime.now(UTC), ok=True, result=encoded))
+
+
+# -- parent side --------------------------------------------------------------------------------
+class _Slot:
+    """One worker process (started on demand) and the pipe to it."""
+
+    def __init__(self, mp: Any, key: bytes) -> None:
+        self._mp = mp
+        self._key = key
+        self.process: Any = None
+        self.conn: Connection | None = None
+
+    def _ensure(self) -> tuple[Any, Connection]:
+        if self.process is None or not self.process.is_alive() or self.conn is None:
+            self.kill()
+            parent, child = self._mp.Pipe(duplex=True)
+            proc = self._mp.Process(target=_child_main, args=(child, self._key),
+                                    name="nbjobs-process-worker", daemon=True)
+            proc.start()
+            child.close()
+            self.process, self.conn = proc, parent
+        return self.process, self.conn
+
+    def run(self, job: ClaimedJob, ctx: context.JobContext) -> tuple[dict[str, Any] | None, str]:
+        """Run one job; returns (reply, "") or (None, why it has no reply)."""
+        proc, conn = self._ensure()
+        conn.send({
+            "id": job.id, "attempt": job.attempts, "function": job.function, "payload": job.payload,
+            "queue": job.options.queue, "recurring_id": job.recurring_id,
+            "serializer": job.options.serializer, "sys_path": list(sys.path), "cwd": os.getcwd(),
+        })
+        while True:
+            if ctx.cancelled:
+                self.kill()
+                return None, "cancelled"
+            ready = wait([conn, proc.sentinel], timeout=0.05)
+            if conn in ready:
+                try:
+                    kind, body = conn.recv()
+                except (EOFError, OSError):
+                    pass  # the child died after or while writing: fall through to the crash report
+                else:
+                    if kind == "result":
+                        return body, ""
+                    if kind == "progress" and ctx.progress_sink is not None:
+                        try:
+                            ctx.set_progress(*body)
+                        except Exception:
+                            log.exception("progress report of job %d failed", job.id)
+                    continue
+            if proc.sentinel in ready or not proc.is_alive():
+                proc.join(timeout=1.0)
+                code = proc.exitcode
+                self.kill()
+                return None, f"exit code {code}" if code is None or code >= 0 else \
+                    f"signal {signal.Signals(-code).name}"
+
+    def kill(self) -> None:
+        proc, conn = self.process, self.conn
+        self.process = self.conn = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+        if proc is not None and proc.is_alive():
+            proc.terminate()
+            proc.join(_TERMINATE_GRACE)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(_TERMINATE_GRACE)
+
+    def close(self) -> None:
+        """Ask an idle child to exit; kill it if it does not."""
+        proc, conn = self.process, self.conn
+        if proc is not None and conn is not None and proc.is_alive():
+            with contextlib.suppress(Exception):
+                conn.send(None)
+            proc.join(_TERMINATE_GRACE)
+        self.kill()
+
+
+class ProcessExecutor:
+    """The `process` executor: call it from a worker thread with a claimed job; it blocks until done."""
+
+    def __init__(
+        self, *, size: int, signer: Signer, clock: Clock, on_output: OutputSink | None = None
+    ) -> None:
+        self._mp = _mp_context()
+        self._clock = clock
+        self._on_output = on_output
+        self._slots: list[_Slot] = [_Slot(self._mp, signer.key) for _ in range(max(1, size))]
+        self._idle: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
+        for slot in self._slots:
+            self._idle.put(slot)
+        self._closed = threading.Event()
+
+    def __call__(self, job: ClaimedJob, ctx: context.JobContext) -> RunResult:
+        started = self._clock.now()
+        slot = self._idle.get()  # at most `workers` threads call at once, so this rarely waits
+        try:
+            if self._closed.is_set():
+                raise RuntimeError("the process pool was closed")
+            reply, why = slot.run(job, ctx)
+        finally:
+            self._idle.put(slot)
+        finished = self._clock.now()
+        if reply is None:
+            if why == "cancelled":
+                exc: BaseException = JobCancelled(f"job {job.id} was cancelled ({ctx.cancel_reason}); "
+                                                  "its worker process was terminated")
+                return RunResult(**{**_error(exc, started=started, finished=finished).__dict__,
+                                    "cancelled": True})
+            crash = WorkerCrashedError(
+                f"the worker process running job {job.id} died ({why}) before reporting a result; "
+                "it may have run out of memory or crashed in native code"
+            )
+            return _error(crash, started=started, finished=finished)
+        output = reply.pop("output", [])
+        if output:
+            try:
+                if self._on_output is not None:
+                    self._on_output(ctx, output)
+                else:
+                    ctx.append_logs(output)
+            except Exception:
+                log.exception("storing the output of job %d failed", job.id)
+        exc_blob = reply.pop("exc_type", None)
+        exc_type = None
+        if exc_blob is not None:
+            with contextlib.suppress(Exception):
+                exc_type = pickle.loads(exc_blob)  # written by our own child
+        return RunResult(**reply, exc_type=exc_type)
+
+    def close(self) -> None:
+        """Stop every worker process (idle ones exit, busy ones are terminated)."""
+        self._closed.set()
+        for slot in self._slots:
+            slot.close()

@@ -1,0 +1,68 @@
+"""Job functions for tests that run jobs in other processes (importable as tests.integration.jobfuncs).
+
+Functions take file paths rather than sharing memory, because they run in `nbjobs server` processes
+and worker processes: each execution appends one line to a file, which the test then counts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def record(path: str, tag: int) -> int:
+    """Append `tag pid` to `path` (O_APPEND: one line per write, atomically) and return the tag."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{tag} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
+    return tag
+
+
+def noop() -> None:
+    """The benchmark's job: nothing at all."""
+
+
+def hold(path: str, release: str, tag: int, limit: float = 60.0) -> int:
+    """Record a start line, wait until `release` exists, then record an end line."""
+    record(path, tag)
+    deadline = time.monotonic() + limit
+    while not Path(release).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release} did not appear within {limit}s")
+        time.sleep(0.01)
+    record(path + ".done", tag)
+    return tag
+
+
+def whoami() -> int:
+    return os.getpid()
+
+
+def shout(text: str) -> str:
+    print(text)
+    print("to stderr", file=sys.stderr)
+    return text.upper()
+
+
+def kill_self() -> None:
+    """Die the way an out-of-memory kill looks: SIGKILL, no Python cleanup."""
+    os.kill(os.getpid(), 9)
+
+
+def write_pid_and_sleep(path: str, seconds: float) -> None:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+
+
+def hog_gil(path: str, n: int) -> int:
+    """Signal the start in `path`, then hold the GIL in one C call (`sum(range(n))`)."""
+    Path(path).write_text("started")
+    return sum(range(n))
+
+
+def fail_with(exc_name: str) -> None:
+    raise {"ValueError": ValueError, "KeyError": KeyError}[exc_name]("planned failure")

@@ -1,0 +1,125 @@
+"""The process executor: real worker processes (forkserver), by-value notebook functions, hard
+timeouts, crashes that fail the attempt, cancellation by termination, output capture."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import nbjobs
+from nbjobs import JobState
+from nbjobs.errors import JobFailedError
+from nbjobs.server.reaper import pid_alive
+
+from ..conftest import wait_for
+from . import jobfuncs
+
+
+@pytest.fixture
+def nb(tmp_path: Path) -> Iterator[nbjobs.Engine]:
+    eng = nbjobs.connect(f"sqlite:///{tmp_path / 'jobs.db'}", secret="test-secret")
+    eng.start_server(workers=2, scheduler_interval=0.05)
+    yield eng
+    eng.close()
+
+
+def notebook_function() -> object:
+    """A function defined 'in a notebook': its module is __main__, so it only exists by value."""
+    ns: dict[str, object] = {"__name__": "__main__"}
+    exec("import os\ndef cube(x):\n    return (x ** 3, os.getpid())\n", ns)
+    return ns["cube"]
+
+
+def test_runs_in_another_process_and_captures_output(nb: nbjobs.Engine) -> None:
+    proc = nb.options(executor="process")
+    assert proc.enqueue(jobfuncs.whoami).result(timeout=30) != os.getpid()
+    job = proc.enqueue(jobfuncs.shout, "hello")
+    assert job.result(timeout=30) == "HELLO"
+    logs = nb.store.read_logs(job.id)
+    assert [(stream, text) for _, stream, text in logs if text.strip()] == [
+        ("stdout", "hello"), ("stderr", "to stderr"),
+    ]
+
+
+def test_notebook_function_is_shipped_by_value(nb: nbjobs.Engine) -> None:
+    cube = notebook_function()
+    job = nb.options(executor="process").enqueue(cube, 3)  # type: ignore[arg-type]
+    assert job.record().function == "__main__:cube"
+    value, pid = job.result(timeout=30)
+    assert value == 27 and pid != os.getpid()
+
+
+def test_timeout_terminates_the_process(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    job = nb.options(executor="process", timeout=0.5, retries=0).enqueue(
+        jobfuncs.write_pid_and_sleep, str(pidfile), 60)
+    assert job.wait(timeout=30) is JobState.FAILED
+    rec = job.record()
+    assert rec.error_type == "nbjobs.errors.JobTimeoutError"
+    assert not pid_alive(int(pidfile.read_text()))
+    # The slot starts a fresh process for the next job.
+    next_pid = nb.options(executor="process").enqueue(jobfuncs.whoami).result(timeout=30)
+    assert next_pid != int(pidfile.read_text())
+
+
+def test_crashed_process_fails_the_attempt_and_retries_apply(nb: nbjobs.Engine) -> None:
+    job = nb.options(executor="process", retries=1, retry_base=0).enqueue(jobfuncs.kill_self)
+    assert job.wait(timeout=30) is JobState.FAILED
+    assert job.record().attempts == 2
+    assert job.record().error_type == "nbjobs.errors.WorkerCrashedError"
+    assert "SIGKILL" in (job.record().error_message or "")
+    states = [c.state for c in job.history()]
+    assert states.count(JobState.PROCESSING) == 2 and JobState.SCHEDULED in states
+    with pytest.raises(JobFailedError, match="WorkerCrashedError"):
+        job.result(timeout=1)
+
+
+def test_job_errors_keep_their_type_for_retry_rules(nb: nbjobs.Engine) -> None:
+    job = nb.options(executor="process", retries=3, no_retry_on=["KeyError"]).enqueue(
+        jobfuncs.fail_with, "KeyError")
+    assert job.wait(timeout=30) is JobState.FAILED
+    assert job.record().attempts == 1 and job.record().error_type == "KeyError"
+
+
+def test_cancel_terminates_a_running_process_job(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    job = nb.options(executor="process").enqueue(jobfuncs.write_pid_and_sleep, str(pidfile), 60)
+    wait_for(lambda: pidfile.exists() and pidfile.read_text(), timeout=30)
+    job.cancel()
+    assert job.wait(timeout=30) is JobState.DELETED
+    wait_for(lambda: not pid_alive(int(pidfile.read_text())), timeout=10)
+
+
+@pytest.mark.parametrize("executor", ["process", "thread"])
+def test_gil_holding_job_leaves_this_process_responsive_only_in_a_process(
+    nb: nbjobs.Engine, tmp_path: Path, executor: str
+) -> None:
+    # A ticker thread stands for the notebook: it wants to run every 10 ms while the job runs.
+    ticks: list[float] = [time.perf_counter()]
+    stop = threading.Event()
+
+    def tick() -> None:
+        while not stop.wait(0.01):
+            ticks.append(time.perf_counter())
+
+    ticker = threading.Thread(target=tick)
+    ticker.start()
+    try:
+        # One C call holds the GIL for about a second: in a thread it freezes every other thread.
+        job = nb.options(executor=executor).enqueue(jobfuncs.hog_gil, str(tmp_path / "flag"), 60_000_000)
+        assert job.result(timeout=60) > 0
+    finally:
+        stop.set()
+        ticker.join()
+    ticks.append(time.perf_counter())
+    worst = max(b - a for a, b in itertools.pairwise(ticks))
+    if executor == "process":
+        assert worst < 0.3, f"the notebook thread stalled {worst * 1000:.0f} ms while a process job ran"
+    else:  # the contrast that makes the process executor worth having
+        assert worst > 0.3, f"a GIL-holding thread job did not stall other threads ({worst * 1000:.0f} ms)"

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import nbformat
+from nbformat import NotebookNode
+
+from . import notebooks
 from .clock import Clock, ensure_utc
 from .errors import (
     InvalidJobError,
@@ -15,6 +21,7 @@ from .errors import (
     JobNotFoundError,
     ResultTimeoutError,
 )
+from .executors.notebook import NOTEBOOK_FUNCTION, notebook_call, run_notebook
 from .model import FINAL_STATES, ContinueOn, JobOptions, JobRecord, JobState, NewJob, StateChange
 from .payload import SERIALIZERS, Codec, function_ref
 from .storage import Store
@@ -217,10 +224,37 @@ class Client:
                             reason=f"continuation of job {parent_id}")
         return self.submit([spec])[0]
 
+    def enqueue_notebook(
+        self,
+        path: str | os.PathLike[str],
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        kernel_name: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        cell_timeout: float | None = None,
+        **options: Any,
+    ) -> NotebookJob:
+        """Run a notebook with `parameters` as a job (fresh kernel); checked now, saved when it runs.
+
+        `options` are job options (queue, retries, timeout, name, …); `timeout` bounds the whole run,
+        `cell_timeout` each cell. The run is saved to `<output_dir>/<name>.<job id>.ipynb`
+        (default output_dir: `nbjobs-runs/` beside the notebook).
+        """
+        args, kwargs = notebook_call(path, parameters, kernel_name=kernel_name, cwd=cwd,
+                                     output_dir=output_dir, cell_timeout=cell_timeout)
+        if "name" not in options and self.defaults.get("name") is None:
+            options["name"] = Path(args[0]).name
+        job = self.submit([self.new_job(run_notebook, args, kwargs, options=options)])[0]
+        return NotebookJob(self, job.id)
+
     def job(self, job_id: int) -> Job:
-        """A handle on an existing job; raises JobNotFoundError if there is none."""
-        if self.store.get(int(job_id)) is None:
+        """A handle on an existing job (a NotebookJob for notebook runs); JobNotFoundError if none."""
+        record = self.store.get(int(job_id))
+        if record is None:
             raise JobNotFoundError(f"job {job_id} does not exist (it may have expired or been removed)")
+        if record.function == NOTEBOOK_FUNCTION:
+            return NotebookJob(self, int(job_id))
         return Job(self, int(job_id))
 
     # -- changing jobs --------------------------------------------------------------------------
@@ -371,3 +405,25 @@ class Job:
             notifier._callbacks.setdefault(self.id, []).append(lambda _id: fn(self))  # type: ignore[misc]
         if self.done:  # finished between our check and the registration
             notifier.finished([self.id])
+
+
+class NotebookJob(Job):
+    """A notebook run as a job: `result()` is the executed notebook, `output_path` where it is saved."""
+
+    @property
+    def output_path(self) -> Path:
+        """Where this run is (or will be) saved; a failed or cancelled run leaves its partial run there."""
+        call = self.client.codec.decode_call(self.record().payload)
+        return notebooks.output_path(call.args[0], call.kwargs.get("output_dir"), self.id)
+
+    def result(self, timeout: float | None = None) -> NotebookNode:
+        """The executed notebook (an nbformat NotebookNode); raises JobFailedError like `Job.result`."""
+        info = super().result(timeout)
+        return nbformat.read(info["output_path"], as_version=4)  # type: ignore[no-untyped-call,no-any-return]
+
+    def notebook(self) -> NotebookNode | None:
+        """The saved run as it is now (also a failed run's partial notebook); None before it ran."""
+        path = self.output_path
+        if not path.exists():
+            return None
+        return nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call,no-any-return]

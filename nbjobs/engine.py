@@ -7,18 +7,20 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, overload
 
 import pandas as pd
 
 from . import history as views
-from .client import Client, Job, JobFunction, Notifier
+from .capture import OutputCapture
+from .client import Client, Job, JobFunction, NotebookJob, Notifier
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError
 from .model import JobState, StateChange
 from .payload import Codec, Signer
+from .progress import ProgressThrottle
 from .server import Server, ServerConfig
 from .storage import SqlStore, Store
 
@@ -55,6 +57,8 @@ class Engine:
         self.notifier.local_cancel = self._local_cancel
         self.client = Client(self.store, self.codec, self.clock, self.notifier)
         self.server: Server | None = None
+        self.output = OutputCapture(self.store, self.clock)
+        self.progress_throttle = ProgressThrottle(self.store.set_progress)
         self._process_pool: Any = None
         self._lock = threading.Lock()
         self._closed = False
@@ -101,10 +105,11 @@ class Engine:
         return {"process": self._process_pool}
 
     def _wrappers(self) -> list[Any]:
-        return []
+        """Around every run in a worker thread: per-job output capture, then the last progress write."""
+        return [self.output.wrap, self.progress_throttle.wrap]
 
     def _progress_sink(self) -> Callable[[int, float | None, str | None], None] | None:
-        return self.store.set_progress
+        return self.progress_throttle
 
     def stop_server(self, timeout: float | None = None) -> None:
         """Stop the in-process server: running jobs get `timeout` s, then return to their queue."""
@@ -125,6 +130,8 @@ class Engine:
         if self._closed:
             return
         self.stop_server()
+        self.output.close()
+        self.progress_throttle.close()
         self.store.close()
         self._closed = True
 
@@ -147,6 +154,21 @@ class Engine:
     ) -> Job:
         """Run `fn` at `when` (datetime, timedelta or seconds from now)."""
         return self.client.schedule(when, fn, *args, **kwargs)
+
+    def enqueue_notebook(
+        self,
+        path: str | os.PathLike[str],
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        kernel_name: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        cell_timeout: float | None = None,
+        **options: Any,
+    ) -> NotebookJob:
+        """Run a notebook with `parameters` as a job in a fresh kernel; `result()` is the executed run."""
+        return self.client.enqueue_notebook(path, parameters, kernel_name=kernel_name, cwd=cwd,
+                                            output_dir=output_dir, cell_timeout=cell_timeout, **options)
 
     def options(self, **options: Any) -> Client:
         """A client with these job options: queue, priority, retries, timeout, key, name, …"""

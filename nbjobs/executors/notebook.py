@@ -23,7 +23,7 @@ from nbformat import NotebookNode
 
 from .. import context, notebooks
 from ..clock import SystemClock
-from ..errors import JobCancelled, NotebookCellError, NotebookCellTimeoutError, NotebookError
+from ..errors import InvalidJobError, JobCancelled, NotebookCellError, NotebookCellTimeoutError, NotebookError
 
 log = logging.getLogger("nbjobs.executor.notebook")
 
@@ -109,7 +109,8 @@ class _Run:
         self.km = AsyncKernelManager(kernel_name=kernel_name)
         self.client = _client_class()(
             nb, output=output, ctx=ctx, km=self.km, kernel_name=kernel_name,
-            timeout=int(cell_timeout) if cell_timeout else None, interrupt_on_timeout=False,
+            # timeout_func, not timeout=: nbclient's trait takes whole seconds only.
+            timeout_func=(lambda _cell: cell_timeout) if cell_timeout else None, interrupt_on_timeout=False,
             shutdown_kernel="immediate", resources={"metadata": {"path": str(cwd)}},
         )
         self.cwd = cwd
@@ -199,6 +200,44 @@ def _error(exc: BaseException, cell_index: int, source: Path, out: Path) -> Base
         return exc
     err.__cause__ = None
     return err
+
+
+def notebook_call(
+    path: str | os.PathLike[str],
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    kernel_name: str | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    cell_timeout: float | None = None,
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Check a notebook job at enqueue and return the arguments of its `run_notebook` call.
+
+    Raises InvalidJobError for a missing or unreadable notebook, a bad parameter or option, so nothing
+    is stored that would only fail in a worker. Paths are made absolute here: servers may run elsewhere.
+    """
+    source = Path(path).expanduser().absolute()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidJobError(f"notebook {source} does not exist; check the path (relative paths start "
+                              f"at {Path.cwd()})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidJobError(f"notebook {source} cannot be read: {exc}") from None
+    notebooks.parse_notebook(text, str(source))
+    params = notebooks.check_parameters(parameters)
+    if kernel_name is not None and (not isinstance(kernel_name, str) or not kernel_name):
+        raise InvalidJobError(f"kernel_name must be a kernel's name such as 'python3', got {kernel_name!r}")
+    bad_number = isinstance(cell_timeout, bool) or not isinstance(cell_timeout, int | float)
+    if cell_timeout is not None and (bad_number or cell_timeout <= 0):
+        raise InvalidJobError(f"cell_timeout must be a positive number of seconds, got {cell_timeout!r}")
+    kwargs: dict[str, Any] = {
+        "kernel_name": kernel_name,
+        "cwd": str(Path(cwd).expanduser().absolute()) if cwd is not None else None,
+        "output_dir": str(Path(output_dir).expanduser().absolute()) if output_dir is not None else None,
+        "cell_timeout": float(cell_timeout) if cell_timeout is not None else None,
+    }
+    return (str(source), params), kwargs
 
 
 def run_notebook(

@@ -1,0 +1,151 @@
+"""Pure notebook-job logic: parameter literals, papermill-style injection, names of saved runs."""
+
+from __future__ import annotations
+
+import ast
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from nbjobs import InvalidJobError
+from nbjobs.notebooks import (
+    INJECTED_TAG,
+    check_parameters,
+    inject_parameters,
+    kernel_name,
+    output_path,
+    parameters_source,
+    parse_cli_value,
+    parse_notebook,
+    strip_ansi,
+)
+
+
+def _notebook(with_parameters_cell: bool = True) -> nbformat.NotebookNode:
+    nb = new_notebook()
+    nb.cells = [new_markdown_cell("# title")]
+    if with_parameters_cell:
+        nb.cells.append(new_code_cell("region = 'ALL'", metadata={"tags": ["parameters"]}))
+    nb.cells.append(new_code_cell("print(region)"))
+    return nb
+
+
+def test_literals_pass_and_round_trip() -> None:
+    params = {"s": "EMEA", "i": 3, "f": 1.5, "b": True, "n": None, "l": [1, "a", [2.5]],
+              "t": (1, 2), "d": {"k": [1, {"x": None}], 3: "three"}}
+    checked = check_parameters(params)
+    assert checked == params
+    for value in checked.values():
+        assert ast.literal_eval(repr(value)) == value
+
+
+def test_dates_become_iso_strings() -> None:
+    checked = check_parameters({"day": date(2026, 11, 27),
+                                "at": datetime(2026, 11, 27, 7, 0, tzinfo=UTC)})
+    assert checked == {"day": "2026-11-27", "at": "2026-11-27T07:00:00+00:00"}
+
+
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"when": object()}, "parameter 'when'"),
+        ({"rows": [1, {2, 3}]}, "parameter 'rows'[1]"),
+        ({"x": float("nan")}, "parameter 'x'"),
+        ({"cfg": {"k": Path("/tmp")}}, "parameter 'cfg'['k']"),
+        ({"cfg": {(1, 2): 1}}, "parameter 'cfg' has a key"),
+        ({"not valid": 1}, "'not valid' is not a valid Python variable name"),
+        ({"class": 1}, "'class' is not a valid Python variable name"),
+    ],
+)
+def test_bad_parameters_are_refused_naming_the_parameter(params: dict[str, object], named: str) -> None:
+    with pytest.raises(InvalidJobError) as info:
+        check_parameters(params)
+    assert named in str(info.value)
+
+
+def test_parameters_must_be_a_mapping() -> None:
+    with pytest.raises(InvalidJobError, match="must be a dict"):
+        check_parameters([("a", 1)])  # type: ignore[arg-type]
+
+
+def test_injected_cell_goes_after_the_parameters_cell_and_is_tagged() -> None:
+    nb = _notebook()
+    out = inject_parameters(nb, {"region": "EMEA", "n": 2})
+    assert [c.source for c in nb.cells] == ["# title", "region = 'ALL'", "print(region)"]  # input untouched
+    assert len(out.cells) == 4
+    injected = out.cells[2]
+    assert injected.cell_type == "code"
+    assert injected.metadata["tags"] == [INJECTED_TAG]
+    assert "region = 'EMEA'\nn = 2\n" in injected.source
+    nbformat.validate(out)
+
+
+def test_without_a_parameters_cell_the_injected_cell_comes_first() -> None:
+    out = inject_parameters(_notebook(with_parameters_cell=False), {"region": "EMEA"})
+    assert out.cells[0].metadata["tags"] == [INJECTED_TAG]
+    assert out.cells[1].source == "# title"
+
+
+def test_a_previous_injected_cell_is_replaced_not_stacked() -> None:
+    once = inject_parameters(_notebook(), {"region": "EMEA"})
+    twice = inject_parameters(once, {"region": "APAC"})
+    injected = [c for c in twice.cells if INJECTED_TAG in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "'APAC'" in injected[0].source
+
+
+def test_old_notebooks_without_cell_ids_get_none() -> None:
+    nb = _notebook()
+    nb.nbformat_minor = 4
+    for cell in nb.cells:
+        cell.pop("id")
+    out = inject_parameters(nb, {"region": "EMEA"})
+    assert all("id" not in c for c in out.cells)
+    nbformat.validate(out)
+
+
+def test_source_is_valid_python_assigning_each_parameter() -> None:
+    source = parameters_source({"a": [1, 2], "b": "x'y\"z"})
+    namespace: dict[str, object] = {}
+    exec(compile(source, "<injected>", "exec"), namespace)
+    assert namespace["a"] == [1, 2] and namespace["b"] == "x'y\"z"
+
+
+def test_output_path_default_and_configured() -> None:
+    expected = Path("/data/reports/nbjobs-runs/sales.42.ipynb")
+    assert output_path("/data/reports/sales.ipynb", None, 42) == expected
+    assert output_path("/data/reports/sales.ipynb", "/runs", 7) == Path("/runs/sales.7.ipynb")
+
+
+def test_kernel_name_option_then_metadata_then_python3() -> None:
+    nb = _notebook()
+    assert kernel_name(nb) == "python3"
+    nb.metadata["kernelspec"] = {"name": "ir", "display_name": "R"}
+    assert kernel_name(nb) == "ir"
+    assert kernel_name(nb, "python3") == "python3"
+
+
+def test_cli_values_are_literals_when_they_can_be() -> None:
+    assert parse_cli_value("3") == 3
+    assert parse_cli_value("2.5") == 2.5
+    assert parse_cli_value("True") is True
+    assert parse_cli_value("[1, 2]") == [1, 2]
+    assert parse_cli_value("EMEA") == "EMEA"
+    assert parse_cli_value("2026-11-27") == "2026-11-27"
+    assert parse_cli_value("'quoted'") == "quoted"
+
+
+def test_parse_notebook_says_what_is_wrong() -> None:
+    nb = parse_notebook(json.dumps(nbformat.v4.new_notebook()), "ok.ipynb")
+    assert nb.cells == []
+    with pytest.raises(InvalidJobError, match=r"x\.ipynb is not a valid Jupyter notebook.*JSON"):
+        parse_notebook("{not json", "x.ipynb")
+    with pytest.raises(InvalidJobError, match=r"y\.ipynb is not a valid Jupyter notebook"):
+        parse_notebook('{"nbformat": 4, "nbformat_minor": 5, "cells": [{"cell_type": "code"}]}', "y.ipynb")
+
+
+def test_strip_ansi() -> None:
+    assert strip_ansi("\x1b[0;31mValueError\x1b[0m: boom") == "ValueError: boom"

@@ -44,6 +44,10 @@ class JobState(enum.StrEnum):
             raise UnknownStateError(f"unknown job state {value!r}; use one of: {names}") from None
 
 
+#: A queue whose name contains this mark is private to one process (e.g. `%%job` cells of one kernel,
+#: "default@kernel-1a2b…"): the wildcard queue "*" never serves it; only a server naming it does.
+PRIVATE_QUEUE_MARK = "@"
+
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DELETED})
 UNFINISHED_STATES = frozenset(JobState) - FINAL_STATES
 

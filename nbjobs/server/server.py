@@ -105,7 +105,7 @@ class Server:
         self.reaper = Reaper(
             store=store, clock=clock, server_id=self.id, interval=config.heartbeat_interval,
             server_timeout=config.server_timeout, keep_succeeded=config.keep_succeeded,
-            keep_deleted=config.keep_deleted,
+            keep_deleted=config.keep_deleted, refresh_own=self.heartbeat.beat,
         )
         self._listener = store.listener()
         self._listen_stop = threading.Event()
@@ -211,3 +211,14 @@ class Server:
 
     def request_cancel(self, job_id: int, reason: str) -> bool:
         return self.dispatcher.request_cancel(job_id, reason)
+
+    def add_queue(self, queue: str, *, first: bool = True) -> None:
+        """Serve one more queue from now on (a private `%%job` queue of this kernel, say)."""
+        if queue in self.config.queues:
+            return
+        queues = (queue, *self.config.queues) if first else (*self.config.queues, queue)
+        self.config.queues = queues
+        self.dispatcher.config.queues = queues  # read at every claim
+        if self.running:
+            self._register()
+        self.wake.set()

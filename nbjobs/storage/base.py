@@ -13,7 +13,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from ..model import ClaimedJob, JobRecord, JobState, NewJob, Outcome, ServerInfo, StateChange
+from ..model import (
+    ClaimedJob,
+    JobOptions,
+    JobRecord,
+    JobState,
+    NewJob,
+    Outcome,
+    ServerInfo,
+    StateChange,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +65,47 @@ class ReapReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, kw_only=True)
+class RecurringSpec:
+    """A recurring job definition as the client stores it (validated before it gets here)."""
+
+    id: str  #: the user's name for it; adding the same id again updates the definition
+    cron: str  #: 5 or 6 fields (seconds first) or an alias, see `nbjobs.cron`
+    tz: str = "UTC"  #: IANA time zone the expression is read in
+    function: str  #: "module:qualname"
+    payload: bytes  #: serialized (and signed) arguments, like `NewJob.payload`
+    options: JobOptions  #: options of every job it creates
+    misfire: str = "once"  #: "once" | "skip" | "all", see `cron.due_fires`
+    misfire_limit: int = 100  #: most jobs one catch-up creates with misfire="all"
+    overlap: str = "allow"  #: "allow" | "skip": skip fires while the previous run is unfinished
+    next_fire: datetime | None  #: first fire time, computed by the client from the schedule
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecurringRecord:
+    """A recurring job definition as stored, with what its schedule has done so far."""
+
+    id: str
+    cron: str
+    tz: str
+    function: str
+    payload: bytes
+    options: JobOptions
+    misfire: str
+    misfire_limit: int
+    overlap: str
+    next_fire: datetime | None  #: the oldest fire time not handled yet
+    last_fire: datetime | None = None  #: latest fire time that got a job
+    last_job_id: int | None = None  #: latest job it created (fire or trigger)
+    last_job_state: JobState | None = None  #: that job's current state (None once pruned)
+    paused: bool = False
+    error: str | None = None  #: why the scheduler cannot fire it (e.g. function not found)
+    missed: int = 0  #: fire times that got no job of their own (misfire policy or overlap skip)
+    last_skip: str | None = None  #: why the latest such fire time got no job
+    created_at: datetime
+    updated_at: datetime
+
+
 class Store(abc.ABC):
     """What nbjobs needs from a database."""
 
@@ -78,7 +128,7 @@ class Store(abc.ABC):
         """Claim up to `limit` enqueued jobs (queue order, then priority, then age).
 
         A job is returned to exactly one caller, whatever the number of concurrent claimers.
-        `"*"` in `queues` stands for every queue.
+        `"*"` in `queues` stands for every queue except private ones (names containing "@").
         """
 
     @abc.abstractmethod
@@ -187,6 +237,86 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def close(self) -> None: ...
+
+    # -- recurring jobs -----------------------------------------------------------------------
+    @abc.abstractmethod
+    def upsert_recurring(self, spec: RecurringSpec, now: datetime) -> bool:
+        """Add a definition, or update the one with this id; True if it was added.
+
+        An update replaces what to run and how, clears its error, and keeps its history (last fire,
+        last job, missed count) and whether it is paused. Its planned next fire is kept when the
+        expression and time zone are unchanged, so defining it again (re-running a notebook cell)
+        neither loses nor repeats a fire; otherwise `spec.next_fire` replaces it.
+        """
+
+    @abc.abstractmethod
+    def get_recurring(self, recurring_id: str) -> RecurringRecord | None: ...
+
+    @abc.abstractmethod
+    def list_recurring(self) -> list[RecurringRecord]:
+        """Every definition, by id, with the state of its latest job."""
+
+    @abc.abstractmethod
+    def due_recurring(self, now: datetime, limit: int = 100) -> list[RecurringRecord]:
+        """Definitions that are not paused and whose next fire is at or before `now`, oldest first.
+
+        Definitions with an error are included, so the scheduler can retry or skip them.
+        """
+
+    @abc.abstractmethod
+    def next_recurring_fire(self) -> datetime | None:
+        """The earliest next fire of any definition that is not paused."""
+
+    @abc.abstractmethod
+    def remove_recurring(self, recurring_id: str) -> bool:
+        """Delete a definition (jobs it created stay); False if there was none."""
+
+    @abc.abstractmethod
+    def set_recurring_paused(
+        self, recurring_id: str, paused: bool, now: datetime, *, next_fire: datetime | None = None
+    ) -> bool:
+        """Pause or resume; `next_fire`, if given, replaces the plan (resume from now, not the past).
+
+        A pause makes any claim still in flight for this definition fail. False if there is none.
+        """
+
+    @abc.abstractmethod
+    def set_recurring_error(self, recurring_id: str, error: str | None, now: datetime) -> bool:
+        """Record why the definition cannot fire (None clears it); False if there is none."""
+
+    @abc.abstractmethod
+    def claim_recurring_fire(
+        self,
+        recurring_id: str,
+        expected_next_fire: datetime | None,
+        new_next_fire: datetime | None,
+        jobs_to_create: Sequence[NewJob],
+        now: datetime,
+        *,
+        missed: int = 0,
+        note: str | None = None,
+    ) -> list[int] | None:
+        """Advance the schedule and store the jobs of the fire times due, in one transaction.
+
+        A compare-and-set: it happens only if the definition still plans `expected_next_fire` and is
+        not paused; otherwise nothing changes and None is returned (another server claimed these
+        fire times, or the definition was changed, paused or removed). So with any number of
+        servers each fire time creates at most one job. Jobs whose `fire_time` is not after the
+        last fire that got a job are dropped (never fired twice, even after a plan was reset).
+
+        With overlap="skip" the jobs are dropped while the previous run is unfinished, and at most
+        the latest one is kept otherwise; dropped fire times count as missed, with a note. `missed`
+        adds fire times the caller's misfire policy left out; `note` says why (kept as last_skip).
+        Returns the ids of the jobs created (an existing unfinished job with the same unique key
+        stands in for a new one); an empty list if every fire time was skipped.
+        """
+
+    @abc.abstractmethod
+    def trigger_recurring(self, recurring_id: str, job: NewJob, now: datetime) -> int | None:
+        """Store one extra run now, leaving the schedule as it is; None if there is no definition.
+
+        The job becomes the definition's latest job (overlap="skip" waits for it).
+        """
 
 
 NO_STOP = threading.Event()

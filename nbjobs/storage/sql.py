@@ -22,6 +22,7 @@ from .. import states
 from ..errors import IllegalTransitionError, JobNotFoundError, SchemaVersionError
 from ..model import (
     FINAL_STATES,
+    PRIVATE_QUEUE_MARK,
     ClaimedJob,
     ContinueOn,
     JobOptions,
@@ -300,6 +301,8 @@ class SqlStore(RecurringSqlMixin, Store):
                 pick = select(jobs.c.id).where(jobs.c.state == S.ENQUEUED.value)
                 if queue != "*":
                     pick = pick.where(jobs.c.queue == queue)
+                else:  # private queues belong to the one process that names them
+                    pick = pick.where(~jobs.c.queue.contains(PRIVATE_QUEUE_MARK, autoescape=True))
                 pick = self.dialect.claim_lock(
                     pick.order_by(jobs.c.priority.desc(), jobs.c.id).limit(remaining)
                 )

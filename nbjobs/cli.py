@@ -11,6 +11,7 @@ import pandas as pd
 from . import __version__
 from .engine import Engine, default_url
 from .errors import NbJobsError
+from .model import JobState
 
 url_option = click.option(
     "--url", default=None, envvar="NBJOBS_URL", show_default="NBJOBS_URL or ./nbjobs.db",
@@ -147,6 +148,44 @@ def servers_cmd(url: str | None) -> None:
             frame["job_ids"] = [",".join(map(str, sorted(running.get(sid, []))[:10])) for sid in frame["id"]]
             frame["id"] = frame["id"].str[:12]
         _print_frame(frame)
+
+
+@cli.command("run-notebook")
+@url_option
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("-p", "--parameter", "parameters", type=(str, str), multiple=True, metavar="NAME VALUE",
+              help="A parameter (repeatable); VALUE is read as a Python literal if it is one, else a string.")
+@click.option("--queue", default=None, help="Queue to run in [default: default].")
+@click.option("--retries", default=None, type=click.IntRange(min=0), help="Retries after a failed run.")
+@click.option("--timeout", default=None, type=float, help="Seconds the whole run may take.")
+@click.option("--cell-timeout", default=None, type=float, help="Seconds each cell may take.")
+@click.option("--kernel", "kernel_name", default=None, help="Kernel name [default: the notebook's].")
+@click.option("--cwd", default=None, help="Working folder of the kernel [default: the notebook's folder].")
+@click.option("--output-dir", default=None, help="Where runs are saved [default: nbjobs-runs/ beside it].")
+@click.option("--wait", is_flag=True, help="Wait until the run ends; exit 1 if it failed.")
+def run_notebook_cmd(url: str | None, path: str, parameters: tuple[tuple[str, str], ...], queue: str | None,
+                     retries: int | None, timeout: float | None, cell_timeout: float | None,
+                     kernel_name: str | None, cwd: str | None, output_dir: str | None, wait: bool) -> None:
+    """Enqueue the notebook PATH as a job (a server runs it); print its id and where it is saved."""
+    from .notebooks import parse_cli_value
+
+    options = {k: v for k, v in {"queue": queue, "retries": retries, "timeout": timeout}.items()
+               if v is not None}
+    with _engine(url) as engine:
+        run = engine.enqueue_notebook(
+            path, {name: parse_cli_value(value) for name, value in parameters}, kernel_name=kernel_name,
+            cwd=cwd, output_dir=output_dir, cell_timeout=cell_timeout, **options,
+        )
+        click.echo(f"job {run.id} enqueued: {run.output_path}")
+        if not wait:
+            return
+        state = run.wait()
+        click.echo(f"job {run.id} {state.value}: {run.output_path}")
+        if state is not JobState.SUCCEEDED:
+            record = run.record()
+            if record.error_message:
+                click.echo(f"{record.error_type}: {record.error_message}", err=True)
+            sys.exit(1)
 
 
 def main() -> None:

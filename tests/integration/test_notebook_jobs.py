@@ -1,0 +1,252 @@
+"""Notebooks as jobs: real notebooks run by a real server in fresh kernels (nbclient).
+
+Kernel starts cost 1-2 s each, so every test here runs as few notebooks as it can and checks
+everything it can on each run. After each run the test process must have no more child processes
+than before it: no kernel is ever left behind.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import nbformat
+import psutil
+import pytest
+from click.testing import CliRunner
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+import nbjobs
+from nbjobs import InvalidJobError, JobFailedError, JobState
+from nbjobs.cli import cli
+from nbjobs.client import NotebookJob
+from nbjobs.notebooks import INJECTED_TAG
+
+from ..conftest import wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+SALES = Path(__file__).resolve().parents[2] / "notebooks" / "reports" / "sales.ipynb"
+
+
+def children() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def kernels(baseline: set[int]) -> set[int]:
+    """Child processes started since `baseline` (the kernels of running notebook jobs)."""
+    return children() - baseline
+
+
+def assert_no_kernel_left(baseline: set[int]) -> None:
+    wait_for(lambda: not kernels(baseline), timeout=5)
+
+
+def make_notebook(path: Path, *sources: str, parameters: str | None = None) -> Path:
+    """A notebook file: an optional `parameters` cell, then one code cell per source."""
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [new_markdown_cell("test notebook")]
+    if parameters is not None:
+        nb.cells.append(new_code_cell(parameters, metadata={"tags": ["parameters"]}))
+    nb.cells += [new_code_cell(s) for s in sources]
+    nbformat.write(nb, path)
+    return path
+
+
+def after_report(day: str) -> str:
+    """A continuation of a notebook job (importable, so any server can run it)."""
+    return f"published {day}"
+
+
+@pytest.fixture
+def nb(tmp_path: Path) -> Iterator[nbjobs.Engine]:
+    """An engine on a SQLite file with a server in this process (most tests need one backend only)."""
+    eng = nbjobs.connect(f"sqlite:///{tmp_path / 'jobs.db'}", secret="test-secret")
+    eng.start_server(workers=2, scheduler_interval=0.05)
+    yield eng
+    eng.close()
+
+
+def test_report_runs_with_parameters_saved_and_continued(engine: nbjobs.Engine, tmp_path: Path) -> None:
+    """The whole happy path, on SQLite and PostgreSQL: one kernel per backend."""
+    baseline = children()
+    engine.start_server(workers=2, queues=["reports"], scheduler_interval=0.05)
+    out_dir = tmp_path / "runs"
+    run = engine.options(queue="reports", retries=0).enqueue_notebook(
+        SALES, {"region": "AMER", "day": "2026-11-27"}, output_dir=out_dir,
+    )
+    assert isinstance(run, NotebookJob)
+    follow = run.then(after_report, "2026-11-27")
+    assert run.output_path == out_dir / f"sales.{run.id}.ipynb"
+
+    executed = run.result(timeout=60)
+    assert isinstance(executed, nbformat.NotebookNode)
+    assert run.output_path.exists()
+    assert executed == nbformat.read(run.output_path, as_version=4)
+    # The injected cell comes right after the `parameters` cell and overrides its defaults.
+    tags = [c.metadata.get("tags", []) for c in executed.cells]
+    assert tags.index(["parameters"]) + 1 == tags.index([INJECTED_TAG])
+    injected = executed.cells[tags.index([INJECTED_TAG])]
+    assert "region = 'AMER'" in injected.source and "day = '2026-11-27'" in injected.source
+    printed = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "AMER 2026-11-27: 50 orders" in printed
+    assert executed.metadata["nbjobs"]["job_id"] == run.id
+    assert executed.metadata["nbjobs"]["status"] == "succeeded"
+    # The path is stored with the job (its return value), the output is the job's captured output.
+    stored = engine.codec.loads(run.record().result)
+    assert stored["output_path"] == str(run.output_path)
+    assert stored["parameters"] == {"region": "AMER", "day": "2026-11-27"}
+    assert "AMER 2026-11-27: 50 orders" in run.logs()
+    # An ordinary job: named, in its queue, continued, found again as a NotebookJob.
+    assert run.record().options.name == "sales.ipynb" and run.record().queue == "reports"
+    assert follow.result(timeout=30) == "published 2026-11-27"
+    again = engine.job(run.id)
+    assert isinstance(again, NotebookJob) and again.output_path == run.output_path
+    assert_no_kernel_left(baseline)
+
+
+def test_bad_notebook_jobs_are_refused_at_enqueue(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    with pytest.raises(InvalidJobError, match="does not exist"):
+        nb.enqueue_notebook(tmp_path / "missing.ipynb")
+    broken = tmp_path / "broken.ipynb"
+    broken.write_text("{ this is not json")
+    with pytest.raises(InvalidJobError, match="not a valid Jupyter notebook"):
+        nb.enqueue_notebook(broken)
+    with pytest.raises(InvalidJobError, match="parameter 'since'"):
+        nb.enqueue_notebook(SALES, {"region": "EMEA", "since": object()})
+    with pytest.raises(InvalidJobError, match="parameter 'regions'"):
+        nb.options(queue="reports").enqueue_notebook(SALES, {"regions": {"EMEA", "APAC"}})
+    with pytest.raises(InvalidJobError, match="cell_timeout"):
+        nb.enqueue_notebook(SALES, cell_timeout=0)
+    with pytest.raises(InvalidJobError, match="unknown job option"):
+        nb.enqueue_notebook(SALES, colour="red")
+    assert nb.jobs().empty  # nothing was stored
+
+
+def test_failing_cell_fails_the_job_with_cell_and_traceback(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    baseline = children()
+    path = make_notebook(
+        tmp_path / "fails.ipynb",
+        "print('before the failure')",
+        "x = 1\nraise ValueError(f'bad input {x}')",
+        "print('never runs')",
+    )
+    run = nb.options(retries=0).enqueue_notebook(path)
+    with pytest.raises(JobFailedError) as info:
+        run.result(timeout=60)
+    err = info.value
+    assert run.state is JobState.FAILED
+    assert err.exc_type == "nbjobs.errors.NotebookCellError"
+    assert err.remote_message is not None
+    assert err.remote_message.startswith("cell 2 of fails.ipynb raised ValueError: bad input 1")
+    assert err.remote_traceback is not None
+    assert "Cell 2 traceback (from the kernel)" in err.remote_traceback
+    assert "raise ValueError(f'bad input {x}')" in err.remote_traceback
+    assert "\x1b[" not in err.remote_traceback  # no terminal colours
+    # The partially executed notebook is kept: outputs up to the failing cell, none after.
+    partial = run.notebook()
+    assert partial is not None and partial.metadata["nbjobs"]["status"] == "failed"
+    assert partial.cells[1].outputs[0]["text"] == "before the failure\n"
+    assert partial.cells[2].outputs[-1]["ename"] == "ValueError"
+    assert partial.cells[3].outputs == []
+    assert "before the failure" in run.logs() and "ValueError: bad input 1" in run.logs()
+    assert_no_kernel_left(baseline)
+
+
+def test_failed_run_is_retried_by_the_normal_policy(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    """The first attempt fails (and leaves a marker); the retry succeeds. Two kernels."""
+    baseline = children()
+    path = make_notebook(
+        tmp_path / "flaky.ipynb",
+        "from pathlib import Path\n"
+        "marker = Path('attempted')\n"
+        "if not marker.exists():\n"
+        "    marker.touch()\n"
+        "    raise ConnectionError('source not ready')\n"
+        "print('loaded')",
+    )
+    run = nb.options(retries=2, retry_base=0.05).enqueue_notebook(path)
+    executed = run.result(timeout=60)
+    assert (tmp_path / "attempted").exists()  # ran in the notebook's folder
+    assert executed.metadata["nbjobs"]["attempt"] == 2
+    assert run.record().attempts == 2
+    reasons = [h.reason for h in run.history() if h.state is JobState.SCHEDULED]
+    assert any("NotebookCellError" in r and "retry 1 of 2" in r for r in reasons), reasons
+    assert_no_kernel_left(baseline)
+
+
+def test_cell_timeout_bounds_each_cell(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    baseline = children()
+    path = make_notebook(tmp_path / "slow_cell.ipynb", "print('quick')", "import time\ntime.sleep(60)")
+    run = nb.options(retries=0).enqueue_notebook(path, cell_timeout=1.0)
+    with pytest.raises(JobFailedError) as info:
+        run.result(timeout=30)
+    assert info.value.exc_type == "nbjobs.errors.NotebookCellTimeoutError"
+    assert "cell 2 of slow_cell.ipynb ran longer than its cell_timeout" in str(info.value.remote_message)
+    assert run.notebook().cells[1].outputs[0]["text"] == "quick\n"  # type: ignore[union-attr]
+    assert_no_kernel_left(baseline)
+
+
+def test_timeout_bounds_the_whole_run(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    baseline = children()
+    cells = [f"import time\ntime.sleep(0.5)\nprint('step {i}')" for i in range(40)]
+    path = make_notebook(tmp_path / "long.ipynb", *cells)
+    run = nb.options(retries=0, timeout=3).enqueue_notebook(path)
+    with pytest.raises(JobFailedError) as info:
+        run.result(timeout=30)
+    assert info.value.exc_type == "nbjobs.errors.JobTimeoutError"
+    partial = run.notebook()
+    assert partial is not None and partial.metadata["nbjobs"]["status"] == "cancelled"
+    done = [c for c in partial.cells if c.cell_type == "code" and c.outputs]
+    assert 0 < len(done) < 40
+    assert_no_kernel_left(baseline)
+
+
+def test_cancel_interrupts_and_shuts_down_the_kernel(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    baseline = children()
+    path = make_notebook(tmp_path / "waits.ipynb",
+                         "import time\nprint('waiting', flush=True)\ntime.sleep(120)", "print('never')")
+    run = nb.enqueue_notebook(path)
+    wait_for(lambda: "waiting" in run.logs(), timeout=30)  # the cell runs: its kernel is alive
+    assert len(kernels(baseline)) == 1
+    run.cancel()
+    assert run.wait(timeout=15) is JobState.DELETED
+    assert_no_kernel_left(baseline)
+    partial = run.notebook()
+    assert partial is not None and partial.metadata["nbjobs"]["status"] == "cancelled"
+    assert partial.cells[2].outputs == []  # no cell ran after the cancellation
+    assert "cancelled while running" in run.history()[-1].reason
+
+
+def test_cancel_kills_a_kernel_that_ignores_the_interrupt(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    baseline = children()
+    path = make_notebook(
+        tmp_path / "stubborn.ipynb",
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('deaf', flush=True)\n"
+        "time.sleep(120)",
+    )
+    run = nb.enqueue_notebook(path)
+    wait_for(lambda: "deaf" in run.logs(), timeout=30)
+    run.cancel()
+    assert run.wait(timeout=15) is JobState.DELETED
+    assert_no_kernel_left(baseline)
+
+
+def test_cli_run_notebook_waits_for_the_run(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    """`nbjobs run-notebook PATH -p NAME VALUE --url … --wait`, served by this process's server."""
+    baseline = children()
+    out_dir = tmp_path / "cli-runs"
+    result = CliRunner().invoke(cli, [
+        "run-notebook", str(SALES), "-p", "region", "APAC", "-p", "day", "2026-11-28",
+        "--output-dir", str(out_dir), "--url", nb.url, "--wait", "--timeout", "60",
+    ], env={"NBJOBS_SECRET": "test-secret"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    job_id = int(result.output.split("job ", 1)[1].split()[0])
+    run = nb.job(job_id)
+    assert isinstance(run, NotebookJob) and run.state is JobState.SUCCEEDED
+    assert str(run.output_path) in result.output and run.output_path.parent == out_dir
+    assert json.dumps(nb.codec.loads(run.record().result)["parameters"]) == json.dumps(
+        {"region": "APAC", "day": "2026-11-28"})
+    assert_no_kernel_left(baseline)

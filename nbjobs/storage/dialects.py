@@ -10,11 +10,13 @@ an idle server elsewhere wakes as soon as a job is enqueued.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select as _select
 import sqlite3
 import threading
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, Select, create_engine, event, text
@@ -28,6 +30,10 @@ log = logging.getLogger("nbjobs.storage")
 CHANNEL = "nbjobs_work"
 SYNCHRONOUS_MODES = ("FULL", "NORMAL", "OFF", "EXTRA")
 _S = TypeVar("_S", bound=Select[Any])
+
+#: One in-process write lock per SQLite file, shared by every engine on it (see `write_guard`).
+_write_locks: dict[str, threading.RLock] = {}
+_write_locks_guard = threading.Lock()
 
 
 def normalize_url(url: str) -> str:
@@ -58,6 +64,10 @@ class Dialect:
         """Start a write transaction."""
         conn.begin()
 
+    def write_guard(self) -> AbstractContextManager[Any]:
+        """Held around a whole write transaction in this process (nothing for a server database)."""
+        return contextlib.nullcontext()
+
     def schema_lock(self, conn: Connection) -> None:
         """Serialise schema creation between processes starting at once."""
 
@@ -71,6 +81,14 @@ class Dialect:
 
     def notify(self, conn: Connection, payload: str) -> None:
         """Tell other processes that work arrived (inside the enqueue transaction)."""
+
+    def install_counters(self, conn: Connection) -> bool:
+        """Create the triggers that keep `nbjobs_counts` exact; True if they were just created.
+
+        Triggers, not application code, so every path that writes jobs (this package's, a recurring
+        fire, a hand-written UPDATE) moves the counters in its own transaction.
+        """
+        raise NotImplementedError
 
     def make_listener(self) -> Listener:
         return Listener()
@@ -96,6 +114,7 @@ class Listener:
 
 class SqliteDialect(Dialect):
     name = "sqlite"
+    _write_lock: threading.RLock | None = None
 
     def create_engine(self) -> Engine:
         if self.synchronous.upper() not in SYNCHRONOUS_MODES:
@@ -143,6 +162,45 @@ class SqliteDialect(Dialect):
     def begin_write(self, conn: Connection) -> None:
         conn.execution_options(nbjobs_write=True)
         conn.begin()
+
+    def write_guard(self) -> AbstractContextManager[Any]:
+        # SQLite has one writer at a time. Threads of this process (client, dispatcher, heartbeat)
+        # queue on a lock per database file instead of meeting SQLITE_BUSY, whose handler sleeps
+        # 1, 2, 5, 10 … ms before trying again: a lock hand-over takes microseconds. Other processes
+        # still wait through the busy timeout.
+        lock = self._write_lock
+        if lock is None:
+            path = os.path.abspath(make_url(self.url).database or "")
+            with _write_locks_guard:
+                lock = self._write_lock = _write_locks.setdefault(path, threading.RLock())
+        return lock
+
+    def install_counters(self, conn: Connection) -> bool:
+        # One writer at a time in SQLite, so one shard (0) and row-level triggers suffice.
+        found = conn.exec_driver_sql(
+            "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'nbjobs_count_ins'"
+        ).first()
+        if found is not None:
+            return False
+        bump = (
+            "INSERT INTO nbjobs_counts (state, shard, n) VALUES ({state}, 0, {delta}) "
+            "ON CONFLICT (state, shard) DO UPDATE SET n = n + excluded.n;"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER nbjobs_count_ins AFTER INSERT ON nbjobs_jobs BEGIN "
+            + bump.format(state="NEW.state", delta=1) + " END"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER nbjobs_count_upd AFTER UPDATE OF state ON nbjobs_jobs "
+            "WHEN OLD.state <> NEW.state BEGIN "
+            + bump.format(state="NEW.state", delta=1) + bump.format(state="OLD.state", delta=-1)
+            + " END"
+        )
+        conn.exec_driver_sql(
+            "CREATE TRIGGER nbjobs_count_del AFTER DELETE ON nbjobs_jobs BEGIN "
+            + bump.format(state="OLD.state", delta=-1) + " END"
+        )
+        return True
 
     def make_listener(self) -> Listener:
         return SqliteListener(make_url(self.url).database or "")
@@ -205,6 +263,45 @@ class PostgresDialect(Dialect):
 
     def notify(self, conn: Connection, payload: str) -> None:
         conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
+
+    def install_counters(self, conn: Connection) -> bool:
+        # Statement-level triggers over transition tables: one counter upsert per statement, however
+        # many rows it changed. Each connection adds to shard pid % 16 (rows summed on read), so
+        # servers claiming at once do not serialise on one counter row.
+        found = conn.exec_driver_sql(
+            "SELECT 1 FROM pg_trigger WHERE tgname = 'nbjobs_count_upd' AND NOT tgisinternal"
+        ).first()
+        if found is not None:
+            return False
+        upsert = (
+            "INSERT INTO nbjobs_counts (state, shard, n) SELECT state, mod(pg_backend_pid(), 16), sum(d) "
+            "FROM ({rows}) AS t GROUP BY state HAVING sum(d) <> 0 ORDER BY state "
+            "ON CONFLICT (state, shard) DO UPDATE SET n = nbjobs_counts.n + EXCLUDED.n;"
+        )
+        bodies = {
+            "ins": upsert.format(rows="SELECT state, 1 AS d FROM new_rows"),
+            "upd": upsert.format(
+                rows="SELECT state, 1 AS d FROM new_rows UNION ALL SELECT state, -1 FROM old_rows"
+            ),
+            "del": upsert.format(rows="SELECT state, -1 AS d FROM old_rows"),
+        }
+        tables = {
+            "ins": ("INSERT", "NEW TABLE AS new_rows"),
+            "upd": ("UPDATE", "OLD TABLE AS old_rows NEW TABLE AS new_rows"),
+            "del": ("DELETE", "OLD TABLE AS old_rows"),
+        }
+        for kind, body in bodies.items():
+            conn.exec_driver_sql(
+                f"CREATE OR REPLACE FUNCTION nbjobs_count_{kind}() RETURNS trigger LANGUAGE plpgsql "
+                f"AS $$ BEGIN {body} RETURN NULL; END $$"
+            )
+            event, referencing = tables[kind]
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS nbjobs_count_{kind} ON nbjobs_jobs")
+            conn.exec_driver_sql(
+                f"CREATE TRIGGER nbjobs_count_{kind} AFTER {event} ON nbjobs_jobs "
+                f"REFERENCING {referencing} FOR EACH STATEMENT EXECUTE FUNCTION nbjobs_count_{kind}()"
+            )
+        return True
 
     def make_listener(self) -> Listener:
         return PostgresListener(self.url)

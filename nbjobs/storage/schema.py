@@ -180,8 +180,21 @@ recurring = Table(
     Column("last_job_id", JobId),
     Column("paused", Boolean, nullable=False, default=False),
     Column("error", Text),
+    Column("missed", Integer, nullable=False, default=0),  # fire times that got no job of their own
+    Column("last_skip", Text),  # why the latest of those got none
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
+)
+
+# Jobs per state, kept exact by triggers (see `dialects.Dialect.install_counters`) so the dashboard
+# reads a handful of rows instead of counting a million. Summed over `shard`: on PostgreSQL each
+# connection adds to its own shard, so concurrent transactions do not queue on one hot row.
+counts = Table(
+    "nbjobs_counts",
+    metadata,
+    Column("state", String(16), primary_key=True),
+    Column("shard", Integer, primary_key=True, autoincrement=False),
+    Column("n", BigInteger, nullable=False, default=0),
 )
 
 locks = Table(

@@ -29,6 +29,9 @@ from .storage import Store
 EXECUTORS = ("thread", "process", "notebook")
 #: Options a job accepts; anything else is refused at the call with this list.
 JOB_OPTIONS = frozenset(JobOptions.__dataclass_fields__)
+#: Rich display of a Job ("html" → str, "display" → shows it), installed by `nbjobs.ui.display`
+#: (a higher layer) when nbjobs is imported.
+DISPLAY_HOOKS: dict[str, Callable[[Job], Any]] = {}
 
 
 def _exception_names(value: Any, option: str) -> tuple[str, ...]:
@@ -179,7 +182,8 @@ class Client:
         """Store prepared jobs in one transaction and wake local workers."""
         now = self.clock.now()
         stored = self.store.enqueue(specs, now)
-        if any(s.state is JobState.ENQUEUED for s in stored):
+        # A continuation locked its parent's row for a moment; a claim may have skipped that row.
+        if any(s.state is JobState.ENQUEUED for s in stored) or any(j.parent_id for j in specs):
             self.notifier.work.set()
         if any(s.state is JobState.SCHEDULED for s in stored):
             self.notifier.schedule_changed.set()
@@ -321,6 +325,20 @@ class Job:
             return f"<Job {self.id}: gone>"
         name = record.options.name or record.function
         return f"<Job {self.id} {name} [{record.queue}] {record.state.value}>"
+
+    def _repr_html_(self) -> str | None:
+        render = DISPLAY_HOOKS.get("html")
+        return render(self) if render is not None else None  # type: ignore[no-any-return]
+
+    def _ipython_display_(self) -> None:
+        """In a notebook: a widget that updates while the job runs (HTML and text elsewhere)."""
+        show = DISPLAY_HOOKS.get("display")
+        if show is not None:
+            show(self)
+            return
+        from IPython.display import display
+
+        display({"text/plain": repr(self)}, raw=True)  # type: ignore[no-untyped-call]
 
     # -- reading --------------------------------------------------------------------------------
     def record(self) -> JobRecord:

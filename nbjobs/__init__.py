@@ -9,9 +9,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .client import Client, Job, JobFunction
 from .clock import ManualClock, SystemClock
 from .context import JobContext, check_cancelled, current_job
+from .default import (
+    default_engine,
+    enqueue,
+    history,
+    job,
+    jobs,
+    options,
+    schedule,
+    servers,
+    set_default_engine,
+    stats,
+)
 from .engine import Engine, connect, default_url
 from .errors import (
     ConfigurationError,
@@ -29,13 +43,31 @@ from .errors import (
     UnknownStateError,
 )
 from .model import ContinueOn, JobState
+from .progress import progress
+from .ui import display as _display  # noqa: F401 - installs Job's rich display
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """`%load_ext nbjobs`: start the default engine in this kernel and register the magics."""
+    from .ui.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """`%unload_ext nbjobs`: stop the default engine's server gracefully."""
+    from .ui.magics import unload_ipython_extension as unload
+
+    unload(ipython)
 
 __all__ = [
     "Client", "ConfigurationError", "ContinueOn", "Engine", "FunctionNotFoundError",
     "IllegalTransitionError", "InvalidJobError", "Job", "JobCancelled", "JobContext", "JobFailedError",
     "JobFunction", "JobNotFoundError", "JobState", "JobTimeoutError", "ManualClock", "NbJobsError",
     "PayloadError", "ResultTimeoutError", "SchemaVersionError", "SystemClock", "UnknownStateError",
-    "__version__", "check_cancelled", "connect", "current_job", "default_url",
+    "__version__", "check_cancelled", "connect", "current_job", "default_engine", "default_url", "enqueue",
+    "history", "job", "jobs", "load_ipython_extension", "options", "progress", "schedule", "servers",
+    "set_default_engine", "stats", "unload_ipython_extension",
 ]

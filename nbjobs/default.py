@@ -1,0 +1,229 @@
+"""The process's default engine, behind `nbjobs.enqueue(...)`, `nbjobs.jobs()` and the magics.
+
+Created on first use (or by `%load_ext nbjobs`) from the environment and `%nbjobs config`:
+NBJOBS_URL (else ./nbjobs.db), NBJOBS_WORKERS (4), NBJOBS_QUEUES (comma-separated, default "*") and
+NBJOBS_SERVER ("0" for a client-only engine that leaves the work to `nbjobs server` processes).
+It starts a server in this process, so `nbjobs.enqueue(f).result()` just works in a notebook.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pandas as pd
+
+from .client import Client, Job, JobFunction
+from .engine import Engine, connect
+from .errors import ConfigurationError
+from .model import PRIVATE_QUEUE_MARK, JobState
+from .server import ServerConfig
+
+log = logging.getLogger("nbjobs")
+
+#: Names this process's private queues: a kernel restart gets a new tag (its namespace is new too).
+PROCESS_TAG = f"kernel-{uuid.uuid4().hex[:12]}"
+
+_lock = threading.RLock()
+_engine: Engine | None = None
+_owned = False  # True when we created the engine (and so may close it)
+_settings: dict[str, Any] = {}
+_private_queues: set[str] = set()
+
+_SERVER_KEYS = (set(ServerConfig.__dataclass_fields__) - {"queues", "duties"}) | {"queues"}
+KNOWN_SETTINGS = frozenset({"url", "server", "secret"} | _SERVER_KEYS)
+
+
+def env_settings() -> dict[str, Any]:
+    """Settings from the environment (NBJOBS_URL, NBJOBS_WORKERS, NBJOBS_QUEUES, NBJOBS_SERVER)."""
+    out: dict[str, Any] = {}
+    if os.environ.get("NBJOBS_URL"):
+        out["url"] = os.environ["NBJOBS_URL"]
+    if os.environ.get("NBJOBS_WORKERS"):
+        try:
+            out["workers"] = int(os.environ["NBJOBS_WORKERS"])
+        except ValueError:
+            raise ConfigurationError(
+                f"NBJOBS_WORKERS must be a whole number, got {os.environ['NBJOBS_WORKERS']!r}"
+            ) from None
+    if os.environ.get("NBJOBS_QUEUES"):
+        out["queues"] = [q.strip() for q in os.environ["NBJOBS_QUEUES"].split(",") if q.strip()]
+    if os.environ.get("NBJOBS_SERVER"):
+        out["server"] = os.environ["NBJOBS_SERVER"].strip().lower() not in ("0", "false", "no", "off")
+    return out
+
+
+def settings() -> dict[str, Any]:
+    """The effective settings: environment, overridden by `configure()` / `%nbjobs config`."""
+    return {**env_settings(), **_settings}
+
+
+def _start(engine: Engine, conf: dict[str, Any]) -> None:
+    server_conf = {k: v for k, v in conf.items() if k in _SERVER_KEYS}
+    queues = server_conf.pop("queues", None) or ["*"]
+    if isinstance(queues, str):
+        queues = [q.strip() for q in queues.split(",") if q.strip()]
+    server = engine.start_server(queues=[*sorted(_private_queues), *queues], **server_conf)
+    log.info("default engine %s: server %s started", engine.url, server.name,
+             extra={"action": "default_engine_start"})
+
+
+def default_engine() -> Engine:
+    """The default engine, created (and its server started) on first use."""
+    global _engine, _owned
+    with _lock:
+        if _engine is None or _engine._closed:
+            conf = settings()
+            _engine = connect(conf.get("url"), secret=conf.get("secret"))
+            _owned = True
+            if conf.get("server", True):
+                _start(_engine, conf)
+        return _engine
+
+
+def set_default_engine(engine: Engine | None) -> Engine | None:
+    """Make `engine` the default (None forgets it); returns the previous one, left running."""
+    global _engine, _owned
+    with _lock:
+        previous, _engine, _owned = _engine, engine, False
+        if engine is not None and _private_queues and engine.server is not None:
+            for queue in _private_queues:
+                engine.server.add_queue(queue)
+        return previous
+
+
+def current_default() -> Engine | None:
+    """The default engine if one exists; never creates it."""
+    return _engine
+
+
+def configure(**changes: Any) -> Engine:
+    """Change default-engine settings (`%nbjobs config key=value`); restarts what they affect."""
+    unknown = set(changes) - KNOWN_SETTINGS
+    if unknown:
+        raise ConfigurationError(
+            f"unknown nbjobs setting(s) {sorted(unknown)}; known: {sorted(KNOWN_SETTINGS)}"
+        )
+    global _engine
+    with _lock:
+        _settings.update(changes)
+        engine = _engine
+        if engine is None or engine._closed:
+            return default_engine()
+        if {"url", "secret"} & set(changes) and _owned:
+            close_default()
+            return default_engine()
+        conf = settings()
+        if engine.server is not None:
+            engine.stop_server()
+        if conf.get("server", True):
+            _start(engine, conf)
+        return engine
+
+
+def close_default(timeout: float | None = None) -> None:
+    """Stop the default engine's server (running jobs get `timeout` s) and close it if we made it."""
+    global _engine, _owned
+    with _lock:
+        engine, owned = _engine, _owned
+        _engine, _owned = None, False
+    if engine is None:
+        return
+    engine.stop_server(timeout)
+    discard_private_jobs(engine)
+    if owned:
+        engine.close()
+
+
+def private_queue(name: str = "default") -> str:
+    """This process's private queue for `name`, served by the default engine's server from now on."""
+    if PRIVATE_QUEUE_MARK in name:
+        raise ConfigurationError(f"queue names for cells must not contain {PRIVATE_QUEUE_MARK!r}: {name!r}")
+    queue = f"{name}{PRIVATE_QUEUE_MARK}{PROCESS_TAG}"
+    with _lock:
+        _private_queues.add(queue)
+        engine = default_engine()
+        if engine.server is not None and engine.server.running:
+            engine.server.add_queue(queue)
+    return queue
+
+
+def discard_private_jobs(engine: Engine) -> int:
+    """Delete unfinished jobs of this process's private queues: nobody else can ever run them."""
+    if not _private_queues or engine._closed:
+        return 0
+    unfinished = [s for s in JobState if not s.is_final and s is not JobState.PROCESSING]
+    frame = engine.jobs(state=unfinished, queue=sorted(_private_queues), limit=None)
+    for job_id in frame["id"]:
+        try:
+            engine.delete(int(job_id))
+        except Exception:
+            log.exception("could not delete cell job %d at shutdown", job_id)
+    return len(frame)
+
+
+# -- module-level API on the default engine --------------------------------------------------------
+
+
+def enqueue(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
+    """`nbjobs.enqueue(fn, *args)`: run `fn` in the background on the default engine."""
+    return default_engine().enqueue(fn, *args, **kwargs)
+
+
+def schedule(when: datetime | timedelta | int | float, fn: Callable[..., Any], /, *args: Any,
+             **kwargs: Any) -> Job:
+    """`nbjobs.schedule(60, fn, *args)`: run `fn` later on the default engine."""
+    return default_engine().schedule(when, fn, *args, **kwargs)
+
+
+def options(**opts: Any) -> Client:
+    """`nbjobs.options(queue="io", retries=5).enqueue(fn)` on the default engine."""
+    return default_engine().options(**opts)
+
+
+class _LazyJobFunction(JobFunction):
+    """`@nbjobs.job` at import time: binds to the default engine only when first enqueued."""
+
+    def __init__(self, fn: Callable[..., Any], opts: dict[str, Any]) -> None:
+        self._opts = opts
+        super().__init__(fn, None)  # type: ignore[arg-type]
+
+    @property  # type: ignore[override]
+    def client(self) -> Client:
+        engine = default_engine()
+        return engine.options(**self._opts) if self._opts else engine.client
+
+    @client.setter
+    def client(self, value: Client | None) -> None:
+        pass  # the default engine is looked up at each use
+
+
+def job(target: Any = None, /, **opts: Any) -> Any:
+    """`nbjobs.job(42)` → that Job; `@nbjobs.job` / `@nbjobs.job(queue=…)` → a job function."""
+    if isinstance(target, int) and not isinstance(target, bool):
+        return default_engine().job(target)
+    if target is None:
+        return lambda fn: _LazyJobFunction(fn, opts)
+    return _LazyJobFunction(target, opts)
+
+
+def jobs(state: Any = None, queue: Any = None, **filters: Any) -> pd.DataFrame:
+    """Jobs of the default engine as a DataFrame (filters run in the database)."""
+    return default_engine().jobs(state, queue, **filters)
+
+
+def history(job_id: int | Job) -> pd.DataFrame:
+    return default_engine().history(job_id)
+
+
+def servers() -> pd.DataFrame:
+    return default_engine().servers()
+
+
+def stats(freq: str = "1min", since: datetime | None = None) -> pd.DataFrame:
+    return default_engine().stats(freq=freq, since=since)

@@ -1,0 +1,1 @@
+"""Notebook user interface: magics, rich display, dashboard."""

@@ -1,0 +1,116 @@
+"""The extension and magics in a real IPython InteractiveShell."""
+
+from __future__ import annotations
+
+import pytest
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+import nbjobs
+from nbjobs import JobState, default
+from nbjobs.errors import JobFailedError
+from tests.conftest import wait_for
+
+
+def run(ip: InteractiveShell, code: str) -> object:
+    result = ip.run_cell(code)
+    result.raise_error()
+    return result.result
+
+
+def test_load_starts_the_default_engine_and_loading_twice_is_harmless(shell: InteractiveShell) -> None:
+    engine = default.current_default()
+    assert engine is not None and engine.server is not None and engine.server.running
+    assert shell.user_ns["nbjobs"] is nbjobs
+    server = engine.server
+    nbjobs.load_ipython_extension(shell)
+    run(shell, "%load_ext nbjobs")
+    assert default.current_default() is engine and engine.server is server
+    assert len(engine.servers()) == 1
+
+
+def test_a_function_defined_in_a_cell_runs_as_a_job(shell: InteractiveShell) -> None:
+    run(shell, "def square(x):\n    print('squaring', x)\n    return x * x\n")
+    job = run(shell, "nbjobs.enqueue(square, 7)")
+    assert isinstance(job, nbjobs.Job)
+    assert job.result(timeout=30) == 49
+    assert job.logs() == "squaring 7\n"
+
+
+def test_job_cell_runs_in_the_background_and_writes_names_back(shell: InteractiveShell) -> None:
+    run(shell, "base = 16")
+    job = run(shell, "%%job --name fit\nimport math\ny = math.sqrt(base)\n"
+                     "def helper():\n    return y * 2\nprint('fitted')\ny + 1")
+    assert isinstance(job, nbjobs.Job)
+    assert job.result(timeout=30) == 5.0
+    assert shell.user_ns["y"] == 4.0 and "math" in shell.user_ns
+    helper = shell.user_ns["helper"]
+    assert helper.__globals__ is shell.user_ns  # sees later changes to the notebook's names
+    run(shell, "y = 10")
+    assert helper() == 20
+    record = job.record()
+    assert record.name == "fit" and record.options.retries == 0
+    assert record.queue == f"default@{default.PROCESS_TAG}"
+    assert job.logs() == "fitted\n"
+
+
+def test_a_failing_job_cell_writes_nothing_back(shell: InteractiveShell) -> None:
+    job = run(shell, "%%job --queue heavy\nz = 1\n1 / 0")
+    with pytest.raises(JobFailedError) as err:
+        job.result(timeout=30)
+    assert "ZeroDivisionError" in str(err.value.remote_traceback)
+    assert "z" not in shell.user_ns
+    assert job.record().queue == f"heavy@{default.PROCESS_TAG}"
+
+
+def test_bad_options_and_syntax_errors_are_refused_at_the_cell(shell: InteractiveShell) -> None:
+    engine = default.current_default()
+    assert engine is not None
+    before = len(engine.jobs())
+    assert shell.run_cell("%%job --retries many\nx = 1").error_in_exec is not None
+    assert shell.run_cell("%%job\nx = (").error_in_exec is not None
+    assert len(engine.jobs()) == before
+
+
+def test_job_line_magic_shows_state_history_output_and_result(shell: InteractiveShell) -> None:
+    run(shell, "def shout(word):\n    print(word.upper())\n    return word * 2\n")
+    job = run(shell, "nbjobs.enqueue(shout, 'hey')")
+    job.result(timeout=30)
+    with capture_output() as cap:
+        run(shell, f"%job {job.id}")
+    (shown,) = cap.outputs
+    assert "succeeded" in shown.data["text/html"]
+    assert "HEY" in shown.data["text/plain"] and "'heyhey'" in shown.data["text/plain"]
+    assert "claimed (attempt 1)" in shown.data["text/plain"]
+
+
+def test_jobs_magic_shows_the_dashboard_or_the_jobs_frame(shell: InteractiveShell) -> None:
+    run(shell, "def one():\n    return 1\n")
+    run(shell, "nbjobs.enqueue(one).result(timeout=30)")
+    shown = run(shell, "%jobs succeeded")
+    assert list(shown["state"]) == ["succeeded"]  # type: ignore[index]
+    assert run(shell, "%jobs") is not None
+
+
+def test_config_magic_restarts_the_server_with_new_settings(shell: InteractiveShell) -> None:
+    run(shell, "%nbjobs config workers=1 shutdown_timeout=0.5")
+    engine = default.current_default()
+    assert engine is not None and engine.server is not None
+    assert engine.server.config.workers == 1
+    assert shell.run_cell("%nbjobs config no_such_setting=1").error_in_exec is not None
+
+
+def test_unload_stops_the_server_and_leaves_nothing_processing(shell: InteractiveShell) -> None:
+    run(shell, "%nbjobs config workers=1 shutdown_timeout=0.3")
+    run(shell, "import threading\ngate = threading.Event()")
+    running = run(shell, "%%job\nwhile not gate.wait(0.01):\n    nbjobs.check_cancelled()")
+    waiting = run(shell, "%%job\n2 + 2")
+    engine = default.current_default()
+    assert engine is not None
+    wait_for(lambda: running.state is JobState.PROCESSING)
+    run(shell, "%unload_ext nbjobs")
+    assert default.current_default() is None
+    assert engine.server is None
+    states = {running.state, waiting.state}
+    assert states == {JobState.DELETED}
+    assert "jobs" not in shell.magics_manager.magics["line"]

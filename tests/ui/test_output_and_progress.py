@@ -1,0 +1,64 @@
+"""Output capture and progress through a real engine and server (SQLite file and PostgreSQL)."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+
+import nbjobs
+from nbjobs import capture
+
+
+def chatty(i: int, lines: int) -> int:
+    for k in range(lines):
+        print(f"job {i} line {k}")
+    logging.getLogger("user.chatty").warning("job %d finished printing", i)
+    return i
+
+
+def counted(n: int) -> str:
+    total = 0
+    for x in nbjobs.progress(range(n), desc="items"):
+        total += x
+    nbjobs.current_job().set_progress(1.0, "all done")
+    return "ok"
+
+
+def test_concurrent_jobs_capture_their_own_output_while_the_main_thread_prints(
+    engine: nbjobs.Engine,
+) -> None:
+    saved = sys.stdout
+    main_out = io.StringIO()
+    sys.stdout = main_out
+    try:
+        engine.start_server(workers=4, poll_interval=0.05)
+        jobs = [engine.enqueue(chatty, i, 200) for i in range(4)]
+        k = 0
+        while not all(j.done for j in jobs):
+            print(f"main {k}")
+            k += 1
+        assert [j.result(timeout=30) for j in jobs] == [0, 1, 2, 3]
+    finally:
+        sys.stdout = saved
+        capture.uninstall()
+    assert main_out.getvalue() == "".join(f"main {n}\n" for n in range(k))
+    for i, job in enumerate(jobs):
+        logs = job.logs()
+        printed = "".join(f"job {i} line {n}\n" for n in range(200))
+        assert logs.startswith(printed)
+        assert f"WARNING user.chatty: job {i} finished printing" in logs
+        assert "job " + str((i + 1) % 4) + " line" not in logs
+
+
+def test_progress_is_stored_with_the_job_and_shown_in_jobs(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1, poll_interval=0.05)
+    try:
+        job = engine.enqueue(counted, 100_000)
+        assert job.result(timeout=30) == "ok"
+    finally:
+        capture.uninstall()
+    record = job.record()
+    assert (record.progress, record.progress_message) == (1.0, "all done")
+    frame = engine.jobs()
+    assert frame.loc[frame["id"] == job.id, "progress"].item() == 1.0

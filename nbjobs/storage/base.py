@@ -53,6 +53,8 @@ class JobFilter:
     since: datetime | None = None  #: created at or after
     until: datetime | None = None  #: created before
     before_id: int | None = None  #: keyset paging: ids below this (newest first)
+    parent_id: int | None = None  #: continuations of this job
+    min_attempts: int | None = None  #: at least this many attempts (e.g. 1: Scheduled retries)
     limit: int | None = 1000
     newest_first: bool = True
 
@@ -176,6 +178,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def counts(self) -> dict[JobState, int]:
         """Number of jobs per state."""
+
+    @abc.abstractmethod
+    def finished_histogram(
+        self, since: datetime, width: float
+    ) -> dict[tuple[JobState, int], int]:
+        """Succeeded and Failed jobs finished at or after `since`, counted per `width`-second bucket
+        (bucket k starts at since + k·width), aggregated in the database from the finish index."""
 
     @abc.abstractmethod
     def queue_lengths(self) -> dict[str, int]:

@@ -17,9 +17,25 @@ import select as _select
 import sqlite3
 import threading
 from contextlib import AbstractContextManager
+from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, Select, create_engine, event, text
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Float,
+    Integer,
+    Select,
+    cast,
+    create_engine,
+    event,
+    func,
+    literal,
+    text,
+    type_coerce,
+)
+from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -81,6 +97,10 @@ class Dialect:
 
     def notify(self, conn: Connection, payload: str) -> None:
         """Tell other processes that work arrived (inside the enqueue transaction)."""
+
+    def time_bucket(self, column: Any, since: datetime, width: float) -> ColumnElement[Any]:
+        """The 0-based index of the `width`-second interval after `since` that `column` falls in."""
+        raise NotImplementedError
 
     def install_counters(self, conn: Connection) -> bool:
         """Create the triggers that keep `nbjobs_counts` exact; True if they were just created.
@@ -175,6 +195,12 @@ class SqliteDialect(Dialect):
                 lock = self._write_lock = _write_locks.setdefault(path, threading.RLock())
         return lock
 
+    def time_bucket(self, column: Any, since: datetime, width: float) -> ColumnElement[Any]:
+        # Times are epoch seconds (REAL) here; CAST truncates, which is floor for the values >= 0
+        # that a `column >= since` filter leaves.
+        offset = (type_coerce(column, Float) - since.timestamp()) / width
+        return cast(offset, Integer)
+
     def install_counters(self, conn: Connection) -> bool:
         # One writer at a time in SQLite, so one shard (0) and row-level triggers suffice.
         found = conn.exec_driver_sql(
@@ -263,6 +289,11 @@ class PostgresDialect(Dialect):
 
     def notify(self, conn: Connection, payload: str) -> None:
         conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
+
+    def time_bucket(self, column: Any, since: datetime, width: float) -> ColumnElement[Any]:
+        start = literal(since, TIMESTAMP(timezone=True))
+        seconds = func.extract("epoch", column) - func.extract("epoch", start)
+        return cast(func.floor(seconds / width), Integer)
 
     def install_counters(self, conn: Connection) -> bool:
         # Statement-level triggers over transition tables: one counter upsert per statement, however

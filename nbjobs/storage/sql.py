@@ -12,6 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -80,7 +81,8 @@ class SqlStore(RecurringSqlMixin, Store):
         delay = 0.01
         for attempt in range(self._max_retries + 1):
             try:
-                with self.engine.connect() as conn:
+                # The guard is outermost so a failed transaction is rolled back before it is released.
+                with self.dialect.write_guard() if write else nullcontext(), self.engine.connect() as conn:
                     if write:
                         self.dialect.begin_write(conn)
                     else:
@@ -226,6 +228,10 @@ class SqlStore(RecurringSqlMixin, Store):
             else:
                 state = S.AWAITING
                 conn.execute(update(jobs).where(jobs.c.id == spec.parent_id).values(has_children=True))
+                if parent_state is S.ENQUEUED:
+                    # We held the parent's row lock, so a concurrent claim (SKIP LOCKED) may have
+                    # passed it by: tell the servers to look again once we commit.
+                    self.dialect.notify(conn, "unlocked")
         try:
             with conn.begin_nested():
                 job_id = conn.execute(
@@ -598,6 +604,10 @@ class SqlStore(RecurringSqlMixin, Store):
             stmt = stmt.where(jobs.c.created_at < flt.until)
         if flt.before_id is not None:
             stmt = stmt.where(jobs.c.id < flt.before_id)
+        if flt.parent_id is not None:
+            stmt = stmt.where(jobs.c.parent_id == flt.parent_id)
+        if flt.min_attempts is not None:
+            stmt = stmt.where(jobs.c.attempts >= flt.min_attempts)
         stmt = stmt.order_by(jobs.c.id.desc() if flt.newest_first else jobs.c.id)
         if flt.limit is not None:
             stmt = stmt.limit(flt.limit)
@@ -635,6 +645,17 @@ class SqlStore(RecurringSqlMixin, Store):
         rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
         if rows:
             conn.execute(insert(counts), [{"state": s, "shard": 0, "n": int(n)} for s, n in rows])
+
+    def finished_histogram(self, since: datetime, width: float) -> dict[tuple[JobState, int], int]:
+        bucket = self.dialect.time_bucket(jobs.c.finished_at, since, width).label("bucket")
+        stmt = (
+            select(jobs.c.state, bucket, func.count())
+            .where(jobs.c.state.in_([S.SUCCEEDED.value, S.FAILED.value]), jobs.c.finished_at >= since)
+            .group_by(jobs.c.state, bucket)
+        )
+        return self._tx(
+            lambda conn: {(JobState(s), int(b)): int(n) for s, b, n in conn.execute(stmt)}, write=False
+        )
 
     def queue_lengths(self) -> dict[str, int]:
         return self._tx(

@@ -14,6 +14,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from . import notebooks
+from .callbacks import DoneCallbacks
 from .clock import Clock, ensure_utc
 from .errors import (
     InvalidJobError,
@@ -115,19 +116,26 @@ class Notifier:
         self.work = threading.Event()  #: set on enqueue: the local dispatcher wakes at once
         self.schedule_changed = threading.Event()  #: set on schedule: the scheduler recomputes
         self._finished = threading.Condition()
-        self._callbacks: dict[int, list[Callable[[Job], None]]] = {}
         self._lock = threading.Lock()
         self.local_cancel: Callable[[int, str], bool] | None = None
+        self.done_callbacks: DoneCallbacks | None = None  #: created with the first callback
 
     def finished(self, job_ids: Sequence[int]) -> None:
+        """Outcomes of `job_ids` were stored here (final or not): wake waiters and the callback watcher."""
         with self._finished:
             self._finished.notify_all()
-        if self._callbacks:
-            with self._lock:
-                todo = [(i, self._callbacks.pop(i)) for i in job_ids if i in self._callbacks]
-            for job_id, callbacks in todo:
-                for cb in callbacks:
-                    cb(job_id)  # type: ignore[arg-type]
+        if self.done_callbacks is not None:
+            self.done_callbacks.poke(job_ids)
+
+    def callbacks_for(self, store: Store, clock: Clock) -> DoneCallbacks:
+        with self._lock:
+            if self.done_callbacks is None:
+                self.done_callbacks = DoneCallbacks(store, clock)
+            return self.done_callbacks
+
+    def close(self) -> None:
+        if self.done_callbacks is not None:
+            self.done_callbacks.close()
 
     def wait_finished(self, timeout: float) -> None:
         with self._finished:
@@ -414,15 +422,14 @@ class Job:
         return client.then(self, fn, *args, **kwargs)
 
     def add_done_callback(self, fn: Callable[[Job], None]) -> None:
-        """Call `fn(job)` in this process once the job is final (at once if it already is)."""
+        """Call `fn(job)` in this process once the job is final, whoever runs it (at once if it
+        already is). A failed attempt that will be retried is not final. Callbacks run in a
+        background thread of this process; an exception in one is logged."""
         if self.done:
             fn(self)
             return
         notifier = self.client.notifier
-        with notifier._lock:
-            notifier._callbacks.setdefault(self.id, []).append(lambda _id: fn(self))  # type: ignore[misc]
-        if self.done:  # finished between our check and the registration
-            notifier.finished([self.id])
+        notifier.callbacks_for(self.client.store, self.client.clock).add(self, fn)
 
 
 class NotebookJob(Job):

@@ -132,6 +132,7 @@ class Engine:
         self.stop_server()
         self.output.close()
         self.progress_throttle.close()
+        self.notifier.close()
         self.store.close()
         self._closed = True
 

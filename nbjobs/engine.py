@@ -13,7 +13,7 @@ from typing import Any, overload
 
 import pandas as pd
 
-from . import history as views
+from . import history as views  # type: ignore[no-redef]  # `nbjobs.history` is also a function
 from .capture import OutputCapture
 from .client import Client, Job, JobFunction, NotebookJob, Notifier
 from .clock import Clock, SystemClock

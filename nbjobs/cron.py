@@ -1,0 +1,440 @@
+"""Cron schedules for recurring jobs: parsing, next fire times across daylight saving, missed runs.
+
+Pure logic on croniter and zoneinfo: no I/O, no threads, no storage; every function takes the time
+it reasons about as an argument. Datetimes in and out are aware UTC.
+
+Expressions
+    Five fields (``minute hour day-of-month month day-of-week``) or six, where the extra field is
+    **seconds and comes first** (``second minute hour …``), as in Quartz, Spring and Hangfire's
+    Cronos: ``"*/10 * * * * *"`` fires every 10 seconds. croniter itself puts seconds *last* by
+    default; we always pass ``second_at_beginning=True``. Aliases: ``@yearly``/``@annually``,
+    ``@monthly``, ``@weekly``, ``@daily``/``@midnight``, ``@hourly``. Day-of-month and day-of-week
+    both restricted means either matches (Vixie cron). croniter's random (``R``) and hashed (``H``)
+    fields are refused: every server must compute the same fire times.
+
+Daylight saving (the expression is matched against the wall clock of the schedule's time zone)
+    An *hourly* schedule is one whose hour field matches every hour (``*``, ``0-23``, ``*/1``); it
+    describes an interval of real time, so it keeps its rhythm in real time: wall times that do not
+    exist (spring forward) are simply skipped, and wall times that occur twice (fall back) fire
+    twice, once per real instant.
+
+    Any other schedule names wall-clock hours and fires **once per matching wall time**:
+
+    - spring forward: a wall time inside the gap fires at the first instant after the jump, i.e.
+      ``30 2 * * *`` in Europe/Berlin fires at 03:00 CEST on the last Sunday of March (what Vixie
+      cron and Cronos do; 03:30 would drift away from the named hour and could collide with a real
+      03:30 fire). Several wall times in one gap collapse into that single fire.
+    - fall back: a repeated wall time fires only at its first occurrence (summer time), not again an
+      hour later.
+
+    Cronos also repeats schedules whose minute or second field is an interval (e.g. ``*/5 2 * * *``);
+    we do not: a schedule that names hour 2 runs through hour 2 once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal, get_args
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import CroniterBadDateError, CroniterError, croniter
+
+from .clock import ensure_utc
+from .errors import InvalidScheduleError
+from .model import UNFINISHED_STATES, JobState
+
+MisfirePolicy = Literal["once", "skip", "all"]
+OverlapPolicy = Literal["allow", "skip"]
+MISFIRE_POLICIES: tuple[str, ...] = get_args(MisfirePolicy)
+OVERLAP_POLICIES: tuple[str, ...] = get_args(OverlapPolicy)
+
+#: With ``misfire="skip"``, the most recent due fire still runs if it is at most this late: it is
+#: "just due", late only by the scheduler's tick (≤ 1 s), database latency or a pause of the process,
+#: not missed during downtime.
+SKIP_GRACE = timedelta(seconds=15)
+
+#: Missed fire times are counted one by one up to this many; beyond it the count is a lower bound
+#: (`FirePlan.missed_capped`), so a week-long outage of a per-second schedule stays cheap.
+COUNT_CAP = 1000
+
+ALIASES = {
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}
+
+_FIELDS_5 = ("minute", "hour", "day-of-month", "month", "day-of-week")
+_FIELDS_6 = ("second", *_FIELDS_5)
+_RANGES = {
+    "second": "0-59",
+    "minute": "0-59",
+    "hour": "0-23",
+    "day-of-month": "1-31 or L",
+    "month": "1-12 or JAN-DEC",
+    "day-of-week": "0-6 (0 = Sunday) or SUN-SAT",
+}
+_RANDOM_OR_HASHED = re.compile(r"(?<![A-Za-z])[HRhr](?![A-Za-z])")
+_ONE_SECOND = timedelta(seconds=1)
+#: A reference start for validation: any fixed date works, croniter only checks a match exists.
+_PROBE_START = datetime(2000, 1, 1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CronSchedule:
+    """A validated cron expression in a time zone; build it with `parse_schedule`."""
+
+    expr: str  #: the expression as given (whitespace normalised; aliases kept)
+    tz: str  #: IANA time zone name
+    fields: str  #: the five or six fields croniter is given (aliases expanded)
+    has_seconds: bool  #: six fields, the first being seconds
+    hourly: bool  #: the hour field matches every hour (DST rules differ, see the module docstring)
+    zone: ZoneInfo = field(repr=False, compare=False)
+
+    def __str__(self) -> str:
+        return self.expr if self.tz == "UTC" else f"{self.expr} ({self.tz})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FirePlan:
+    """What to do about the fire times that are due now (`due_fires`)."""
+
+    fires: tuple[datetime, ...]  #: fire times to create one job each for, oldest first
+    next_fire: datetime  #: the next fire time to store (strictly after now, or the untouched plan)
+    due: int  #: fire times that were due (planned one included); a lower bound if `missed_capped`
+    missed: int  #: due fire times that get no job of their own (folded into one, or skipped)
+    missed_capped: bool = False  #: counting stopped at `COUNT_CAP`; `due` and `missed` are at least
+
+
+# -- parsing ----------------------------------------------------------------------------------------
+def parse_zone(tz: str) -> ZoneInfo:
+    """The zoneinfo zone for an IANA name; an unknown name raises InvalidScheduleError."""
+    name = (tz or "").strip()
+    try:
+        if not name:
+            raise ValueError("empty")
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise InvalidScheduleError(
+            f"unknown time zone {tz!r}; use an IANA name such as 'UTC', 'Europe/Berlin' or "
+            "'America/New_York' (see zoneinfo.available_timezones())"
+        ) from None
+
+
+def parse_schedule(expr: str, tz: str = "UTC") -> CronSchedule:
+    """Validate a cron expression (5 fields, 6 with leading seconds, or an alias) in time zone `tz`.
+
+    Raises InvalidScheduleError naming the bad field or the unknown zone, and how to write it.
+    """
+    if not isinstance(expr, str) or not expr.strip():
+        raise InvalidScheduleError(
+            f"empty cron expression {expr!r}; give five fields like '0 9 * * MON-FRI', six with "
+            "leading seconds like '*/10 * * * * *', or an alias such as '@daily'"
+        )
+    zone = parse_zone(tz)
+    text = " ".join(expr.split())
+    if text.startswith("@"):
+        fields = ALIASES.get(text.lower())
+        if fields is None:
+            raise InvalidScheduleError(
+                f"unknown cron alias {text!r}; use one of {', '.join(ALIASES)} or write the fields"
+            )
+    else:
+        fields = text
+    parts = fields.split(" ")
+    if len(parts) not in (5, 6):
+        raise InvalidScheduleError(
+            f"cron expression {text!r} has {len(parts)} fields; use 5 (minute hour day-of-month "
+            "month day-of-week) or 6 with seconds first (second minute hour day-of-month month "
+            "day-of-week)"
+        )
+    has_seconds = len(parts) == 6
+    names = _FIELDS_6 if has_seconds else _FIELDS_5
+    for name, part in zip(names, parts, strict=True):
+        if _RANDOM_OR_HASHED.search(part):
+            raise InvalidScheduleError(
+                f"{name} field {part!r} of cron expression {text!r} uses a random or hashed value "
+                "(R/H), which would fire at different times on different servers; write a fixed value"
+            )
+    try:
+        probe = croniter(fields, _PROBE_START, second_at_beginning=has_seconds)
+    except CroniterError:
+        raise _field_error(text, parts, names) from None
+    try:
+        probe.get_next(datetime)
+    except CroniterBadDateError:
+        raise InvalidScheduleError(
+            f"cron expression {text!r} never fires (no date matches, e.g. 30 February); check the "
+            "day-of-month and month fields"
+        ) from None
+    hour_values = probe.expanded[1]  # croniter keeps minute, hour, … first and moves seconds last
+    hourly = hour_values == ["*"] or len(set(hour_values)) == 24
+    return CronSchedule(
+        expr=text, tz=zone.key, fields=fields, has_seconds=has_seconds, hourly=hourly, zone=zone
+    )
+
+
+def _field_error(text: str, parts: list[str], names: tuple[str, ...]) -> InvalidScheduleError:
+    """Find which field croniter refuses by trying each one alone among wildcards."""
+    for index, (name, part) in enumerate(zip(names, parts, strict=True)):
+        alone = ["*"] * len(parts)
+        alone[index] = part
+        try:
+            croniter(" ".join(alone), _PROBE_START, second_at_beginning=len(parts) == 6)
+        except CroniterError as exc:
+            return InvalidScheduleError(
+                f"{name} field {part!r} of cron expression {text!r} is not valid ({exc}); allowed: "
+                f"{_RANGES[name]}, with *, lists (a,b), ranges (a-b) and steps (*/n)"
+            )
+    return InvalidScheduleError(
+        f"cron expression {text!r} is not valid; check that its fields fit together"
+    )
+
+
+# -- wall time to instants ----------------------------------------------------------------------------
+def _local(schedule: CronSchedule, instant: datetime) -> datetime:
+    """Naive wall time of `instant` in the schedule's zone, floored to the second."""
+    return instant.astimezone(schedule.zone).replace(tzinfo=None, microsecond=0)
+
+
+def _fold_span(schedule: CronSchedule, naive: datetime) -> timedelta:
+    """How long the wall clock repeats around `naive` (zero unless `naive` occurs twice)."""
+    first = naive.replace(tzinfo=schedule.zone, fold=0).utcoffset()
+    second = naive.replace(tzinfo=schedule.zone, fold=1).utcoffset()
+    if first is None or second is None or first <= second:
+        return timedelta(0)
+    return first - second
+
+
+def _transition(zone: ZoneInfo, lo: datetime, hi: datetime) -> datetime:
+    """The first UTC instant in (lo, hi] that has hi's offset: where a gap ends (whole seconds)."""
+    target = hi.astimezone(zone).utcoffset()
+    low, high = int(lo.timestamp()), int(hi.timestamp())
+    while high - low > 1:
+        mid = (low + high) // 2
+        if datetime.fromtimestamp(mid, UTC).astimezone(zone).utcoffset() == target:
+            high = mid
+        else:
+            low = mid
+    return datetime.fromtimestamp(high, UTC)
+
+
+def _instants(schedule: CronSchedule, naive: datetime) -> tuple[tuple[datetime, ...], datetime | None]:
+    """The UTC instants a matching wall time fires at, and the end of its gap if it does not exist.
+
+    Ordinary time: one instant. Repeated time: the first, plus the second for hourly schedules.
+    Missing time: the instant the gap ends for other schedules, none for hourly ones.
+    """
+    zone = schedule.zone
+    first = naive.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    second = naive.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    if first == second:
+        return (first,), None
+    if first.astimezone(zone).replace(tzinfo=None) == naive:  # exists twice: fold=0 is the earlier
+        return ((first, second) if schedule.hourly else (first,)), None
+    # Missing: fold=1 applies the new offset (before the jump), fold=0 the old one (after it).
+    gap_end = _transition(zone, second, first)
+    return (() if schedule.hourly else (gap_end,)), gap_end
+
+
+def _cron(schedule: CronSchedule, start: datetime) -> croniter:
+    return croniter(schedule.fields, start, second_at_beginning=schedule.has_seconds)
+
+
+# -- fire times ----------------------------------------------------------------------------------------
+def iter_fires(schedule: CronSchedule, after: datetime) -> Iterator[datetime]:
+    """Every fire time strictly after `after`, ascending, each real instant once (endless)."""
+    after = ensure_utc(after)
+    zone = schedule.zone
+    local = after.astimezone(zone)
+    start = local.replace(tzinfo=None, microsecond=0)
+    # Wall time from which the second pass of a repeated hour is still owed (hourly schedules).
+    owed: datetime | None = None
+    span = _fold_span(schedule, start)
+    if span and local.fold == 1:
+        # `after` is in the second pass: every first-pass instant is past, so resume the wall
+        # clock after the repeated hour and owe only the rest of the second pass.
+        region_start = _local(schedule, _transition(zone, after - span, after))
+        owed = start if schedule.hourly else None
+        start = region_start + span
+    elif span and schedule.hourly:
+        # `after` is in the first pass: the whole second pass is still to come.
+        owed = _local(schedule, _transition(zone, after, after + span))
+    it = _cron(schedule, start - _ONE_SECOND)
+    last = after
+    while True:
+        try:
+            naive: datetime | None = it.get_next(datetime)
+        except CroniterBadDateError:
+            naive = None
+        found, gap_end = _instants(schedule, naive) if naive is not None else ((), None)
+        if len(found) == 2:
+            # First pass now; the second pass follows once the wall clock leaves the repeated hour.
+            if owed is None:
+                owed = _local(schedule, _transition(zone, found[0], found[1]))
+        elif owed is not None:
+            for instant in _second_pass(schedule, owed):
+                if instant > last:
+                    last = instant
+                    yield instant
+            owed = None
+        if naive is None:
+            return
+        if found and found[0] > last:
+            last = found[0]
+            yield last
+        if gap_end is not None:
+            # Past the gap: an hourly schedule skips its missing wall times, any other has just
+            # fired once for all of them at the gap's end.
+            it = _cron(schedule, _local(schedule, gap_end) - (_ONE_SECOND if not found else timedelta(0)))
+
+
+def _second_pass(schedule: CronSchedule, start: datetime) -> Iterator[datetime]:
+    """Second-pass instants of the repeated wall times from `start` to the end of the repeat."""
+    it = _cron(schedule, start - _ONE_SECOND)
+    while True:
+        try:
+            found, _ = _instants(schedule, it.get_next(datetime))
+        except CroniterBadDateError:
+            return
+        if len(found) != 2:
+            return
+        yield found[1]
+
+
+def next_fire(schedule: CronSchedule, after: datetime) -> datetime:
+    """The first fire time strictly after `after` (aware UTC in and out)."""
+    for instant in iter_fires(schedule, after):
+        return instant
+    raise InvalidScheduleError(f"cron expression {schedule.expr!r} never fires after {after.isoformat()}")
+
+
+def prev_fire(schedule: CronSchedule, at: datetime) -> datetime | None:
+    """The latest fire time at or before `at`, or None if there is none within croniter's range."""
+    at = ensure_utc(at)
+    zone = schedule.zone
+    local = at.astimezone(zone)
+    start = local.replace(tzinfo=None, microsecond=0)
+    span = _fold_span(schedule, start)
+    second_pass = bool(span) and local.fold == 1
+    if second_pass:
+        # Every first-pass wall time of the repeated hour, even one later than at's, is past.
+        start = _local(schedule, _transition(zone, at - span, at)) + span - _ONE_SECOND
+    it = _cron(schedule, start + _ONE_SECOND)
+    best: datetime | None = None
+    while True:
+        try:
+            naive = it.get_prev(datetime)
+        except CroniterBadDateError:
+            return best
+        found, gap_end = _instants(schedule, naive)
+        if not found:
+            if gap_end is not None:  # hourly schedule in a gap: jump to where the gap starts
+                it = _cron(schedule, _local(schedule, gap_end - _ONE_SECOND) + _ONE_SECOND)
+            continue
+        for instant in found:
+            if instant <= at and (best is None or instant > best):
+                best = instant
+        if found[-1] <= at:
+            return best  # every earlier wall time fires earlier still
+        if found[0] <= at and not second_pass:
+            return best  # the repeats of earlier wall times are after `at` too
+
+
+# -- missed runs and overlap ---------------------------------------------------------------------------
+def validate_policies(misfire: str, limit: int, overlap: str) -> None:
+    """Check a recurring definition's policies; raise InvalidScheduleError saying what is allowed."""
+    if misfire not in MISFIRE_POLICIES:
+        raise InvalidScheduleError(
+            f"unknown misfire policy {misfire!r}; use 'once' (one run for all missed fire times), "
+            "'skip' (none, wait for the next) or 'all' (one per missed fire time, up to misfire_limit)"
+        )
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidScheduleError(f"misfire_limit must be a whole number of at least 1, got {limit!r}")
+    if overlap not in OVERLAP_POLICIES:
+        raise InvalidScheduleError(
+            f"unknown overlap policy {overlap!r}; use 'allow' (runs may overlap) or 'skip' (a fire is "
+            "skipped while the previous run is unfinished)"
+        )
+
+
+def due_fires(
+    schedule: CronSchedule,
+    last_planned: datetime,
+    now: datetime,
+    misfire: str = "once",
+    limit: int = 100,
+    *,
+    grace: timedelta = SKIP_GRACE,
+) -> FirePlan:
+    """Decide which due fire times get a job now, and the next fire time to store.
+
+    `last_planned` is the stored next fire time: the oldest fire time not handled yet. Every fire
+    time from it up to `now` is due:
+
+    - ``once``: one job, standing for the latest due fire time; the others are counted as missed.
+    - ``skip``: one job for the latest due fire time only if it is at most `grace` old (just due,
+      not missed while no scheduler ran); every other due fire time is missed.
+    - ``all``: one job per due fire time, the latest `limit` of them; older ones are missed.
+    """
+    validate_policies(misfire, limit, "allow")
+    last_planned, now = ensure_utc(last_planned), ensure_utc(now)
+    if last_planned > now:
+        return FirePlan(fires=(), next_fire=last_planned, due=0, missed=0)
+    # One forward walk from the plan counts what is due, keeps the latest `limit` fire times and
+    # finds the next one; only after a long outage (COUNT_CAP) do we jump back from `now` instead.
+    recent: deque[datetime] = deque([last_planned], maxlen=limit)
+    due, capped = 1, False
+    upcoming: datetime | None = None
+    for instant in iter_fires(schedule, last_planned):
+        if instant > now:
+            upcoming = instant
+            break
+        if due >= COUNT_CAP:
+            capped = True
+            break
+        due += 1
+        recent.append(instant)
+    if capped or upcoming is None:
+        upcoming = next_fire(schedule, now)
+    latest = recent[-1]
+    if capped:
+        latest = max(latest, prev_fire(schedule, now) or latest)
+        recent = deque([latest], maxlen=limit)
+        cursor = prev_fire(schedule, latest - timedelta(microseconds=1))
+        while cursor is not None and cursor > last_planned and len(recent) < limit:
+            recent.appendleft(cursor)
+            cursor = prev_fire(schedule, cursor - timedelta(microseconds=1))
+        if len(recent) < limit:
+            recent.appendleft(last_planned)
+    fires: tuple[datetime, ...]
+    if misfire == "once":
+        fires = (latest,)
+    elif misfire == "skip":
+        fires = (latest,) if now - latest <= grace else ()
+    else:
+        fires = tuple(recent)
+    due = max(due, len(fires))
+    return FirePlan(
+        fires=fires, next_fire=upcoming, due=due, missed=due - len(fires), missed_capped=capped
+    )
+
+
+def runs_allowed(overlap: str, planned: int, previous: JobState | None) -> int:
+    """How many of `planned` new runs (the latest ones) may start, given the previous run's state.
+
+    ``allow``: all of them. ``skip``: none while the previous run is unfinished (enqueued, running,
+    waiting for a retry…), else at most one, since runs of one fire would overlap each other.
+    """
+    if overlap == "allow" or planned <= 0:
+        return max(planned, 0)
+    if previous is not None and previous in UNFINISHED_STATES:
+        return 0
+    return 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .client import Client, Job, JobFunction
+from .client import Client, Job, JobFunction, NotebookJob
 from .clock import ManualClock, SystemClock
 from .context import JobContext, check_cancelled, current_job
 from .default import (
@@ -37,6 +37,9 @@ from .errors import (
     JobNotFoundError,
     JobTimeoutError,
     NbJobsError,
+    NotebookCellError,
+    NotebookCellTimeoutError,
+    NotebookError,
     PayloadError,
     ResultTimeoutError,
     SchemaVersionError,
@@ -66,6 +69,7 @@ __all__ = [
     "Client", "ConfigurationError", "ContinueOn", "Engine", "FunctionNotFoundError",
     "IllegalTransitionError", "InvalidJobError", "Job", "JobCancelled", "JobContext", "JobFailedError",
     "JobFunction", "JobNotFoundError", "JobState", "JobTimeoutError", "ManualClock", "NbJobsError",
+    "NotebookCellError", "NotebookCellTimeoutError", "NotebookError", "NotebookJob",
     "PayloadError", "ResultTimeoutError", "SchemaVersionError", "SystemClock", "UnknownStateError",
     "__version__", "check_cancelled", "connect", "current_job", "default_engine", "default_url", "enqueue",
     "history", "job", "jobs", "load_ipython_extension", "options", "progress", "schedule", "servers",

@@ -234,6 +234,16 @@ def test_cancel_kills_a_kernel_that_ignores_the_interrupt(nb: nbjobs.Engine, tmp
     assert_no_kernel_left(baseline)
 
 
+def test_stopping_the_server_requeues_a_running_notebook(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    baseline = children()
+    path = make_notebook(tmp_path / "busy.ipynb", "import time\nprint('busy', flush=True)\ntime.sleep(120)")
+    run = nb.enqueue_notebook(path)
+    wait_for(lambda: "busy" in run.logs(), timeout=30)
+    nb.stop_server(timeout=0.2)
+    assert run.state is JobState.ENQUEUED  # back in its queue for another server
+    assert_no_kernel_left(baseline)
+
+
 def test_cli_run_notebook_waits_for_the_run(nb: nbjobs.Engine, tmp_path: Path) -> None:
     """`nbjobs run-notebook PATH -p NAME VALUE --url … --wait`, served by this process's server."""
     baseline = children()

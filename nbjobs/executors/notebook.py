@@ -151,13 +151,16 @@ class _Run:
 
     async def _shutdown(self) -> None:
         """The guarantee: no kernel outlives its job, whatever nbclient did or did not do."""
+        kc = getattr(self.client, "kc", None)
+        if kc is not None:  # nbclient stops its channels unless its task was cancelled first
+            kc.stop_channels()
         try:
             if self.km.has_kernel:
                 await self.km.shutdown_kernel(now=True)
         except Exception:
             log.exception("could not shut down the kernel; killing it")
             try:
-                await self.km._kill_kernel()
+                await self.km._kill_kernel()  # jupyter_client has no public "kill now, ask nothing"
             except Exception:
                 log.exception("could not kill the kernel")
 
@@ -177,11 +180,18 @@ def _save(nb: NotebookNode, path: Path) -> None:
 
 def _error(exc: BaseException, cell_index: int, source: Path, out: Path) -> BaseException:
     """Turn what nbclient raised into the job's error: which cell, what it raised, where the run is."""
+    from jupyter_client.kernelspec import NoSuchKernel
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     where = f"the partially executed notebook is saved at {out}"
-    if isinstance(exc, CellTimeoutError):
-        err: NotebookError = NotebookCellTimeoutError(
+    if isinstance(exc, NoSuchKernel):
+        err: NotebookError = NotebookError(
+            f"kernel {exc.name!r} is not installed where this job ran, so {source.name} could not start; "
+            "install it there (`jupyter kernelspec list` shows what is) or pass kernel_name=",
+            output_path=str(out),
+        )
+    elif isinstance(exc, CellTimeoutError):
+        err = NotebookCellTimeoutError(
             f"cell {cell_index} of {source.name} ran longer than its cell_timeout; {where}",
             cell_index=cell_index, ename="CellTimeoutError", evalue=str(exc).splitlines()[0],
             traceback=str(exc), output_path=str(out),
@@ -277,6 +287,7 @@ def run_notebook(
     except Exception as exc:
         if ctx is not None and ctx.cancelled:
             status = "cancelled"
+            nb.metadata["nbjobs"]["reason"] = ctx.cancel_reason
             raise JobCancelled(f"job {ctx.id} was cancelled while running {source.name} "
                                f"({ctx.cancel_reason}); the partial run is saved at {out}") from None
         raise _error(exc, run.client.cell_index, source, out) from None

@@ -125,6 +125,16 @@ def test_bad_notebook_jobs_are_refused_at_enqueue(nb: nbjobs.Engine, tmp_path: P
     assert nb.jobs().empty  # nothing was stored
 
 
+def test_unknown_kernel_fails_with_a_clear_error(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    path = make_notebook(tmp_path / "r.ipynb", "1 + 1")
+    run = nb.options(retries=0).enqueue_notebook(path, kernel_name="no-such-kernel")
+    with pytest.raises(JobFailedError) as info:
+        run.result(timeout=30)
+    assert info.value.exc_type == "nbjobs.errors.NotebookError"
+    assert "kernel 'no-such-kernel' is not installed" in str(info.value.remote_message)
+    assert run.notebook().metadata["nbjobs"]["status"] == "failed"  # type: ignore[union-attr]
+
+
 def test_failing_cell_fails_the_job_with_cell_and_traceback(nb: nbjobs.Engine, tmp_path: Path) -> None:
     baseline = children()
     path = make_notebook(
@@ -199,6 +209,7 @@ def test_timeout_bounds_the_whole_run(nb: nbjobs.Engine, tmp_path: Path) -> None
     assert info.value.exc_type == "nbjobs.errors.JobTimeoutError"
     partial = run.notebook()
     assert partial is not None and partial.metadata["nbjobs"]["status"] == "cancelled"
+    assert partial.metadata["nbjobs"]["reason"] == "timeout of 3.0s passed"
     done = [c for c in partial.cells if c.cell_type == "code" and c.outputs]
     assert 0 < len(done) < 40
     assert_no_kernel_left(baseline)

@@ -17,6 +17,7 @@ from .context import JobContext, check_cancelled, current_job
 from .default import (
     default_engine,
     enqueue,
+    enqueue_notebook,
     history,
     job,
     jobs,
@@ -72,6 +73,7 @@ __all__ = [
     "NotebookCellError", "NotebookCellTimeoutError", "NotebookError", "NotebookJob",
     "PayloadError", "ResultTimeoutError", "SchemaVersionError", "SystemClock", "UnknownStateError",
     "__version__", "check_cancelled", "connect", "current_job", "default_engine", "default_url", "enqueue",
+    "enqueue_notebook",
     "history", "job", "jobs", "load_ipython_extension", "options", "progress", "schedule", "servers",
     "set_default_engine", "stats", "unload_ipython_extension",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from .client import Client, Job, JobFunction
+from .client import Client, Job, JobFunction, NotebookJob
 from .engine import Engine, connect
 from .errors import ConfigurationError
 from .model import PRIVATE_QUEUE_MARK, JobState
@@ -179,6 +179,12 @@ def schedule(when: datetime | timedelta | int | float, fn: Callable[..., Any], /
              **kwargs: Any) -> Job:
     """`nbjobs.schedule(60, fn, *args)`: run `fn` later on the default engine."""
     return default_engine().schedule(when, fn, *args, **kwargs)
+
+
+def enqueue_notebook(path: str | os.PathLike[str], parameters: dict[str, Any] | None = None,
+                     **kwargs: Any) -> NotebookJob:
+    """`nbjobs.enqueue_notebook("report.ipynb", {"region": "EMEA"})` on the default engine."""
+    return default_engine().enqueue_notebook(path, parameters, **kwargs)
 
 
 def options(**opts: Any) -> Client:

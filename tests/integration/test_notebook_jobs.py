@@ -122,6 +122,12 @@ def test_bad_notebook_jobs_are_refused_at_enqueue(nb: nbjobs.Engine, tmp_path: P
         nb.enqueue_notebook(SALES, cell_timeout=0)
     with pytest.raises(InvalidJobError, match="unknown job option"):
         nb.enqueue_notebook(SALES, colour="red")
+    previous = nbjobs.set_default_engine(nb)
+    try:
+        with pytest.raises(InvalidJobError, match="parameter 'x'"):  # the module-level API checks too
+            nbjobs.enqueue_notebook(SALES, {"x": object()})
+    finally:
+        nbjobs.set_default_engine(previous)
     assert nb.jobs().empty  # nothing was stored
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import importlib
 import logging
 import os
 import threading
@@ -22,6 +23,7 @@ from .model import JobState, StateChange
 from .payload import Codec, Signer
 from .progress import ProgressThrottle
 from .server import Server, ServerConfig
+from .server.recurring import RecurringDuty
 from .storage import SqlStore, Store
 
 log = logging.getLogger("nbjobs")
@@ -86,6 +88,8 @@ class Engine:
                     f"unknown server setting(s) {sorted(unknown)}; known: {sorted(known)}"
                 )
             config = ServerConfig(workers=workers, queues=tuple(queues or ("*",)), **settings)
+            # Every server fires recurring jobs; the storage claim keeps each fire time to one job.
+            config.duties = [*config.duties, RecurringDuty(self.store, self.clock)]
             self.server = Server(
                 store=self.store, clock=self.clock, codec=self.codec, config=config,
                 wake=self.notifier.work, schedule_changed=self.notifier.schedule_changed,
@@ -219,6 +223,23 @@ class Engine:
 
     def stats(self, freq: str = "1min", since: datetime | None = None) -> pd.DataFrame:
         return views.stats_frame(self.store, freq=freq, since=since)
+
+    def dashboard(
+        self,
+        read_only: bool = False,
+        authorize: Callable[[str, Any], bool] | None = None,
+        refresh: float | None = 2.0,
+        redact: Sequence[str] | None = None,
+        **options: Any,
+    ) -> Any:
+        """The ipywidgets dashboard. `read_only` hides every action; `authorize(action, job) -> bool`
+        decides each one; arguments whose names match `redact` patterns show as ***."""
+        # ui sits above engine: imported by name at call time, so `import nbjobs` stays free of it.
+        module = importlib.import_module("nbjobs.ui.dashboard")
+        kwargs: dict[str, Any] = {"read_only": read_only, "authorize": authorize, "refresh": refresh}
+        if redact is not None:
+            kwargs["redact"] = tuple(redact)
+        return module.Dashboard(self, **kwargs, **options)
 
     def counts(self) -> dict[str, int]:
         return {s.value: n for s, n in self.store.counts().items()}

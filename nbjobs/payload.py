@@ -134,6 +134,24 @@ def needs_by_value(ref: str) -> bool:
     return ref.startswith("__main__:") or ref.startswith("__mp_main__:")
 
 
+def unresolvable(ref: str) -> str | None:
+    """Why `ref` cannot be run from a stored payload here, or None if it can.
+
+    `__main__` functions are carried by value in the payload, so they always can; any other must
+    still import (a renamed or removed function cannot). Import errors of the module are reported too.
+    """
+    if needs_by_value(ref):
+        return None
+    try:
+        resolve_function(ref)
+    except FunctionNotFoundError as exc:
+        cause = exc.__cause__
+        return f"function {ref} cannot be found" + (f" ({cause})" if cause is not None else " (not callable)")
+    except Exception as exc:  # the module itself fails to import: say so, never raise to the caller
+        return f"function {ref} cannot be imported ({type(exc).__name__}: {exc})"
+    return None
+
+
 # --- serializers ---------------------------------------------------------------------------
 
 

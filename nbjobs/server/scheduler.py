@@ -1,6 +1,7 @@
-"""The scheduler loop: promotes due Scheduled jobs (and, through hooks, fires recurring jobs).
+"""The scheduler loop: promotes due Scheduled jobs and runs duties (e.g. `recurring.RecurringDuty`).
 
-It checks at least once a second and wakes early when the client schedules something in this process.
+It checks at least once a second, at the next scheduled job or recurring fire, and early when the
+client schedules something or changes a recurring definition in this process.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from datetime import datetime
 
 from ..clock import Clock
 from ..storage import Store
@@ -37,10 +39,11 @@ class Scheduler:
         self.duties: list[Duty] = list(duties or [])
         self.stop_event = threading.Event()
         self.ticks = 0
+        self.last_tick_at: datetime | None = None
 
     def tick(self) -> int:
         """One pass: promote what is due, run duties; returns jobs made ready."""
-        now = self.clock.now()
+        now = self.last_tick_at = self.clock.now()
         ready = 0
         due = self.store.next_due()
         if due is not None and due <= now:
@@ -56,13 +59,21 @@ class Scheduler:
         return ready
 
     def _timeout(self) -> float:
+        """Seconds until the next scheduled job or recurring fire, at most `interval`."""
         try:
             due = self.store.next_due()
+            fire = self.store.next_recurring_fire()
         except Exception:
             return self.interval
-        if due is None:
-            return self.interval
-        return max(0.0, min(self.interval, (due - self.clock.now()).total_seconds()))
+        now = self.clock.now()
+        timeout = self.interval
+        if due is not None:
+            timeout = min(timeout, (due - now).total_seconds())
+        # A fire the last tick already saw due and left there is stuck (e.g. its schedule no longer
+        # parses): waking for it would spin; it is retried at the interval.
+        if fire is not None and (self.last_tick_at is None or fire > self.last_tick_at):
+            timeout = min(timeout, (fire - now).total_seconds())
+        return max(0.0, timeout)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -72,11 +83,14 @@ class Scheduler:
         while not self.stop_event.is_set():
             try:
                 self.tick()
+                # Read before the timeout is computed: time that passes until the wait starts
+                # shortens the wait, so a fire due meanwhile is not waited past.
+                started = self.clock.monotonic()
                 timeout = self._timeout()
             except Exception:
                 log.exception("scheduler tick failed; retrying")
-                timeout = self.interval
+                started, timeout = self.clock.monotonic(), self.interval
             if self.stop_event.is_set():
                 return
-            self.clock.wait(self.changed, timeout)
+            self.clock.wait(self.changed, max(0.0, started + timeout - self.clock.monotonic()))
             self.changed.clear()

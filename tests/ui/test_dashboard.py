@@ -1,0 +1,277 @@
+"""The dashboard driven as a person would (clicks on real ipywidgets), on SQLite and PostgreSQL.
+
+No frontend is needed: `Button.click()` runs the handlers synchronously, and the assertions read
+the real database through the store.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import ipywidgets as w
+import pytest
+
+import nbjobs
+from nbjobs.model import JobState, Outcome, OutcomeKind
+from nbjobs.ui.dashboard import Dashboard
+from nbjobs.ui.dashboard_model import JOB_ACTIONS, REASON, RECURRING_ACTIONS
+from tests.conftest import wait_for
+
+S = JobState
+
+
+def login(user: str, password: str, retries: int = 1, *, api_token: str = "", note: str = "") -> None:
+    raise PermissionError(f"bad credentials for {user}")
+
+
+def failed_job(engine: nbjobs.Engine, *args: Any, retry_at: Any = None, **kwargs: Any) -> int:
+    """A job that really went through enqueue → claim → fail in storage (no server thread needed)."""
+    client = engine.client
+    options = {"retries": 0 if retry_at is None else 3}
+    job = client.submit([client.new_job(login, args or ("bob", "hunter2"), kwargs, options=options)])[0]
+    now = engine.clock.now()
+    claimed = engine.store.acquire("test-server", ["*"], 100, now + timedelta(seconds=60), now)
+    assert job.id in [c.id for c in claimed]
+    engine.store.finish("test-server", [
+        Outcome(job_id=c.id, kind=OutcomeKind.FAILED, finished_at=now, error_type="PermissionError",
+                error_message="bad credentials for bob", error_traceback="Traceback ...\nPermissionError",
+                retry_at=retry_at)
+        for c in claimed
+    ], now)
+    return job.id
+
+
+def last_reason(engine: nbjobs.Engine, job_id: int) -> str:
+    return engine.store.history(job_id)[-1].reason
+
+
+def widgets_in(root: w.Widget) -> list[w.Widget]:
+    out, todo = [], [root]
+    while todo:
+        node = todo.pop()
+        out.append(node)
+        todo.extend(getattr(node, "children", ()))
+    return out
+
+
+@pytest.fixture
+def dash_factory(engine: nbjobs.Engine) -> Any:
+    made: list[Dashboard] = []
+
+    def make(**kwargs: Any) -> Dashboard:
+        kwargs.setdefault("refresh", None)
+        d = engine.dashboard(**kwargs)
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.close()
+
+
+def test_select_rows_and_requeue_them_after_confirmation(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    ids = [failed_job(engine) for _ in range(3)]
+    dash = dash_factory()
+    dash.show("Jobs")
+    dash.state_buttons[S.FAILED].click()
+    assert dash.state_buttons[S.FAILED].description == "Failed (3)"
+    shown = [r.job_id for r in dash.rows if r.job_id is not None]
+    assert shown == sorted(ids, reverse=True)
+    dash.rows[0].check.value = True
+    dash.rows[1].check.value = True
+
+    dash.bulk["requeue"].click()
+    assert "Requeue 2 jobs?" in dash.confirm_text.value
+    assert engine.store.states_of(ids) == {i: S.FAILED for i in ids}  # nothing before Confirm
+    dash.confirm_yes.click()
+
+    picked = shown[:2]
+    states = engine.store.states_of(ids)
+    assert [states[i] for i in picked] == [S.ENQUEUED, S.ENQUEUED]
+    assert states[shown[2]] is S.FAILED
+    assert all(last_reason(engine, i) == REASON for i in picked)
+    assert "requeued jobs" in dash.status.value and "error" not in dash.status.value
+    assert dash.state_buttons[S.FAILED].description == "Failed (1)"
+
+
+def test_keep_in_the_confirmation_changes_nothing(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    job_id = failed_job(engine)
+    dash = dash_factory()
+    dash.show("Jobs")
+    dash.show_state("failed")
+    dash.rows[0].check.value = True
+    dash.bulk["delete"].click()
+    assert "Delete 1 job?" in dash.confirm_text.value
+    dash.confirm_no.click()
+    assert engine.store.states_of([job_id])[job_id] is S.FAILED
+    assert "nothing changed" in dash.status.value
+
+
+def test_open_a_row_and_requeue_it_from_the_job_page(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    job_id = failed_job(engine)
+    dash = dash_factory()
+    dash.show("Jobs")
+    dash.show_state(S.FAILED)
+    dash.rows[0].open.click()
+    assert dash.visible == "Job" and dash.detail_id == job_id
+    page = dash.detail_html.value
+    assert "PermissionError" in page and "Traceback ..." in page and "test_dashboard:login" in page
+    assert not dash.job_actions["requeue"].disabled and dash.job_actions["cancel"].disabled
+
+    dash.job_actions["requeue"].click()
+    assert engine.store.states_of([job_id])[job_id] is S.ENQUEUED
+    history = engine.store.history(job_id)
+    assert (history[-1].state, history[-1].reason) == (S.ENQUEUED, "from dashboard")
+    assert "requeued job" in dash.status.value
+    assert "from dashboard" in dash.detail_html.value  # the page re-read the history
+
+
+def test_read_only_shows_no_action_at_all(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    failed_job(engine)
+    dash = dash_factory(read_only=True)
+    for page in dash.page_names:
+        dash.show(page)
+    dash.show_state("failed")
+    dash.open_job(dash.rows[0].job_id)
+    labels = {b.description.lower() for b in widgets_in(dash) if isinstance(b, w.Button)}
+    forbidden = {a for a in JOB_ACTIONS} | {f"{a} selected" for a in JOB_ACTIONS} | {
+        "trigger now", *RECURRING_ACTIONS, "confirm"}
+    assert labels & forbidden == set()
+    assert not any(isinstance(x, w.Checkbox) and x.layout.visibility != "hidden" for x in widgets_in(dash))
+    assert dash.allowed("requeue", None) is False
+
+
+def test_authorize_decides_each_action(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    job_id = failed_job(engine)
+    asked: list[tuple[str, Any]] = []
+
+    def authorize(action: str, job: Any) -> bool:
+        asked.append((action, job))
+        return action == "requeue"
+
+    dash = dash_factory(authorize=authorize)
+    dash.open_job(job_id)
+    dash.job_actions["delete"].click()
+    assert engine.store.states_of([job_id])[job_id] is S.FAILED
+    assert "not allowed to delete job" in dash.status.value and "error" in dash.status.value
+    assert asked[-1][0] == "delete" and asked[-1][1].id == job_id  # the JobRecord is passed
+    dash.job_actions["requeue"].click()
+    assert engine.store.states_of([job_id])[job_id] is S.ENQUEUED
+
+
+def test_secret_arguments_are_masked(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    job_id = failed_job(engine, "alice", "hunter2", api_token="tok-123",
+                        note={"db_password": "pw-9", "host": "db1"})
+    dash = dash_factory()
+    dash.open_job(job_id)
+    page = dash.detail_html.value
+    assert "alice" in page and "db1" in page
+    assert "hunter2" not in page and "tok-123" not in page and "pw-9" not in page
+    assert page.count("***") == 3  # password (positional, named from the signature), api_token, db_password
+
+    custom = dash_factory(redact=("user",))
+    custom.open_job(job_id)
+    assert "alice" not in custom.detail_html.value and "hunter2" in custom.detail_html.value
+
+
+def test_failed_action_says_why_and_changes_nothing(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    job_id = failed_job(engine)
+    other = failed_job(engine)
+    dash = dash_factory()
+    dash.open_job(job_id)
+    later = engine.clock.now() + timedelta(days=1)
+    engine.store.delete(job_id, engine.clock.now(), "by someone else")
+    assert engine.store.prune(later, keep_succeeded=0, keep_deleted=0, batch=10) == 1  # gone meanwhile
+    before = engine.store.counts()
+
+    dash.job_actions["requeue"].click()
+    assert "could not requeue job" in dash.status.value and "no longer exists" in dash.status.value
+    assert "error" in dash.status.value
+    assert engine.store.counts() == before and engine.store.get(job_id) is None
+    assert engine.store.states_of([other])[other] is S.FAILED
+
+
+def test_cancel_is_refused_for_a_finished_job_with_the_reason(
+    engine: nbjobs.Engine, dash_factory: Any
+) -> None:
+    job_id = failed_job(engine)
+    dash = dash_factory()
+    outcome = dash.act("cancel", [job_id])
+    assert not outcome.ok and "already finished" in dash.status.value
+    assert engine.store.states_of([job_id])[job_id] is S.FAILED
+
+
+def test_keyset_paging_search_and_queue_filter(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    jobs = [engine.options(queue="io" if i % 5 == 0 else "default", name=f"fetch-{i}").enqueue(print, i)
+            for i in range(25)]
+    dash = dash_factory()
+    dash.show("Jobs")
+    dash.size.value = 10
+    first = [r.job_id for r in dash.rows if r.job_id is not None]
+    assert first == [j.id for j in reversed(jobs)][:10]
+    assert "page 1 of 3" in dash.page_label.value and dash.prev.disabled
+    dash.next.click()
+    dash.next.click()
+    third = [r.job_id for r in dash.rows if r.box.layout.display != "none"]
+    assert third == [j.id for j in reversed(jobs)][20:] and dash.next.disabled
+    dash.prev.click()
+    assert "page 2 of 3" in dash.page_label.value
+
+    dash.search.value = "fetch-7"
+    assert [r.job_id for r in dash.rows if r.box.layout.display != "none"] == [jobs[7].id]
+    dash.search.value = str(jobs[3].id)
+    assert jobs[3].id in [r.job_id for r in dash.rows if r.box.layout.display != "none"]
+    dash.search.value = ""
+    dash.queue.value = "io"
+    shown = [r.job_id for r in dash.rows if r.box.layout.display != "none"]
+    assert shown == [j.id for j in reversed(jobs) if (jobs.index(j)) % 5 == 0]
+
+
+def test_overview_servers_and_retries_pages(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    failed_job(engine)
+    retrying = failed_job(engine, retry_at=engine.clock.now() + timedelta(minutes=5))
+    engine.options(queue="io").enqueue(print, 1)
+    dash = dash_factory()
+    overview = dash.overview.value
+    assert "Failed</span><b>1</b>" in overview and "Scheduled</span><b>1</b>" in overview
+    assert "<td>io</td><td>1</td>" in overview and "1 failed" in overview
+    dash.show("Retries")
+    assert f"#{retrying}" in dash.retries.value and "<td>2 of 4</td>" in dash.retries.value
+    dash.show("Servers")
+    assert "no server is running" in dash.servers.value
+    engine.start_server(workers=1, queues=["nothing-here"])
+    dash.refresh()
+    assert "nothing-here" in dash.servers.value
+
+
+def test_refresh_timer_runs_in_background_pauses_and_stops_on_close(
+    engine: nbjobs.Engine, dash_factory: Any
+) -> None:
+    dash = dash_factory(refresh=0.05)
+    assert dash.refreshing
+    engine.enqueue(print, "new")
+    wait_for(lambda: "Enqueued</span><b>1</b>" in dash.overview.value, timeout=10)
+    dash.pause.value = True
+    seen = dash.refreshes
+    dash._wake.set()  # a wake-up while paused reads nothing
+    wait_for(lambda: not dash._wake.is_set(), timeout=5)
+    assert dash.refreshes == seen
+    dash.pause.value = False
+    wait_for(lambda: dash.refreshes > seen, timeout=10)
+    dash.close()
+    assert not dash.refreshing
+    stopped = dash.refreshes
+    engine.enqueue(print, "after close")
+    assert dash._thread is not None and not dash._thread.is_alive() and dash.refreshes == stopped
+
+
+def test_recurring_page_degrades_without_engine_actions(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    dash = dash_factory()
+    assert "Recurring" in dash.page_names
+    dash.show("Recurring")
+    assert "no recurring jobs" in dash.recurring.table.value
+    offered = set(dash.recurring.buttons)
+    expected = {a for a, m in {"trigger": "trigger", "pause": "pause", "resume": "resume",
+                               "remove": "remove_recurring"}.items() if hasattr(engine, m)}
+    assert offered == expected

@@ -22,10 +22,16 @@ from .default import (
     job,
     jobs,
     options,
+    pause,
+    recurring,
+    recurring_jobs,
+    remove_recurring,
+    resume,
     schedule,
     servers,
     set_default_engine,
     stats,
+    trigger,
 )
 from .engine import Engine, connect, default_url
 from .errors import (
@@ -33,6 +39,7 @@ from .errors import (
     FunctionNotFoundError,
     IllegalTransitionError,
     InvalidJobError,
+    InvalidScheduleError,
     JobCancelled,
     JobFailedError,
     JobNotFoundError,
@@ -42,12 +49,14 @@ from .errors import (
     NotebookCellTimeoutError,
     NotebookError,
     PayloadError,
+    RecurringNotFoundError,
     ResultTimeoutError,
     SchemaVersionError,
     UnknownStateError,
 )
 from .model import ContinueOn, JobState
 from .progress import progress
+from .recurring_client import Recurring
 from .ui import display as _display  # noqa: F401 - installs Job's rich display
 
 __version__ = "0.1.0"
@@ -68,12 +77,16 @@ def unload_ipython_extension(ipython: Any) -> None:
 
 __all__ = [
     "Client", "ConfigurationError", "ContinueOn", "Engine", "FunctionNotFoundError",
-    "IllegalTransitionError", "InvalidJobError", "Job", "JobCancelled", "JobContext", "JobFailedError",
+    "IllegalTransitionError", "InvalidJobError", "InvalidScheduleError", "Job", "JobCancelled",
+    "JobContext", "JobFailedError",
     "JobFunction", "JobNotFoundError", "JobState", "JobTimeoutError", "ManualClock", "NbJobsError",
     "NotebookCellError", "NotebookCellTimeoutError", "NotebookError", "NotebookJob",
-    "PayloadError", "ResultTimeoutError", "SchemaVersionError", "SystemClock", "UnknownStateError",
+    "PayloadError", "Recurring", "RecurringNotFoundError", "ResultTimeoutError", "SchemaVersionError",
+    "SystemClock", "UnknownStateError",
     "__version__", "check_cancelled", "connect", "current_job", "default_engine", "default_url", "enqueue",
     "enqueue_notebook",
-    "history", "job", "jobs", "load_ipython_extension", "options", "progress", "schedule", "servers",
-    "set_default_engine", "stats", "unload_ipython_extension",
+    "history", "job", "jobs", "load_ipython_extension", "options", "pause", "progress", "recurring",
+    "recurring_jobs",
+    "remove_recurring", "resume", "schedule", "servers",
+    "set_default_engine", "stats", "trigger", "unload_ipython_extension",
 ]

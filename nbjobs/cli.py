@@ -97,6 +97,55 @@ def history(url: str | None, job_id: int) -> None:
         _print_frame(engine.history(job_id))
 
 
+@cli.command("recurring")
+@url_option
+def recurring_cmd(url: str | None) -> None:
+    """List recurring jobs: schedule, next and last run, last job, paused, error."""
+    with _engine(url) as engine:
+        _print_frame(engine.recurring_jobs().drop(columns=["last_skip"]))
+
+
+@cli.command()
+@url_option
+@click.argument("recurring_id")
+def trigger(url: str | None, recurring_id: str) -> None:
+    """Run a recurring job once now (its schedule is unchanged); a server picks it up."""
+    with _engine(url) as engine:
+        click.echo(f"recurring job {recurring_id!r}: job {engine.trigger(recurring_id).id} enqueued")
+
+
+@cli.command()
+@url_option
+@click.argument("recurring_id")
+def pause(url: str | None, recurring_id: str) -> None:
+    """Stop a recurring job from firing until `nbjobs resume`."""
+    with _engine(url) as engine:
+        engine.pause(recurring_id)
+        click.echo(f"recurring job {recurring_id!r} paused")
+
+
+@cli.command()
+@url_option
+@click.argument("recurring_id")
+def resume(url: str | None, recurring_id: str) -> None:
+    """Let a paused recurring job fire again, from its next fire time after now."""
+    with _engine(url) as engine:
+        engine.resume(recurring_id)
+        next_run = engine.store.get_recurring(recurring_id)
+        when = next_run.next_fire.isoformat() if next_run and next_run.next_fire else "?"
+        click.echo(f"recurring job {recurring_id!r} resumed; next run {when}")
+
+
+@cli.command("remove-recurring")
+@url_option
+@click.argument("recurring_id")
+def remove_recurring(url: str | None, recurring_id: str) -> None:
+    """Delete a recurring job definition (the jobs it created stay)."""
+    with _engine(url) as engine:
+        removed = engine.remove_recurring(recurring_id)
+        click.echo(f"recurring job {recurring_id!r} {'removed' if removed else 'did not exist'}")
+
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d %(threadName)s] %(message)s"
 
 

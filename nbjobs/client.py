@@ -13,7 +13,7 @@ from typing import Any
 import nbformat
 from nbformat import NotebookNode
 
-from . import notebooks
+from . import notebooks, recurring_client
 from .callbacks import DoneCallbacks
 from .clock import Clock, ensure_utc
 from .errors import (
@@ -158,12 +158,14 @@ class Client:
         self.clock = clock
         self.notifier = notifier
         self.defaults: dict[str, Any] = dict(defaults or {})
+        #: tz, misfire, misfire_limit, overlap: for `recurring` only, kept apart from job options
+        self.recurring_defaults = recurring_client.split_options(self.defaults)
         build_options(self.defaults, {})  # validate early
 
     def options(self, **options: Any) -> Client:
-        """A client whose jobs use these options (validated now): queue, retries, timeout, key, …"""
-        merged = {**self.defaults, **options}
-        build_options({}, merged)
+        """A client whose jobs use these options (validated now): queue, retries, timeout, key, …;
+        for recurring definitions also tz, misfire, misfire_limit and overlap."""
+        merged = {**self.defaults, **self.recurring_defaults, **options}
         return type(self)(self.store, self.codec, self.clock, self.notifier, merged)
 
     # -- creating jobs --------------------------------------------------------------------------
@@ -180,6 +182,7 @@ class Client:
         reason: str = "created",
     ) -> NewJob:
         """Validate and serialize one job (raises before anything is stored)."""
+        recurring_client.refuse_options(self.recurring_defaults)
         opts = build_options(self.defaults, options or {})
         ref = function_ref(fn)
         payload = self.codec.encode_call(fn, ref, args, kwargs, opts.serializer)
@@ -268,6 +271,28 @@ class Client:
         if record.function == NOTEBOOK_FUNCTION:
             return NotebookJob(self, int(job_id))
         return Job(self, int(job_id))
+
+    # -- recurring jobs (see nbjobs.recurring_client) -------------------------------------------
+    def recurring(
+        self, recurring_id: str, cron: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> recurring_client.Recurring:
+        """Add or update (by id) a recurring job: `fn(*args, **kwargs)` at each fire time of `cron`."""
+        options = build_options(self.defaults, {})
+        return recurring_client.define(self, recurring_id, cron, fn, args, kwargs, options)
+
+    def trigger(self, recurring_id: str, /) -> Job:
+        """Run a recurring job once now; its schedule is unchanged."""
+        job_id = recurring_client.trigger(self, recurring_id)
+        return Job(type(self)(self.store, self.codec, self.clock, self.notifier, self.defaults), job_id)
+
+    def pause(self, recurring_id: str, /) -> None:
+        recurring_client.pause(self, recurring_id)
+
+    def resume(self, recurring_id: str, /) -> None:
+        recurring_client.resume(self, recurring_id)
+
+    def remove_recurring(self, recurring_id: str, /) -> bool:
+        return recurring_client.remove(self, recurring_id)
 
     # -- changing jobs --------------------------------------------------------------------------
     def requeue(self, job_id: int, reason: str = "requeued by user") -> JobState:

@@ -22,6 +22,7 @@ from .client import Client, Job, JobFunction, NotebookJob
 from .engine import Engine, connect
 from .errors import ConfigurationError
 from .model import PRIVATE_QUEUE_MARK, JobState
+from .recurring_client import Recurring
 from .server import ServerConfig
 
 log = logging.getLogger("nbjobs")
@@ -229,6 +230,33 @@ def history(job_id: int | Job) -> pd.DataFrame:
 
 def servers() -> pd.DataFrame:
     return default_engine().servers()
+
+
+def recurring(
+    recurring_id: str, cron: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> Recurring:
+    """`nbjobs.recurring("nightly", "0 2 * * *", fn)`: add or update a recurring job on the default engine."""
+    return default_engine().recurring(recurring_id, cron, fn, *args, **kwargs)
+
+
+def trigger(recurring_id: str) -> Job:
+    return default_engine().trigger(recurring_id)
+
+
+def pause(recurring_id: str) -> None:
+    default_engine().pause(recurring_id)
+
+
+def resume(recurring_id: str) -> None:
+    default_engine().resume(recurring_id)
+
+
+def remove_recurring(recurring_id: str) -> bool:
+    return default_engine().remove_recurring(recurring_id)
+
+
+def recurring_jobs() -> pd.DataFrame:
+    return default_engine().recurring_jobs()
 
 
 def stats(freq: str = "1min", since: datetime | None = None) -> pd.DataFrame:

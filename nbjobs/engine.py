@@ -22,6 +22,7 @@ from .errors import ConfigurationError
 from .model import JobState, StateChange
 from .payload import Codec, Signer
 from .progress import ProgressThrottle
+from .recurring_client import Recurring
 from .server import Server, ServerConfig
 from .server.recurring import RecurringDuty
 from .storage import SqlStore, Store
@@ -194,6 +195,28 @@ class Engine:
             return lambda fn: self.client.job_function(fn, **options)
         return self.client.job_function(target, **options)
 
+    def recurring(
+        self, recurring_id: str, cron: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Recurring:
+        """Add or update (by id) a recurring job; options (tz, misfire, overlap, queue…) via
+        `nb.options(...).recurring(...)`. Checked now: a bad expression or zone stores nothing."""
+        return self.client.recurring(recurring_id, cron, fn, *args, **kwargs)
+
+    def trigger(self, recurring_id: str) -> Job:
+        """Run a recurring job once now; its schedule is unchanged."""
+        return self.client.trigger(recurring_id)
+
+    def pause(self, recurring_id: str) -> None:
+        self.client.pause(recurring_id)
+
+    def resume(self, recurring_id: str) -> None:
+        """Fire again from the next fire time after now."""
+        self.client.resume(recurring_id)
+
+    def remove_recurring(self, recurring_id: str) -> bool:
+        """Delete a recurring definition (its jobs stay); False if there was none."""
+        return self.client.remove_recurring(recurring_id)
+
     def requeue(self, job_id: int) -> JobState:
         return self.client.requeue(job_id)
 
@@ -220,6 +243,10 @@ class Engine:
 
     def servers(self) -> pd.DataFrame:
         return views.servers_frame(self.store)
+
+    def recurring_jobs(self) -> pd.DataFrame:
+        """Recurring definitions: schedule, next and last run, last job and its state, pause, error."""
+        return views.recurring_frame(self.store)
 
     def stats(self, freq: str = "1min", since: datetime | None = None) -> pd.DataFrame:
         return views.stats_frame(self.store, freq=freq, since=since)

@@ -31,6 +31,10 @@ class JobNotFoundError(NbJobsError, LookupError):
     """No job with this id exists (it may have expired or been removed)."""
 
 
+class RecurringNotFoundError(NbJobsError, LookupError):
+    """No recurring job with this id exists (`nb.recurring_jobs()` lists them)."""
+
+
 class SchemaVersionError(NbJobsError):
     """The database was written by a newer nbjobs than the one running."""
 

@@ -1,0 +1,221 @@
+"""Recurring jobs on the client side: define (add or update by id), trigger, pause, resume, remove.
+
+Everything is checked before anything is stored: the cron expression and time zone (`nbjobs.cron`),
+the misfire and overlap policies, the job options, the function and its arguments. The scheduler
+side (turning due fire times into jobs) is `nbjobs.server.recurring`.
+
+`Client` delegates here; its own options keep the recurring-only ones (`tz`, `misfire`,
+`misfire_limit`, `overlap`) apart from job options, so `nb.options(tz=…)` can serve `recurring`
+while `enqueue` refuses them with a clear message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Protocol
+
+from .clock import Clock
+from .cron import next_fire, parse_schedule, parse_zone, validate_policies
+from .errors import FunctionNotFoundError, InvalidJobError, InvalidScheduleError, RecurringNotFoundError
+from .model import JobOptions, NewJob
+from .payload import Codec, function_ref, unresolvable
+from .storage import Store
+from .storage.base import RecurringRecord, RecurringSpec
+
+#: Options only recurring definitions take, with their defaults.
+RECURRING_DEFAULTS: dict[str, Any] = {
+    "tz": "UTC", "misfire": "once", "misfire_limit": 100, "overlap": "allow",
+}
+RECURRING_OPTIONS = frozenset(RECURRING_DEFAULTS)
+MAX_ID_LENGTH = 200  #: the id column's width
+
+
+class RecurringClient(Protocol):
+    """What this module needs from `client.Client` (a protocol: the client layer imports us)."""
+
+    store: Store
+    codec: Codec
+    clock: Clock
+    notifier: Any
+    recurring_defaults: dict[str, Any]
+
+    def trigger(self, recurring_id: str, /) -> Any: ...
+
+    def pause(self, recurring_id: str, /) -> None: ...
+
+    def resume(self, recurring_id: str, /) -> None: ...
+
+    def remove_recurring(self, recurring_id: str, /) -> bool: ...
+
+
+def split_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Take the recurring-only options out of `options` (in place), checked now; return them."""
+    taken = {name: options.pop(name) for name in RECURRING_OPTIONS & set(options)}
+    if "tz" in taken:
+        taken["tz"] = parse_zone(taken["tz"]).key if isinstance(taken["tz"], str) else _bad_tz(taken["tz"])
+    policy = {**RECURRING_DEFAULTS, **taken}
+    validate_policies(policy["misfire"], policy["misfire_limit"], policy["overlap"])
+    return taken
+
+
+def _bad_tz(value: object) -> str:
+    raise InvalidScheduleError(f"tz must be an IANA time zone name such as 'Europe/Berlin', got {value!r}")
+
+
+def refuse_options(recurring_options: Mapping[str, Any]) -> None:
+    """Refuse recurring-only options on a single job: they would be silently meaningless there."""
+    if recurring_options:
+        names = sorted(recurring_options)
+        raise InvalidJobError(
+            f"option(s) {names} apply only to recurring jobs: use nb.options({names[0]}=…).recurring(id, "
+            "cron, fn, …), or leave them out to enqueue or schedule a single job"
+        )
+
+
+def check_id(recurring_id: object) -> str:
+    if not isinstance(recurring_id, str) or not recurring_id.strip():
+        raise InvalidScheduleError(
+            f"a recurring job needs a non-empty string id such as 'nightly-report', got {recurring_id!r}"
+        )
+    if len(recurring_id) > MAX_ID_LENGTH:
+        raise InvalidScheduleError(
+            f"recurring job id {recurring_id[:40]!r}… is {len(recurring_id)} characters; use at most "
+            f"{MAX_ID_LENGTH}"
+        )
+    return recurring_id
+
+
+# -- definitions ------------------------------------------------------------------------------------
+def define(
+    client: RecurringClient,
+    recurring_id: str,
+    cron: str,
+    fn: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    options: JobOptions,
+) -> Recurring:
+    """Add or update the definition `recurring_id`: run `fn(*args, **kwargs)` on `cron`.
+
+    An update keeps the definition's history and pause, and its planned next fire when the expression
+    and time zone are unchanged (re-running a notebook cell neither loses nor repeats a fire).
+    """
+    rid = check_id(recurring_id)
+    policy = {**RECURRING_DEFAULTS, **client.recurring_defaults}
+    schedule = parse_schedule(cron, policy["tz"])
+    validate_policies(policy["misfire"], policy["misfire_limit"], policy["overlap"])
+    ref = function_ref(fn)
+    payload = client.codec.encode_call(fn, ref, args, kwargs, options.serializer)
+    now = client.clock.now()
+    spec = RecurringSpec(
+        id=rid, cron=schedule.expr, tz=schedule.tz, function=ref, payload=payload, options=options,
+        misfire=policy["misfire"], misfire_limit=policy["misfire_limit"], overlap=policy["overlap"],
+        next_fire=next_fire(schedule, now),
+    )
+    client.store.upsert_recurring(spec, now)
+    client.notifier.schedule_changed.set()  # the local scheduler recomputes its next wake-up
+    return Recurring(client, rid)
+
+
+def get(client: RecurringClient, recurring_id: str) -> RecurringRecord:
+    record = client.store.get_recurring(recurring_id)
+    if record is None:
+        raise _not_found(recurring_id)
+    return record
+
+
+def trigger(client: RecurringClient, recurring_id: str) -> int:
+    """Store one run of the definition now (its schedule is unchanged); return the job id."""
+    record = get(client, recurring_id)
+    problem = unresolvable(record.function)
+    if problem is not None:
+        raise FunctionNotFoundError(
+            f"recurring job {recurring_id!r} cannot run: {problem}; restore the function, or define the "
+            "recurring job again with its new name"
+        )
+    job = NewJob(function=record.function, payload=record.payload, options=record.options,
+                 recurring_id=record.id, reason=f"triggered by hand from schedule {record.id}")
+    job_id = client.store.trigger_recurring(record.id, job, client.clock.now())
+    if job_id is None:
+        raise _not_found(recurring_id)
+    client.notifier.work.set()
+    return job_id
+
+
+def pause(client: RecurringClient, recurring_id: str) -> None:
+    """Stop firing until `resume`; fire times while paused are not made up later."""
+    if not client.store.set_recurring_paused(recurring_id, True, client.clock.now()):
+        raise _not_found(recurring_id)
+    client.notifier.schedule_changed.set()
+
+
+def resume(client: RecurringClient, recurring_id: str) -> None:
+    """Fire again from the next fire time after now (a definition that is not paused is left alone)."""
+    record = get(client, recurring_id)
+    if not record.paused:
+        return
+    now = client.clock.now()
+    upcoming = next_fire(parse_schedule(record.cron, record.tz), now)
+    if not client.store.set_recurring_paused(recurring_id, False, now, next_fire=upcoming):
+        raise _not_found(recurring_id)
+    client.notifier.schedule_changed.set()
+
+
+def remove(client: RecurringClient, recurring_id: str) -> bool:
+    """Delete the definition (its jobs stay); False if there was none."""
+    removed = client.store.remove_recurring(recurring_id)
+    client.notifier.schedule_changed.set()
+    return removed
+
+
+def _not_found(recurring_id: str) -> RecurringNotFoundError:
+    return RecurringNotFoundError(
+        f"no recurring job {recurring_id!r}; nb.recurring_jobs() lists them, nb.recurring(id, cron, fn) "
+        "adds one"
+    )
+
+
+class Recurring:
+    """A handle on one recurring definition (what `nb.recurring(...)` returns); reads storage when asked."""
+
+    def __init__(self, client: RecurringClient, recurring_id: str) -> None:
+        self.client = client
+        self.id = recurring_id
+
+    def record(self) -> RecurringRecord:
+        """The definition as stored now, with what its schedule has done."""
+        return get(self.client, self.id)
+
+    @property
+    def next_fire(self) -> datetime | None:
+        return self.record().next_fire
+
+    def trigger(self) -> Any:
+        """Run it once now; returns the Job."""
+        return self.client.trigger(self.id)
+
+    def pause(self) -> Recurring:
+        self.client.pause(self.id)
+        return self
+
+    def resume(self) -> Recurring:
+        self.client.resume(self.id)
+        return self
+
+    def remove(self) -> bool:
+        return self.client.remove_recurring(self.id)
+
+    def __repr__(self) -> str:
+        record = self.client.store.get_recurring(self.id)
+        if record is None:
+            return f"<Recurring {self.id!r}: removed>"
+        where = record.cron if record.tz == "UTC" else f"{record.cron} ({record.tz})"
+        if record.paused:
+            status = "paused"
+        elif record.next_fire is None:
+            status = "no next fire"
+        else:
+            status = f"next {record.next_fire.isoformat()}"
+        error = f", error: {record.error}" if record.error else ""
+        return f"<Recurring {self.id!r} {where} → {record.function}, {status}{error}>"

@@ -6,12 +6,16 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from .clock import utcnow
+from .errors import ConfigurationError
 from .model import JobState
 from .storage import JobFilter, Store
 
 STATE_DTYPE = pd.CategoricalDtype([s.value for s in JobState])
+TIME_DTYPE = pd.DatetimeTZDtype(unit="us", tz="UTC")
 JOB_COLUMNS = [
     "id", "name", "function", "queue", "state", "attempts", "priority", "created_at", "enqueued_at",
     "run_at", "started_at", "finished_at", "duration", "server_id", "progress", "progress_message",
@@ -43,18 +47,29 @@ def jobs_frame(
 ) -> pd.DataFrame:
     """One row a job, newest first, with UTC datetimes, categorical state and timedelta durations."""
     queues = () if queue is None else ((queue,) if isinstance(queue, str) else tuple(queue))
-    rows = store.query(JobFilter(states=_parse_states(state), queues=queues, function=function,
-                                 since=since, until=until, limit=limit))
-    frame = pd.DataFrame(rows, columns=[c for c in JOB_COLUMNS if c != "duration"] + ["options"])
-    frame = frame.drop(columns=["options"])
-    for col in _TIME_COLUMNS:
-        frame[col] = _utc(frame[col])
+    names, rows = store.query_table(JobFilter(states=_parse_states(state), queues=queues,
+                                              function=function, since=since, until=until, limit=limit))
+    # One 2-D object array from the driver's tuples, then typed columns: ~10x faster than
+    # DataFrame(list_of_dicts) and no per-value Python conversion of times.
+    table = np.array(rows, dtype=object) if rows else np.empty((0, len(names)), dtype=object)
+    data: dict[str, Any] = {}
+    for index, name in enumerate(names):
+        values = table[:, index]
+        if name in _TIME_COLUMNS:
+            micros = (pd.Series(values, dtype="float64") * 1e6).round()  # µs: no float noise in ns
+            data[name] = pd.to_datetime(micros, unit="us", utc=True).astype(TIME_DTYPE)
+        elif name in ("id", "attempts", "priority"):
+            data[name] = values.astype("int64")
+        elif name == "progress":
+            data[name] = pd.Series(values, dtype="float64")
+        elif name == "parent_id":
+            data[name] = pd.array(values, dtype="Int64")
+        elif name == "state":
+            data[name] = pd.Categorical(values, dtype=STATE_DTYPE)
+        else:
+            data[name] = pd.array(values, dtype="string")
+    frame = pd.DataFrame(data, columns=names)
     frame["duration"] = frame["finished_at"] - frame["started_at"]
-    frame["state"] = frame["state"].astype(STATE_DTYPE)
-    for col in ("id", "attempts", "priority"):
-        frame[col] = frame[col].astype("int64")
-    frame["parent_id"] = frame["parent_id"].astype("Int64")
-    frame["progress"] = frame["progress"].astype("float64")
     return frame[JOB_COLUMNS]
 
 
@@ -84,25 +99,37 @@ def servers_frame(store: Store) -> pd.DataFrame:
 
 
 def stats_frame(
-    store: Store, *, freq: str = "1min", since: datetime | None = None, limit: int | None = 100_000
+    store: Store, *, freq: str = "1min", since: datetime | None = None, now: datetime | None = None
 ) -> pd.DataFrame:
-    """Succeeded and failed jobs per interval (by finish time), for plotting."""
-    rows = store.query(JobFilter(states=(JobState.SUCCEEDED, JobState.FAILED), since=since, limit=limit))
-    frame = pd.DataFrame(rows, columns=["finished_at", "state"])
-    if frame.empty:
-        return pd.DataFrame({"succeeded": pd.Series(dtype="int64"), "failed": pd.Series(dtype="int64")},
-                            index=pd.DatetimeIndex([], tz="UTC", name="time"))
-    frame["finished_at"] = _utc(frame["finished_at"])
-    table = (
-        frame.groupby([pd.Grouper(key="finished_at", freq=freq), "state"]).size().unstack(fill_value=0)
-    )
-    for col in ("succeeded", "failed"):
-        if col not in table:
-            table[col] = 0
-    table = table[["succeeded", "failed"]].astype("int64")
-    table.index.name = "time"
-    table.columns.name = None
-    return table
+    """Succeeded and failed jobs per `freq` interval by finish time (zeros included), for plotting.
+
+    Counted in the database (one GROUP BY on the finish index), so a long history costs one query.
+    `since` defaults to the oldest finished job; intervals start on multiples of `freq`.
+    """
+    try:
+        width = pd.Timedelta(pd.tseries.frequencies.to_offset(freq)).total_seconds()  # type: ignore[arg-type]
+    except (ValueError, TypeError):
+        raise ConfigurationError(
+            f"freq must be a fixed interval such as '30s', '1min', '1h' or '1D', got {freq!r}"
+        ) from None
+    if width <= 0:
+        raise ConfigurationError(f"freq must be a positive interval, got {freq!r}")
+    end = pd.Timestamp(now or utcnow())
+    if since is None:
+        oldest = store.query(JobFilter(states=(JobState.SUCCEEDED, JobState.FAILED), newest_first=False,
+                                       limit=1))
+        # ids grow with creation time, and a job finishes after it was created: nothing is earlier.
+        since = oldest[0]["created_at"] if oldest else end.to_pydatetime()
+    start = pd.Timestamp(since).tz_convert("UTC").floor(pd.Timedelta(seconds=width))
+    counts = store.finished_histogram(start.to_pydatetime(), width)
+    buckets = max(int((end - start).total_seconds() // width) + 1, 1)
+    if counts:
+        buckets = max(buckets, max(b for _, b in counts) + 1)
+    index = pd.date_range(start, periods=buckets, freq=pd.Timedelta(seconds=width), name="time")
+    values = {"succeeded": np.zeros(buckets, dtype="int64"), "failed": np.zeros(buckets, dtype="int64")}
+    for (state, bucket), n in counts.items():
+        values["succeeded" if state is JobState.SUCCEEDED else "failed"][bucket] += n
+    return pd.DataFrame(values, index=index.as_unit("us"))
 
 
 RECURRING_COLUMNS = [

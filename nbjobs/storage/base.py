@@ -41,6 +41,15 @@ class HeartbeatReply:
     registered: bool = True  #: False if the server row was gone (then re-created)
 
 
+#: Columns of `Store.query_table` (the DataFrame fast path); TIME_COLUMNS come as epoch seconds.
+TABLE_COLUMNS = (
+    "id", "name", "function", "queue", "state", "attempts", "priority", "created_at", "enqueued_at",
+    "run_at", "started_at", "finished_at", "server_id", "progress", "progress_message", "error_type",
+    "error_message", "recurring_id", "fire_time", "parent_id",
+)
+TIME_COLUMNS = frozenset({"created_at", "enqueued_at", "run_at", "started_at", "finished_at", "fire_time"})
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobFilter:
     """Filters for job listings; all applied in SQL."""
@@ -171,6 +180,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def query(self, flt: JobFilter) -> list[dict[str, Any]]:
         """Rows for listings (no payloads or results)."""
+
+    def query_table(self, flt: JobFilter) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Listing rows as plain tuples with column names, times as epoch seconds (float or None).
+
+        The fast path behind DataFrames; this default derives it from `query`, backends override it.
+        """
+        rows = self.query(flt)
+        return list(TABLE_COLUMNS), [
+            tuple(r[c].timestamp() if c in TIME_COLUMNS and r[c] is not None else r[c] for c in TABLE_COLUMNS)
+            for r in rows
+        ]
 
     @abc.abstractmethod
     def history(self, job_id: int) -> list[StateChange]: ...

@@ -102,6 +102,10 @@ class Dialect:
         """The 0-based index of the `width`-second interval after `since` that `column` falls in."""
         raise NotImplementedError
 
+    def epoch_seconds(self, column: Any) -> ColumnElement[Any]:
+        """A time column as epoch seconds (a float), computed by the database: no per-row Python."""
+        raise NotImplementedError
+
     def install_counters(self, conn: Connection) -> bool:
         """Create the triggers that keep `nbjobs_counts` exact; True if they were just created.
 
@@ -195,6 +199,9 @@ class SqliteDialect(Dialect):
                 lock = self._write_lock = _write_locks.setdefault(path, threading.RLock())
         return lock
 
+    def epoch_seconds(self, column: Any) -> ColumnElement[Any]:
+        return type_coerce(column, Float)  # stored as epoch seconds already
+
     def time_bucket(self, column: Any, since: datetime, width: float) -> ColumnElement[Any]:
         # Times are epoch seconds (REAL) here; CAST truncates, which is floor for the values >= 0
         # that a `column >= since` filter leaves.
@@ -245,7 +252,9 @@ class SqliteListener(Listener):
         self._version: int | None = None
 
     def wait(self, stop: threading.Event, timeout: float) -> bool:
-        if stop.wait(timeout):
+        # The first call only takes the baseline, before waiting, and reports "changed": whatever was
+        # committed between the dispatcher's last look and this baseline would otherwise go unseen.
+        if self._version is not None and stop.wait(timeout):
             return False
         try:
             if self._conn is None:
@@ -253,8 +262,9 @@ class SqliteListener(Listener):
             version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
         except sqlite3.Error:
             self.close()
+            stop.wait(timeout)
             return True  # cannot tell: let the dispatcher look
-        changed = self._version is not None and version != self._version
+        changed = self._version is None or version != self._version
         self._version = version
         return changed
 
@@ -289,6 +299,9 @@ class PostgresDialect(Dialect):
 
     def notify(self, conn: Connection, payload: str) -> None:
         conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
+
+    def epoch_seconds(self, column: Any) -> ColumnElement[Any]:
+        return cast(func.extract("epoch", column), Float)  # numeric → double: no Decimal per row
 
     def time_bucket(self, column: Any, since: datetime, width: float) -> ColumnElement[Any]:
         start = literal(since, TIMESTAMP(timezone=True))
@@ -341,15 +354,18 @@ class PostgresDialect(Dialect):
 class PostgresListener(Listener):
     """A dedicated autocommit psycopg connection on LISTEN; reconnects after a lost connection."""
 
+    CONNECT_TIMEOUT = 5  #: seconds; an unreachable host must not hang the listener thread
+
     def __init__(self, sa_url: str) -> None:
         url = make_url(sa_url).set(drivername="postgresql")
         self._dsn = url.render_as_string(hide_password=False)
         self._conn: Any = None
+        self._failing = False  #: the last attempt failed (log once per outage, not once per retry)
 
     def _connect(self) -> Any:
         import psycopg
 
-        conn = psycopg.connect(self._dsn, autocommit=True)
+        conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self.CONNECT_TIMEOUT)
         conn.execute(f"LISTEN {CHANNEL}")
         return conn
 
@@ -357,6 +373,11 @@ class PostgresListener(Listener):
         try:
             if self._conn is None or self._conn.closed:
                 self._conn = self._connect()
+                if self._failing:
+                    log.info("LISTEN connection restored", extra={"action": "listen_restored"})
+                self._failing = False
+                # Notifications sent while we were not listening are gone: let the dispatcher look.
+                return True
             conn = self._conn
             # Wait on the socket so the wait itself costs nothing; drain whatever arrived.
             ready, _, _ = _select.select([conn.fileno()], [], [], timeout)
@@ -367,10 +388,15 @@ class PostgresListener(Listener):
                 got = True
             return got
         except Exception as exc:
-            log.warning("LISTEN connection lost (%s); falling back to polling until it returns", exc)
+            if not self._failing:
+                log.warning("LISTEN connection lost (%s); polling every %.2fs until it returns", exc,
+                            timeout, extra={"action": "listen_lost"})
+            else:
+                log.debug("LISTEN reconnect failed: %s", exc)
+            self._failing = True
             self.close()
             stop.wait(min(timeout, 1.0))
-            return False
+            return True  # we may have missed a notification: let the dispatcher look
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

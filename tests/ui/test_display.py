@@ -1,0 +1,70 @@
+"""Job rich display: HTML, plain repr, and the live ipywidgets widget updated from a background thread."""
+
+from __future__ import annotations
+
+import threading
+
+import ipywidgets
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.utils.capture import capture_output
+
+import nbjobs
+from nbjobs import JobState
+from nbjobs.ui import display
+from tests.conftest import wait_for
+
+gates: dict[str, threading.Event] = {}
+
+
+def gated(name: str) -> str:
+    ctx = nbjobs.current_job()
+    ctx.set_progress(0.5, "halfway")
+    print("working on", name)
+    while not gates[name].wait(0.01):
+        ctx.check_cancelled()
+    return name.upper()
+
+
+def test_html_and_repr_show_state_progress_and_output(engine: nbjobs.Engine) -> None:
+    gates["html"] = threading.Event()
+    engine.start_server(workers=1, poll_interval=0.05)
+    job = engine.options(name="html job").enqueue(gated, "html")
+    wait_for(lambda: "halfway" in job._repr_html_() and "working on html" in job._repr_html_())
+    html = job._repr_html_()
+    assert "processing" in html and "<progress" in html and "html job" in html
+    assert repr(job) == f"<Job {job.id} html job [default] processing>"
+    gates["html"].set()
+    assert job.result(timeout=30) == "HTML"
+    assert "succeeded" in job._repr_html_()
+
+
+def test_live_widget_updates_until_the_job_is_final_then_stops(engine: nbjobs.Engine) -> None:
+    gates["live"] = threading.Event()
+    engine.start_server(workers=1, poll_interval=0.05)
+    job = engine.enqueue(gated, "live")
+    widget = display.live_widget(job)
+    assert isinstance(widget.box, ipywidgets.VBox)
+    wait_for(lambda: widget.bar.value == 0.5 and "halfway" in widget.label.value)
+    wait_for(lambda: "working on live" in widget.output.value)
+    assert widget.state is JobState.PROCESSING and not widget.finished.is_set()
+    gates["live"].set()
+    assert widget.finished.wait(30)
+    assert widget.state is JobState.SUCCEEDED and widget.bar.bar_style == "success"
+    wait_for(lambda: display.updater.active() == 0)  # the updater forgets finished jobs
+
+
+def test_displaying_a_job_in_a_shell_shows_widget_html_and_text(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1, poll_interval=0.05)
+    gates["shown"] = threading.Event()
+    gates["shown"].set()
+    job = engine.enqueue(gated, "shown")
+    job.wait(30)
+    shell = InteractiveShell.instance()
+    shell.user_ns["shown_job"] = job
+    with capture_output() as cap:
+        shell.run_cell("shown_job").raise_error()
+    (out,) = cap.outputs
+    assert "application/vnd.jupyter.widget-view+json" in out.data
+    assert "succeeded" in out.data["text/html"]
+    assert out.data["text/plain"] == repr(job)
+    shell.user_ns.pop("shown_job")

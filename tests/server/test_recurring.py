@@ -1,0 +1,371 @@
+"""Recurring jobs end to end: real servers (threads) on a real SQLite file and real PostgreSQL, with a
+ManualClock, so fire times are exact and nothing sleeps."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pandas as pd
+import pytest
+
+import nbjobs
+from nbjobs.model import JobState
+from nbjobs.server.recurring import RecurringDuty
+from nbjobs.storage import JobFilter, SqlStore
+
+from ..conftest import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+#: A Monday, 30 s past a minute: "* * * * *" first fires at FIRST.
+T0 = datetime(2026, 1, 5, 7, 0, 30, tzinfo=UTC)
+FIRST = datetime(2026, 1, 5, 7, 1, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+#: Long leases and rare heartbeats: jumps of the manual clock must not reap our own server.
+SERVER: dict[str, Any] = {"workers": 2, "server_timeout": 7200.0, "heartbeat_interval": 3600.0}
+
+GATE = threading.Event()
+
+
+def record(tag: str) -> str:
+    return tag
+
+
+def blocked() -> str:
+    GATE.wait(20)
+    return "released"
+
+
+def renamable() -> str:
+    return "still here"
+
+
+@pytest.fixture
+def clock() -> nbjobs.ManualClock:
+    return nbjobs.ManualClock(T0)
+
+
+@pytest.fixture
+def nb(db_url: str, clock: nbjobs.ManualClock) -> Iterator[nbjobs.Engine]:
+    eng = nbjobs.connect(db_url, secret="test-secret", clock=clock)
+    yield eng
+    eng.close()
+
+
+def jobs_of(nb: nbjobs.Engine, rid: str) -> list[dict[str, Any]]:
+    return nb.store.query(JobFilter(recurring_id=rid, newest_first=False, limit=None))
+
+
+def fire_times(nb: nbjobs.Engine, rid: str) -> list[datetime | None]:
+    return [row["fire_time"] for row in jobs_of(nb, rid)]
+
+
+def row(nb: nbjobs.Engine, rid: str) -> pd.Series[Any]:
+    frame = nb.recurring_jobs().set_index("id")
+    return frame.loc[rid]
+
+
+def settle(nb: nbjobs.Engine) -> None:
+    """Wait until the server's scheduler has run a whole tick that started after this call."""
+    assert nb.server is not None
+    scheduler = nb.server.scheduler
+    for _ in range(2):
+        ticks = scheduler.ticks
+        nb.notifier.schedule_changed.set()
+        wait_for(lambda ticks=ticks: scheduler.ticks > ticks)
+
+
+def succeeded(nb: nbjobs.Engine, rid: str, n: int) -> bool:
+    rows = jobs_of(nb, rid)
+    return len(rows) == n and all(r["state"] == JobState.SUCCEEDED.value for r in rows)
+
+
+# -- firing ---------------------------------------------------------------------------------------------
+def test_fires_on_schedule_with_recurring_id_and_fire_time(
+    nb: nbjobs.Engine, clock: nbjobs.ManualClock
+) -> None:
+    handle = nb.recurring("every-minute", "* * * * *", record, "tick")
+    assert handle.next_fire == FIRST
+    nb.start_server(**SERVER)
+    settle(nb)
+    assert jobs_of(nb, "every-minute") == []  # not due yet
+    clock.set(FIRST)
+    wait_for(lambda: succeeded(nb, "every-minute", 1))
+    clock.set(FIRST + MINUTE)
+    wait_for(lambda: succeeded(nb, "every-minute", 2))
+    assert fire_times(nb, "every-minute") == [FIRST, FIRST + MINUTE]
+    frame = nb.jobs()
+    assert list(frame["recurring_id"]) == ["every-minute"] * 2
+    assert list(frame["fire_time"]) == [pd.Timestamp(FIRST + MINUTE), pd.Timestamp(FIRST)]
+    first = nb.job(int(frame["id"].iloc[-1]))
+    assert first.result(timeout=5) == "tick"
+    assert first.history()[0].reason == f"fired by schedule every-minute for {FIRST.isoformat()}"
+    info = row(nb, "every-minute")
+    assert info["cron"] == "* * * * *" and info["tz"] == "UTC" and info["queue"] == "default"
+    assert info["function"] == f"{__name__}:record"
+    assert info["next_run"] == pd.Timestamp(FIRST + 2 * MINUTE)
+    assert info["last_run"] == pd.Timestamp(FIRST + MINUTE)
+    assert info["last_job_id"] == frame["id"].iloc[0] and info["last_state"] == "succeeded"
+    assert (info["paused"], info["error"], info["missed"]) == (False, None, 0)
+    assert str(nb.recurring_jobs()["next_run"].dtype).endswith("UTC]")
+
+
+def test_time_zone_and_six_field_seconds(nb: nbjobs.Engine, clock: nbjobs.ManualClock) -> None:
+    berlin = nb.options(tz="Europe/Berlin", queue="reports").recurring("berlin", "0 9 * * MON", record, "b")
+    assert berlin.next_fire == datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # 09:00 CET
+    ticks = nb.recurring("ticks", "*/10 * * * * *", record, "t")  # seconds first
+    assert ticks.next_fire == T0 + timedelta(seconds=10)
+    nb.start_server(**SERVER)
+    clock.set(T0 + timedelta(seconds=10))
+    wait_for(lambda: succeeded(nb, "ticks", 1))
+    clock.set(datetime(2026, 1, 5, 8, 0, tzinfo=UTC))
+    wait_for(lambda: succeeded(nb, "berlin", 1))
+    assert fire_times(nb, "berlin") == [datetime(2026, 1, 5, 8, 0, tzinfo=UTC)]
+    assert jobs_of(nb, "berlin")[0]["queue"] == "reports"
+    assert berlin.next_fire == datetime(2026, 1, 12, 8, 0, tzinfo=UTC)
+    assert row(nb, "berlin")["tz"] == "Europe/Berlin"
+
+
+def test_invalid_definitions_name_the_bad_part_and_store_nothing(nb: nbjobs.Engine) -> None:
+    with pytest.raises(nbjobs.InvalidScheduleError, match="minute field '61'"):
+        nb.recurring("bad", "61 * * * *", record, "x")
+    with pytest.raises(nbjobs.InvalidScheduleError, match="unknown time zone 'Mars/Olympus'"):
+        nb.options(tz="Mars/Olympus").recurring("bad", "* * * * *", record, "x")
+    with pytest.raises(nbjobs.InvalidScheduleError, match="misfire policy 'sometimes'"):
+        nb.options(misfire="sometimes")
+    with pytest.raises(nbjobs.InvalidScheduleError, match="overlap policy"):
+        nb.options(overlap="never")
+    with pytest.raises(nbjobs.InvalidScheduleError, match="misfire_limit"):
+        nb.options(misfire="all", misfire_limit=0)
+    with pytest.raises(nbjobs.InvalidScheduleError, match="non-empty string id"):
+        nb.recurring("  ", "* * * * *", record, "x")
+    with pytest.raises(nbjobs.InvalidJobError, match="lambda"):
+        nb.recurring("bad", "* * * * *", lambda: 1)
+    with pytest.raises(nbjobs.InvalidJobError, match=r"\['tz'\] apply only to recurring jobs"):
+        nb.options(tz="Europe/Berlin").enqueue(record, "x")
+    assert nb.recurring_jobs().empty
+    assert nb.jobs().empty
+
+
+# -- trigger, pause, resume, remove ---------------------------------------------------------------------
+def test_trigger_runs_now_and_leaves_the_schedule(nb: nbjobs.Engine, clock: nbjobs.ManualClock) -> None:
+    nb.options(queue="q").recurring("report", "0 9 * * *", record, "now")
+    before = row(nb, "report")["next_run"]
+    nb.start_server(**SERVER)
+    job = nb.trigger("report")
+    wait_for(lambda: job.done)
+    assert job.result() == "now"
+    rec = job.record()
+    assert (rec.recurring_id, rec.fire_time, rec.queue) == ("report", None, "q")
+    assert job.history()[0].reason == "triggered by hand from schedule report"
+    info = row(nb, "report")
+    assert info["next_run"] == before and pd.isna(info["last_run"])
+    assert info["last_job_id"] == job.id and info["last_state"] == "succeeded"
+    assert job.then(record, "after").id > job.id  # the returned Job is an ordinary handle
+    with pytest.raises(nbjobs.RecurringNotFoundError, match="no recurring job 'nope'"):
+        nb.trigger("nope")
+
+
+def test_pause_and_resume(nb: nbjobs.Engine, clock: nbjobs.ManualClock) -> None:
+    nb.recurring("p", "* * * * *", record, "p")
+    nb.start_server(**SERVER)
+    nb.pause("p")
+    assert bool(row(nb, "p")["paused"]) is True
+    clock.set(FIRST + 30 * timedelta(seconds=1))
+    settle(nb)
+    assert jobs_of(nb, "p") == []  # paused: FIRST passed without a job
+    nb.resume("p")
+    info = row(nb, "p")
+    assert bool(info["paused"]) is False
+    assert info["next_run"] == pd.Timestamp(FIRST + MINUTE)  # from now on, not the missed past
+    clock.set(FIRST + MINUTE)
+    wait_for(lambda: succeeded(nb, "p", 1))
+    assert fire_times(nb, "p") == [FIRST + MINUTE]
+    nb.resume("p")  # not paused: no change
+    assert row(nb, "p")["next_run"] == pd.Timestamp(FIRST + 2 * MINUTE)
+    with pytest.raises(nbjobs.RecurringNotFoundError):
+        nb.pause("nope")
+    with pytest.raises(nbjobs.RecurringNotFoundError):
+        nb.resume("nope")
+
+
+def test_remove_stops_firing_and_keeps_jobs(nb: nbjobs.Engine, clock: nbjobs.ManualClock) -> None:
+    nb.recurring("r", "* * * * *", record, "r")
+    nb.start_server(**SERVER)
+    clock.set(FIRST)
+    wait_for(lambda: succeeded(nb, "r", 1))
+    assert nb.remove_recurring("r") is True
+    assert nb.remove_recurring("r") is False
+    clock.set(FIRST + 2 * MINUTE)
+    settle(nb)
+    assert len(jobs_of(nb, "r")) == 1  # the job it made stays; no new one
+    assert nb.recurring_jobs().empty
+    with pytest.raises(nbjobs.RecurringNotFoundError):
+        nb.trigger("r")
+
+
+# -- missed runs, overlap ------------------------------------------------------------------------------
+def test_misfire_policies_after_downtime(nb: nbjobs.Engine, clock: nbjobs.ManualClock) -> None:
+    nb.options(misfire="once").recurring("once", "* * * * *", record, "once")
+    nb.options(misfire="skip").recurring("skip", "* * * * *", record, "skip")
+    nb.options(misfire="all").recurring("all", "* * * * *", record, "all")
+    nb.options(misfire="all", misfire_limit=3).recurring("all3", "* * * * *", record, "all3")
+    nb.start_server(**SERVER)
+    clock.set(FIRST)
+    for rid in ("once", "skip", "all", "all3"):
+        wait_for(lambda rid=rid: succeeded(nb, rid, 1))
+    nb.stop_server()
+    clock.set(FIRST + 5 * MINUTE + timedelta(seconds=30))  # 5 fire times pass with no server
+    nb.start_server(**SERVER)
+    wait_for(lambda: succeeded(nb, "once", 2))
+    wait_for(lambda: succeeded(nb, "all", 6))
+    wait_for(lambda: succeeded(nb, "all3", 4))
+    settle(nb)
+    missed = [FIRST + k * MINUTE for k in range(1, 6)]
+    assert fire_times(nb, "once") == [FIRST, missed[-1]]  # one run standing for the latest
+    assert fire_times(nb, "skip") == [FIRST]  # none: the latest is 30 s late, not just due
+    assert fire_times(nb, "all") == [FIRST, *missed]
+    assert fire_times(nb, "all3") == [FIRST, *missed[-3:]]  # bounded by misfire_limit
+    frame = nb.recurring_jobs().set_index("id")
+    assert dict(frame["missed"]) == {"all": 0, "all3": 2, "once": 4, "skip": 5}
+    assert "misfire='skip'" in frame.loc["skip", "last_skip"]
+    assert set(frame["next_run"]) == {pd.Timestamp(FIRST + 6 * MINUTE)}
+
+
+def test_overlap_skip_is_recorded(nb: nbjobs.Engine, clock: nbjobs.ManualClock) -> None:
+    GATE.clear()
+    nb.options(overlap="skip").recurring("slow", "* * * * *", blocked)
+    nb.start_server(**SERVER)
+    try:
+        clock.set(FIRST)
+        wait_for(lambda: [r["state"] for r in jobs_of(nb, "slow")] == ["processing"])
+        clock.set(FIRST + MINUTE)
+        settle(nb)
+        assert len(jobs_of(nb, "slow")) == 1
+        info = row(nb, "slow")
+        assert info["missed"] == 1
+        assert "still processing" in info["last_skip"] and info["last_state"] == "processing"
+    finally:
+        GATE.set()
+    wait_for(lambda: succeeded(nb, "slow", 1))
+    clock.set(FIRST + 2 * MINUTE)
+    wait_for(lambda: succeeded(nb, "slow", 2))
+    assert fire_times(nb, "slow") == [FIRST, FIRST + 2 * MINUTE]
+
+
+# -- resilience ----------------------------------------------------------------------------------------
+def test_unresolvable_function_is_an_error_and_the_scheduler_goes_on(
+    nb: nbjobs.Engine, clock: nbjobs.ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nb.recurring("renamed", "* * * * *", renamable)
+    nb.recurring("healthy", "* * * * *", record, "ok")
+    monkeypatch.delattr(sys.modules[__name__], "renamable")  # as if renamed in code
+    nb.start_server(**SERVER)
+    clock.set(FIRST)
+    wait_for(lambda: succeeded(nb, "healthy", 1))
+    wait_for(lambda: row(nb, "renamed")["error"] is not None)
+    info = row(nb, "renamed")
+    assert f"{__name__}:renamable cannot be found" in info["error"]
+    assert "define recurring job 'renamed' again" in info["error"]
+    assert info["missed"] == 1 and info["next_run"] == pd.Timestamp(FIRST + MINUTE)
+    assert jobs_of(nb, "renamed") == []
+    with pytest.raises(nbjobs.FunctionNotFoundError, match="recurring job 'renamed' cannot run"):
+        nb.trigger("renamed")
+    assert nb.server is not None and all(nb.server.alive_loops().values())
+    monkeypatch.undo()  # the function is back
+    clock.set(FIRST + MINUTE)
+    wait_for(lambda: succeeded(nb, "renamed", 1))
+    wait_for(lambda: succeeded(nb, "healthy", 2))
+    assert row(nb, "renamed")["error"] is None
+
+
+def test_definitions_survive_reopen_and_updates_keep_history(
+    db_url: str, clock: nbjobs.ManualClock
+) -> None:
+    with nbjobs.connect(db_url, secret="test-secret", clock=clock) as nb:
+        nb.recurring("keep", "* * * * *", record, "v1")
+        nb.start_server(**SERVER)
+        clock.set(FIRST)
+        wait_for(lambda: succeeded(nb, "keep", 1))
+        first_job = int(row(nb, "keep")["last_job_id"])
+    with nbjobs.connect(db_url, secret="test-secret", clock=clock) as nb:
+        info = row(nb, "keep")
+        assert (info["last_job_id"], info["last_run"]) == (first_job, pd.Timestamp(FIRST))
+        # Same schedule, new arguments and queue: history and the planned next fire stay.
+        nb.options(queue="other").recurring("keep", "* * * * *", record, "v2")
+        info = row(nb, "keep")
+        assert (info["last_job_id"], info["last_run"], info["queue"]) == (
+            first_job, pd.Timestamp(FIRST), "other",
+        )
+        assert info["next_run"] == pd.Timestamp(FIRST + MINUTE)
+        nb.start_server(**SERVER)
+        clock.set(FIRST + MINUTE)
+        wait_for(lambda: succeeded(nb, "keep", 2))
+        latest = nb.job(jobs_of(nb, "keep")[-1]["id"])
+        assert latest.result() == "v2" and latest.record().queue == "other"
+        # A new expression replaces the plan.
+        nb.recurring("keep", "0 12 * * *", record, "v3")
+        assert row(nb, "keep")["next_run"] == pd.Timestamp(datetime(2026, 1, 5, 12, tzinfo=UTC))
+        assert row(nb, "keep")["last_run"] == pd.Timestamp(FIRST + MINUTE)
+
+
+# -- never fired twice -----------------------------------------------------------------------------------
+def test_three_servers_fire_each_second_exactly_once(db_url: str, clock: nbjobs.ManualClock) -> None:
+    engines = [nbjobs.connect(db_url, secret="test-secret", clock=clock) for _ in range(3)]
+    try:
+        engines[0].recurring("tick", "* * * * * *", record, "s")
+        for eng in engines:
+            eng.start_server(**{**SERVER, "workers": 1})
+        start = clock.now()
+        for second in range(1, 61):  # one minute of a per-second schedule
+            clock.advance(1)
+            wait_for(lambda n=second: len(jobs_of(engines[0], "tick")) >= n)
+        for eng in engines:
+            settle(eng)
+        times = Counter(fire_times(engines[0], "tick"))
+        expected = {start.replace(microsecond=0) + timedelta(seconds=k) for k in range(1, 61)}
+        assert set(times) == expected
+        assert max(times.values()) == 1
+        duties = [d for eng in engines for d in eng.server.config.duties  # type: ignore[union-attr]
+                  if isinstance(d, RecurringDuty)]
+        assert sum(d.stats.jobs for d in duties) == 60
+        assert sum(1 for d in duties if d.stats.jobs) >= 2  # the servers really shared the firing
+    finally:
+        for eng in engines:
+            eng.close()
+
+
+def test_concurrent_duties_claim_each_fire_time_once(db_url: str, clock: nbjobs.ManualClock) -> None:
+    """Four schedulers released at the same instant for every fire time: one job each time."""
+    with nbjobs.connect(db_url, secret="test-secret", clock=clock) as nb:
+        nb.options(misfire="all").recurring("race", "* * * * * *", record, "r")
+    stores = [SqlStore(db_url) for _ in range(4)]
+    duties = [RecurringDuty(s, clock) for s in stores]
+    try:
+        for _ in range(20):
+            clock.advance(1)
+            barrier = threading.Barrier(len(duties))
+            results: list[int] = []
+
+            def run(duty: RecurringDuty, barrier: threading.Barrier = barrier,
+                    results: list[int] = results) -> None:
+                barrier.wait()
+                results.append(duty())
+
+            threads = [threading.Thread(target=run, args=(d,)) for d in duties]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+            assert sorted(results) == [0, 0, 0, 1]
+        rows = stores[0].query(JobFilter(recurring_id="race", limit=None))
+        assert len(rows) == 20 and len({r["fire_time"] for r in rows}) == 20
+        assert sum(d.stats.claimed for d in duties) == 20
+    finally:
+        for s in stores:
+            s.close()

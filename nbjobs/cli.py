@@ -237,6 +237,28 @@ def run_notebook_cmd(url: str | None, path: str, parameters: tuple[tuple[str, st
             sys.exit(1)
 
 
+@cli.command("dashboard")
+@url_option
+@click.option("--port", default=8866, show_default=True, type=int)
+@click.option("--ip", default="127.0.0.1", show_default=True,
+              help="Interface to bind; anything but loopback needs --token.")
+@click.option("--allow-actions", is_flag=True, help="Show Requeue/Delete/Cancel (read-only otherwise).")
+@click.option("--token", default=None, envvar="NBJOBS_DASHBOARD_TOKEN",
+              help="Token visitors must present (?token=…); env NBJOBS_DASHBOARD_TOKEN.")
+@click.option("--refresh", default=2.0, show_default=True, type=float, help="Seconds between refreshes.")
+def dashboard_cmd(url: str | None, port: int, ip: str, allow_actions: bool, token: str | None,
+                  refresh: float) -> None:
+    """Serve the dashboard as a web page (Voilà) for people outside a notebook."""
+    from .ui.serve import ServeOptions, check, serve
+
+    options = ServeOptions(url=url or default_url(), port=port, ip=ip, allow_actions=allow_actions,
+                           token=token, refresh=refresh)
+    check(options)
+    mode = "actions allowed" if allow_actions else "read-only"
+    click.echo(f"nbjobs dashboard on http://{ip}:{port}/ ({mode}); Ctrl+C stops it", err=True)
+    sys.exit(serve(options))
+
+
 def main() -> None:
     try:
         cli(standalone_mode=True)

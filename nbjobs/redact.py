@@ -56,7 +56,12 @@ class Redactor:
     def arguments(
         self, fn: Callable[..., Any] | None, args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> list[tuple[str, str]]:
-        """(name, preview) per argument; positional ones get their parameter names when `fn` is known."""
+        """(name, preview) per argument; positional ones are named from `fn`'s signature, and all
+        masked when `fn` is unknown (a function not importable where the dashboard runs)."""
+        if fn is None and args:
+            # Without the signature a positional secret cannot be told apart: hide them all.
+            out = [(f"arg{i}", f"{MASK} (parameter name unknown here)") for i in range(len(args))]
+            return out + [(k, self.preview(k, v)) for k, v in kwargs.items()]
         names = _positional_names(fn, len(args))
         out = [(names[i], self.preview(names[i], a)) for i, a in enumerate(args)]
         out += [(k, self.preview(k, v)) for k, v in kwargs.items()]

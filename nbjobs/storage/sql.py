@@ -26,6 +26,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     or_,
     select,
     update,
@@ -746,7 +747,9 @@ class SqlStore(RecurringSqlMixin, Store):
                 q: int(n)
                 for q, n in conn.execute(
                     select(jobs.c.queue, func.count())
-                    .where(jobs.c.state == S.ENQUEUED.value)
+                    # A literal, not a bound parameter: SQLite only uses a partial index (here
+                    # ix_nbjobs_jobs_fetch, enqueued only) when the query names its predicate.
+                    .where(jobs.c.state == literal_column("'enqueued'"))
                     .group_by(jobs.c.queue)
                 )
             },

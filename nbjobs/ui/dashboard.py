@@ -91,8 +91,8 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         self.read_only = read_only
         self.authorize = authorize
         self.redactor = Redactor(redact)
-        self.page = JobsPage(page_size=page_size)
-        self.page.reset()
+        self.page = JobsPage()
+        self.page.reset(page_size=page_size)
         self.selected: set[int] = set()
         self.detail_id: int | None = None
         self.last_refresh_ms = 0.0

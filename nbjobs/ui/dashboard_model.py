@@ -65,7 +65,7 @@ class JobsPage:
         """Change filters (state, page_size, search, queue) and go back to the first page."""
         for name, value in changes.items():
             setattr(self, name, value)
-        if self.page_size not in PAGE_SIZES:
+        if "page_size" in changes and self.page_size not in PAGE_SIZES:
             raise ValueError(f"page size must be one of {PAGE_SIZES}, got {self.page_size}")
         self.cursors = [None]
         self.has_next = False

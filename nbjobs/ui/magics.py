@@ -214,9 +214,16 @@ def submit_cell(cell: str, line: str = "") -> Job:
 # -- extension --------------------------------------------------------------------------------------
 
 
+#: Grace for running jobs when the kernel exits: a kernel manager kills a kernel that has not exited
+#: within its `shutdown_wait_time` (5 s by default), and stopping must be done by then.
+KERNEL_EXIT_GRACE = 2.0
+
+
 def _shutdown() -> None:
+    configured = default.settings().get("shutdown_timeout")
+    grace = KERNEL_EXIT_GRACE if configured is None else min(float(configured), KERNEL_EXIT_GRACE)
     try:
-        default.close_default(timeout=5.0)
+        default.close_default(timeout=grace)
     except Exception:
         log.exception("stopping the nbjobs default engine at shutdown failed")
 

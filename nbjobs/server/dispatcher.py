@@ -49,6 +49,7 @@ class DispatcherConfig:
     lease_seconds: float
     poll_interval: float = 5.0  #: fallback wait when no notification arrives
     max_batch: int = 200  #: most jobs claimed in one transaction
+    max_backoff: float = 5.0  #: longest wait between turns while the database fails
     short_job_seconds: float = 0.05  #: jobs shorter than this (on average) are prefetched in bulk
 
 
@@ -94,6 +95,7 @@ class Dispatcher:
         self._workers: list[threading.Thread] = []
         self._stats = _Stats()
         self.error: BaseException | None = None
+        self.errors = 0  #: turns that failed (database unreachable) and were retried
 
     # -- worker side ----------------------------------------------------------------------------
     def _run_thread(self, job: ClaimedJob, ctx: context.JobContext) -> RunResult:
@@ -122,6 +124,9 @@ class Dispatcher:
             except Exception:  # an executor bug must not kill the worker; the job fails instead
                 log.exception("executor failed for job %d", item.job.id)
                 result = None
+            finish_progress = getattr(self.progress_sink, "finish", None)
+            if finish_progress is not None:  # a rate-limited sink may hold the last value: store it first
+                finish_progress(item.job.id)
             with self._lock:
                 self._done.append((item, result))
             self.wake.set()
@@ -135,18 +140,34 @@ class Dispatcher:
         return workers
 
     def run(self) -> None:
-        """The loop; returns when `stop()` was called and everything was flushed."""
+        """The loop; returns when `stop()` was called and everything was flushed.
+
+        A database error (server restarted, connection killed) does not end the loop: it waits with
+        backoff and tries again; unflushed outcomes stay queued, so no finished attempt is dropped.
+        """
+        backoff = 0.0
         try:
             while True:
                 self.wake.clear()
-                self._check_timeouts()
-                flushed = self._flush()
-                claimed = 0
-                if self._intake:
-                    with self._lock:
-                        free = self.capacity() - len(self.running)
-                    if free > 0:
-                        claimed = self._claim(free)
+                try:
+                    self._check_timeouts()
+                    flushed = self._flush()
+                    claimed = 0
+                    if self._intake and not self._stop.is_set():
+                        with self._lock:
+                            free = self.capacity() - len(self.running)
+                        if free > 0:
+                            claimed = self._claim(free)
+                except Exception:
+                    backoff = min(max(backoff * 2, 0.05), self.config.max_backoff)
+                    log.exception("dispatcher turn failed; retrying in %.2fs", backoff,
+                                  extra={"action": "dispatcher_retry"})
+                    self.errors += 1
+                    # Wait on the stop flag, not `wake`: finishing workers must not cut the backoff short.
+                    if self.clock.wait(self._stop, backoff):
+                        break  # stopping: Server.stop() flushes once more, then leases take over
+                    continue
+                backoff = 0.0
                 if self._stop.is_set():
                     break
                 if flushed or claimed:
@@ -180,7 +201,10 @@ class Dispatcher:
             timeout = job.options.timeout
             item = Running(job=job, ctx=ctx, deadline=mono + timeout if timeout else None)
             with self._lock:
+                old = self.running.get(job.id)
                 self.running[job.id] = item
+            if old is not None:  # our earlier attempt lost its lease and the job came back to us
+                old.ctx.request_cancel("this server no longer holds the job")
             self._work.put(item)
         return len(jobs)
 
@@ -197,16 +221,29 @@ class Dispatcher:
     def _flush(self) -> int:
         with self._lock:
             done, self._done = self._done, []
+            # An attempt this server already gave back (shutdown, lost lease and claimed anew) has
+            # nothing left to report: its job is no longer this attempt's.
+            stale = [item for item, _ in done if self.running.get(item.job.id) is not item]
+            done = [(item, result) for item, result in done if self.running.get(item.job.id) is item]
+        if stale:
+            log.info("dropped the outcome of %d attempt(s) already returned: jobs %s", len(stale),
+                     [item.job.id for item in stale])
         if not done:
-            return 0
+            return len(stale)
         now = self.clock.now()
         outcomes = [self._outcome(item, result, now) for item, result in done]
-        lost = self.store.finish(self.config.server_id, outcomes, now)
+        try:
+            lost = self.store.finish(self.config.server_id, outcomes, now)
+        except Exception:
+            with self._lock:  # keep them, in order, for the next turn: an outcome is never dropped
+                self._done[:0] = done
+            raise
         if lost:
             log.warning("jobs %s were no longer held by this server; their outcome was dropped", lost)
         with self._lock:
             for item, result in done:
-                self.running.pop(item.job.id, None)
+                if self.running.get(item.job.id) is item:
+                    del self.running[item.job.id]
                 if result is not None:
                     self._record_duration((result.finished_at - result.started_at).total_seconds())
         for o in outcomes:
@@ -301,12 +338,17 @@ class Dispatcher:
         if not items:
             return
         now = self.clock.now()
-        self.store.finish(
-            self.config.server_id,
-            [Outcome(job_id=r.job.id, kind=OutcomeKind.RETURNED, finished_at=now, reason=reason)
-             for r in items],
-            now,
-        )
+        try:
+            self.store.finish(
+                self.config.server_id,
+                [Outcome(job_id=r.job.id, kind=OutcomeKind.RETURNED, finished_at=now, reason=reason)
+                 for r in items],
+                now,
+            )
+        except Exception:
+            # Shutdown goes on; the leases run out and any server's reaper returns these jobs.
+            log.exception("could not return jobs %s to their queue; they return when their lease expires",
+                          [r.job.id for r in items])
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no job is running (flushing as they finish) or `timeout` passes."""
@@ -321,7 +363,10 @@ class Dispatcher:
                 return False
             self.wake.wait(min(remaining, 0.05))
             self.wake.clear()
-            self._flush()
+            try:
+                self._flush()
+            except Exception:
+                log.exception("flushing finished jobs failed during shutdown; retrying")
 
     def stop(self) -> None:
         """Stop the loop (after it flushes) and the workers."""
@@ -335,4 +380,10 @@ class Dispatcher:
             t.join(timeout)
 
     def flush(self) -> int:
-        return self._flush()
+        """Write finished attempts now (shutdown); on a database error they stay for the lease to expire."""
+        try:
+            return self._flush()
+        except Exception:
+            log.exception("could not record finished jobs while stopping; their leases will expire and "
+                          "the reaper returns them to their queues")
+            return 0

@@ -62,3 +62,27 @@ def test_progress_is_stored_with_the_job_and_shown_in_jobs(engine: nbjobs.Engine
     assert (record.progress, record.progress_message) == (1.0, "all done")
     frame = engine.jobs()
     assert frame.loc[frame["id"] == job.id, "progress"].item() == 1.0
+
+
+def in_a_process(n: int) -> int:
+    import os
+
+    for _ in nbjobs.progress(range(n), desc="steps"):
+        pass
+    print("hello from pid", os.getpid())
+    logging.getLogger("user.proc").warning("careful")
+    return os.getpid()
+
+
+def test_output_and_progress_of_worker_process_jobs_are_stored(engine: nbjobs.Engine) -> None:
+    import os
+
+    engine.start_server(workers=1, poll_interval=0.05)
+    job = engine.options(executor="process").enqueue(in_a_process, 1000)
+    pid = job.result(timeout=60)
+    assert pid != os.getpid()
+    logs = job.logs()
+    assert f"hello from pid {pid}\n" in logs
+    assert "careful" in logs
+    record = job.record()
+    assert (record.progress, record.progress_message) == (1.0, "steps: 1000/1000")

@@ -56,8 +56,12 @@ class Heartbeat:
         self.beats += 1
 
     def run(self) -> None:
-        while not self.clock.wait(self.stop_event, self.interval):
+        # Fixed rate, not fixed delay: the time a beat takes (a slow database) does not push every
+        # later beat back, so a lease is never older than one interval plus one beat.
+        next_at = self.clock.monotonic() + self.interval
+        while not self.clock.wait(self.stop_event, max(0.0, next_at - self.clock.monotonic())):
             try:
                 self.beat()
             except Exception:  # the database may be briefly unreachable: keep beating
                 log.exception("heartbeat failed; retrying at the next interval")
+            next_at = max(next_at + self.interval, self.clock.monotonic())

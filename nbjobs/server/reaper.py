@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 
 from ..clock import Clock
@@ -41,6 +42,7 @@ class Reaper:
         keep_succeeded: float,
         keep_deleted: float,
         prune_batch: int = 1000,
+        refresh_own: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -50,6 +52,7 @@ class Reaper:
         self.keep_succeeded = keep_succeeded
         self.keep_deleted = keep_deleted
         self.prune_batch = prune_batch
+        self.refresh_own = refresh_own
         self.stop_event = threading.Event()
 
     def dead_local_servers(self) -> list[str]:
@@ -63,6 +66,10 @@ class Reaper:
         now = self.clock.now()
         if not self.store.try_lock("reaper", self.server_id, now + timedelta(seconds=self.interval * 2), now):
             return None
+        if self.refresh_own is not None:
+            # Beat for our own server first: after a pause (a suspended laptop) every thread wakes at
+            # once, and a reaper that ran before its own heartbeat would return its own running jobs.
+            self.refresh_own()
         report = self.store.reap(now, server_timeout=self.server_timeout,
                                  dead_server_ids=self.dead_local_servers())
         if report.dead_servers or report.returned_jobs:

@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from ..errors import NbJobsError
-from ..model import JobRecord, JobState
-from ..redact import DEFAULT_PATTERNS, Redactor, short_repr
+from ..model import JobState
+from ..redact import DEFAULT_PATTERNS, Redactor
 from ..storage import JobFilter
 from . import dashboard_views as views
+from .dashboard_detail import arguments_preview, result_preview
 from .dashboard_model import (
     JOB_ACTIONS,
     PAGE_SIZES,
@@ -42,7 +43,8 @@ Authorize = Callable[[str, Any], bool]
 INTERVALS = (("1 s", 1.0), ("2 s", 2.0), ("5 s", 5.0), ("10 s", 10.0), ("30 s", 30.0), ("60 s", 60.0))
 OUTPUT_TAIL = 40  #: output chunks shown before "show all"
 OUTPUT_ALL = 20_000  #: chunks read for "show all" (a bound, so one job cannot stall the page)
-HIST_BUCKETS, HIST_WIDTH = 60, 60.0  #: the overview chart: the last hour, per minute
+#: Overview chart ranges: (label, buckets, seconds per bucket, caption).
+RANGES = {"hour": (60, 60.0, "per minute, last hour"), "day": (96, 900.0, "per 15 minutes, last day")}
 
 
 class _Row:
@@ -104,6 +106,11 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         self._args_cache: dict[int, list[tuple[str, str]] | str] = {}
         self._pending: tuple[str, list[int]] | None = None
         self._build()
+        # Count frontend views (an ipywidgets feature that is off by default): once shown and then
+        # no longer on screen (output cleared, cell re-run) the timer reads nothing.
+        self._was_shown = False
+        self._view_count = 0
+        self.observe(self._on_views, names="_view_count")
         self.interval = float(refresh or 2.0)
         if self.interval not in dict(INTERVALS).values():
             self.interval_pick.options = (*INTERVALS, (f"{self.interval:g} s", self.interval))
@@ -118,21 +125,24 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
     def _build(self) -> None:
         from .dashboard_recurring import RecurringPage
 
-        self.header = w.HTML(views.STYLE + '<div class="nbjobs-dash"><b>nbjobs</b> '
-                             f'<span class="nbjobs-muted">{views.esc(self.engine.url)}</span></div>')
+        self.header = w.HTML(views.STYLE + views.title(self.engine.url))
         self.interval_pick = w.Dropdown(options=INTERVALS, value=2.0, description="Refresh",
                                         layout=w.Layout(width="160px"))
         self.pause = w.ToggleButton(value=False, description="Pause", icon="pause",
                                     tooltip="stop refreshing", layout=w.Layout(width="90px"))
         self.refresh_now = w.Button(description="Refresh", icon="refresh", layout=w.Layout(width="100px"))
-        self.clock_label = w.HTML()
+        self.clock_label = w.HTML(layout=w.Layout(flex="0 0 auto"))
         self.status = w.HTML()
         self.interval_pick.observe(self._on_interval, names="value")
         self.pause.observe(lambda ch: setattr(self.pause, "icon", "play" if ch["new"] else "pause"),
                            names="value")
         self.refresh_now.on_click(lambda _b: self.refresh())
 
-        self.overview = w.HTML()
+        self.chart_range = w.ToggleButtons(options=[("Last hour", "hour"), ("Last day", "day")], value="hour",
+                                           style={"button_width": "90px"})
+        self.chart_range.observe(lambda _ch: self.refresh(), names="value")
+        self.overview_html = w.HTML()
+        self.overview = w.VBox([self.overview_html, self.chart_range])
         self.jobs_page = self._build_jobs()
         self.detail_page = self._build_detail()
         self.recurring = RecurringPage(self)
@@ -147,8 +157,9 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         self.tabs = w.Tab(children=[p for _, p in pages])
         self.tabs.titles = tuple(self.page_names)
         self.tabs.observe(lambda _ch: self.refresh(), names="selected_index")
-        bar = w.HBox([self.header, self.clock_label, self.interval_pick, self.pause, self.refresh_now],
-                     layout=w.Layout(justify_content="space-between", align_items="center"))
+        bar = w.HBox([self.header, self.clock_label, w.Box(layout=w.Layout(flex="1 1 auto")),
+                      self.interval_pick, self.pause, self.refresh_now],
+                     layout=w.Layout(align_items="center"))
         self.children = (bar, self.tabs, self.status)
         self.add_class("nbjobs-dashboard")
 
@@ -174,6 +185,9 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         self.prev.on_click(lambda _b: self._turn(self.page.previous()))
         self.next.on_click(lambda _b: self._turn(self.page.next()))
         self.list_head = w.HTML()
+        # Spacers with the row widgets' own layouts, so header cells line up with row cells.
+        head_row = w.HBox([w.HTML(layout=w.Layout(width="26px", margin="2px 0")),
+                           w.HTML(layout=w.Layout(width="76px", margin="1px 4px 0 0")), self.list_head])
         self.rows: list[_Row] = []  # created on the first visit, so opening the dashboard stays quick
         self.rows_box = w.VBox()
         controls: list[w.Widget] = [self.search, self.queue, self.size]
@@ -196,7 +210,7 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
                                       layout=w.Layout(display="none"))
             parts.append(w.HBox([self.select_all, *self.bulk.values()]))
             parts.append(self.confirm_box)
-        parts += [self.list_head, self.rows_box, w.HBox([self.prev, self.page_label, self.next])]
+        parts += [head_row, self.rows_box, w.HBox([self.prev, self.page_label, self.next])]
         return w.VBox(parts)
 
     def _build_detail(self) -> w.VBox:
@@ -243,15 +257,15 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
             self.last_refresh_ms = (time.perf_counter() - started) * 1000
             self.refreshes += 1
             now = self.engine.clock.now()
-            self.clock_label.value = (f'<span class="nbjobs-muted">{now:%H:%M:%S} UTC · '
-                                      f"{self.last_refresh_ms:.0f} ms</span>")
+            self.clock_label.value = (f'<span class="nbjobs-muted" style="white-space:nowrap">'
+                                      f"{now:%H:%M:%S} UTC · {self.last_refresh_ms:.0f} ms</span>")
 
     def _refresh_overview(self) -> None:
-        now = self.engine.clock.now()
-        since = now - timedelta(seconds=HIST_BUCKETS * HIST_WIDTH)
-        self.overview.value = views.overview(
+        buckets, width, caption = RANGES[self.chart_range.value]
+        since = self.engine.clock.now() - timedelta(seconds=buckets * width)
+        self.overview_html.value = views.overview(
             self.store.counts(), len(self.store.list_servers()), self.store.queue_lengths(),
-            self.store.finished_histogram(since, HIST_WIDTH), HIST_BUCKETS, "per minute, last hour",
+            self.store.finished_histogram(since, width), buckets, caption,
         )
 
     def _refresh_jobs(self) -> None:
@@ -273,7 +287,7 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         finally:
             self._filling = False
         if not rows:
-            self.list_head.value += ('<div class="nbjobs-dash nbjobs-muted" style="padding:6px 110px">'
+            self.list_head.value += ('<div class="nbjobs-dash nbjobs-muted" style="padding:6px 8px">'
                                      f"no {self.page.state.value} jobs</div>")
         pages = self.page.pages(counts.get(self.page.state, 0))
         self.page_label.value = (f'<span style="padding:0 10px">page {self.page.page}'
@@ -299,9 +313,11 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         chunks = self.store.read_logs(record.id, tail=tail if tail is not None else OUTPUT_ALL)
         children = self.store.query(JobFilter(parent_id=record.id, limit=50, newest_first=False))
         self.detail_html.value = views.detail(
-            record, self.engine.clock.now(), arguments=self._arguments(record),
+            record, self.engine.clock.now(),
+            arguments=arguments_preview(self.engine.codec, self.redactor, record, self._args_cache),
             history=self.store.history(record.id), output="".join(t for _, _, t in chunks),
-            output_truncated=tail is not None and len(chunks) >= tail, result=self._result(record),
+            output_truncated=tail is not None and len(chunks) >= tail,
+            result=result_preview(self.engine.codec, self.redactor, record),
             children=children,
         )
         allowed = allowed_actions(record.state)
@@ -319,34 +335,6 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         rows = self.store.query(JobFilter(states=(JobState.SCHEDULED,), min_attempts=1, limit=100))
         self.retries.value = views.retries_table(rows, self.engine.clock.now())
 
-    def _arguments(self, record: JobRecord) -> list[tuple[str, str]] | str:
-        """Redacted argument previews; decoded once per job (the payload never changes)."""
-        cached = self._args_cache.get(record.id)
-        if cached is not None:
-            return cached
-        codec = self.engine.codec
-        try:
-            call = codec.decode_call(record.payload)
-        except Exception as exc:
-            return f"arguments cannot be shown: {exc}"
-        try:
-            fn: Any = codec.load_function(record.function, call)
-        except Exception:  # not importable here: positional arguments keep generic names
-            fn = None
-        out = self.redactor.arguments(fn, call.args, call.kwargs)
-        if len(self._args_cache) > 500:
-            self._args_cache.clear()
-        self._args_cache[record.id] = out
-        return out
-
-    def _result(self, record: JobRecord) -> str | None:
-        if record.state is not JobState.SUCCEEDED or record.result is None:
-            return None
-        try:
-            return short_repr(self.redactor.mask(self.engine.codec.loads(record.result)))
-        except Exception as exc:
-            return f"result cannot be shown: {exc}"
-
     # -- timer ----------------------------------------------------------------------------------
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -354,12 +342,23 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
             self._wake.clear()
             if self._stop.is_set():
                 break
-            if not self.pause.value:
+            if not self.pause.value and self.on_screen:
                 self.refresh()
 
     def _on_interval(self, change: dict[str, Any]) -> None:
         self.interval = float(change["new"])
         self._wake.set()
+
+    def _on_views(self, change: dict[str, Any]) -> None:
+        if change["new"]:
+            self._was_shown = True
+            self._wake.set()  # back on screen: refresh now
+
+    @property
+    def on_screen(self) -> bool:
+        """False once every view that showed the dashboard is gone (never shown counts as on screen,
+        so scripts and tests without a frontend still refresh)."""
+        return not self._was_shown or bool(self._view_count)
 
     @property
     def refreshing(self) -> bool:

@@ -24,7 +24,6 @@ WIDTHS = {
     "latency": 90, "exception": 380,
 }
 TITLES = {"job": "Job", "due": "Due", "exception": "Exception", "parent": "Parent"}
-ROW_PREFIX_PX = 108
 NONE = "\u2013"  #: shown for a missing value  #: checkbox + id button in front of each row
 
 STYLE = """<style>
@@ -67,6 +66,19 @@ STYLE = """<style>
 
 def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value))
+
+
+def title(url: str) -> str:
+    """The header: the database without its password, long paths shortened (full on hover)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        shown = make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        shown = "(database)"
+    short = shown if len(shown) <= 60 else shown[:24] + "\u2026" + shown[-34:]
+    return (f'<div class="nbjobs-dash" style="white-space:nowrap"><b>nbjobs</b> '
+            f'<span class="nbjobs-muted" title="{esc(shown)}">{esc(short)}</span></div>')
 
 
 def badge(state: JobState | str | None) -> str:
@@ -163,7 +175,7 @@ def _colgroup(columns: Sequence[str]) -> str:
 def list_header(state: JobState) -> str:
     columns = ("job", *STATE_COLUMNS[state])
     heads = "".join(f"<th>{esc(TITLES.get(c, c.capitalize()))}</th>" for c in columns)
-    return (f'<div class="nbjobs-dash" style="margin-left:{ROW_PREFIX_PX}px"><table '
+    return ('<div class="nbjobs-dash"><table '
             f'class="nbjobs-table nbjobs-list-head">{_colgroup(columns)}<tr>{heads}</tr></table></div>')
 
 

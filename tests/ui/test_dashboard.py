@@ -233,9 +233,11 @@ def test_overview_servers_and_retries_pages(engine: nbjobs.Engine, dash_factory:
     retrying = failed_job(engine, retry_at=engine.clock.now() + timedelta(minutes=5))
     engine.options(queue="io").enqueue(print, 1)
     dash = dash_factory()
-    overview = dash.overview.value
+    overview = dash.overview_html.value
     assert "Failed</span><b>1</b>" in overview and "Scheduled</span><b>1</b>" in overview
-    assert "<td>io</td><td>1</td>" in overview and "1 failed" in overview
+    assert "<td>io</td><td>1</td>" in overview and "1 failed" in overview and "last hour" in overview
+    dash.chart_range.value = "day"
+    assert "last day" in dash.overview_html.value and "1 failed" in dash.overview_html.value
     dash.show("Retries")
     assert f"#{retrying}" in dash.retries.value and "<td>2 of 4</td>" in dash.retries.value
     dash.show("Servers")
@@ -245,20 +247,35 @@ def test_overview_servers_and_retries_pages(engine: nbjobs.Engine, dash_factory:
     assert "nothing-here" in dash.servers.value
 
 
+def turn(dash: Dashboard) -> None:
+    """Wake the timer and wait until its loop has taken the wake-up (one full turn)."""
+    dash._wake.set()
+    wait_for(lambda: not dash._wake.is_set(), timeout=10)
+
+
 def test_refresh_timer_runs_in_background_pauses_and_stops_on_close(
     engine: nbjobs.Engine, dash_factory: Any
 ) -> None:
     dash = dash_factory(refresh=0.05)
     assert dash.refreshing
     engine.enqueue(print, "new")
-    wait_for(lambda: "Enqueued</span><b>1</b>" in dash.overview.value, timeout=10)
+    wait_for(lambda: "Enqueued</span><b>1</b>" in dash.overview_html.value, timeout=10)
     dash.pause.value = True
+    turn(dash)  # a refresh already under way has finished once the timer has turned
     seen = dash.refreshes
-    dash._wake.set()  # a wake-up while paused reads nothing
-    wait_for(lambda: not dash._wake.is_set(), timeout=5)
+    turn(dash)  # a wake-up while paused reads nothing
     assert dash.refreshes == seen
     dash.pause.value = False
     wait_for(lambda: dash.refreshes > seen, timeout=10)
+    dash._view_count = 1  # shown in a frontend, then the output is cleared
+    dash._view_count = 0
+    assert not dash.on_screen
+    turn(dash)
+    hidden = dash.refreshes
+    turn(dash)
+    assert dash.refreshes == hidden
+    dash._view_count = 1
+    wait_for(lambda: dash.refreshes > hidden, timeout=10)
     dash.close()
     assert not dash.refreshing
     stopped = dash.refreshes

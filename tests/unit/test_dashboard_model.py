@@ -89,3 +89,10 @@ def test_served_notebook_is_read_only_unless_allowed_and_keeps_secrets_out_of_ar
         import shutil
 
         shutil.rmtree(folder)
+
+
+def test_header_never_shows_the_database_password() -> None:
+    from nbjobs.ui.dashboard_views import title
+
+    header = title("postgresql://jobs:hunter2@db.internal/jobs")
+    assert "hunter2" not in header and "jobs:***@db.internal" in header

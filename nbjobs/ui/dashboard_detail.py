@@ -1,0 +1,47 @@
+"""What the Job page shows of a job's payload: argument and result previews, redacted.
+
+Decoding needs the engine's codec (signed payloads); a payload that does not verify, or a function
+that cannot be imported here, degrades to a message or masked arguments, never to an error page.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..model import JobRecord, JobState
+from ..payload import Codec
+from ..redact import Redactor, short_repr
+
+CACHE_LIMIT = 500
+
+
+def arguments_preview(
+    codec: Codec, redactor: Redactor, record: JobRecord, cache: dict[int, list[tuple[str, str]] | str]
+) -> list[tuple[str, str]] | str:
+    """(name, preview) per argument, or why they cannot be shown; cached (a payload never changes)."""
+    cached = cache.get(record.id)
+    if cached is not None:
+        return cached
+    try:
+        call = codec.decode_call(record.payload)
+    except Exception as exc:
+        return f"arguments cannot be shown: {exc}"
+    try:
+        fn: Any = codec.load_function(record.function, call)
+    except Exception:  # not importable here: positional arguments are masked (names unknown)
+        fn = None
+    out = redactor.arguments(fn, call.args, call.kwargs)
+    if len(cache) >= CACHE_LIMIT:
+        cache.clear()
+    cache[record.id] = out
+    return out
+
+
+def result_preview(codec: Codec, redactor: Redactor, record: JobRecord) -> str | None:
+    """A short repr of a succeeded job's return value (secret keys of mappings masked)."""
+    if record.state is not JobState.SUCCEEDED or record.result is None:
+        return None
+    try:
+        return short_repr(redactor.mask(codec.loads(record.result)))
+    except Exception as exc:
+        return f"result cannot be shown: {exc}"

@@ -160,7 +160,7 @@ class Client:
         self.defaults: dict[str, Any] = dict(defaults or {})
         #: tz, misfire, misfire_limit, overlap: for `recurring` only, kept apart from job options
         self.recurring_defaults = recurring_client.split_options(self.defaults)
-        build_options(self.defaults, {})  # validate early
+        build_options({}, self.defaults)  # validate early (unknown names are checked in overrides)
 
     def options(self, **options: Any) -> Client:
         """A client whose jobs use these options (validated now): queue, retries, timeout, key, …;
@@ -280,10 +280,34 @@ class Client:
         options = build_options(self.defaults, {})
         return recurring_client.define(self, recurring_id, cron, fn, args, kwargs, options)
 
+    def recurring_notebook(
+        self,
+        recurring_id: str,
+        cron: str,
+        path: str | os.PathLike[str],
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        kernel_name: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        cell_timeout: float | None = None,
+        **options: Any,
+    ) -> recurring_client.Recurring:
+        """Add or update (by id) a recurring notebook run: `path` with `parameters` at each fire of `cron`.
+
+        Checked now like `enqueue_notebook`; each fire is a notebook job saved under its own job id.
+        """
+        args, kwargs = notebook_call(path, parameters, kernel_name=kernel_name, cwd=cwd,
+                                     output_dir=output_dir, cell_timeout=cell_timeout)
+        if "name" not in options and self.defaults.get("name") is None:
+            options["name"] = Path(args[0]).name
+        client = self.options(**options) if options else self
+        return client.recurring(recurring_id, cron, run_notebook, *args, **kwargs)
+
     def trigger(self, recurring_id: str, /) -> Job:
-        """Run a recurring job once now; its schedule is unchanged."""
+        """Run a recurring job once now (a NotebookJob for a notebook); its schedule is unchanged."""
         job_id = recurring_client.trigger(self, recurring_id)
-        return Job(type(self)(self.store, self.codec, self.clock, self.notifier, self.defaults), job_id)
+        return type(self)(self.store, self.codec, self.clock, self.notifier, self.defaults).job(job_id)
 
     def pause(self, recurring_id: str, /) -> None:
         recurring_client.pause(self, recurring_id)

@@ -369,3 +369,44 @@ def test_concurrent_duties_claim_each_fire_time_once(db_url: str, clock: nbjobs.
     finally:
         for s in stores:
             s.close()
+
+
+# -- CLI and module-level API -------------------------------------------------------------------------------
+def test_cli_lists_triggers_pauses_and_resumes(db_url: str, nb: nbjobs.Engine) -> None:
+    from click.testing import CliRunner
+
+    from nbjobs.cli import cli
+
+    nb.options(tz="Europe/Berlin").recurring("nightly", "0 2 * * *", record, "n")
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["recurring", "--url", db_url])
+    assert listed.exit_code == 0, listed.output
+    assert "nightly" in listed.output and "0 2 * * *" in listed.output and "Europe/Berlin" in listed.output
+    triggered = runner.invoke(cli, ["trigger", "--url", db_url, "nightly"])
+    assert triggered.exit_code == 0, triggered.output
+    job_id = int(triggered.output.split(": job ")[1].split()[0])
+    assert nb.job(job_id).record().recurring_id == "nightly"
+    assert runner.invoke(cli, ["pause", "--url", db_url, "nightly"]).exit_code == 0
+    assert bool(row(nb, "nightly")["paused"]) is True
+    resumed = runner.invoke(cli, ["resume", "--url", db_url, "nightly"])
+    assert resumed.exit_code == 0 and "resumed; next run 20" in resumed.output
+    assert bool(row(nb, "nightly")["paused"]) is False
+    missing = runner.invoke(cli, ["pause", "--url", db_url, "nope"])
+    assert isinstance(missing.exception, nbjobs.RecurringNotFoundError)
+    removed = runner.invoke(cli, ["remove-recurring", "--url", db_url, "nightly"])
+    assert "'nightly' removed" in removed.output and nb.recurring_jobs().empty
+
+
+def test_module_level_helpers_use_the_default_engine(nb: nbjobs.Engine) -> None:
+    previous = nbjobs.set_default_engine(nb)
+    try:
+        handle = nbjobs.recurring("mod", "@daily", record, "m")
+        assert handle.next_fire == datetime(2026, 1, 6, tzinfo=UTC)
+        assert nbjobs.trigger("mod").record().recurring_id == "mod"
+        nbjobs.pause("mod")
+        assert bool(nbjobs.recurring_jobs().loc[0, "paused"]) is True
+        nbjobs.resume("mod")
+        assert nbjobs.remove_recurring("mod") is True
+        assert nbjobs.recurring_jobs().empty
+    finally:
+        nbjobs.set_default_engine(previous)

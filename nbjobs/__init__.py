@@ -25,6 +25,7 @@ from .default import (
     pause,
     recurring,
     recurring_jobs,
+    recurring_notebook,
     remove_recurring,
     resume,
     schedule,
@@ -87,6 +88,7 @@ __all__ = [
     "enqueue_notebook",
     "history", "job", "jobs", "load_ipython_extension", "options", "pause", "progress", "recurring",
     "recurring_jobs",
+    "recurring_notebook",
     "remove_recurring", "resume", "schedule", "servers",
     "set_default_engine", "stats", "trigger", "unload_ipython_extension",
 ]

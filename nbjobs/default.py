@@ -239,6 +239,12 @@ def recurring(
     return default_engine().recurring(recurring_id, cron, fn, *args, **kwargs)
 
 
+def recurring_notebook(recurring_id: str, cron: str, path: str | os.PathLike[str],
+                       parameters: dict[str, Any] | None = None, **kwargs: Any) -> Recurring:
+    """`nbjobs.recurring_notebook("daily", "0 7 * * *", "report.ipynb", {...})` on the default engine."""
+    return default_engine().recurring_notebook(recurring_id, cron, path, parameters, **kwargs)
+
+
 def trigger(recurring_id: str) -> Job:
     return default_engine().trigger(recurring_id)
 

@@ -202,6 +202,17 @@ class Engine:
         `nb.options(...).recurring(...)`. Checked now: a bad expression or zone stores nothing."""
         return self.client.recurring(recurring_id, cron, fn, *args, **kwargs)
 
+    def recurring_notebook(
+        self,
+        recurring_id: str,
+        cron: str,
+        path: str | os.PathLike[str],
+        parameters: Mapping[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Recurring:
+        """Add or update (by id) a notebook run on a cron schedule; takes enqueue_notebook's options."""
+        return self.client.recurring_notebook(recurring_id, cron, path, parameters, **kwargs)
+
     def trigger(self, recurring_id: str) -> Job:
         """Run a recurring job once now; its schedule is unchanged."""
         return self.client.trigger(recurring_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import nbformat
 import psutil
@@ -21,6 +22,7 @@ import nbjobs
 from nbjobs import InvalidJobError, JobFailedError, JobState
 from nbjobs.cli import cli
 from nbjobs.client import NotebookJob
+from nbjobs.executors.notebook import NOTEBOOK_FUNCTION
 from nbjobs.notebooks import INJECTED_TAG
 
 from ..conftest import wait_for
@@ -126,6 +128,8 @@ def test_bad_notebook_jobs_are_refused_at_enqueue(nb: nbjobs.Engine, tmp_path: P
     try:
         with pytest.raises(InvalidJobError, match="parameter 'x'"):  # the module-level API checks too
             nbjobs.enqueue_notebook(SALES, {"x": object()})
+        with pytest.raises(InvalidJobError, match="parameter 'y'"):
+            nbjobs.recurring_notebook("daily", "0 7 * * *", SALES, {"y": object()})
     finally:
         nbjobs.set_default_engine(previous)
     assert nb.jobs().empty  # nothing was stored
@@ -258,6 +262,28 @@ def test_stopping_the_server_requeues_a_running_notebook(nb: nbjobs.Engine, tmp_
     wait_for(lambda: "busy" in run.logs(), timeout=30)
     nb.stop_server(timeout=0.2)
     assert run.state is JobState.ENQUEUED  # back in its queue for another server
+    assert_no_kernel_left(baseline)
+
+
+def test_recurring_notebook_is_checked_defined_and_triggered(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    baseline = children()
+    with pytest.raises(InvalidJobError, match="parameter 'region'"):
+        nb.recurring_notebook("bad", "0 7 * * *", SALES, parameters={"region": object()})
+    assert nb.recurring_jobs().empty  # nothing stored
+    daily = nb.options(tz="Europe/Paris", retries=0).recurring_notebook(
+        "daily-sales", "0 7 * * *", SALES, parameters={"region": "EMEA"}, output_dir=tmp_path / "runs",
+    )
+    row = nb.recurring_jobs().set_index("id").loc["daily-sales"]
+    assert row["function"] == NOTEBOOK_FUNCTION and row["tz"] == "Europe/Paris" and row["cron"] == "0 7 * * *"
+    assert daily.next_fire is not None
+    assert daily.next_fire.astimezone(ZoneInfo("Europe/Paris")).hour == 7
+    run = nb.trigger("daily-sales")  # one run now, as each fire would
+    assert isinstance(run, NotebookJob)
+    executed = run.result(timeout=60)
+    injected = [c for c in executed.cells if INJECTED_TAG in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "region = 'EMEA'" in injected[0].source
+    assert run.output_path == tmp_path / "runs" / f"sales.{run.id}.ipynb" and run.output_path.exists()
+    assert run.record().options.name == "sales.ipynb"
     assert_no_kernel_left(baseline)
 
 

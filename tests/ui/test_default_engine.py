@@ -1,0 +1,83 @@
+"""The process's default engine behind the module-level API (no IPython needed)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from IPython.core.error import UsageError
+
+import nbjobs
+from nbjobs import default
+from nbjobs.errors import ConfigurationError
+
+
+@nbjobs.job(queue="io", retries=1)
+def double(x: int) -> int:  # decorated at import time: no engine exists yet
+    return 2 * x
+
+
+def triple(x: int) -> int:
+    return 3 * x
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    db = tmp_path / "default.db"
+    monkeypatch.setenv("NBJOBS_URL", f"sqlite:///{db}")
+    monkeypatch.setenv("NBJOBS_SECRET", "default-test-secret")
+    monkeypatch.setenv("NBJOBS_WORKERS", "2")
+    assert default.current_default() is None
+    yield db
+    default.close_default(timeout=1)
+    default._settings.clear()
+
+
+def test_first_use_creates_the_engine_from_the_environment_with_a_server(env: Path) -> None:
+    job = nbjobs.enqueue(triple, 3)
+    engine = nbjobs.default_engine()
+    assert engine.url.endswith(str(env)) and engine.server is not None
+    assert engine.server.config.workers == 2
+    assert job.result(timeout=30) == 9
+    assert nbjobs.job(job.id) == job
+    assert nbjobs.schedule(0, triple, 1).result(timeout=30) == 3
+    assert nbjobs.options(queue="io").enqueue(triple, 2).result(timeout=30) == 6
+    assert len(nbjobs.jobs()) == 3 and len(nbjobs.history(job)) == 3
+    assert len(nbjobs.servers()) == 1 and nbjobs.stats()["succeeded"].sum() == 3
+
+
+def test_a_decorated_function_binds_to_the_default_engine_when_used(env: Path) -> None:
+    assert double(4) == 8  # still a plain function when called
+    job = double.enqueue(5)
+    assert job.result(timeout=30) == 10
+    record = job.record()
+    assert (record.queue, record.options.retries) == ("io", 1)
+
+
+def test_set_default_engine_replaces_it_and_returns_the_previous(env: Path, tmp_path: Path) -> None:
+    mine = nbjobs.connect(f"sqlite:///{tmp_path / 'mine.db'}", secret="x")
+    try:
+        assert nbjobs.set_default_engine(mine) is None
+        assert nbjobs.default_engine() is mine
+        assert nbjobs.set_default_engine(None) is mine
+    finally:
+        mine.close()
+
+
+def test_client_only_default_engine_refuses_cells(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NBJOBS_SERVER", "0")
+    engine = nbjobs.default_engine()
+    assert engine.server is None
+    from nbjobs.ui.magics import submit_cell
+
+    with pytest.raises(UsageError, match="only on this kernel's own server"):
+        submit_cell("x = 1")
+
+
+def test_bad_settings_are_refused_with_the_known_ones(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigurationError, match="known:"):
+        default.configure(wokers=3)
+    monkeypatch.setenv("NBJOBS_WORKERS", "many")
+    with pytest.raises(ConfigurationError, match="NBJOBS_WORKERS must be a whole number"):
+        nbjobs.default_engine()

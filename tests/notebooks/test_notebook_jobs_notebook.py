@@ -30,6 +30,7 @@ def test_notebook_jobs_tour(tmp_path: Path) -> None:
     assert "cell 3 of sales.ipynb raised ValueError: unknown region 'MARS'" in out
     assert "failed - sales.3.ipynb exists: True" in out  # the partial run is kept
     assert "parameter 'lock' is a lock" in out
+    assert "daily-sales  0 7 * * *  Europe/Paris" in out  # the recurring definition
     table = nb.cells[-2].outputs[0]["data"]["text/plain"]
     assert table.count("succeeded") == 2 and table.count("failed") == 1
     wait_for(lambda: not children() - baseline, timeout=10)

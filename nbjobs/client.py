@@ -185,7 +185,8 @@ class Client:
         recurring_client.refuse_options(self.recurring_defaults)
         opts = build_options(self.defaults, options or {})
         ref = function_ref(fn)
-        payload = self.codec.encode_call(fn, ref, args, kwargs, opts.serializer)
+        payload = self.codec.encode_call(fn, ref, args, kwargs, opts.serializer,
+                                         by_value_required=opts.executor != "thread")
         return NewJob(function=ref, payload=payload, options=opts, run_at=run_at, parent_id=parent_id,
                       continue_on=continue_on, reason=reason)
 
@@ -358,6 +359,12 @@ class JobFunction:
 
     def options(self, **options: Any) -> JobFunction:
         return JobFunction(self.fn, self.client.options(**options))
+
+    def recurring(
+        self, recurring_id: str, cron: str, /, *args: Any, **kwargs: Any
+    ) -> recurring_client.Recurring:
+        """Run this function on a cron schedule with the decorator's options (see `Client.recurring`)."""
+        return self.client.recurring(recurring_id, cron, self.fn, *args, **kwargs)
 
     def __repr__(self) -> str:
         return f"<nbjobs job function {function_ref(self.fn)}>"

@@ -13,6 +13,7 @@ import hmac
 import importlib
 import inspect
 import json
+import logging
 import os
 import pickle
 import sys
@@ -24,6 +25,8 @@ from typing import Any
 import cloudpickle
 
 from .errors import FunctionNotFoundError, InvalidJobError, PayloadError
+
+log = logging.getLogger("nbjobs.payload")
 
 MAGIC = b"NBJ1"
 _MAC_LEN = 32
@@ -201,16 +204,30 @@ class Codec:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         serializer: str,
+        *,
+        by_value_required: bool = True,
     ) -> bytes:
-        """Serialize a call; name the first argument that cannot be serialized and store nothing."""
+        """Serialize a call; name the first argument that cannot be serialized and store nothing.
+
+        A notebook function that cannot be pickled by value (it uses a lock, an event, a connection
+        from the notebook's globals) is refused when `by_value_required` (process executor, recurring
+        jobs); otherwise it is stored by reference only, and runs only where `__main__` has it: the
+        notebook's own server.
+        """
         by_value = None
         if needs_by_value(ref):
             try:
                 by_value = cloudpickle.dumps(inspect.unwrap(fn), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
-                raise InvalidJobError(
-                    f"function {ref} cannot be pickled by value ({exc}); move it into an importable module"
-                ) from exc
+                if by_value_required:
+                    raise InvalidJobError(
+                        f"function {ref} cannot be pickled by value ({exc}); move it into an importable "
+                        "module"
+                    ) from exc
+                log.warning(
+                    "function %s cannot be pickled by value (%s): it will run only on this process's own "
+                    "server; move it into an importable module to run it elsewhere", ref, exc,
+                )
         if serializer == "json":
             value: Any = {"args": list(args), "kwargs": dict(kwargs)}
             self._check_each(

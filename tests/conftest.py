@@ -64,13 +64,16 @@ def pg_database(pg_server_url: str) -> Iterator[str]:
 
 
 def _reset_pg(url: str) -> None:
-    store = SqlStore(url)
-    try:
-        with store.engine.begin() as conn:
-            names = ", ".join(t.name for t in metadata.sorted_tables if t.name != "nbjobs_meta")
-            conn.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY")
-    finally:
-        store.close()
+    """Empty every nbjobs table (schema version row included) without going through SqlStore."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        names = [
+            t.name for t in metadata.sorted_tables
+            if conn.execute("SELECT to_regclass(%s)", (t.name,)).fetchone()[0] is not None  # type: ignore[index]
+        ]
+        if names:
+            conn.execute(f"TRUNCATE {', '.join(names)} RESTART IDENTITY")
 
 
 @pytest.fixture(params=BACKENDS)

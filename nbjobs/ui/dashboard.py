@@ -142,7 +142,8 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
                                            style={"button_width": "90px"})
         self.chart_range.observe(lambda _ch: self.refresh(), names="value")
         self.overview_html = w.HTML()
-        self.overview = w.VBox([self.overview_html, self.chart_range])
+        self.activity_html = w.HTML()
+        self.overview = w.VBox([self.overview_html, self.chart_range, self.activity_html])
         self.jobs_page = self._build_jobs()
         self.detail_page = self._build_detail()
         self.recurring = RecurringPage(self)
@@ -263,10 +264,9 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
     def _refresh_overview(self) -> None:
         buckets, width, caption = RANGES[self.chart_range.value]
         since = self.engine.clock.now() - timedelta(seconds=buckets * width)
-        self.overview_html.value = views.overview(
-            self.store.counts(), len(self.store.list_servers()), self.store.queue_lengths(),
-            self.store.finished_histogram(since, width), buckets, caption,
-        )
+        self.overview_html.value = views.overview_tiles(self.store.counts(), len(self.store.list_servers()))
+        self.activity_html.value = views.overview_activity(
+            self.store.queue_lengths(), self.store.finished_histogram(since, width), buckets, caption)
 
     def _refresh_jobs(self) -> None:
         counts = self.store.counts()

@@ -193,14 +193,8 @@ def state_label(state: JobState, count: int) -> str:
 # -- overview -----------------------------------------------------------------------------------
 
 
-def overview(
-    counts: Mapping[JobState, int],
-    servers: int,
-    queues: Mapping[str, int],
-    histogram: Mapping[tuple[JobState, int], int],
-    buckets: int,
-    bucket_label: str,
-) -> str:
+def overview_tiles(counts: Mapping[JobState, int], servers: int) -> str:
+    """One coloured tile per state, plus the servers up."""
     tiles = "".join(
         f'<div class="nbjobs-tile" style="border-left-color:{COLORS[s]}">'
         f'<span class="nbjobs-muted">{esc(s.value.capitalize())}</span><b>{counts.get(s, 0):,}</b></div>'
@@ -208,13 +202,22 @@ def overview(
     )
     tiles += ('<div class="nbjobs-tile" style="border-left-color:#8a939c">'
               f'<span class="nbjobs-muted">Servers up</span><b>{servers}</b></div>')
+    return f'<div class="nbjobs-dash"><div class="nbjobs-tiles">{tiles}</div></div>'
+
+
+def overview_activity(
+    queues: Mapping[str, int],
+    histogram: Mapping[tuple[JobState, int], int],
+    buckets: int,
+    bucket_label: str,
+) -> str:
+    """The succeeded/failed chart and the queue lengths."""
     qrows = "".join(f"<tr><td>{esc(q)}</td><td>{n:,}</td></tr>" for q, n in sorted(queues.items()))
     qtable = (f'<table class="nbjobs-table"><colgroup><col style="width:200px"><col style="width:110px">'
               f"</colgroup><tr><th>Queue</th><th>Enqueued</th></tr>"
               f"{qrows or '<tr><td colspan=2 class=nbjobs-muted>no enqueued jobs</td></tr>'}</table>")
-    return (f'<div class="nbjobs-dash"><div class="nbjobs-tiles">{tiles}</div>'
-            f"<h4>Succeeded and failed {esc(bucket_label)}</h4>{chart(histogram, buckets)}"
-            f"<h4>Queues</h4>{qtable}</div>")
+    return (f'<div class="nbjobs-dash"><h4>Succeeded and failed {esc(bucket_label)}</h4>'
+            f"{chart(histogram, buckets)}<h4>Queues</h4>{qtable}</div>")
 
 
 def chart(histogram: Mapping[tuple[JobState, int], int], buckets: int, width: int = 720,

@@ -233,11 +233,11 @@ def test_overview_servers_and_retries_pages(engine: nbjobs.Engine, dash_factory:
     retrying = failed_job(engine, retry_at=engine.clock.now() + timedelta(minutes=5))
     engine.options(queue="io").enqueue(print, 1)
     dash = dash_factory()
-    overview = dash.overview_html.value
+    overview = dash.overview_html.value + dash.activity_html.value
     assert "Failed</span><b>1</b>" in overview and "Scheduled</span><b>1</b>" in overview
     assert "<td>io</td><td>1</td>" in overview and "1 failed" in overview and "last hour" in overview
     dash.chart_range.value = "day"
-    assert "last day" in dash.overview_html.value and "1 failed" in dash.overview_html.value
+    assert "last day" in dash.activity_html.value and "1 failed" in dash.activity_html.value
     dash.show("Retries")
     assert f"#{retrying}" in dash.retries.value and "<td>2 of 4</td>" in dash.retries.value
     dash.show("Servers")

@@ -3,10 +3,10 @@
 `sys.stdout` and `sys.stderr` are replaced once per process by proxies that route each write by the
 job running in the writing thread (`context.current_job_or_none()`): a job's writes go to its buffer,
 every other write goes to the stream that was there before (in Jupyter, ipykernel's OutStream, so
-the notebook's own output is untouched). A root logging handler routes records emitted inside a job
-the same way. Buffers are written to storage by one flusher thread at a bounded rate (at most one
-transaction per job per `interval`) and once more, synchronously, when the job ends, so
-`job.logs()` is complete by the time the job is final.
+the notebook's own output is untouched). A root logging handler, present while jobs run, routes
+records emitted inside a job the same way. Buffers are written to storage by one flusher thread at a
+bounded rate (at most one transaction per job per `interval`) and once more, synchronously, when the
+job ends, so `job.logs()` is complete by the time the job is final.
 
 Limits: threads a job starts itself do not inherit its context, so their output is not captured;
 writes to `sys.stdout.buffer` (bytes) and output of C code writing to file descriptor 1 bypass the
@@ -189,7 +189,7 @@ _handler = JobLogHandler()
 
 
 def install() -> None:
-    """Put the proxies on sys.stdout/sys.stderr and the handler on the root logger (idempotent).
+    """Put the proxies on sys.stdout/sys.stderr (idempotent).
 
     Called at every job start, so a stream someone replaced since (a kernel restart of its I/O,
     `contextlib.redirect_stdout` left in place) is wrapped again rather than bypassed.
@@ -199,9 +199,6 @@ def install() -> None:
             current = getattr(sys, name)
             if current is not None and not isinstance(current, StreamProxy):
                 setattr(sys, name, StreamProxy(current, name))
-        root = logging.getLogger()
-        if _handler not in root.handlers:
-            root.addHandler(_handler)
 
 
 def uninstall() -> None:
@@ -218,13 +215,20 @@ def uninstall() -> None:
 def routed(ctx: JobContext, sink: Sink) -> Iterator[None]:
     """Route writes made under `ctx` to `sink` while the block runs."""
     install()
+    root = logging.getLogger()
     with _router.lock:
         _router.routes[ctx] = sink
+        # The handler sits on the root logger only while jobs run: a root logger with a handler
+        # turns `logging.basicConfig()` into a no-op, and a notebook calls it between jobs.
+        if _handler not in root.handlers:
+            root.addHandler(_handler)
     try:
         yield
     finally:
         with _router.lock:
             _router.routes.pop(ctx, None)
+            if not _router.routes:
+                root.removeHandler(_handler)
 
 
 # -- storing ----------------------------------------------------------------------------------------

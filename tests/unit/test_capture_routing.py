@@ -114,15 +114,21 @@ def _check_log_routing(err: io.StringIO) -> None:
     try:
         with capture.routed(ctx, output.write):
             logging.getLogger("user.code").warning("disk %s is full", "/data")
+            # Another thread, no job: while our handler is on the root logger it must not mute
+            # Python's last-resort output of warnings.
+            other = threading.Thread(target=logging.getLogger("user.code").warning, args=("meanwhile",))
+            other.start()
+            other.join()
     finally:
         context.deactivate(token)
+    # No job runs: the handler is gone, so logging.basicConfig() works again.
+    assert logging.getLogger().handlers == []
     logging.getLogger("user.code").warning("outside")
     (chunk,) = output.take()
     assert chunk[1] == "log"
     assert "WARNING user.code: disk /data is full" in chunk[2]
-    # Outside a job Python's last-resort handler still prints warnings (our handler must not mute it).
-    assert "outside" in err.getvalue()
-    assert "disk" not in err.getvalue()
+    assert "meanwhile" not in chunk[2]
+    assert err.getvalue() == "meanwhile\noutside\n"
 
 
 def test_consecutive_writes_merge_and_output_is_truncated_at_the_limit() -> None:

@@ -70,9 +70,13 @@ class RecurringPage:
             self.dash.set_status(f"not allowed to {action} recurring job {rid!r}", ok=False)
             return False
         try:
-            getattr(self.dash.engine, METHODS[action])(rid)
+            result = getattr(self.dash.engine, METHODS[action])(rid)
         except NbJobsError as exc:
             self.dash.set_status(f"could not {action} recurring job {rid!r}: {exc}", ok=False)
+            return False
+        if result is False:  # remove_recurring: nothing to remove
+            self.dash.refresh()
+            self.dash.set_status(f"could not remove recurring job {rid!r}: it no longer exists", ok=False)
             return False
         self.dash.refresh()
         past = {"trigger": "triggered", "pause": "paused", "resume": "resumed", "remove": "removed"}[action]

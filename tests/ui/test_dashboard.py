@@ -14,6 +14,7 @@ import pytest
 
 import nbjobs
 from nbjobs.model import JobState, Outcome, OutcomeKind
+from nbjobs.storage import JobFilter
 from nbjobs.ui.dashboard import Dashboard
 from nbjobs.ui.dashboard_model import JOB_ACTIONS, REASON, RECURRING_ACTIONS
 from tests.conftest import wait_for
@@ -281,6 +282,42 @@ def test_refresh_timer_runs_in_background_pauses_and_stops_on_close(
     stopped = dash.refreshes
     engine.enqueue(print, "after close")
     assert dash._thread is not None and not dash._thread.is_alive() and dash.refreshes == stopped
+
+
+def nightly_report(day: str = "today", api_key: str = "") -> str:
+    return day
+
+
+def test_recurring_page_triggers_pauses_resumes_and_removes(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    engine.recurring("nightly", "0 3 * * *", nightly_report, api_key="k-1")
+    engine.recurring("hourly", "0 * * * *", nightly_report)
+    refused: list[str] = []
+
+    def authorize(action: str, target: Any) -> bool:
+        if action == "remove" and target.id == "hourly":
+            refused.append(action)
+            return False
+        return True
+
+    dash = dash_factory(authorize=authorize)
+    dash.show("Recurring")
+    page = dash.recurring
+    assert "<b>nightly</b>" in page.table.value and "0 3 * * *" in page.table.value
+    page.pick.value = "nightly"
+    page.buttons["trigger"].click()
+    assert "triggered recurring job &#x27;nightly&#x27;" in dash.status.value
+    triggered = engine.store.query(JobFilter(recurring_id="nightly"))
+    assert len(triggered) == 1 and triggered[0]["state"] == "enqueued"
+    page.buttons["pause"].click()
+    assert engine.store.get_recurring("nightly").paused and "paused" in page.table.value
+    page.buttons["resume"].click()
+    assert not engine.store.get_recurring("nightly").paused
+    page.buttons["remove"].click()
+    assert engine.store.get_recurring("nightly") is None and "nightly" not in page.pick.options
+    page.pick.value = "hourly"
+    page.buttons["remove"].click()
+    assert refused == ["remove"] and engine.store.get_recurring("hourly") is not None
+    assert "not allowed to remove" in dash.status.value
 
 
 def test_recurring_page_degrades_without_engine_actions(engine: nbjobs.Engine, dash_factory: Any) -> None:

@@ -147,7 +147,10 @@ class NbJobsMagics(Magics):
 
         from .display import details_bundle
 
-        job = default.default_engine().job(int(text))
+        try:
+            job = default.default_engine().job(int(text))
+        except NbJobsError as exc:
+            raise UsageError(str(exc)) from exc
         display(details_bundle(job), raw=True)  # type: ignore[no-untyped-call]
 
     @line_magic  # type: ignore[untyped-decorator]
@@ -158,7 +161,10 @@ class NbJobsMagics(Magics):
         dashboard = getattr(engine, "dashboard", None)
         if dashboard is not None and state is None:
             return dashboard()
-        return engine.jobs(state=state)
+        try:
+            return engine.jobs(state=state)
+        except NbJobsError as exc:
+            raise UsageError(str(exc)) from exc
 
     @line_magic  # type: ignore[untyped-decorator]
     def nbjobs(self, line: str) -> Any:

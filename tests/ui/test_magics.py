@@ -84,6 +84,17 @@ def test_job_line_magic_shows_state_history_output_and_result(shell: Interactive
     assert "claimed (attempt 1)" in shown.data["text/plain"]
 
 
+def test_magics_answer_mistakes_with_a_usage_message(shell: InteractiveShell) -> None:
+    with capture_output() as cap:
+        for line in ("%job 999999", "%job abc", "%jobs sucessful", "%nbjobs frobnicate"):
+            assert shell.run_cell(line).error_in_exec is not None
+    assert "job 999999 does not exist" in cap.stderr
+    assert "usage: %job ID" in cap.stderr
+    assert "unknown job state 'sucessful'" in cap.stderr
+    assert "unknown %nbjobs command" in cap.stderr
+    assert "Traceback" not in cap.stdout + cap.stderr
+
+
 def test_jobs_magic_shows_the_dashboard_or_the_jobs_frame(shell: InteractiveShell) -> None:
     run(shell, "def one():\n    return 1\n")
     run(shell, "nbjobs.enqueue(one).result(timeout=30)")

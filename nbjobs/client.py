@@ -8,10 +8,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-import nbformat
-from nbformat import NotebookNode
+from typing import TYPE_CHECKING, Any
 
 from . import notebooks, recurring_client
 from .callbacks import DoneCallbacks
@@ -26,6 +23,9 @@ from .executors.notebook import NOTEBOOK_FUNCTION, notebook_call, run_notebook
 from .model import FINAL_STATES, ContinueOn, JobOptions, JobRecord, JobState, NewJob, StateChange
 from .payload import SERIALIZERS, Codec, function_ref
 from .storage import Store
+
+if TYPE_CHECKING:  # nbformat (with jsonschema) loads on first use: `import nbjobs` stays fast
+    from nbformat import NotebookNode
 
 EXECUTORS = ("thread", "process", "notebook")
 #: Options a job accepts; anything else is refused at the call with this list.
@@ -500,11 +500,11 @@ class NotebookJob(Job):
     def result(self, timeout: float | None = None) -> NotebookNode:
         """The executed notebook (an nbformat NotebookNode); raises JobFailedError like `Job.result`."""
         info = super().result(timeout)
-        return nbformat.read(info["output_path"], as_version=4)  # type: ignore[no-untyped-call,no-any-return]
+        return notebooks.read_notebook(info["output_path"])
 
     def notebook(self) -> NotebookNode | None:
         """The saved run as it is now (also a failed run's partial notebook); None before it ran."""
         path = self.output_path
         if not path.exists():
             return None
-        return nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call,no-any-return]
+        return notebooks.read_notebook(path)

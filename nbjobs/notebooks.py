@@ -14,12 +14,12 @@ import re
 from collections.abc import Mapping
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any
-
-import nbformat
-from nbformat import NotebookNode
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidJobError
+
+if TYPE_CHECKING:  # nbformat (with jsonschema) loads on first use: `import nbjobs` stays fast
+    from nbformat import NotebookNode
 
 PARAMETERS_TAG = "parameters"
 INJECTED_TAG = "injected-parameters"
@@ -108,14 +108,23 @@ def parse_cli_value(text: str) -> Any:
 
 def parse_notebook(text: str, source: str) -> NotebookNode:
     """Parse and validate notebook JSON (nbformat 4); InvalidJobError saying what is wrong."""
+    import nbformat
+
     try:
         nb = nbformat.reads(text, as_version=4)  # type: ignore[no-untyped-call]
     except Exception as exc:  # NotJSONError, jsonschema ValidationError, conversion errors
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InvalidJobError(f"{source} is not a valid Jupyter notebook (nbformat 4): {first:.300}") from exc
-    if not isinstance(nb, NotebookNode) or "cells" not in nb:
+    if not isinstance(nb, nbformat.NotebookNode) or "cells" not in nb:
         raise InvalidJobError(f"{source} is not a valid Jupyter notebook: it has no cells")
     return nb
+
+
+def read_notebook(path: str | Path) -> NotebookNode:
+    """A saved run, read back (nbformat 4)."""
+    import nbformat
+
+    return nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call,no-any-return]
 
 
 def tagged(cell: NotebookNode, tag: str) -> bool:
@@ -128,6 +137,8 @@ def inject_parameters(nb: NotebookNode, parameters: Mapping[str, Any]) -> Notebo
     As papermill does: a previous injected cell is replaced, the notebook's own defaults stay in place
     and are overridden because the injected cell runs after them.
     """
+    import nbformat
+
     out = copy.deepcopy(nb)
     out.cells = [c for c in out.cells if not tagged(c, INJECTED_TAG)]
     if not parameters:

@@ -12,18 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import nbformat
-from nbformat import NotebookNode
+from typing import TYPE_CHECKING, Any
 
 from .. import context, notebooks
 from ..clock import SystemClock
 from ..errors import InvalidJobError, JobCancelled, NotebookCellError, NotebookCellTimeoutError, NotebookError
+
+if TYPE_CHECKING:
+    from nbformat import NotebookNode
 
 log = logging.getLogger("nbjobs.executor.notebook")
 
@@ -55,11 +56,18 @@ class _Output:
     def flush(self) -> None:
         chunks, self.chunks = self.chunks, []
         self.last_flush = time.monotonic()
-        if chunks and self.ctx is not None:
-            try:
-                self.ctx.append_logs(chunks)
-            except Exception:  # losing output must not fail the notebook
-                log.exception("could not store output of job %s", self.ctx.id)
+        if not chunks:
+            return
+        if self.ctx is None or self.ctx.log_sink is None:
+            # No store at hand (a direct call, a worker process): this process's own streams, where
+            # a process executor's capture picks them up.
+            for _, stream, text in chunks:
+                (sys.stderr if stream == "stderr" else sys.stdout).write(text)
+            return
+        try:
+            self.ctx.append_logs(chunks)
+        except Exception:  # losing output must not fail the notebook
+            log.exception("could not store output of job %s", self.ctx.id)
 
 
 def _client_class() -> type[Any]:
@@ -167,6 +175,8 @@ class _Run:
 
 def _save(nb: NotebookNode, path: Path) -> None:
     """Write atomically, so a reader never sees half a notebook."""
+    import nbformat
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

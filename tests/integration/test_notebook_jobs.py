@@ -8,6 +8,9 @@ than before it: no kernel is ever left behind.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -285,6 +288,34 @@ def test_recurring_notebook_is_checked_defined_and_triggered(nb: nbjobs.Engine, 
     assert run.output_path == tmp_path / "runs" / f"sales.{run.id}.ipynb" and run.output_path.exists()
     assert run.record().options.name == "sales.ipynb"
     assert_no_kernel_left(baseline)
+
+
+def test_a_killed_server_process_leaves_no_kernel_behind(tmp_path: Path) -> None:
+    """`nbjobs server` runs notebook jobs too; killed with -9 mid-run, its kernel still goes away
+    (ipykernel exits when its parent changes), and the job stays with the dead server until reaped."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    with (tmp_path / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "nbjobs", "server", "--url", url, "--workers", "1"],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NBJOBS_SECRET": "test-secret"},
+        )
+        try:
+            with nbjobs.connect(url, secret="test-secret") as nb:  # no server in this process
+                path = make_notebook(tmp_path / "long.ipynb",
+                                     "import time\nprint('running', flush=True)\ntime.sleep(120)")
+                run = nb.enqueue_notebook(path)
+                wait_for(lambda: "running" in run.logs(), timeout=60)
+                kernel_procs = psutil.Process(server.pid).children(recursive=True)
+                assert len(kernel_procs) == 1 and "ipykernel" in " ".join(kernel_procs[0].cmdline())
+                server.kill()
+                server.wait(10)
+                _, alive = psutil.wait_procs(kernel_procs, timeout=15)
+                assert [p for p in alive if p.status() != psutil.STATUS_ZOMBIE] == []
+                assert run.state is JobState.PROCESSING  # until its lease expires and a reaper returns it
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait(10)
 
 
 def test_cli_run_notebook_waits_for_the_run(nb: nbjobs.Engine, tmp_path: Path) -> None:

@@ -214,7 +214,8 @@ def _error(exc: BaseException, cell_index: int, source: Path, out: Path) -> Base
         )
         err.add_note(f"Cell {cell_index} traceback (from the kernel):\n{tb}")
     elif isinstance(exc, DeadKernelError):
-        err = NotebookError(f"the kernel died while running cell {cell_index} of {source.name}; {where}",
+        running = f"cell {cell_index}" if cell_index >= 0 else "the first cell"
+        err = NotebookError(f"the kernel died while running {running} of {source.name}; {where}",
                             output_path=str(out))
     else:
         return exc

@@ -200,6 +200,18 @@ def test_failed_run_is_retried_by_the_normal_policy(nb: nbjobs.Engine, tmp_path:
     assert_no_kernel_left(baseline)
 
 
+def test_a_kernel_that_dies_fails_the_run(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    baseline = children()
+    path = make_notebook(tmp_path / "dies.ipynb", "print('alive', flush=True)", "import os\nos._exit(3)")
+    run = nb.options(retries=0).enqueue_notebook(path)
+    with pytest.raises(JobFailedError) as info:
+        run.result(timeout=30)
+    assert info.value.exc_type == "nbjobs.errors.NotebookError"
+    assert "the kernel died while running cell 2 of dies.ipynb" in str(info.value.remote_message)
+    assert run.notebook().cells[1].outputs[0]["text"] == "alive\n"  # type: ignore[union-attr]
+    assert_no_kernel_left(baseline)
+
+
 def test_cell_timeout_bounds_each_cell(nb: nbjobs.Engine, tmp_path: Path) -> None:
     baseline = children()
     path = make_notebook(tmp_path / "slow_cell.ipynb", "print('quick')", "import time\ntime.sleep(60)")

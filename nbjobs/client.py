@@ -27,7 +27,7 @@ from .storage import Store
 if TYPE_CHECKING:  # nbformat (with jsonschema) loads on first use: `import nbjobs` stays fast
     from nbformat import NotebookNode
 
-EXECUTORS = ("thread", "process", "notebook")
+EXECUTORS = ("thread", "process")
 #: Options a job accepts; anything else is refused at the call with this list.
 JOB_OPTIONS = frozenset(JobOptions.__dataclass_fields__)
 #: Rich display of a Job ("html" → str, "display" → shows it), installed by `nbjobs.ui.display`

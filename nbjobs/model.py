@@ -73,7 +73,7 @@ class JobOptions:
     no_retry_on: tuple[str, ...] = ()  #: exception type names that are never retried
     retry_base: float = 2.0  #: first retry delay in seconds (doubles per attempt)
     retry_cap: float = 3600.0  #: longest retry delay in seconds
-    executor: str = "thread"  #: "thread" (in the server's process), "process" or "notebook"
+    executor: str = "thread"  #: "thread" (in the server's process) or "process" (worker processes)
     name: str | None = None  #: a human name shown in tables and the dashboard
     key: str | None = None  #: unique key: an unfinished job with the same key is returned instead
     serializer: str = "pickle"  #: "pickle" (signed) or "json"

@@ -410,3 +410,53 @@ def test_module_level_helpers_use_the_default_engine(nb: nbjobs.Engine) -> None:
         assert nbjobs.recurring_jobs().empty
     finally:
         nbjobs.set_default_engine(previous)
+
+
+# -- waking the scheduler -----------------------------------------------------------------------------------
+def test_scheduler_wakes_at_the_next_fire_and_when_a_definition_changes(
+    nb: nbjobs.Engine, clock: nbjobs.ManualClock
+) -> None:
+    # A long interval: only the wake-up at the next fire (and on change) can fire in time.
+    nb.start_server(**SERVER, scheduler_interval=600.0)
+    settle(nb)  # the scheduler now waits up to 600 manual seconds
+    assert nb.server is not None
+    ticks = nb.server.scheduler.ticks
+    nb.recurring("soon", "*/5 * * * * *", record, "s")  # the change wakes it; it recomputes its wait
+    wait_for(lambda: nb.server is not None and nb.server.scheduler.ticks > ticks)
+    clock.set(T0 + timedelta(seconds=5))
+    wait_for(lambda: succeeded(nb, "soon", 1))
+    clock.set(T0 + timedelta(seconds=10))
+    wait_for(lambda: succeeded(nb, "soon", 2))
+    assert fire_times(nb, "soon") == [T0 + timedelta(seconds=5), T0 + timedelta(seconds=10)]
+
+
+def test_a_schedule_that_no_longer_reads_is_an_error_without_spinning(
+    nb: nbjobs.Engine, clock: nbjobs.ManualClock
+) -> None:
+    from nbjobs.model import JobOptions
+    from nbjobs.server.scheduler import Scheduler
+    from nbjobs.storage.base import RecurringSpec
+
+    # As if the zone vanished from the system's tz database after the definition was stored.
+    nb.store.upsert_recurring(RecurringSpec(
+        id="lost-zone", cron="* * * * *", tz="Atlantis/Capital", function=f"{__name__}:record",
+        payload=nb.codec.encode_call(record, f"{__name__}:record", ("x",), {}, "pickle"),
+        options=JobOptions(), next_fire=FIRST,
+    ), clock.now())
+    nb.recurring("fine", "* * * * *", record, "f")
+    clock.set(FIRST)
+    scheduler = Scheduler(store=nb.store, clock=clock, wake_dispatcher=threading.Event(),
+                          changed=threading.Event(), interval=1.0, duties=[RecurringDuty(nb.store, clock)])
+    assert scheduler.tick() == 1  # "fine" fired; "lost-zone" did not stop it
+    assert "unknown time zone 'Atlantis/Capital'" in row(nb, "lost-zone")["error"]
+    assert scheduler._timeout() == 1.0  # the stuck fire does not make the loop spin
+    clock.advance(1)
+    assert scheduler.tick() == 0 and scheduler._timeout() == 1.0
+
+
+def test_a_job_function_can_recur(nb: nbjobs.Engine) -> None:
+    fetch = nb.job(record, queue="io", retries=1)
+    fetch.recurring("fetch", "@hourly", "u")
+    info = row(nb, "fetch")
+    assert (info["queue"], info["cron"], info["function"]) == ("io", "@hourly", f"{__name__}:record")
+    assert nb.store.get_recurring("fetch").options.retries == 1  # type: ignore[union-attr]

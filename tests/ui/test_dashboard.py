@@ -329,3 +329,13 @@ def test_recurring_page_degrades_without_engine_actions(engine: nbjobs.Engine, d
     expected = {a for a, m in {"trigger": "trigger", "pause": "pause", "resume": "resume",
                                "remove": "remove_recurring"}.items() if hasattr(engine, m)}
     assert offered == expected
+
+
+def test_jobs_magic_shows_the_dashboard(shell: Any) -> None:
+    dash = shell.run_line_magic("jobs", "")
+    try:
+        assert isinstance(dash, Dashboard) and dash.refreshing
+        assert dash.page_names[:3] == ["Overview", "Jobs", "Job"]
+    finally:
+        dash.close()
+    assert not dash.refreshing

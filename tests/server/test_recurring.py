@@ -460,3 +460,30 @@ def test_a_job_function_can_recur(nb: nbjobs.Engine) -> None:
     info = row(nb, "fetch")
     assert (info["queue"], info["cron"], info["function"]) == ("io", "@hourly", f"{__name__}:record")
     assert nb.store.get_recurring("fetch").options.retries == 1  # type: ignore[union-attr]
+
+
+def test_daylight_saving_days_fire_once(db_url: str) -> None:
+    """Europe/Berlin 02:30: on the spring-forward day at 03:00 CEST; on the fall-back day only once."""
+    clock = nbjobs.ManualClock(datetime(2026, 3, 28, 12, tzinfo=UTC))
+    with nbjobs.connect(db_url, secret="test-secret", clock=clock) as nb:
+        handle = nb.options(tz="Europe/Berlin").recurring("half-past-two", "30 2 * * *", record, "dst")
+        spring = datetime(2026, 3, 29, 1, 0, tzinfo=UTC)  # 03:00 CEST: 02:30 does not exist
+        assert handle.next_fire == spring
+        nb.start_server(**SERVER, keep_succeeded=366 * 86400.0)
+        clock.set(spring)
+        wait_for(lambda: succeeded(nb, "half-past-two", 1))
+        assert handle.next_fire == datetime(2026, 3, 30, 0, 30, tzinfo=UTC)  # 02:30 CEST
+        nb.stop_server()
+        nb.resume("half-past-two")  # not paused: no change
+        nb.pause("half-past-two")
+        clock.set(datetime(2026, 10, 24, 12, tzinfo=UTC))
+        nb.resume("half-past-two")
+        fall = datetime(2026, 10, 25, 0, 30, tzinfo=UTC)  # 02:30 CEST, the first of two 02:30s
+        assert handle.next_fire == fall
+        nb.start_server(**SERVER, keep_succeeded=366 * 86400.0)  # keep March's job past 7 months
+        clock.set(fall)
+        wait_for(lambda: succeeded(nb, "half-past-two", 2))
+        clock.set(datetime(2026, 10, 25, 1, 30, tzinfo=UTC))  # 02:30 CET, the repeat: no fire
+        settle(nb)
+        assert fire_times(nb, "half-past-two") == [spring, fall]
+        assert handle.next_fire == datetime(2026, 10, 26, 1, 30, tzinfo=UTC)  # 02:30 CET

@@ -23,6 +23,7 @@ from .model import JobState, StateChange
 from .payload import Codec, Signer
 from .progress import ProgressThrottle
 from .recurring_client import Recurring
+from .redact import DEFAULT_PATTERNS, Redactor, arguments_text, call_arguments
 from .server import Server, ServerConfig
 from .server.recurring import RecurringDuty
 from .storage import SqlStore, Store
@@ -240,10 +241,21 @@ class Engine:
     # -- views ----------------------------------------------------------------------------------
     def jobs(self, state: Any = None, queue: Any = None, *, function: str | None = None,
              since: datetime | None = None, until: datetime | None = None,
-             limit: int | None = 1000) -> pd.DataFrame:
-        """Jobs as a DataFrame, newest first; filters run in the database."""
-        return views.jobs_frame(self.store, state=state, queue=queue, function=function,
-                                since=since, until=until, limit=limit)
+             limit: int | None = 1000, args: bool = False,
+             redact: Sequence[str] = DEFAULT_PATTERNS) -> pd.DataFrame:
+        """Jobs as a DataFrame, newest first; filters run in the database. `args=True` adds an `args`
+        column (decoded payloads, one read per job) where arguments named like `redact` show as ***."""
+        frame = views.jobs_frame(self.store, state=state, queue=queue, function=function,
+                                 since=since, until=until, limit=limit)
+        if args:
+            redactor = Redactor(redact)
+            texts = []
+            for job_id in frame["id"]:
+                record = self.store.get(int(job_id))
+                texts.append(None if record is None else arguments_text(
+                    call_arguments(self.codec, redactor, record.function, record.payload)))
+            frame["args"] = pd.array(texts, dtype="string")
+        return frame
 
     def history(self, job_id: int | Job) -> pd.DataFrame:
         """A job's state transitions as a DataFrame."""

@@ -10,7 +10,10 @@ import inspect
 import re
 import reprlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .payload import Codec
 
 DEFAULT_PATTERNS: tuple[str, ...] = ("password", "secret", "token", "key", "credential")
 MASK = "***"
@@ -95,3 +98,23 @@ def _positional_names(fn: Callable[..., Any] | None, n: int) -> list[str]:
             names[i] = p.name
             i += 1
     return names
+
+
+def call_arguments(
+    codec: Codec, redactor: Redactor, function: str, payload: bytes
+) -> list[tuple[str, str]] | str:
+    """A stored call's arguments as (name, preview), secrets masked; or why they cannot be shown."""
+    try:
+        call = codec.decode_call(payload)
+    except Exception as exc:  # wrong secret, damaged payload
+        return f"arguments cannot be shown: {exc}"
+    try:
+        fn: Any = codec.load_function(function, call)
+    except Exception:  # not importable here: positional arguments are masked (names unknown)
+        fn = None
+    return redactor.arguments(fn, call.args, call.kwargs)
+
+
+def arguments_text(items: list[tuple[str, str]] | str) -> str:
+    """One line for tables: `user='bob', password=***`."""
+    return items if isinstance(items, str) else ", ".join(f"{n}={v}" for n, v in items)

@@ -6,11 +6,9 @@ that cannot be imported here, degrades to a message or masked arguments, never t
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..model import JobRecord, JobState
 from ..payload import Codec
-from ..redact import Redactor, short_repr
+from ..redact import Redactor, call_arguments, short_repr
 
 CACHE_LIMIT = 500
 
@@ -22,15 +20,7 @@ def arguments_preview(
     cached = cache.get(record.id)
     if cached is not None:
         return cached
-    try:
-        call = codec.decode_call(record.payload)
-    except Exception as exc:
-        return f"arguments cannot be shown: {exc}"
-    try:
-        fn: Any = codec.load_function(record.function, call)
-    except Exception:  # not importable here: positional arguments are masked (names unknown)
-        fn = None
-    out = redactor.arguments(fn, call.args, call.kwargs)
+    out = call_arguments(codec, redactor, record.function, record.payload)
     if len(cache) >= CACHE_LIMIT:
         cache.clear()
     cache[record.id] = out

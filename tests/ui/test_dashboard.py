@@ -339,3 +339,12 @@ def test_jobs_magic_shows_the_dashboard(shell: Any) -> None:
     finally:
         dash.close()
     assert not dash.refreshing
+
+
+def test_jobs_frame_args_column_masks_secrets_too(engine: nbjobs.Engine) -> None:
+    job_id = failed_job(engine, "alice", "hunter2", api_token="tok-123")
+    frame = engine.jobs(args=True)
+    text = frame.loc[frame["id"] == job_id, "args"].iloc[0]
+    assert text == "user='alice', password=***, api_token=***"
+    assert "args" not in engine.jobs().columns  # opt-in: a plain listing reads no payloads
+    assert "alice" not in engine.jobs(args=True, redact=("user",))["args"].iloc[0]

@@ -22,6 +22,7 @@ from ..model import FINAL_STATES, JobRecord, JobState
 log = logging.getLogger("nbjobs.ui")
 
 TAIL_LINES = 12
+WAITING_EVERY = 4  #: refresh waiting (not running) jobs every 4th tick of the updater
 COLORS = {
     JobState.SCHEDULED: "#6f42c1", JobState.AWAITING: "#6c757d", JobState.ENQUEUED: "#0d6efd",
     JobState.PROCESSING: "#fd7e14", JobState.SUCCEEDED: "#198754", JobState.FAILED: "#dc3545",
@@ -203,14 +204,18 @@ class _Updater:
                 self._thread.start()
 
     def _run(self) -> None:
+        tick = 0
         while True:
             self._wake.wait(self.interval)
+            tick += 1
             with self._lock:
                 widgets = list(self._widgets)
                 if not widgets:
                     self._thread = None
                     return
             for widget in widgets:
+                if widget.state is not JobState.PROCESSING and tick % WAITING_EVERY:
+                    continue  # a job that waits changes rarely: look at it less often
                 try:
                     widget.refresh()
                 except Exception:  # the engine was closed, the database went away: stop showing

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 from sqlalchemy import func, select, text, update
 
+import nbjobs
 from nbjobs.clock import ManualClock
 from nbjobs.model import ContinueOn, JobOptions, JobState, NewJob, Outcome, OutcomeKind
 from nbjobs.storage import SqlStore
@@ -110,3 +111,23 @@ def test_counters_are_rebuilt_for_a_database_that_had_none(db_url: str) -> None:
         assert again.counts()[S.ENQUEUED] == 3 == real_counts(again)[S.ENQUEUED]
     finally:
         again.close()
+
+
+def report() -> None:
+    """A recurring job's function (stored by reference)."""
+
+
+def test_recurring_fires_and_triggers_are_counted(engine: nbjobs.Engine) -> None:
+    engine.recurring("report", "* * * * *", report)
+    engine.trigger("report")
+    store = engine.store
+    assert isinstance(store, SqlStore)
+    later = engine.clock.now() + timedelta(minutes=5)
+    due = store.due_recurring(later)
+    assert [r.id for r in due] == ["report"]
+    fired = store.claim_recurring_fire("report", due[0].next_fire, later, [
+        NewJob(function="tests.fake:fn", payload=b"x", options=JobOptions(), recurring_id="report",
+               fire_time=due[0].next_fire)], later)
+    assert fired
+    assert store.counts() == real_counts(store)
+    assert store.counts()[S.ENQUEUED] == 2

@@ -102,7 +102,9 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._filling = False  # True while refresh sets checkbox values (not user selections)
+        # The thread that is setting checkbox values during a refresh: its changes are not user
+        # selections (a click handled meanwhile on the kernel's thread still is).
+        self._filling: int | None = None
         self._args_cache: dict[int, list[tuple[str, str]] | str] = {}
         self._pending: tuple[str, list[int]] | None = None
         self._build()
@@ -279,13 +281,13 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         self.rows_box.children = tuple(r.box for r in self.rows[: self.page.page_size])
         now = self.engine.clock.now()
         self.list_head.value = views.list_header(self.page.state)
-        self._filling = True
+        self._filling = threading.get_ident()
         try:
             for i, row in enumerate(self.rows):
                 row.show(rows[i] if i < len(rows) else None, self.page.state,
                          i < len(rows) and int(rows[i]["id"]) in self.selected, now)
         finally:
-            self._filling = False
+            self._filling = None
         if not rows:
             self.list_head.value += ('<div class="nbjobs-dash nbjobs-muted" style="padding:6px 8px">'
                                      f"no {self.page.state.value} jobs</div>")
@@ -340,7 +342,7 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         while not self._stop.is_set():
             self._wake.wait(self.interval)
             self._wake.clear()
-            if self._stop.is_set():
+            if self._stop.is_set() or getattr(self.engine, "_closed", False):
                 break
             if not self.pause.value and self.on_screen:
                 self.refresh()
@@ -394,7 +396,7 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
             self.refresh()
 
     def _on_check(self, row: _Row, value: bool) -> None:
-        if self._filling or row.job_id is None:
+        if self._filling == threading.get_ident() or row.job_id is None:
             return
         (self.selected.add if value else self.selected.discard)(row.job_id)
 

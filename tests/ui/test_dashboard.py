@@ -348,3 +348,11 @@ def test_jobs_frame_args_column_masks_secrets_too(engine: nbjobs.Engine) -> None
     assert text == "user='alice', password=***, api_token=***"
     assert "args" not in engine.jobs().columns  # opt-in: a plain listing reads no payloads
     assert "alice" not in engine.jobs(args=True, redact=("user",))["args"].iloc[0]
+
+
+def test_timer_stops_when_the_engine_is_closed(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    dash = dash_factory(refresh=0.05)
+    wait_for(lambda: dash.refreshes > 1, timeout=10)
+    engine.close()
+    dash._wake.set()
+    wait_for(lambda: not dash.refreshing, timeout=10)

@@ -303,16 +303,15 @@ def detail(
         f"<td>{esc(h.server_id or '')}</td></tr>"
         for h in reversed(history)
     )
-    parts = [
-        f'<div class="nbjobs-dash"><h4>Job #{record.id} {esc(record.name or "")} {badge(record.state)}</h4>',
-        f'<table class="nbjobs-table nbjobs-kv nbjobs-wide">{kv}</table>',
-        f"<h4>Arguments</h4>{args_html}",
-    ]
-    if result is not None:
-        parts.append(f'<h4>Result</h4><pre class="nbjobs-pre">{esc(result)}</pre>')
-    if record.error_type:
+    heading = f'Job #{record.id} {esc(record.name or "")} {badge(record.state)}'
+    parts = [f'<div class="nbjobs-dash"><h4>{heading}</h4>']
+    if record.error_type:  # first, as in Hangfire: it is why a person opens a failed job
         parts.append(f'<h4 class="nbjobs-err">{esc(record.error_type)}: {esc(record.error_message)}</h4>'
                      f'<pre class="nbjobs-pre nbjobs-traceback">{esc(record.error_traceback or "")}</pre>')
+    parts += [f'<table class="nbjobs-table nbjobs-kv nbjobs-wide">{kv}</table>',
+              f"<h4>Arguments</h4>{args_html}"]
+    if result is not None:
+        parts.append(f'<h4>Result</h4><pre class="nbjobs-pre">{esc(result)}</pre>')
     parts.append(
         '<h4>History</h4><table class="nbjobs-table nbjobs-wide nbjobs-history"><colgroup>'
         '<col style="width:110px"><col style="width:110px"><col><col style="width:160px"></colgroup>'

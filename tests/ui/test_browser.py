@@ -171,7 +171,7 @@ def test_requeue_a_failed_job_in_jupyterlab(lab: tuple[str, str, str], browser: 
         expect(detail).to_contain_text("bad credentials for bob")
         expect(detail.locator("table.nbjobs-args")).to_contain_text("***")
         expect(detail.locator("table.nbjobs-args")).not_to_contain_text("hunter2")
-        page.screenshot(path=str(ARTIFACTS / "lab-job-detail.png"), full_page=True)
+        detail.screenshot(path=str(ARTIFACTS / "lab-job-detail.png"))
 
         out.get_by_role("button", name="Requeue", exact=True).click()
         expect(out.locator(".nbjobs-status")).to_have_text("requeued job 1", timeout=30_000)

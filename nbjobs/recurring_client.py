@@ -53,14 +53,14 @@ def split_options(options: dict[str, Any]) -> dict[str, Any]:
     """Take the recurring-only options out of `options` (in place), checked now; return them."""
     taken = {name: options.pop(name) for name in RECURRING_OPTIONS & set(options)}
     if "tz" in taken:
-        taken["tz"] = parse_zone(taken["tz"]).key if isinstance(taken["tz"], str) else _bad_tz(taken["tz"])
+        if not isinstance(taken["tz"], str):
+            raise InvalidScheduleError(
+                f"tz must be an IANA time zone name such as 'Europe/Berlin', got {taken['tz']!r}"
+            )
+        taken["tz"] = parse_zone(taken["tz"]).key
     policy = {**RECURRING_DEFAULTS, **taken}
     validate_policies(policy["misfire"], policy["misfire_limit"], policy["overlap"])
     return taken
-
-
-def _bad_tz(value: object) -> str:
-    raise InvalidScheduleError(f"tz must be an IANA time zone name such as 'Europe/Berlin', got {value!r}")
 
 
 def refuse_options(recurring_options: Mapping[str, Any]) -> None:

@@ -99,6 +99,7 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         self.detail_id: int | None = None
         self.last_refresh_ms = 0.0
         self.refreshes = 0  #: completed refreshes (tests and the status bar watch it)
+        self._refresh_failed = False
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -257,6 +258,11 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
             except Exception as exc:
                 log.warning("dashboard refresh failed: %s", exc, exc_info=True)
                 self.set_status(f"refresh failed: {exc}", ok=False)
+                self._refresh_failed = True
+            else:
+                if self._refresh_failed:  # the database is back: drop the stale error
+                    self._refresh_failed = False
+                    self.set_status("")
             self.last_refresh_ms = (time.perf_counter() - started) * 1000
             self.refreshes += 1
             now = self.engine.clock.now()
@@ -302,14 +308,14 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
                 self.queue.options = tuple(queues)
 
     def _refresh_job(self) -> None:
-        for b in self.job_actions.values():
-            b.disabled = True
-        if self.detail_id is None:
-            return
-        record = self.store.get(self.detail_id)
+        record = None if self.detail_id is None else self.store.get(self.detail_id)
+        allowed = () if record is None else allowed_actions(record.state)
+        for action, b in self.job_actions.items():  # set once, so buttons do not flicker per refresh
+            b.disabled = action not in allowed
         if record is None:
-            self.detail_html.value = views.status(
-                f"job {self.detail_id} does not exist (it may have expired or been removed)", ok=False)
+            if self.detail_id is not None:
+                self.detail_html.value = views.status(
+                    f"job {self.detail_id} does not exist (it may have expired or been removed)", ok=False)
             return
         tail = None if self.show_all.value else OUTPUT_TAIL
         chunks = self.store.read_logs(record.id, tail=tail if tail is not None else OUTPUT_ALL)
@@ -322,9 +328,6 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
             result=result_preview(self.engine.codec, self.redactor, record),
             children=children,
         )
-        allowed = allowed_actions(record.state)
-        for action, b in self.job_actions.items():
-            b.disabled = action not in allowed
 
     def _refresh_recurring(self) -> None:
         self.recurring.refresh()

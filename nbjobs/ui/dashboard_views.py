@@ -384,6 +384,8 @@ def recurring_table(records: Sequence[Any], now: datetime) -> str:
 
 
 def status(message: str, ok: bool) -> str:
+    if not message:
+        return ""
     return f'<div class="nbjobs-dash nbjobs-status {"ok" if ok else "error"}">{esc(message)}</div>'
 
 

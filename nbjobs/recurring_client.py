@@ -74,6 +74,7 @@ def refuse_options(recurring_options: Mapping[str, Any]) -> None:
 
 
 def check_id(recurring_id: object) -> str:
+    """The id if it is a non-empty string that fits the database, else InvalidScheduleError."""
     if not isinstance(recurring_id, str) or not recurring_id.strip():
         raise InvalidScheduleError(
             f"a recurring job needs a non-empty string id such as 'nightly-report', got {recurring_id!r}"
@@ -119,6 +120,7 @@ def define(
 
 
 def get(client: RecurringClient, recurring_id: str) -> RecurringRecord:
+    """The stored definition, or RecurringNotFoundError."""
     record = client.store.get_recurring(recurring_id)
     if record is None:
         raise _not_found(recurring_id)

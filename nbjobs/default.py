@@ -36,7 +36,7 @@ _owned = False  # True when we created the engine (and so may close it)
 _settings: dict[str, Any] = {}
 _private_queues: set[str] = set()
 
-_SERVER_KEYS = (set(ServerConfig.__dataclass_fields__) - {"queues", "duties"}) | {"queues"}
+_SERVER_KEYS = set(ServerConfig.__dataclass_fields__) - {"duties"}  # workers, queues, timeouts, …
 KNOWN_SETTINGS = frozenset({"url", "server", "secret"} | _SERVER_KEYS)
 
 

@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import pickle
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +118,9 @@ def resolve_function(ref: str) -> Callable[..., Any]:
     """Import `module:qualname`; FunctionNotFoundError if it no longer exists."""
     module_name, _, qualname = ref.partition(":")
     try:
-        obj: Any = sys.modules.get(module_name) or importlib.import_module(module_name)
+        # Not `sys.modules.get()` first: while another worker thread is still importing the module,
+        # it is already in sys.modules half-initialised; import_module waits for that import to end.
+        obj: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:

@@ -91,6 +91,8 @@ def run_in_thread(
         return _error(exc, started=started, finished=clock.now())
     finally:
         context.deactivate(token)
+    if value is None:  # most background jobs return nothing: store no result (reads back as None)
+        return RunResult(started_at=started, finished_at=clock.now(), ok=True, result=None)
     try:
         encoded = codec.dumps(value, job.options.serializer, what="the job's return value")
     except Exception as exc:

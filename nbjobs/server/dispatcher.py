@@ -51,6 +51,11 @@ class DispatcherConfig:
     max_batch: int = 200  #: most jobs claimed in one transaction
     max_backoff: float = 5.0  #: longest wait between turns while the database fails
     short_job_seconds: float = 0.05  #: jobs shorter than this (on average) are prefetched in bulk
+    #: Under load, wait this many times the last turn's duration before the next turn, so enqueuers
+    #: get the (single-writer) database most of the time and each turn batches more jobs. An idle
+    #: dispatcher turns at once, so pickup latency is unchanged.
+    turn_spacing: float = 2.0
+    max_turn_gap: float = 0.01  #: cap on that wait (seconds)
 
 
 @dataclass
@@ -96,6 +101,7 @@ class Dispatcher:
         self._stats = _Stats()
         self.error: BaseException | None = None
         self.errors = 0  #: turns that failed (database unreachable) and were retried
+        self._next_turn = 0.0  #: monotonic time before which a busy dispatcher does not turn again
 
     # -- worker side ----------------------------------------------------------------------------
     def _run_thread(self, job: ClaimedJob, ctx: context.JobContext) -> RunResult:
@@ -148,16 +154,13 @@ class Dispatcher:
         backoff = 0.0
         try:
             while True:
+                gap = self._next_turn - time.monotonic()
+                if gap > 0:  # pacing is about CPU and the database, so real time even under a ManualClock
+                    self._stop.wait(gap)
                 self.wake.clear()
                 try:
                     self._check_timeouts()
-                    flushed = self._flush()
-                    claimed = 0
-                    if self._intake and not self._stop.is_set():
-                        with self._lock:
-                            free = self.capacity() - len(self.running)
-                        if free > 0:
-                            claimed = self._claim(free)
+                    flushed, claimed = self._turn()
                 except Exception:
                     backoff = min(max(backoff * 2, 0.05), self.config.max_backoff)
                     log.exception("dispatcher turn failed; retrying in %.2fs", backoff,
@@ -187,10 +190,40 @@ class Dispatcher:
             timeout = max(0.0, min(timeout, min(deadlines) - now))
         return timeout
 
-    def _claim(self, free: int) -> int:
+    def _turn(self, claim: bool = True) -> tuple[int, int]:
+        """Write finished attempts and claim jobs for the free slots in one transaction (group commit).
+
+        Returns (attempts reported, jobs claimed). On a database error nothing changes: the finished
+        attempts stay queued for the next turn.
+        """
+        done, stale = self._take_done()
+        free = 0
+        if claim and self._intake and not self._stop.is_set():
+            with self._lock:  # the attempts reported now free their slots in the same transaction
+                free = self.capacity() - (len(self.running) - len(done))
+        if not done and free <= 0:
+            return stale, 0
+        started = time.monotonic()
         now = self.clock.now()
+        outcomes = [self._outcome(item, result, now) for item, result in done]
         lease_until = now + timedelta(seconds=self.config.lease_seconds)
-        jobs = self.store.acquire(self.config.server_id, self.config.queues, free, lease_until, now)
+        try:
+            lost, jobs = self.store.finish_and_acquire(
+                self.config.server_id, outcomes, self.config.queues, max(free, 0), lease_until, now
+            )
+        except Exception:
+            with self._lock:  # keep them, in order, for the next turn: an outcome is never dropped
+                self._done[:0] = done
+            raise
+        ended = time.monotonic()
+        self._next_turn = ended + min(self.config.max_turn_gap, self.config.turn_spacing * (ended - started))
+        if done:
+            self._settle(done, outcomes, lost)
+        self._start(jobs)
+        return stale + len(done), len(jobs)
+
+    def _start(self, jobs: Sequence[ClaimedJob]) -> None:
+        """Hand claimed jobs to the workers."""
         mono = self.clock.monotonic()
         for job in jobs:
             ctx = context.JobContext(
@@ -206,7 +239,6 @@ class Dispatcher:
             if old is not None:  # our earlier attempt lost its lease and the job came back to us
                 old.ctx.request_cancel("this server no longer holds the job")
             self._work.put(item)
-        return len(jobs)
 
     def _check_timeouts(self) -> None:
         now = self.clock.monotonic()
@@ -219,6 +251,11 @@ class Dispatcher:
             log.warning("job %d exceeded its timeout of %ss; cancelling", r.job.id, r.job.options.timeout)
 
     def _flush(self) -> int:
+        """Write finished attempts now, claiming nothing (shutdown)."""
+        return self._turn(claim=False)[0]
+
+    def _take_done(self) -> tuple[list[tuple[Running, RunResult | None]], int]:
+        """The finished attempts to report, and how many stale ones were dropped."""
         with self._lock:
             done, self._done = self._done, []
             # An attempt this server already gave back (shutdown, lost lease and claimed anew) has
@@ -228,16 +265,12 @@ class Dispatcher:
         if stale:
             log.info("dropped the outcome of %d attempt(s) already returned: jobs %s", len(stale),
                      [item.job.id for item in stale])
-        if not done:
-            return len(stale)
-        now = self.clock.now()
-        outcomes = [self._outcome(item, result, now) for item, result in done]
-        try:
-            lost = self.store.finish(self.config.server_id, outcomes, now)
-        except Exception:
-            with self._lock:  # keep them, in order, for the next turn: an outcome is never dropped
-                self._done[:0] = done
-            raise
+        return done, len(stale)
+
+    def _settle(
+        self, done: Sequence[tuple[Running, RunResult | None]], outcomes: Sequence[Outcome], lost: list[int]
+    ) -> None:
+        """After the outcomes are committed: free the slots, log, tell local waiters."""
         if lost:
             log.warning("jobs %s were no longer held by this server; their outcome was dropped", lost)
         with self._lock:
@@ -251,7 +284,6 @@ class Dispatcher:
                      extra={"action": "job_end", "job_id": o.job_id})
         if self.on_finished is not None:
             self.on_finished([o.job_id for o in outcomes])
-        return len(done)
 
     def _record_duration(self, seconds: float) -> None:
         avg = self._stats.avg_duration

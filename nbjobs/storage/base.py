@@ -149,6 +149,23 @@ class Store(abc.ABC):
         Only jobs still Processing under `server_id` change; the ids of the others are returned.
         """
 
+    def finish_and_acquire(
+        self,
+        server_id: str,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        limit: int,
+        lease_until: datetime,
+        now: datetime,
+    ) -> tuple[list[int], list[ClaimedJob]]:
+        """`finish` then `acquire`: what a dispatcher does each turn. Returns what each returns.
+
+        A store that can should do both in one transaction (one commit per turn; on an error neither
+        happens); this default takes two.
+        """
+        lost = self.finish(server_id, outcomes, now)
+        return lost, self.acquire(server_id, queues, limit, lease_until, now)
+
     # -- changes people ask for ----------------------------------------------------------------
     @abc.abstractmethod
     def requeue(self, job_id: int, now: datetime, reason: str) -> JobState:

@@ -179,7 +179,11 @@ class SqliteDialect(Dialect):
         @event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             mode = "IMMEDIATE" if conn.get_execution_options().get("nbjobs_write") else "DEFERRED"
-            conn.exec_driver_sql(f"BEGIN {mode}")
+            # Straight to the driver: a full SQLAlchemy execution would cost more than the BEGIN itself.
+            try:
+                conn.connection.dbapi_connection.execute(f"BEGIN {mode}")  # type: ignore[union-attr]
+            except sqlite3.OperationalError as exc:  # wrapped as SQLAlchemy would, so it is retried
+                raise OperationalError(f"BEGIN {mode}", None, exc) from exc
 
         return engine
 
@@ -285,7 +289,9 @@ class PostgresDialect(Dialect):
                 "PostgreSQL needs psycopg 3: pip install 'nbjobs[postgres]'"
             ) from exc
         return create_engine(
-            self.url, pool_size=self.pool_size, max_overflow=20, pool_pre_ping=True, pool_recycle=1800
+            # No pre-ping: it costs a round trip per transaction, and a connection found dead on use
+            # is a transient error that `SqlStore._tx` retries on a fresh one anyway.
+            self.url, pool_size=self.pool_size, max_overflow=20, pool_pre_ping=False, pool_recycle=1800
         )
 
     def schema_lock(self, conn: Connection) -> None:
@@ -366,7 +372,11 @@ class PostgresListener(Listener):
         import psycopg
 
         conn = psycopg.connect(self._dsn, autocommit=True, connect_timeout=self.CONNECT_TIMEOUT)
-        conn.execute(f"LISTEN {CHANNEL}")
+        try:
+            conn.execute(f"LISTEN {CHANNEL}")
+        except BaseException:  # killed between connect and LISTEN: close it rather than leak it
+            conn.close()
+            raise
         return conn
 
     def wait(self, stop: threading.Event, timeout: float) -> bool:

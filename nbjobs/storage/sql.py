@@ -75,6 +75,20 @@ _INSERT_JOBS = insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True)
 _FINISH_STMTS: dict[tuple[str, ...], Any] = {}
 #: Parsed options by their stored JSON: the jobs of one function share a few distinct texts.
 _OPTIONS_CACHE: dict[str, JobOptions] = {}
+_OPTIONS_JSON: dict[JobOptions, str] = {}
+
+
+def _options_json(opts: JobOptions) -> str:
+    """JobOptions as stored JSON, encoded once per distinct value (the inverse of `_options`)."""
+    try:
+        text = _OPTIONS_JSON.get(opts)
+    except TypeError:  # an option holding a list or dict: not hashable, not cached
+        return json.dumps(opts.to_dict())
+    if text is None:
+        if len(_OPTIONS_JSON) >= 1024:
+            _OPTIONS_JSON.clear()
+        text = _OPTIONS_JSON[opts] = json.dumps(opts.to_dict())
+    return text
 
 
 def _options(text: str) -> JobOptions:
@@ -116,7 +130,11 @@ class SqlStore(RecurringSqlMixin, Store):
                 jobs.c.server_id == bindparam("held_server", type_=jobs.c.server_id.type),
             )
         )
-        self._ensure_schema()
+        try:
+            self._ensure_schema()
+        except BaseException:  # e.g. a newer schema: release the pool rather than leak its connection
+            self.engine.dispose()
+            raise
 
     # -- transactions ---------------------------------------------------------------------------
     def _tx(self, body: Callable[[Connection], T], *, write: bool = True) -> T:
@@ -235,7 +253,7 @@ class SqlStore(RecurringSqlMixin, Store):
             "priority": opts.priority,
             "name": opts.name,
             "function": spec.function,
-            "options": json.dumps(opts.to_dict()),
+            "options": _options_json(opts),
             "payload": spec.payload,
             "active_key": opts.key if state not in FINAL_STATES else None,
             "attempts": 0,
@@ -347,37 +365,64 @@ class SqlStore(RecurringSqlMixin, Store):
     ) -> list[ClaimedJob]:
         if limit <= 0:
             return []
+        return self._tx(lambda conn: self._acquire(conn, server_id, queues, limit, lease_until, now))
 
-        def body(conn: Connection) -> list[ClaimedJob]:
-            claimed: list[ClaimedJob] = []
-            for queue in queues or ["*"]:
-                remaining = limit - len(claimed)
-                if remaining <= 0:
-                    break
-                rows = conn.execute(
-                    self._claim_statement(queue),
-                    {"claim_limit": remaining, "claim_server": server_id, "claim_lease": lease_until,
-                     "claim_now": now},
-                ).all()
-                rows = sorted(rows, key=lambda r: (-r.priority, r.id))
-                claimed.extend(
-                    ClaimedJob(
-                        id=r.id,
-                        function=r.function,
-                        payload=r.payload,
-                        options=_options(r.options),
-                        attempts=r.attempts,
-                        recurring_id=r.recurring_id,
-                    )
-                    for r in rows
-                )
-            self._history_rows(
-                conn, ((c.id, S.PROCESSING, f"claimed (attempt {c.attempts})") for c in claimed),
-                now, server_id,
-            )
-            return claimed
+    def finish_and_acquire(
+        self,
+        server_id: str,
+        outcomes: Sequence[Outcome],
+        queues: Sequence[str],
+        limit: int,
+        lease_until: datetime,
+        now: datetime,
+    ) -> tuple[list[int], list[ClaimedJob]]:
+        """One transaction, so a dispatcher turn costs one commit (one fsync at synchronous=FULL)."""
 
+        def body(conn: Connection) -> tuple[list[int], list[ClaimedJob]]:
+            lost = self._finish(conn, server_id, outcomes, now) if outcomes else []
+            claimed = self._acquire(conn, server_id, queues, limit, lease_until, now) if limit > 0 else []
+            return lost, claimed
+
+        if not outcomes and limit <= 0:
+            return [], []
         return self._tx(body)
+
+    def _acquire(
+        self,
+        conn: Connection,
+        server_id: str,
+        queues: Sequence[str],
+        limit: int,
+        lease_until: datetime,
+        now: datetime,
+    ) -> list[ClaimedJob]:
+        claimed: list[ClaimedJob] = []
+        for queue in queues or ["*"]:
+            remaining = limit - len(claimed)
+            if remaining <= 0:
+                break
+            rows = conn.execute(
+                self._claim_statement(queue),
+                {"claim_limit": remaining, "claim_server": server_id, "claim_lease": lease_until,
+                 "claim_now": now},
+            ).all()
+            rows = sorted(rows, key=lambda r: (-r.priority, r.id))
+            claimed.extend(
+                ClaimedJob(
+                    id=r.id,
+                    function=r.function,
+                    payload=r.payload,
+                    options=_options(r.options),
+                    attempts=r.attempts,
+                    recurring_id=r.recurring_id,
+                )
+                for r in rows
+            )
+        self._history_rows(
+            conn, ((c.id, S.PROCESSING, f"claimed (attempt {c.attempts})") for c in claimed),
+            now, server_id,
+        )
+        return claimed
 
     def _claim_statement(self, queue: str) -> Any:
         """The claim UPDATE for one queue ("*": every shared queue), built once with bound values.
@@ -420,50 +465,51 @@ class SqlStore(RecurringSqlMixin, Store):
     def finish(self, server_id: str, outcomes: Sequence[Outcome], now: datetime) -> list[int]:
         if not outcomes:
             return []
+        return self._tx(lambda conn: self._finish(conn, server_id, outcomes, now))
 
-        def body(conn: Connection) -> list[int]:
-            ids = [o.job_id for o in outcomes]
-            held = {
-                r.id: r
-                for r in conn.execute(self._held_stmt, {"held_ids": ids, "held_server": server_id}).all()
-            }
-            lost = [o.job_id for o in outcomes if o.job_id not in held]
-            grouped: dict[JobState, list[dict[str, Any]]] = {}
-            hist: list[tuple[int, JobState, str]] = []
-            data: dict[int, dict[str, Any]] = {}
-            finished_parents: dict[int, JobState] = {}
-            for o in outcomes:
-                row = held.get(o.job_id)
-                if row is None:
-                    continue
-                state, values = self._outcome_values(o, row)
-                grouped.setdefault(state, []).append({"_id": o.job_id, **values})
-                hist.append((o.job_id, state, o.reason or self._default_reason(o, state)))
-                data[o.job_id] = self._outcome_data(o)
-                if state in FINAL_STATES and row.has_children:
-                    finished_parents[o.job_id] = state
-            # One executemany per distinct set of columns (group commit: a few statements per batch).
-            by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for params in grouped.values():
-                for p in params:
-                    by_shape.setdefault(tuple(sorted(k for k in p if k != "_id")), []).append(p)
-            for shape, shape_params in by_shape.items():
-                stmt = _FINISH_STMTS.get(shape)
-                if stmt is None:
-                    stmt = _FINISH_STMTS[shape] = (
-                        update(jobs)
-                        .where(jobs.c.id == bindparam("_id"))
-                        .values({c: bindparam(c) for c in shape})
-                    )
-                conn.execute(stmt, shape_params)
-            self._history_rows(conn, hist, now, server_id, data)
-            if finished_parents:
-                self._release_children(conn, finished_parents, now)
-            if any(state is S.ENQUEUED for _, state, _ in hist):
-                self.dialect.notify(conn, "returned")
-            return lost
-
-        return self._tx(body)
+    def _finish(
+        self, conn: Connection, server_id: str, outcomes: Sequence[Outcome], now: datetime
+    ) -> list[int]:
+        ids = [o.job_id for o in outcomes]
+        held = {
+            r.id: r
+            for r in conn.execute(self._held_stmt, {"held_ids": ids, "held_server": server_id}).all()
+        }
+        lost = [o.job_id for o in outcomes if o.job_id not in held]
+        grouped: dict[JobState, list[dict[str, Any]]] = {}
+        hist: list[tuple[int, JobState, str]] = []
+        data: dict[int, dict[str, Any]] = {}
+        finished_parents: dict[int, JobState] = {}
+        for o in outcomes:
+            row = held.get(o.job_id)
+            if row is None:
+                continue
+            state, values = self._outcome_values(o, row)
+            grouped.setdefault(state, []).append({"_id": o.job_id, **values})
+            hist.append((o.job_id, state, o.reason or self._default_reason(o, state)))
+            data[o.job_id] = self._outcome_data(o)
+            if state in FINAL_STATES and row.has_children:
+                finished_parents[o.job_id] = state
+        # One executemany per distinct set of columns (group commit: a few statements per batch).
+        by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for params in grouped.values():
+            for p in params:
+                by_shape.setdefault(tuple(sorted(k for k in p if k != "_id")), []).append(p)
+        for shape, shape_params in by_shape.items():
+            stmt = _FINISH_STMTS.get(shape)
+            if stmt is None:
+                stmt = _FINISH_STMTS[shape] = (
+                    update(jobs)
+                    .where(jobs.c.id == bindparam("_id"))
+                    .values({c: bindparam(c) for c in shape})
+                )
+            conn.execute(stmt, shape_params)
+        self._history_rows(conn, hist, now, server_id, data)
+        if finished_parents:
+            self._release_children(conn, finished_parents, now)
+        if any(state is S.ENQUEUED for _, state, _ in hist):
+            self.dialect.notify(conn, "returned")
+        return lost
 
     @staticmethod
     def _outcome_values(o: Outcome, row: Any) -> tuple[JobState, dict[str, Any]]:

@@ -42,6 +42,8 @@ class ServerConfig:
     shutdown_timeout: float = 10.0  #: grace for running jobs when stopping
     poll_interval: float = 0.25  #: cross-process check for new work when no notification exists
     scheduler_interval: float = 1.0
+    #: Longest scheduler sleep when the database reports every change (SQLite), which wakes it sooner.
+    scheduler_idle_interval: float = 30.0
     keep_succeeded: float = 7 * DAY
     keep_deleted: float = 7 * DAY
     max_batch: int = 200
@@ -98,16 +100,21 @@ class Server:
             interval=config.heartbeat_interval, lease_seconds=config.server_timeout,
             reregister=self._register,
         )
+        self._listener = store.listener()
+        # When the listener sees every commit (SQLite), a schedule written by any process wakes the
+        # scheduler within one poll, and due times are waited for exactly: it need not poll each second.
+        scheduler_interval = config.scheduler_interval
+        if self._listener.sees_every_commit:
+            scheduler_interval = max(scheduler_interval, config.scheduler_idle_interval)
         self.scheduler = Scheduler(
             store=store, clock=clock, wake_dispatcher=wake, changed=schedule_changed,
-            interval=config.scheduler_interval, duties=config.duties,
+            interval=scheduler_interval, duties=config.duties,
         )
         self.reaper = Reaper(
             store=store, clock=clock, server_id=self.id, interval=config.heartbeat_interval,
             server_timeout=config.server_timeout, keep_succeeded=config.keep_succeeded,
             keep_deleted=config.keep_deleted, refresh_own=self.heartbeat.beat,
         )
-        self._listener = store.listener()
         self._listen_stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}
         self._started = False
@@ -165,6 +172,8 @@ class Server:
         while not self._listen_stop.is_set():
             if self._listener.wait(self._listen_stop, self.config.poll_interval):
                 self.wake.set()
+                if self._listener.sees_every_commit:
+                    self.scheduler.changed.set()
 
     @property
     def running(self) -> bool:

@@ -127,6 +127,10 @@ class Dialect:
 class Listener:
     """Waits for work notifications; the base one only sleeps (polling fallback)."""
 
+    #: True if `wait` reports every commit to the database (not only new work), so a server may
+    #: sleep long between schedule checks and rely on it to be woken by any change.
+    sees_every_commit = False
+
     def wait(self, stop: threading.Event, timeout: float) -> bool:
         """Block up to `timeout` s; True if a notification arrived."""
         stop.wait(timeout)
@@ -249,6 +253,8 @@ class SqliteListener(Listener):
     A poll costs microseconds and touches no table, so an idle server stays near zero CPU while
     still seeing work enqueued by other processes within one poll interval.
     """
+
+    sees_every_commit = True
 
     def __init__(self, path: str) -> None:
         self._path = path

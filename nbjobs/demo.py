@@ -45,7 +45,9 @@ def run_demo(engine: Engine, *, delay: float = 1.0) -> pd.DataFrame:
     try:
         pi = engine.options(name="estimate pi").enqueue(estimate_pi, 200_000)
         follow = pi.then(report_ready, "pi")  # continuation: runs once pi succeeded
-        later = engine.options(name="delayed reminder").schedule(timedelta(seconds=delay), reminder, "stand up")
+        later = engine.options(name="delayed reminder").schedule(
+            timedelta(seconds=delay), reminder, "stand up"
+        )
         retried = engine.options(name="flaky, retried", retries=3, retry_base=0.2).enqueue(flaky, "download")
         failed = engine.options(name="fails for good", retries=1, retry_base=0.1).enqueue(always_fails)
         jobs = [pi, follow, later, retried, failed]

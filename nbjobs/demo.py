@@ -41,23 +41,43 @@ def always_fails() -> None:
 def run_demo(engine: Engine, *, delay: float = 1.0) -> pd.DataFrame:
     """Enqueue one job of each kind, run them on an in-process server and return their table."""
     started = time.monotonic()
-    server = engine.start_server(workers=4)
+    engine.start_server(workers=4)
     try:
         pi = engine.options(name="estimate pi").enqueue(estimate_pi, 200_000)
-        follow = pi.then(report_ready, "pi")  # continuation: runs once pi succeeded
+        # A continuation: runs once pi succeeded.
+        follow = engine.options(name="report (continuation)").then(pi, report_ready, "pi")
         later = engine.options(name="delayed reminder").schedule(
             timedelta(seconds=delay), reminder, "stand up"
         )
         retried = engine.options(name="flaky, retried", retries=3, retry_base=0.2).enqueue(flaky, "download")
         failed = engine.options(name="fails for good", retries=1, retry_base=0.1).enqueue(always_fails)
+        # A recurring definition (every second); wait for its first scheduled run, then remove it.
+        engine.options(name="every second").recurring("demo-tick", "* * * * * *", reminder, "tick")
         jobs = [pi, follow, later, retried, failed]
         for job in jobs:
             job.wait(timeout=60)
+        tick = _first_recurring_job(engine, "demo-tick", timeout=10)
+        engine.remove_recurring("demo-tick")
+        if tick is not None:
+            jobs.append(engine.job(tick))
+            jobs[-1].wait(timeout=60)
     finally:
         engine.stop_server()
-    del server
     frame = engine.jobs(limit=None)
     ids = [j.id for j in jobs]
     frame = frame[frame["id"].isin(ids)].sort_values("id")
     frame.attrs["elapsed"] = time.monotonic() - started
-    return frame[["id", "name", "function", "state", "attempts", "duration", "parent_id", "error_type"]]
+    return frame[["id", "name", "function", "state", "attempts", "duration", "parent_id", "recurring_id",
+                  "error_type"]]
+
+
+def _first_recurring_job(engine: Engine, recurring_id: str, timeout: float) -> int | None:
+    """The id of the first job a recurring definition created (polled: the demo has no callback)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        table = engine.recurring_jobs()
+        row = table[table["id"] == recurring_id]
+        if not row.empty and not pd.isna(row["last_job_id"].iloc[0]):
+            return int(row["last_job_id"].iloc[0])
+        time.sleep(0.05)
+    return None

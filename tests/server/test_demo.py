@@ -18,7 +18,9 @@ def test_demo_runs_every_kind_of_job_and_prints_their_table(tmp_path: Path) -> N
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert (tmp_path / "nbjobs.db").exists()
-    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()[:1].isdigit()}
+    lines = {
+        line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0].isdigit()
+    }
     assert len(lines) == 6
     assert "estimate pi" in lines["1"] and "succeeded" in lines["1"]
     assert "report (continuation)" in lines["2"] and "succeeded" in lines["2"]

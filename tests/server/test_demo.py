@@ -19,7 +19,7 @@ def test_demo_runs_every_kind_of_job_and_prints_their_table(tmp_path: Path) -> N
     out = proc.stdout
     assert (tmp_path / "nbjobs.db").exists()
     lines = {
-        line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0].isdigit()
+        line.split()[0]: line for line in out.splitlines() if "nbjobs.demo:" in line
     }
     assert len(lines) == 6
     assert "estimate pi" in lines["1"] and "succeeded" in lines["1"]

@@ -39,6 +39,10 @@ class Running:
     deadline: float | None  #: monotonic time after which the job is cancelled as timed out
     started: bool = False
     timed_out: bool = False
+    #: Monotonic time our lease on the job runs out, as far as this server knows (claim, then beats).
+    lease_expires: float = float("inf")
+    #: Set when the job is given back unstarted; its outcome is then "returned", not a failure.
+    returned: str | None = None
 
 
 @dataclass
@@ -119,7 +123,14 @@ class Dispatcher:
             if item is None:
                 return
             with self._lock:
-                if item.job.id not in self.running:  # returned during shutdown before it started
+                if self.running.get(item.job.id) is not item:  # returned or lost before it started
+                    continue
+                if self._lease_too_old(item):
+                    # Our lease may run out before a heartbeat extends it (a stalled process, a slow
+                    # database): another server could then run the job too. Give it back unstarted.
+                    item.returned = "returned to queue unstarted: its lease was about to expire"
+                    self._done.append((item, None))
+                    self.wake.set()
                     continue
                 item.started = True
             log.info("job %d %s started (attempt %d)", item.job.id, item.job.function, item.job.attempts,
@@ -136,6 +147,18 @@ class Dispatcher:
             with self._lock:
                 self._done.append((item, result))
             self.wake.set()
+
+    def _lease_too_old(self, item: Running) -> bool:
+        """True once half of the lease passed without a heartbeat extending it."""
+        return self.clock.monotonic() >= item.lease_expires - self.config.lease_seconds / 2
+
+    def extend_local_leases(self, job_ids: Sequence[int], until: float) -> None:
+        """Record that a heartbeat extended these jobs' leases until `until` (monotonic)."""
+        with self._lock:
+            for job_id in job_ids:
+                item = self.running.get(job_id)
+                if item is not None and until > item.lease_expires:
+                    item.lease_expires = until
 
     # -- dispatcher loop ------------------------------------------------------------------------
     def capacity(self) -> int:
@@ -232,7 +255,8 @@ class Dispatcher:
                 log_sink=self.store.append_logs,
             )
             timeout = job.options.timeout
-            item = Running(job=job, ctx=ctx, deadline=mono + timeout if timeout else None)
+            item = Running(job=job, ctx=ctx, deadline=mono + timeout if timeout else None,
+                           lease_expires=mono + self.config.lease_seconds)
             with self._lock:
                 old = self.running.get(job.id)
                 self.running[job.id] = item
@@ -293,6 +317,9 @@ class Dispatcher:
     def _outcome(self, item: Running, result: RunResult | None, now: object) -> Outcome:
         job = item.job
         finished = self.clock.now()
+        if item.returned is not None:
+            return Outcome(job_id=job.id, kind=OutcomeKind.RETURNED, finished_at=finished,
+                           reason=item.returned)
         if result is None:
             result = RunResult(
                 started_at=finished, finished_at=finished, ok=False, error_type="ExecutorError",
@@ -341,7 +368,12 @@ class Dispatcher:
             return list(self.running)
 
     def forget(self, job_ids: Sequence[int]) -> None:
-        """Jobs this server lost (reaped or deleted elsewhere): ask them to stop, drop their outcome."""
+        """Jobs this server lost (reaped or deleted elsewhere): never start them; stop the running ones."""
+        with self._lock:
+            for job_id in job_ids:
+                item = self.running.get(job_id)
+                if item is not None and not item.started:
+                    del self.running[job_id]  # the worker that takes it from the queue skips it
         for job_id in job_ids:
             self.request_cancel(job_id, "this server no longer holds the job")
 

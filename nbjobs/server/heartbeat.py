@@ -42,9 +42,13 @@ class Heartbeat:
 
     def beat(self) -> None:
         now = self.clock.now()
+        sent = self.clock.monotonic()  # the new leases count from before the call, to be safe
         running = self.dispatcher.running_ids()
         reply = self.store.heartbeat(
             self.server_id, running, now + timedelta(seconds=self.lease_seconds), now
+        )
+        self.dispatcher.extend_local_leases(
+            [i for i in running if i not in reply.lost], sent + self.lease_seconds
         )
         if not reply.registered:
             log.warning("server row was missing (declared dead after a long pause?); registering again")

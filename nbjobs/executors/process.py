@@ -175,12 +175,18 @@ class _Slot:
 
     def run(self, job: ClaimedJob, ctx: context.JobContext) -> tuple[dict[str, Any] | None, str]:
         """Run one job; returns (reply, "") or (None, why it has no reply)."""
-        proc, conn = self._ensure()
-        conn.send({
+        msg = {
             "id": job.id, "attempt": job.attempts, "function": job.function, "payload": job.payload,
             "queue": job.options.queue, "recurring_id": job.recurring_id,
             "serializer": job.options.serializer, "sys_path": list(sys.path), "cwd": os.getcwd(),
-        })
+        }
+        proc, conn = self._ensure()
+        try:
+            conn.send(msg)
+        except OSError:  # the idle child died since we last looked (killed from outside): start anew
+            self.kill()
+            proc, conn = self._ensure()
+            conn.send(msg)
         while True:
             if ctx.cancelled:
                 self.kill()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -123,3 +124,12 @@ def test_gil_holding_job_leaves_this_process_responsive_only_in_a_process(
         assert worst < 0.3, f"the notebook thread stalled {worst * 1000:.0f} ms while a process job ran"
     else:  # the contrast that makes the process executor worth having
         assert worst > 0.3, f"a GIL-holding thread job did not stall other threads ({worst * 1000:.0f} ms)"
+
+
+def test_idle_worker_killed_from_outside_is_replaced(nb: nbjobs.Engine) -> None:
+    proc = nb.options(executor="process")
+    first = proc.enqueue(jobfuncs.whoami).result(timeout=30)
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: not pid_alive(first), timeout=10)
+    pids = {proc.enqueue(jobfuncs.whoami).result(timeout=30) for _ in range(3)}
+    assert first not in pids and os.getpid() not in pids

@@ -169,12 +169,16 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d %(threadName)s] %(
 def server(url: str | None, workers: int, queues: str, name: str | None, heartbeat_interval: float,
            server_timeout: float, shutdown_timeout: float, poll_interval: float, log_level: str) -> None:
     """Run a job server in the foreground until SIGTERM/SIGINT (a second signal stops at once)."""
+    from .server import ServerConfig
     from .server.runner import run_until_stopped
 
-    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, force=True)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()]
     if not queue_list:
         raise click.BadParameter("name at least one queue, or '*' for every queue", param_hint="--queues")
+    # Refuse bad settings before touching logging, signals or the database.
+    ServerConfig(workers=workers, queues=tuple(queue_list), heartbeat_interval=heartbeat_interval,
+                 server_timeout=server_timeout).validate()
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, force=True)
     engine = _engine(url)
     try:
         code = run_until_stopped(lambda: engine.start_server(

@@ -1,0 +1,45 @@
+"""`nbjobs servers` lists live servers with their heartbeats and running jobs; `nbjobs server`
+refuses bad settings before starting anything."""
+
+from __future__ import annotations
+
+import threading
+
+from click.testing import CliRunner
+
+import nbjobs
+from nbjobs.cli import cli
+
+GATE = threading.Event()
+STARTED = threading.Event()
+
+
+def held() -> None:
+    STARTED.set()
+    GATE.wait(30)
+
+
+def test_servers_lists_running_jobs(engine: nbjobs.Engine) -> None:
+    GATE.clear()
+    STARTED.clear()
+    engine.start_server(workers=1, name="listed-server")
+    job = engine.enqueue(held)
+    try:
+        assert STARTED.wait(10)
+        result = CliRunner().invoke(cli, ["servers", "--url", engine.url])
+        assert result.exit_code == 0, result.output
+        line = next(ln for ln in result.output.splitlines() if "listed-server" in ln)
+        assert line.split()[-2:] == ["1", str(job.id)]  # running count, running job ids
+        assert "heartbeat_at" in result.output
+    finally:
+        GATE.set()
+
+
+def test_server_refuses_bad_settings_before_starting(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    result = CliRunner().invoke(cli, ["server", "--url", url, "--heartbeat-interval", "10",
+                                      "--server-timeout", "5"])
+    assert result.exit_code != 0
+    assert "server_timeout must be longer than heartbeat_interval" in str(result.exception)
+    result = CliRunner().invoke(cli, ["server", "--url", url, "--queues", " , "])
+    assert result.exit_code == 2 and "at least one queue" in result.output

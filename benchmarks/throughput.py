@@ -8,7 +8,8 @@ Every figure is the median of `--runs` runs, each on a fresh database file. Meas
 
 - nbjobs: enqueue rate (single `enqueue` calls; bulk `enqueue_many`), drain of a stored backlog
   (enqueued with no server, then `start_server(workers=4)`, timed until the last job is committed
-  as succeeded), end-to-end (jobs enqueued one call at a time while 4 workers run), pickup latency
+  as succeeded), end-to-end (jobs enqueued one call at a time while 4 workers run, and again with
+  `enqueue_many` calls of 100), pickup latency
   (enqueue returned → the job's first line, in this process) and idle CPU of a started engine.
 - raw floor: plain `sqlite3` in WAL mode, one thread, the minimal writes per job, one transaction
   each: insert, claim (UPDATE … RETURNING), finish.
@@ -199,7 +200,8 @@ def nbjobs_drain(mode: str, n: int) -> float:
             eng.close()
 
 
-def nbjobs_end_to_end(mode: str, n: int) -> float:
+def nbjobs_end_to_end(mode: str, n: int, batch: int = 1) -> float:
+    """Jobs enqueued while 4 workers run: one `enqueue` call each, or `enqueue_many` of `batch`."""
     with scratch_dir() as path:
         eng = _connect(path, mode)
         try:
@@ -207,8 +209,12 @@ def nbjobs_end_to_end(mode: str, n: int) -> float:
             _start(eng, counter)
             _reset_counter(n)
             t0 = time.perf_counter()
-            for _ in range(n):
-                eng.enqueue(noop)
+            if batch == 1:
+                for _ in range(n):
+                    eng.enqueue(noop)
+            else:
+                for i in range(0, n, batch):
+                    eng.enqueue_many(noop, [()] * min(batch, n - i))
             if not counter.done.wait(300):
                 raise RuntimeError(f"end-to-end did not finish: {counter.count}/{n}")
             rate = n / (time.perf_counter() - t0)
@@ -394,6 +400,7 @@ def run(settings: Settings) -> Results:
             res.add(mode, "nbjobs", "enqueue_many", nbjobs_enqueue_bulk(mode, n))
             res.add(mode, "nbjobs", "drain", nbjobs_drain(mode, n))
             res.add(mode, "nbjobs", "e2e", nbjobs_end_to_end(mode, n))
+            res.add(mode, "nbjobs", "e2e_bulk", nbjobs_end_to_end(mode, n, batch=100))
             lat = nbjobs_latency(mode, settings.latency_samples)
             res.add(mode, "nbjobs", "p50", percentile(lat, 0.5))
             res.add(mode, "nbjobs", "p99", percentile(lat, 0.99))
@@ -437,6 +444,8 @@ def table(res: Results, settings: Settings) -> str:
     row("Huey end-to-end (jobs/s)", lambda md: _fmt(m(md, "huey", "e2e")))
     row("nbjobs end-to-end ÷ Huey", lambda md: _ratio(m(md, "nbjobs", "e2e"), m(md, "huey", "e2e")))
     row("nbjobs end-to-end ÷ raw floor", lambda md: _ratio(m(md, "nbjobs", "e2e"), m(md, "raw", "floor")))
+    row("nbjobs end-to-end, enqueue_many by 100 (jobs/s)", lambda md: _fmt(m(md, "nbjobs", "e2e_bulk")))
+    row("… ÷ raw floor", lambda md: _ratio(m(md, "nbjobs", "e2e_bulk"), m(md, "raw", "floor")))
     row("nbjobs pickup p50 / p99 (ms)",
         lambda md: f"{_fmt(m(md, 'nbjobs', 'p50'), '.2f')} / {_fmt(m(md, 'nbjobs', 'p99'), '.2f')}")
     row("Huey pickup p50 / p99 (ms)",

@@ -121,10 +121,19 @@ Index(
     postgresql_where=_processing,
 )
 Index("ix_nbjobs_jobs_state_id", jobs.c.state, jobs.c.id)
-Index("ix_nbjobs_jobs_state_finished", jobs.c.state, jobs.c.finished_at)
-Index("ix_nbjobs_jobs_parent", jobs.c.parent_id)
-Index("ix_nbjobs_jobs_key", jobs.c.active_key, unique=True)
-Index("ix_nbjobs_jobs_recurring", jobs.c.recurring_id, jobs.c.fire_time)
+# The indexes below are partial (non-NULL rows only) because most jobs have no parent, key or
+# recurring definition and are unfinished while hot: a plain job's insert and claim then write 4 fewer
+# index pages, which is most of a commit's cost. Queries on `col = …` or `col < …` still use them.
+_finished = jobs.c.finished_at.isnot(None)
+Index("ix_nbjobs_jobs_state_finished", jobs.c.state, jobs.c.finished_at,
+      sqlite_where=_finished, postgresql_where=_finished)
+_has_parent = jobs.c.parent_id.isnot(None)
+Index("ix_nbjobs_jobs_parent", jobs.c.parent_id, sqlite_where=_has_parent, postgresql_where=_has_parent)
+_has_key = jobs.c.active_key.isnot(None)
+Index("ix_nbjobs_jobs_key", jobs.c.active_key, unique=True, sqlite_where=_has_key, postgresql_where=_has_key)
+_has_recurring = jobs.c.recurring_id.isnot(None)
+Index("ix_nbjobs_jobs_recurring", jobs.c.recurring_id, jobs.c.fire_time,
+      sqlite_where=_has_recurring, postgresql_where=_has_recurring)
 
 history = Table(
     "nbjobs_history",

@@ -39,8 +39,15 @@ class Heartbeat:
         self.reregister = reregister
         self.stop_event = threading.Event()
         self.beats = 0
+        # The heartbeat thread and the reaper (which beats first) may beat at once; one at a time, each
+        # reading the clock inside, so an older beat never overwrites a newer one in storage.
+        self._beat_lock = threading.Lock()
 
     def beat(self) -> None:
+        with self._beat_lock:
+            self._beat()
+
+    def _beat(self) -> None:
         now = self.clock.now()
         sent = self.clock.monotonic()  # the new leases count from before the call, to be safe
         running = self.dispatcher.running_ids()

@@ -52,6 +52,16 @@ _write_locks: dict[str, threading.RLock] = {}
 _write_locks_guard = threading.Lock()
 
 
+def _new_locks_after_fork() -> None:
+    """A child forked while another thread held a lock would wait on it forever: start afresh."""
+    global _write_locks_guard
+    _write_locks.clear()
+    _write_locks_guard = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_locks_after_fork)
+
+
 def normalize_url(url: str) -> str:
     """Accept `postgresql://` and `postgres://` and use psycopg 3; accept a bare path for SQLite."""
     if "://" not in url:
@@ -142,7 +152,7 @@ class Listener:
 
 class SqliteDialect(Dialect):
     name = "sqlite"
-    _write_lock: threading.RLock | None = None
+    _lock_path: str | None = None
 
     def create_engine(self) -> Engine:
         if self.synchronous.upper() not in SYNCHRONOUS_MODES:
@@ -200,11 +210,13 @@ class SqliteDialect(Dialect):
         # queue on a lock per database file instead of meeting SQLITE_BUSY, whose handler sleeps
         # 1, 2, 5, 10 … ms before trying again: a lock hand-over takes microseconds. Other processes
         # still wait through the busy timeout.
-        lock = self._write_lock
+        path = self._lock_path
+        if path is None:
+            path = self._lock_path = os.path.abspath(make_url(self.url).database or "")
+        lock = _write_locks.get(path)
         if lock is None:
-            path = os.path.abspath(make_url(self.url).database or "")
             with _write_locks_guard:
-                lock = self._write_lock = _write_locks.setdefault(path, threading.RLock())
+                lock = _write_locks.setdefault(path, threading.RLock())
         return lock
 
     def epoch_seconds(self, column: Any) -> ColumnElement[Any]:

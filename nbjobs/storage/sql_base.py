@@ -1,0 +1,240 @@
+"""The shared part of the SQL store: engine, transactions with retries, schema, history rows.
+
+The store is split by concern (`sql` the job write path, `sql_reads` listings and counts,
+`sql_upkeep` servers, leases, maintenance and output, `sql_recurring` schedules); every part is a mixin
+on this base, and `sql.SqlStore` puts them together.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Row,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+)
+
+from .. import states
+from ..errors import SchemaVersionError
+from ..model import (
+    ContinueOn,
+    JobOptions,
+    JobRecord,
+    JobState,
+)
+from .dialects import Dialect, Listener, dialect_for
+from .schema import SCHEMA_VERSION, counts, history, jobs, meta, metadata
+
+log = logging.getLogger("nbjobs.storage")
+T = TypeVar("T")
+S = JobState
+E = states.Event
+
+#: Columns shown in listings; payloads and results stay in the database.
+LIST_COLUMNS = [
+    jobs.c.id, jobs.c.name, jobs.c.function, jobs.c.queue, jobs.c.priority, jobs.c.state,
+    jobs.c.attempts, jobs.c.created_at, jobs.c.enqueued_at, jobs.c.run_at, jobs.c.started_at,
+    jobs.c.finished_at, jobs.c.server_id, jobs.c.progress, jobs.c.progress_message, jobs.c.error_type,
+    jobs.c.error_message, jobs.c.recurring_id, jobs.c.fire_time, jobs.c.parent_id, jobs.c.options,
+]
+
+#: Statements built once: building one costs more than executing it for a single row.
+_INSERT_HISTORY = insert(history)
+_INSERT_JOB = insert(jobs).returning(jobs.c.id)
+_INSERT_JOBS = insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True)
+#: Finish UPDATEs by the set of columns they write (a handful of shapes).
+_FINISH_STMTS: dict[tuple[str, ...], Any] = {}
+#: Parsed options by their stored JSON: the jobs of one function share a few distinct texts.
+_OPTIONS_CACHE: dict[str, JobOptions] = {}
+_OPTIONS_JSON: dict[JobOptions, str] = {}
+
+
+def _options_json(opts: JobOptions) -> str:
+    """JobOptions as stored JSON, encoded once per distinct value (the inverse of `_options`)."""
+    try:
+        text = _OPTIONS_JSON.get(opts)
+    except TypeError:  # an option holding a list or dict: not hashable, not cached
+        return json.dumps(opts.to_dict())
+    if text is None:
+        if len(_OPTIONS_JSON) >= 1024:
+            _OPTIONS_JSON.clear()
+        text = _OPTIONS_JSON[opts] = json.dumps(opts.to_dict())
+    return text
+
+
+def _options(text: str) -> JobOptions:
+    """Stored options as JobOptions, parsed once per distinct text (JobOptions is frozen)."""
+    found = _OPTIONS_CACHE.get(text)
+    if found is None:
+        if len(_OPTIONS_CACHE) >= 1024:
+            _OPTIONS_CACHE.clear()
+        found = _OPTIONS_CACHE[text] = JobOptions.from_dict(json.loads(text))
+    return found
+
+
+#: Values that end a job's hold by a server and its unique key.
+_RELEASE = {"server_id": None, "lease_until": None}
+
+
+
+class SqlBase:
+    """Engine, transactions and schema for the SQL store mixins."""
+
+    dialect_name: str
+
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        synchronous: str = "FULL",
+        pool_size: int = 10,
+        max_retries: int = 8,
+    ) -> None:
+        self.dialect: Dialect = dialect_for(url, synchronous=synchronous, pool_size=pool_size)
+        self.dialect_name = self.dialect.name
+        self.url = self.dialect.url
+        self.engine = self.dialect.create_engine()
+        self._max_retries = max_retries
+        self._claim_stmts: dict[str, Any] = {}
+        #: The running jobs of a finishing server, locked until the outcome is written.
+        self._held_stmt = self.dialect.row_lock(
+            select(jobs.c.id, jobs.c.has_children, jobs.c.started_at, jobs.c.attempts).where(
+                jobs.c.id.in_(bindparam("held_ids", expanding=True)),
+                jobs.c.state == S.PROCESSING.value,
+                jobs.c.server_id == bindparam("held_server", type_=jobs.c.server_id.type),
+            )
+        )
+        try:
+            self._ensure_schema()
+        except BaseException:  # e.g. a newer schema: release the pool rather than leak its connection
+            self.engine.dispose()
+            raise
+
+    # -- transactions ---------------------------------------------------------------------------
+    def _tx(self, body: Callable[[Connection], T], *, write: bool = True) -> T:
+        """Run `body` in one transaction; retry lock contention and lost connections with backoff."""
+        delay = 0.01
+        for attempt in range(self._max_retries + 1):
+            try:
+                # The guard is outermost so a failed transaction is rolled back before it is released.
+                with self.dialect.write_guard() if write else nullcontext(), self.engine.connect() as conn:
+                    if write:
+                        self.dialect.begin_write(conn)
+                    else:
+                        conn.begin()
+                    result = body(conn)
+                    conn.commit()
+                    return result
+            except Exception as exc:
+                if attempt >= self._max_retries or not self.dialect.is_transient(exc):
+                    raise
+                log.warning("transient database error (attempt %d): %s; retrying", attempt + 1, exc)
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+        raise AssertionError("unreachable")
+
+    def _ensure_schema(self) -> None:
+        def body(conn: Connection) -> None:
+            self.dialect.schema_lock(conn)
+            metadata.create_all(conn, checkfirst=True)
+            row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+            if row is None:
+                conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(row) > SCHEMA_VERSION:
+                raise SchemaVersionError(
+                    f"this database was written by a newer nbjobs (schema {row}; this nbjobs knows "
+                    f"{SCHEMA_VERSION}). Upgrade nbjobs (pip install -U nbjobs) or use another database"
+                )
+            if self.dialect.install_counters(conn):
+                self._recount(conn)
+
+        self._tx(body)
+
+    @staticmethod
+    def _recount(conn: Connection) -> None:
+        """Rebuild the counters from the jobs table (once, when the triggers are first installed)."""
+        conn.execute(delete(counts))
+        rows = conn.execute(select(jobs.c.state, func.count()).group_by(jobs.c.state)).all()
+        if rows:
+            conn.execute(insert(counts), [{"state": s, "shard": 0, "n": int(n)} for s, n in rows])
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def listener(self) -> Listener:
+        return self.dialect.make_listener()
+
+    # -- history --------------------------------------------------------------------------------
+    @staticmethod
+    def _history_rows(
+        conn: Connection,
+        rows: Iterable[tuple[int, JobState, str]],
+        now: datetime,
+        server_id: str | None,
+        data: dict[int, dict[str, Any]] | None = None,
+    ) -> None:
+        params = [
+            {
+                "job_id": job_id,
+                "state": state.value,
+                "at": now,
+                "reason": reason,
+                "server_id": server_id,
+                "data": json.dumps(data[job_id]) if data and job_id in data else None,
+            }
+            for job_id, state, reason in rows
+        ]
+        if params:
+            conn.execute(_INSERT_HISTORY, params)
+
+
+def _picked(pick: Any) -> Any:
+    """The ids a claim picked, as a materialized CTE.
+
+    `UPDATE … WHERE id IN (SELECT … LIMIT n FOR UPDATE SKIP LOCKED)` may run the subquery more than
+    once on PostgreSQL and so update more than n rows; a materialized CTE is evaluated exactly once.
+    """
+    cte = pick.cte("picked").prefix_with("MATERIALIZED")
+    return select(cte.c.id)
+
+
+def _record(row: Row[Any]) -> JobRecord:
+    return JobRecord(
+        id=row.id,
+        function=row.function,
+        state=JobState(row.state),
+        options=JobOptions.from_dict(json.loads(row.options)),
+        payload=row.payload,
+        created_at=row.created_at,
+        attempts=row.attempts,
+        run_at=row.run_at,
+        enqueued_at=row.enqueued_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        server_id=row.server_id,
+        lease_until=row.lease_until,
+        parent_id=row.parent_id,
+        continue_on=ContinueOn(row.continue_on or "succeeded"),
+        recurring_id=row.recurring_id,
+        fire_time=row.fire_time,
+        result=row.result,
+        error_type=row.error_type,
+        error_message=row.error_message,
+        error_traceback=row.error_traceback,
+        progress=row.progress,
+        progress_message=row.progress_message,
+        cancel_requested=bool(row.cancel_requested),
+    )

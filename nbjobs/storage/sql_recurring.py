@@ -11,7 +11,7 @@ with `SqlStore`'s own enqueue helpers, so they are the same rows `enqueue` write
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -22,9 +22,7 @@ from ..cron import runs_allowed
 from ..model import JobOptions, JobState, NewJob
 from .base import Enqueued, RecurringRecord, RecurringSpec
 from .schema import jobs, recurring
-
-if TYPE_CHECKING:
-    from .dialects import Dialect
+from .sql_base import SqlBase
 
 T = TypeVar("T")
 
@@ -34,25 +32,12 @@ _RECORD_QUERY = select(recurring, jobs.c.state.label("last_job_state")).select_f
 )
 
 
-class RecurringSqlMixin:
+class RecurringSqlMixin(SqlBase):
     """Recurring-job methods of `SqlStore` (see `Store` for what each guarantees)."""
-
-    dialect: Dialect
 
     if TYPE_CHECKING:  # provided by SqlStore
 
-        def _tx(self, body: Callable[[Connection], T], *, write: bool = True) -> T: ...
-
         def _enqueue_one(self, conn: Connection, spec: NewJob, now: datetime) -> Enqueued: ...
-
-        @staticmethod
-        def _history_rows(
-            conn: Connection,
-            rows: Iterable[tuple[int, JobState, str]],
-            now: datetime,
-            server_id: str | None,
-            data: dict[int, dict[str, Any]] | None = None,
-        ) -> None: ...
 
     # -- definitions --------------------------------------------------------------------------------
     def upsert_recurring(self, spec: RecurringSpec, now: datetime) -> bool:

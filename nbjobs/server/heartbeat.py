@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from ..clock import Clock
 from ..storage import Store
@@ -42,10 +42,18 @@ class Heartbeat:
         # The heartbeat thread and the reaper (which beats first) may beat at once; one at a time, each
         # reading the clock inside, so an older beat never overwrites a newer one in storage.
         self._beat_lock = threading.Lock()
+        self.last_beat: datetime | None = None  #: wall-clock time of the last successful beat
 
     def beat(self) -> None:
         with self._beat_lock:
             self._beat()
+
+    def beat_if_older(self, seconds: float) -> None:
+        """Beat unless a beat succeeded within `seconds` (wall clock: it also runs while suspended)."""
+        with self._beat_lock:
+            last = self.last_beat
+            if last is None or (self.clock.now() - last).total_seconds() >= seconds:
+                self._beat()
 
     def _beat(self) -> None:
         now = self.clock.now()
@@ -64,6 +72,7 @@ class Heartbeat:
             self.dispatcher.request_cancel(job_id, "cancelled by request")
         if reply.lost:
             self.dispatcher.forget(list(reply.lost))
+        self.last_beat = now
         self.beats += 1
 
     def run(self) -> None:

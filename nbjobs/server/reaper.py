@@ -10,7 +10,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from ..clock import Clock
 from ..storage import ReapReport, Store
@@ -42,6 +42,7 @@ class Reaper:
         keep_succeeded: float,
         keep_deleted: float,
         prune_batch: int = 1000,
+        prune_interval: float = 60.0,
         refresh_own: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
@@ -53,6 +54,9 @@ class Reaper:
         self.keep_deleted = keep_deleted
         self.prune_batch = prune_batch
         self.refresh_own = refresh_own
+        #: Expiry is measured in days: pruning once a minute keeps an idle server's cost down.
+        self.prune_interval = prune_interval
+        self._last_prune: datetime | None = None
         self.stop_event = threading.Event()
 
     def dead_local_servers(self) -> list[str]:
@@ -76,6 +80,9 @@ class Reaper:
             log.warning("reaped servers %s; returned jobs %s to their queues",
                         list(report.dead_servers), list(report.returned_jobs))
         pruned = 0
+        if self._last_prune is not None and (now - self._last_prune).total_seconds() < self.prune_interval:
+            return ReapReport(dead_servers=report.dead_servers, returned_jobs=report.returned_jobs)
+        self._last_prune = now
         while not self.stop_event.is_set():
             n = self.store.prune(now, keep_succeeded=self.keep_succeeded,
                                  keep_deleted=self.keep_deleted, batch=self.prune_batch)

@@ -113,7 +113,8 @@ class Server:
         self.reaper = Reaper(
             store=store, clock=clock, server_id=self.id, interval=config.heartbeat_interval,
             server_timeout=config.server_timeout, keep_succeeded=config.keep_succeeded,
-            keep_deleted=config.keep_deleted, refresh_own=self.heartbeat.beat,
+            keep_deleted=config.keep_deleted,
+            refresh_own=lambda: self.heartbeat.beat_if_older(config.heartbeat_interval / 2),
         )
         self._listen_stop = threading.Event()
         self._threads: dict[str, threading.Thread] = {}

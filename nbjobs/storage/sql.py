@@ -215,9 +215,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         lease_until: datetime,
         now: datetime,
     ) -> list[ClaimedJob]:
-        if limit <= 0:
-            return []
-        return self._tx(lambda conn: self._acquire(conn, server_id, queues, limit, lease_until, now))
+        return self.finish_and_acquire(server_id, [], queues, limit, lease_until, now)[1]
 
     def finish_and_acquire(
         self,

@@ -216,7 +216,7 @@ def _record(row: Row[Any]) -> JobRecord:
         id=row.id,
         function=row.function,
         state=JobState(row.state),
-        options=JobOptions.from_dict(json.loads(row.options)),
+        options=_options(row.options),
         payload=row.payload,
         created_at=row.created_at,
         attempts=row.attempts,

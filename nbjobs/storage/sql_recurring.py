@@ -19,10 +19,10 @@ from sqlalchemy import Connection, Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from ..cron import runs_allowed
-from ..model import JobOptions, JobState, NewJob
+from ..model import JobState, NewJob
 from .base import Enqueued, RecurringRecord, RecurringSpec
 from .schema import jobs, recurring
-from .sql_base import SqlBase
+from .sql_base import SqlBase, _options
 
 T = TypeVar("T")
 
@@ -254,7 +254,7 @@ def _recurring_record(row: Row[Any]) -> RecurringRecord:
         tz=row.tz,
         function=row.function,
         payload=row.payload,
-        options=JobOptions.from_dict(json.loads(row.options)),
+        options=_options(row.options),
         misfire=row.misfire,
         misfire_limit=row.misfire_limit,
         overlap=row.overlap,

@@ -138,6 +138,17 @@ class FinishCounter:
         return on_finished
 
 
+@contextlib.contextmanager
+def _scratch_engine(mode: str) -> Iterator[Any]:
+    """An engine on a fresh database in a scratch folder, closed (server and all) afterwards."""
+    with scratch_dir() as path:
+        eng = _connect(path, mode)
+        try:
+            yield eng
+        finally:
+            eng.close()
+
+
 def _connect(path: str, mode: str) -> Any:
     import nbjobs
 
@@ -158,84 +169,64 @@ def _check_succeeded(eng: Any, n: int) -> None:
 
 
 def nbjobs_enqueue_single(mode: str, n: int) -> float:
-    with scratch_dir() as path:
-        eng = _connect(path, mode)
-        try:
-            t0 = time.perf_counter()
-            for _ in range(n):
-                eng.enqueue(noop)
-            return n / (time.perf_counter() - t0)
-        finally:
-            eng.close()
+    with _scratch_engine(mode) as eng:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            eng.enqueue(noop)
+        return n / (time.perf_counter() - t0)
 
 
 def nbjobs_enqueue_bulk(mode: str, n: int) -> float:
-    with scratch_dir() as path:
-        eng = _connect(path, mode)
-        try:
-            t0 = time.perf_counter()
-            eng.enqueue_many(noop, [()] * n)
-            return n / (time.perf_counter() - t0)
-        finally:
-            eng.close()
+    with _scratch_engine(mode) as eng:
+        t0 = time.perf_counter()
+        eng.enqueue_many(noop, [()] * n)
+        return n / (time.perf_counter() - t0)
 
 
 def nbjobs_drain(mode: str, n: int) -> float:
-    with scratch_dir() as path:
-        eng = _connect(path, mode)
-        try:
-            for i in range(0, n, 1000):
-                eng.enqueue_many(noop, [()] * min(1000, n - i))
-            _reset_counter(n)
-            counter = FinishCounter(n)
-            t0 = time.perf_counter()
-            _start(eng, counter)
-            if not counter.done.wait(300):
-                raise RuntimeError(f"drain did not finish: {counter.count}/{n}")
-            rate = n / (time.perf_counter() - t0)
-            eng.stop_server()
-            _check_succeeded(eng, n)
-            return rate
-        finally:
-            eng.close()
+    with _scratch_engine(mode) as eng:
+        for i in range(0, n, 1000):
+            eng.enqueue_many(noop, [()] * min(1000, n - i))
+        _reset_counter(n)
+        counter = FinishCounter(n)
+        t0 = time.perf_counter()
+        _start(eng, counter)
+        if not counter.done.wait(300):
+            raise RuntimeError(f"drain did not finish: {counter.count}/{n}")
+        rate = n / (time.perf_counter() - t0)
+        eng.stop_server()
+        _check_succeeded(eng, n)
+        return rate
 
 
 def nbjobs_end_to_end(mode: str, n: int, batch: int = 1) -> float:
     """Jobs enqueued while 4 workers run: one `enqueue` call each, or `enqueue_many` of `batch`."""
-    with scratch_dir() as path:
-        eng = _connect(path, mode)
-        try:
-            counter = FinishCounter(n)
-            _start(eng, counter)
-            _reset_counter(n)
-            t0 = time.perf_counter()
-            if batch == 1:
-                for _ in range(n):
-                    eng.enqueue(noop)
-            else:
-                for i in range(0, n, batch):
-                    eng.enqueue_many(noop, [()] * min(batch, n - i))
-            if not counter.done.wait(300):
-                raise RuntimeError(f"end-to-end did not finish: {counter.count}/{n}")
-            rate = n / (time.perf_counter() - t0)
-            eng.stop_server()
-            _check_succeeded(eng, n)
-            return rate
-        finally:
-            eng.close()
+    with _scratch_engine(mode) as eng:
+        counter = FinishCounter(n)
+        _start(eng, counter)
+        _reset_counter(n)
+        t0 = time.perf_counter()
+        if batch == 1:
+            for _ in range(n):
+                eng.enqueue(noop)
+        else:
+            for i in range(0, n, batch):
+                eng.enqueue_many(noop, [()] * min(batch, n - i))
+        if not counter.done.wait(300):
+            raise RuntimeError(f"end-to-end did not finish: {counter.count}/{n}")
+        rate = n / (time.perf_counter() - t0)
+        eng.stop_server()
+        _check_succeeded(eng, n)
+        return rate
 
 
 def nbjobs_latency(mode: str, samples: int) -> list[float]:
-    with scratch_dir() as path:
-        eng = _connect(path, mode)
-        try:
-            counter = FinishCounter(samples)
-            _start(eng, counter)
-            time.sleep(0.3)  # let the server settle (initial reap, first heartbeat)
-            return _sample_latency(lambda i: eng.enqueue(mark_start, i), samples,
-                                   lambda i: counter.count >= i + 1)
-        finally:
-            eng.close()
+    with _scratch_engine(mode) as eng:
+        counter = FinishCounter(samples)
+        _start(eng, counter)
+        time.sleep(0.3)  # let the server settle (initial reap, first heartbeat)
+        return _sample_latency(lambda i: eng.enqueue(mark_start, i), samples,
+                               lambda i: counter.count >= i + 1)
 
 
 def _sample_latency(
@@ -258,16 +249,12 @@ def _sample_latency(
 
 
 def nbjobs_idle_cpu(mode: str, seconds: float) -> float:
-    with scratch_dir() as path:
-        eng = _connect(path, mode)
-        try:
-            eng.start_server(workers=WORKERS)
-            time.sleep(1.0)  # start-up work is not idle
-            c0, t0 = time.process_time(), time.perf_counter()
-            time.sleep(seconds)
-            return 100 * (time.process_time() - c0) / (time.perf_counter() - t0)
-        finally:
-            eng.close()
+    with _scratch_engine(mode) as eng:
+        eng.start_server(workers=WORKERS)
+        time.sleep(1.0)  # start-up work is not idle
+        c0, t0 = time.process_time(), time.perf_counter()
+        time.sleep(seconds)
+        return 100 * (time.process_time() - c0) / (time.perf_counter() - t0)
 
 
 # --- raw sqlite3 floor -----------------------------------------------------------------------------

@@ -11,7 +11,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -63,15 +62,6 @@ def make_notebook(path: Path, *sources: str, parameters: str | None = None) -> P
 def after_report(day: str) -> str:
     """A continuation of a notebook job (importable, so any server can run it)."""
     return f"published {day}"
-
-
-@pytest.fixture
-def nb(tmp_path: Path) -> Iterator[nbjobs.Engine]:
-    """An engine on a SQLite file with a server in this process (most tests need one backend only)."""
-    eng = nbjobs.connect(f"sqlite:///{tmp_path / 'jobs.db'}", secret="test-secret")
-    eng.start_server(workers=2, scheduler_interval=0.05)
-    yield eng
-    eng.close()
 
 
 def test_report_runs_with_parameters_saved_and_continued(engine: nbjobs.Engine, tmp_path: Path) -> None:

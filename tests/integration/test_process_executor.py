@@ -8,7 +8,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,6 @@ from nbjobs.server.reaper import pid_alive
 
 from ..conftest import wait_for
 from . import jobfuncs
-
-
-@pytest.fixture
-def nb(tmp_path: Path) -> Iterator[nbjobs.Engine]:
-    eng = nbjobs.connect(f"sqlite:///{tmp_path / 'jobs.db'}", secret="test-secret")
-    eng.start_server(workers=2, scheduler_interval=0.05)
-    yield eng
-    eng.close()
 
 
 def notebook_function() -> object:

@@ -113,6 +113,17 @@ def when(at: datetime | None, now: datetime) -> str:
     return f'<span title="{at.strftime("%Y-%m-%d %H:%M:%S UTC")}">{esc(text)}</span>'
 
 
+def exact(at: datetime | None, now: datetime) -> str:
+    """Absolute UTC time (the date only when not today): the Job page uses it so its HTML stays
+    byte-identical between refreshes of an unchanged job, which keeps the browser from replacing
+    the DOM (and dropping a user's text selection in a traceback) every refresh."""
+    if at is None:
+        return '<span class="nbjobs-muted">\u2013</span>'
+    full = at.strftime("%Y-%m-%d %H:%M:%S UTC")
+    text = at.strftime("%H:%M:%S UTC") if at.date() == now.date() else full
+    return f'<span title="{full}">{esc(text)}</span>'
+
+
 def span(start: datetime | None, end: datetime | None) -> str:
     return esc(seconds_text((end - start).total_seconds())) if start and end else "\u2013"
 
@@ -264,16 +275,16 @@ def detail(
         ("Function", f"<code>{esc(record.function)}</code>"),
         ("Queue", esc(record.queue)),
         ("Attempts", f"{record.attempts} of {opts.retries + 1}"),
-        ("Created", when(record.created_at, now)),
+        ("Created", exact(record.created_at, now)),
     ]
     if record.enqueued_at:
-        props.append(("Enqueued", when(record.enqueued_at, now)))
+        props.append(("Enqueued", exact(record.enqueued_at, now)))
     if record.run_at and record.state is S.SCHEDULED:
         props.append(("Due", when(record.run_at, now)))
     if record.started_at:
-        props.append(("Started", when(record.started_at, now)))
+        props.append(("Started", exact(record.started_at, now)))
     if record.finished_at:
-        props.append(("Finished", when(record.finished_at, now)))
+        props.append(("Finished", exact(record.finished_at, now)))
         props.append(("Duration", span(record.started_at, record.finished_at)))
     if record.server_id:
         props.append(("Server", esc(record.server_id)))
@@ -299,7 +310,7 @@ def detail(
     else:
         args_html = '<div class="nbjobs-muted">no arguments</div>'
     hist_rows = "".join(
-        f"<tr><td>{badge(h.state)}</td><td>{when(h.at, now)}</td><td>{esc(h.reason)}</td>"
+        f"<tr><td>{badge(h.state)}</td><td>{exact(h.at, now)}</td><td>{esc(h.reason)}</td>"
         f"<td>{esc(h.server_id or '')}</td></tr>"
         for h in reversed(history)
     )

@@ -128,6 +128,23 @@ def test_open_a_row_and_requeue_it_from_the_job_page(engine: nbjobs.Engine, dash
     assert "from dashboard" in dash.detail_html.value  # the page re-read the history
 
 
+def test_job_page_of_an_unchanged_job_renders_identically_later(engine: nbjobs.Engine) -> None:
+    """Identical HTML means no widget update, so the browser keeps the DOM and a text selection."""
+    from nbjobs.ui import dashboard_views as views
+
+    job_id = failed_job(engine)
+    record = engine.store.get(job_id)
+    assert record is not None
+    now = engine.clock.now()
+
+    def page(at: Any) -> str:
+        return views.detail(record, at, arguments=[("user", "'bob'")], history=engine.store.history(job_id),
+                            output="", output_truncated=False, result=None, children=[])
+
+    assert page(now) == page(now + timedelta(seconds=37))
+    assert now.strftime("%H:%M:%S UTC") in page(now)
+
+
 def test_read_only_shows_no_action_at_all(engine: nbjobs.Engine, dash_factory: Any) -> None:
     failed_job(engine)
     dash = dash_factory(read_only=True)

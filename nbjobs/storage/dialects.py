@@ -77,6 +77,11 @@ class Dialect:
     """Behaviour shared by both databases; subclasses override what differs."""
 
     name = "generic"
+    #: A write of several statements can be one statement with data-modifying CTEs, run outside an
+    #: explicit transaction (autocommit). On a server database that turns BEGIN, the statements and
+    #: COMMIT into one round trip, which is most of what a lone enqueue or an idle server's claim
+    #: costs; SQLite has no data-modifying CTEs (and no round trips), so it keeps transactions.
+    one_statement_writes = False
 
     def __init__(self, url: str, *, synchronous: str = "FULL", pool_size: int = 10) -> None:
         self.url = url
@@ -108,6 +113,10 @@ class Dialect:
     def notify(self, conn: Connection, payload: str) -> None:
         """Tell other processes that work arrived (inside the enqueue transaction)."""
 
+    def notify_expr(self, payload: str) -> ColumnElement[Any]:
+        """`notify` as an expression, for a one-statement write (see `one_statement_writes`)."""
+        raise NotImplementedError
+
     def time_bucket(self, column: Any, since: datetime, width: float) -> ColumnElement[Any]:
         """The 0-based index of the `width`-second interval after `since` that `column` falls in."""
         raise NotImplementedError
@@ -123,6 +132,9 @@ class Dialect:
         fire, a hand-written UPDATE) moves the counters in its own transaction.
         """
         raise NotImplementedError
+
+    def seed_planner_stats(self, conn: Connection) -> None:
+        """Give the query planner a realistic picture of a new jobs table (once, at creation)."""
 
     def make_listener(self) -> Listener:
         return Listener()
@@ -255,6 +267,22 @@ class SqliteDialect(Dialect):
         )
         return True
 
+    def seed_planner_stats(self, conn: Connection) -> None:
+        # Without statistics SQLite takes `state = 'enqueued'` for a selective filter and claims
+        # through the (state, id) index, sorting the whole backlog on every claim. These figures
+        # (a few states, each a large share of the rows) steer it to the ordered partial indexes,
+        # so a claim reads `limit` rows whatever the backlog. A later ANALYZE replaces them with
+        # real ones, which lead to the same plans once there is a backlog.
+        conn.exec_driver_sql("ANALYZE sqlite_schema")  # creates sqlite_stat1 if it does not exist
+        conn.exec_driver_sql("DELETE FROM sqlite_stat1 WHERE tbl = 'nbjobs_jobs'")
+        conn.exec_driver_sql(
+            "INSERT INTO sqlite_stat1 (tbl, idx, stat) VALUES "
+            "('nbjobs_jobs', 'ix_nbjobs_jobs_state_id', '100000 20000 1'), "
+            "('nbjobs_jobs', 'ix_nbjobs_jobs_fetch_any', '20000 20000 1'), "
+            "('nbjobs_jobs', 'ix_nbjobs_jobs_fetch', '20000 5000 5000 1')"
+        )
+        conn.exec_driver_sql("ANALYZE sqlite_schema")  # reload the statistics
+
     def make_listener(self) -> Listener:
         return SqliteListener(make_url(self.url).database or "")
 
@@ -298,6 +326,7 @@ class SqliteListener(Listener):
 
 class PostgresDialect(Dialect):
     name = "postgresql"
+    one_statement_writes = True
 
     def create_engine(self) -> Engine:
         try:
@@ -309,7 +338,8 @@ class PostgresDialect(Dialect):
         return create_engine(
             # No pre-ping: it costs a round trip per transaction, and a connection found dead on use
             # is a transient error that `SqlStore._tx` retries on a fresh one anyway.
-            self.url, pool_size=self.pool_size, max_overflow=20, pool_pre_ping=False, pool_recycle=1800
+            self.url, pool_size=self.pool_size, max_overflow=20, pool_pre_ping=False, pool_recycle=1800,
+            pool_use_lifo=True,
         )
 
     def schema_lock(self, conn: Connection) -> None:
@@ -323,6 +353,9 @@ class PostgresDialect(Dialect):
 
     def notify(self, conn: Connection, payload: str) -> None:
         conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": CHANNEL, "p": payload})
+
+    def notify_expr(self, payload: str) -> ColumnElement[Any]:
+        return func.pg_notify(literal(CHANNEL), literal(payload))
 
     def epoch_seconds(self, column: Any) -> ColumnElement[Any]:
         return cast(func.extract("epoch", column), Float)  # numeric → double: no Decimal per row

@@ -24,10 +24,12 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    literal_column,
 )
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 
-SCHEMA_VERSION = 1
+#: 2: `ix_nbjobs_jobs_fetch_any` (claims from every shared queue read the backlog in order).
+SCHEMA_VERSION = 2
 
 metadata = MetaData()
 
@@ -102,12 +104,24 @@ jobs = Table(
     Column("cancel_requested", Boolean, nullable=False, default=False),
 )
 
-_enqueued = jobs.c.state == "enqueued"
+#: The state as an SQL literal, not a bound parameter: a partial index is usable only by a query
+#: whose WHERE has the index's condition verbatim (a `state = ?` parameter does not qualify, on
+#: SQLite, or on PostgreSQL once it switches a prepared statement to a generic plan).
+ENQUEUED_ROW = jobs.c.state == literal_column("'enqueued'")
+_enqueued = ENQUEUED_ROW
 _scheduled = jobs.c.state == "scheduled"
 _processing = jobs.c.state == "processing"
 Index(
     "ix_nbjobs_jobs_fetch",
     jobs.c.queue,
+    jobs.c.priority.desc(),
+    jobs.c.id,
+    sqlite_where=_enqueued,
+    postgresql_where=_enqueued,
+)
+# The claim from every shared queue ("*"): the next jobs in order without sorting the backlog.
+FETCH_ANY = Index(
+    "ix_nbjobs_jobs_fetch_any",
     jobs.c.priority.desc(),
     jobs.c.id,
     sqlite_where=_enqueued,

@@ -15,9 +15,14 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Integer,
+    String,
     bindparam,
+    case,
+    cast,
     func,
     insert,
+    literal,
+    null,
     select,
     update,
 )
@@ -36,7 +41,7 @@ from ..model import (
     OutcomeKind,
 )
 from .base import Enqueued, Store
-from .schema import jobs
+from .schema import ENQUEUED_ROW, history, jobs
 from .sql_base import (
     _FINISH_STMTS,
     _INSERT_JOB,
@@ -53,12 +58,23 @@ from .sql_reads import ReadsSqlMixin
 from .sql_recurring import RecurringSqlMixin
 from .sql_upkeep import UpkeepSqlMixin
 
+#: The columns a new job row writes (`SqlStore._row_for`), in the one-statement enqueue.
+_ENQUEUE_COLUMNS = (
+    "state", "queue", "priority", "name", "function", "options", "payload", "active_key", "attempts",
+    "created_at", "run_at", "enqueued_at", "finished_at", "parent_id", "continue_on", "has_children",
+    "recurring_id", "fire_time", "cancel_requested",
+)
+
 
 class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store):
     """The Store on a SQLAlchemy engine: the job write path (enqueue, claim, finish, user changes)."""
 
     # -- enqueue --------------------------------------------------------------------------------
     def enqueue(self, specs: Sequence[NewJob], now: datetime) -> list[Enqueued]:
+        if (len(specs) == 1 and self.dialect.one_statement_writes and specs[0].options.key is None
+                and specs[0].parent_id is None):
+            return [self._enqueue_in_one_statement(specs[0], now)]
+
         def body(conn: Connection) -> list[Enqueued]:
             out: list[Enqueued] = []
             simple: list[tuple[int, dict[str, Any]]] = []
@@ -89,6 +105,26 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             return out
 
         return self._tx(body)
+
+    def _enqueue_in_one_statement(self, spec: NewJob, now: datetime) -> Enqueued:
+        """A lone plain job: job row, history row and notification in one autocommit statement."""
+        if self._enqueue_stmt is None:
+            row = insert(jobs).values(
+                {c: bindparam(f"j_{c}", type_=jobs.c[c].type) for c in _ENQUEUE_COLUMNS}
+            ).returning(jobs.c.id, jobs.c.state).cte("new_job")
+            hist = insert(history).from_select(
+                ["job_id", "state", "at", "reason", "server_id"],
+                select(row.c.id, row.c.state, bindparam("h_at", type_=history.c.at.type),
+                       bindparam("h_reason", type_=history.c.reason.type), null()),
+            ).cte("new_history")
+            wake = case((row.c.state == S.ENQUEUED.value, self.dialect.notify_expr("enqueued")))
+            self._enqueue_stmt = select(row.c.id, row.c.state, wake).add_cte(hist)
+        values = self._row_for(spec, self._initial_state(spec, now), now)
+        params = {f"j_{c}": values[c] for c in _ENQUEUE_COLUMNS}
+        params.update(h_at=now, h_reason=spec.reason)
+        stmt = self._enqueue_stmt
+        found = self._tx(lambda conn: conn.execute(stmt, params).one(), one_statement=True)
+        return Enqueued(id=found.id, state=JobState(found.state), created=True)
 
     @staticmethod
     def _initial_state(spec: NewJob, now: datetime) -> JobState:
@@ -235,7 +271,9 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
 
         if not outcomes and limit <= 0:
             return [], []
-        return self._tx(body)
+        # An idle server's claim from one queue list entry is a single statement (see `_tx`).
+        alone = not outcomes and len(queues) <= 1 and self.dialect.one_statement_writes
+        return self._tx(body, one_statement=alone)
 
     def _acquire(
         self,
@@ -268,10 +306,11 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
                 )
                 for r in rows
             )
-        self._history_rows(
-            conn, ((c.id, S.PROCESSING, f"claimed (attempt {c.attempts})") for c in claimed),
-            now, server_id,
-        )
+        if not self.dialect.one_statement_writes:  # else the claim statement wrote them
+            self._history_rows(
+                conn, ((c.id, S.PROCESSING, f"claimed (attempt {c.attempts})") for c in claimed),
+                now, server_id,
+            )
         return claimed
 
     def _claim_statement(self, queue: str) -> Any:
@@ -283,7 +322,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         stmt = self._claim_stmts.get(queue)
         if stmt is not None:
             return stmt
-        pick = select(jobs.c.id).where(jobs.c.state == S.ENQUEUED.value)
+        pick = select(jobs.c.id).where(ENQUEUED_ROW)  # verbatim, so the partial indexes apply
         if queue != "*":
             pick = pick.where(jobs.c.queue == queue)
         else:  # private queues belong to the one process that names them
@@ -307,6 +346,18 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
                 jobs.c.recurring_id, jobs.c.priority,
             )
         )
+        if self.dialect.one_statement_writes:  # the history rows in the same statement
+            claimed = stmt.cte("claimed")
+            hist = insert(history).from_select(
+                ["job_id", "state", "at", "reason", "server_id"],
+                select(
+                    claimed.c.id, literal(S.PROCESSING.value),
+                    bindparam("claim_now", type_=history.c.at.type),
+                    literal("claimed (attempt ") + cast(claimed.c.attempts, String) + literal(")"),
+                    bindparam("claim_server", type_=history.c.server_id.type),
+                ),
+            ).cte("claim_history")
+            stmt = select(claimed).add_cte(hist)
         if len(self._claim_stmts) > 256:  # many one-off queue names: keep the cache bounded
             self._claim_stmts.clear()
         self._claim_stmts[queue] = stmt

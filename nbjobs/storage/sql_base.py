@@ -24,6 +24,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    update,
 )
 
 from .. import states
@@ -35,7 +36,7 @@ from ..model import (
     JobState,
 )
 from .dialects import Dialect, Listener, dialect_for
-from .schema import SCHEMA_VERSION, counts, history, jobs, meta, metadata
+from .schema import FETCH_ANY, SCHEMA_VERSION, counts, history, jobs, meta, metadata
 
 log = logging.getLogger("nbjobs.storage")
 T = TypeVar("T")
@@ -107,8 +108,11 @@ class SqlBase:
         self.dialect_name = self.dialect.name
         self.url = self.dialect.url
         self.engine = self.dialect.create_engine()
+        #: The same pool, its connections in autocommit while checked out (one-statement writes).
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._max_retries = max_retries
         self._claim_stmts: dict[str, Any] = {}
+        self._enqueue_stmt: Any = None
         #: The running jobs of a finishing server, locked until the outcome is written.
         self._held_stmt = self.dialect.row_lock(
             select(jobs.c.id, jobs.c.has_children, jobs.c.started_at, jobs.c.attempts).where(
@@ -124,11 +128,18 @@ class SqlBase:
             raise
 
     # -- transactions ---------------------------------------------------------------------------
-    def _tx(self, body: Callable[[Connection], T], *, write: bool = True) -> T:
-        """Run `body` in one transaction; retry lock contention and lost connections with backoff."""
+    def _tx(self, body: Callable[[Connection], T], *, write: bool = True, one_statement: bool = False) -> T:
+        """Run `body` in one transaction; retry lock contention and lost connections with backoff.
+
+        `one_statement`: `body` runs a single statement, which is its own transaction in autocommit
+        mode (only where `dialect.one_statement_writes`): no BEGIN and COMMIT round trips.
+        """
         delay = 0.01
         for attempt in range(self._max_retries + 1):
             try:
+                if one_statement:
+                    with self._autocommit.connect() as conn:
+                        return body(conn)
                 # The guard is outermost so a failed transaction is rolled back before it is released.
                 with self.dialect.write_guard() if write else nullcontext(), self.engine.connect() as conn:
                     if write:
@@ -153,15 +164,27 @@ class SqlBase:
             row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
             if row is None:
                 conn.execute(insert(meta).values(key="schema_version", value=str(SCHEMA_VERSION)))
+                self.dialect.seed_planner_stats(conn)
             elif int(row) > SCHEMA_VERSION:
                 raise SchemaVersionError(
                     f"this database was written by a newer nbjobs (schema {row}; this nbjobs knows "
                     f"{SCHEMA_VERSION}). Upgrade nbjobs (pip install -U nbjobs) or use another database"
                 )
+            elif int(row) < SCHEMA_VERSION:
+                self._migrate(conn, int(row))
+                self.dialect.seed_planner_stats(conn)
             if self.dialect.install_counters(conn):
                 self._recount(conn)
 
         self._tx(body)
+
+    @staticmethod
+    def _migrate(conn: Connection, version: int) -> None:
+        """Bring an older schema up to date (`create_all` adds tables, not indexes of old tables)."""
+        if version < 2:
+            FETCH_ANY.create(conn, checkfirst=True)
+        conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+        log.info("database schema upgraded from %d to %d", version, SCHEMA_VERSION)
 
     @staticmethod
     def _recount(conn: Connection) -> None:

@@ -8,14 +8,15 @@ import gc
 import os
 import threading
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, inspect, select, text, update
 
 from nbjobs.errors import SchemaVersionError
 from nbjobs.model import JobOptions, JobState, NewJob, Outcome, OutcomeKind
 from nbjobs.storage import SqlStore
-from nbjobs.storage.schema import meta
+from nbjobs.storage.schema import SCHEMA_VERSION, meta
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 S = JobState
@@ -100,6 +101,50 @@ def test_a_failed_schema_check_releases_its_connections(db_url: str) -> None:
     with pytest.raises(SchemaVersionError):
         SqlStore(db_url)
     gc.collect()  # a pooled connection left open would warn here (warnings are errors)
+
+
+def test_an_older_schema_is_upgraded_in_place(db_url: str) -> None:
+    store = SqlStore(db_url)
+    [kept] = store.enqueue([spec()], T0)
+    with store.engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_nbjobs_jobs_fetch_any"))
+        conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="1"))
+    store.close()
+    upgraded = SqlStore(db_url)
+    try:
+        indexes = {ix["name"] for ix in inspect(upgraded.engine).get_indexes("nbjobs_jobs")}
+        assert "ix_nbjobs_jobs_fetch_any" in indexes
+        with upgraded.engine.connect() as conn:
+            version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
+        assert version == str(SCHEMA_VERSION)
+        assert upgraded.get(kept.id) is not None  # nothing stored was lost
+    finally:
+        upgraded.close()
+
+
+def test_a_claim_reads_the_backlog_in_index_order_not_by_sorting_it(store: SqlStore) -> None:
+    store.enqueue([spec(i) for i in range(2000)], T0)
+    if store.dialect_name == "postgresql":
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE nbjobs_jobs")  # autovacuum does this in real life
+    explain = "EXPLAIN QUERY PLAN " if store.dialect_name == "sqlite" else "EXPLAIN "
+    for queue, index in (("*", "ix_nbjobs_jobs_fetch_any"), ("default", "ix_nbjobs_jobs_fetch")):
+        claims: list[tuple[str, Any]] = []
+
+        def grab(_c: Any, _cur: Any, statement: str, parameters: Any, _ctx: Any, _many: bool,
+                 claims: list[tuple[str, Any]] = claims) -> None:
+            if "picked" in statement:
+                claims.append((statement, parameters))
+
+        event.listen(store.engine, "before_cursor_execute", grab)
+        try:
+            assert len(store.acquire("s", [queue], 5, lease(), T0)) == 5
+        finally:
+            event.remove(store.engine, "before_cursor_execute", grab)
+        [(statement, parameters)] = claims
+        with store.engine.connect() as conn:
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(explain + statement, parameters).all())
+        assert index in plan and "TEMP B-TREE" not in plan and "Sort" not in plan, plan
 
 
 def test_engines_on_one_sqlite_file_share_one_write_lock(tmp_path: object) -> None:

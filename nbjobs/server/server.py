@@ -110,8 +110,12 @@ class Server:
             store=store, clock=clock, wake_dispatcher=wake, changed=schedule_changed,
             interval=scheduler_interval, duties=config.duties,
         )
+        # A server is dead after `server_timeout` of silence; looking three times in that span finds
+        # it soon enough (a dead server on this host is found by its pid at once), and an idle
+        # server's reaper passes, each a few commits, stay rare.
         self.reaper = Reaper(
-            store=store, clock=clock, server_id=self.id, interval=config.heartbeat_interval,
+            store=store, clock=clock, server_id=self.id,
+            interval=max(config.heartbeat_interval, config.server_timeout / 3),
             server_timeout=config.server_timeout, keep_succeeded=config.keep_succeeded,
             keep_deleted=config.keep_deleted,
             refresh_own=lambda: self.heartbeat.beat_if_older(config.heartbeat_interval / 2),
@@ -204,6 +208,7 @@ class Server:
             self.scheduler.stop()
             self.reaper.stop_event.set()
             self._listen_stop.set()
+            self._listener.interrupt()
             for name in ("heartbeat", "scheduler", "reaper", "listener"):
                 self._join(name)
             self._listener.close()

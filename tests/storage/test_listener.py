@@ -1,0 +1,82 @@
+"""SQLite's change listener: inotify wakes it at once on another process's commit, it sleeps when
+nothing changes, and a stopping server can interrupt it."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from nbjobs.storage import SqlStore
+from nbjobs.storage.dialects import SqliteListener
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux only")
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    path = tmp_path / "jobs.db"
+    SqlStore(f"sqlite:///{path}").close()  # the schema, WAL mode
+    return str(path)
+
+
+def commit_elsewhere(path: str) -> None:
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("INSERT INTO nbjobs_meta (key, value) VALUES ('touched', 'yes')")
+    conn.close()
+
+
+def test_a_commit_by_another_connection_wakes_it_long_before_the_safety_poll(db: str) -> None:
+    listener = SqliteListener(db)
+    stop = threading.Event()
+    try:
+        assert listener._watch is not None, "inotify should be available on Linux"
+        assert listener.wait(stop, 0.25)  # the baseline call reports "look now"
+        writer = threading.Timer(0.1, commit_elsewhere, (db,))
+        writer.start()
+        started = time.monotonic()
+        while not listener.wait(stop, 0.25):  # a checkpoint or a new -wal file may wake it first
+            assert time.monotonic() - started < 10
+        assert time.monotonic() - started < SqliteListener.WATCHED_POLL / 2
+        writer.join()
+    finally:
+        listener.close()
+
+
+def test_an_idle_database_reports_nothing_and_interrupt_ends_the_wait(db: str) -> None:
+    listener = SqliteListener(db)
+    listener.WATCHED_POLL = 0.2  # the safety poll comes round quickly in this test
+    stop = threading.Event()
+    try:
+        assert listener.wait(stop, 0.05)
+        assert not listener.wait(stop, 0.05)  # the safety poll found no change
+        listener.WATCHED_POLL = 60.0
+        result: list[bool] = []
+        waiter = threading.Thread(target=lambda: result.append(listener.wait(stop, 0.05)))
+        waiter.start()
+        stop.set()
+        listener.interrupt()
+        waiter.join(5)
+        assert not waiter.is_alive() and result == [False]
+    finally:
+        listener.close()
+
+
+def test_without_inotify_it_polls_data_version(db: str) -> None:
+    listener = SqliteListener(db)
+    assert listener._watch is not None
+    listener._watch.close()
+    listener._watch = None  # as on macOS, or with the inotify instance limit reached
+    stop = threading.Event()
+    try:
+        assert listener.wait(stop, 0.01)
+        assert not listener.wait(stop, 0.01)
+        commit_elsewhere(db)
+        assert listener.wait(stop, 0.01)
+    finally:
+        listener.close()

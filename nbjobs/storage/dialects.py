@@ -305,7 +305,7 @@ class SqliteListener(Listener):
     WATCHED_POLL = 2.0
     #: With inotify, at least this long between two reports, so a busy database (thousands of
     #: commits a second) costs the listener a few dozen wake-ups a second, not one per commit.
-    MIN_GAP = 0.02
+    MIN_GAP = 0.1
 
     def __init__(self, path: str) -> None:
         self._path = path

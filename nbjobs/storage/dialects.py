@@ -304,8 +304,12 @@ class SqliteListener(Listener):
     #: With inotify, a safety poll this often (seconds) in case a write went unseen.
     WATCHED_POLL = 2.0
     #: With inotify, at least this long between two reports, so a busy database (thousands of
-    #: commits a second) costs the listener a few dozen wake-ups a second, not one per commit.
-    MIN_GAP = 0.1
+    #: commits a second) costs the listener a few dozen wake-ups a second, not one per commit (the
+    #: scheduler coalesces further: `scheduler.MIN_TICK_GAP`).
+    MIN_GAP = 0.02
+    #: How long a write may take to become a visible commit (its fsync) before it is taken for a
+    #: write that commits nothing (a checkpoint); the safety poll covers anything slower.
+    PUBLISH_WAIT = 0.25
 
     def __init__(self, path: str) -> None:
         self._path = path
@@ -316,19 +320,25 @@ class SqliteListener(Listener):
     def wait(self, stop: threading.Event, timeout: float) -> bool:
         # The first call only takes the baseline, before waiting, and reports "changed": whatever was
         # committed between the dispatcher's last look and this baseline would otherwise go unseen.
+        written = False
         if self._version is not None:
             if self._watch is not None:
                 if stop.wait(self.MIN_GAP):
                     return False
-                self._watch.wait(max(timeout, self.WATCHED_POLL))  # a write, or the safety poll
+                written = self._watch.wait(max(timeout, self.WATCHED_POLL))  # or the safety poll
                 if stop.is_set():
                     return False
             elif stop.wait(timeout):
                 return False
         try:
-            if self._conn is None:
-                self._conn = sqlite3.connect(self._path, check_same_thread=False)
-            version = int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+            version = self._data_version()
+            # A commit writes its WAL frames (the event), syncs them, and only then publishes them
+            # in the shared-memory index (no event): the change may become visible a little later.
+            delay = 0.001
+            while written and version == self._version and delay < self.PUBLISH_WAIT:
+                if stop.wait(delay):
+                    return False
+                version, delay = self._data_version(), delay * 2
         except sqlite3.Error:
             self.close()
             stop.wait(timeout)
@@ -336,6 +346,11 @@ class SqliteListener(Listener):
         changed = self._version is None or version != self._version
         self._version = version
         return changed
+
+    def _data_version(self) -> int:
+        if self._conn is None:
+            self._conn = sqlite3.connect(self._path, check_same_thread=False)
+        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def interrupt(self) -> None:
         if self._watch is not None:

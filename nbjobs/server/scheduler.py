@@ -11,7 +11,6 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import cast
 
 from ..clock import Clock
 from ..storage import Store
@@ -20,7 +19,6 @@ log = logging.getLogger("nbjobs.server")
 
 #: Shortest time between two ticks, in seconds (well inside the 1 s promotion promise).
 MIN_TICK_GAP = 0.1
-_UNKNOWN = object()  #: `Scheduler._next_due` before a tick has read it
 
 #: A periodic duty run on the scheduler's tick (e.g. recurring fires); returns jobs enqueued.
 Duty = Callable[[], int]
@@ -46,11 +44,14 @@ class Scheduler:
         self.stop_event = threading.Event()
         self.ticks = 0
         self.last_tick_at: datetime | None = None
-        self._next_due: object = _UNKNOWN
         self._ticked_at = 0.0
 
     def tick(self) -> int:
         """One pass: promote what is due, run duties; returns jobs made ready."""
+        return self._pass()[0]
+
+    def _pass(self) -> tuple[int, datetime | None]:
+        """`tick`, also returning the next due time it read (so the wait need not read it again)."""
         self._ticked_at = time.monotonic()
         now = self.last_tick_at = self.clock.now()
         ready = 0
@@ -58,7 +59,6 @@ class Scheduler:
         if due is not None and due <= now:
             ready += self.store.promote_due(now)
             due = self.store.next_due()
-        self._next_due = due  # for `_timeout`, right after: one query fewer per wake-up
         for duty in self.duties:
             try:
                 ready += duty()
@@ -67,13 +67,15 @@ class Scheduler:
         if ready:
             self.wake_dispatcher.set()
         self.ticks += 1
-        return ready
+        return ready, due
 
-    def _timeout(self) -> float:
-        """Seconds until the next scheduled job or recurring fire, at most `interval`."""
+    def _timeout(self, known_due: tuple[datetime | None] | None = None) -> float:
+        """Seconds until the next scheduled job or recurring fire, at most `interval`.
+
+        `known_due`: the next due time just read by `_pass`, if any (one query fewer per wake-up).
+        """
         try:
-            known, self._next_due = self._next_due, _UNKNOWN
-            due = self.store.next_due() if known is _UNKNOWN else cast("datetime | None", known)
+            due = self.store.next_due() if known_due is None else known_due[0]
             fire = self.store.next_recurring_fire()
         except Exception:
             return self.interval
@@ -94,11 +96,11 @@ class Scheduler:
     def run(self) -> None:
         while not self.stop_event.is_set():
             try:
-                self.tick()
+                _, due = self._pass()
                 # Read before the timeout is computed: time that passes until the wait starts
                 # shortens the wait, so a fire due meanwhile is not waited past.
                 started = self.clock.monotonic()
-                timeout = self._timeout()
+                timeout = self._timeout((due,))
             except Exception:
                 log.exception("scheduler tick failed; retrying")
                 started, timeout = self.clock.monotonic(), self.interval

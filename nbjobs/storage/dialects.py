@@ -366,11 +366,11 @@ class SqliteListener(Listener):
 
 
 class _DirectoryWatch:
-    """inotify on a database's directory, for writes to the database or its WAL (Linux only)."""
+    """inotify on a database's directory, for writes to its WAL (Linux only)."""
 
-    def __init__(self, inotify: Any, names: set[str]) -> None:
+    def __init__(self, inotify: Any, wal: str) -> None:
         self._inotify = inotify
-        self._names = names
+        self._wal = wal  #: in WAL mode every commit writes here; the database file only at checkpoints
         self._wake_r, self._wake_w = os.pipe()
 
     @classmethod
@@ -393,16 +393,14 @@ class _DirectoryWatch:
             inotify.close()
             log.info("cannot watch %s (%s); polling the database for changes", directory, exc)
             return None
-        return cls(inotify, {name, f"{name}-wal"})
+        return cls(inotify, f"{name}-wal")
 
     def wait(self, timeout: float) -> bool:
         """True when the database or its WAL was written (events drained); False on timeout."""
         ready, _, _ = _select.select([self._inotify.fileno(), self._wake_r], [], [], timeout)
-        if self._wake_r in ready:
+        if not ready or self._wake_r in ready:  # timed out, or interrupted
             return False
-        if not ready:
-            return False
-        return any(e.name in self._names for e in self._inotify.read(timeout=0))
+        return any(e.name == self._wal for e in self._inotify.read(timeout=0))
 
     def interrupt(self) -> None:
         with contextlib.suppress(OSError):  # closed already

@@ -58,12 +58,15 @@ from .sql_reads import ReadsSqlMixin
 from .sql_recurring import RecurringSqlMixin
 from .sql_upkeep import UpkeepSqlMixin
 
-#: The columns a new job row writes (`SqlStore._row_for`), in the one-statement enqueue.
-_ENQUEUE_COLUMNS = (
-    "state", "queue", "priority", "name", "function", "options", "payload", "active_key", "attempts",
-    "created_at", "run_at", "enqueued_at", "finished_at", "parent_id", "continue_on", "has_children",
-    "recurring_id", "fire_time", "cancel_requested",
-)
+
+def _with_history(written: Any, name: str, state: Any, at: Any, reason: Any, server_id: Any) -> Any:
+    """`SELECT * FROM written` plus a history row per row of `written` (a data-modifying CTE with
+    `id`), in the same statement: the one-statement writes (`Dialect.one_statement_writes`)."""
+    hist = insert(history).from_select(
+        ["job_id", "state", "at", "reason", "server_id"],
+        select(written.c.id, state, at, reason, server_id),
+    ).cte(name)
+    return select(written).add_cte(hist)
 
 
 class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store):
@@ -108,19 +111,17 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
 
     def _enqueue_in_one_statement(self, spec: NewJob, now: datetime) -> Enqueued:
         """A lone plain job: job row, history row and notification in one autocommit statement."""
+        values = self._row_for(spec, self._initial_state(spec, now), now)
         if self._enqueue_stmt is None:
             row = insert(jobs).values(
-                {c: bindparam(f"j_{c}", type_=jobs.c[c].type) for c in _ENQUEUE_COLUMNS}
+                {c: bindparam(f"j_{c}", type_=jobs.c[c].type) for c in values}
             ).returning(jobs.c.id, jobs.c.state).cte("new_job")
-            hist = insert(history).from_select(
-                ["job_id", "state", "at", "reason", "server_id"],
-                select(row.c.id, row.c.state, bindparam("h_at", type_=history.c.at.type),
-                       bindparam("h_reason", type_=history.c.reason.type), null()),
-            ).cte("new_history")
             wake = case((row.c.state == S.ENQUEUED.value, self.dialect.notify_expr("enqueued")))
-            self._enqueue_stmt = select(row.c.id, row.c.state, wake).add_cte(hist)
-        values = self._row_for(spec, self._initial_state(spec, now), now)
-        params = {f"j_{c}": values[c] for c in _ENQUEUE_COLUMNS}
+            self._enqueue_stmt = _with_history(
+                row, "new_history", row.c.state, bindparam("h_at", type_=history.c.at.type),
+                bindparam("h_reason", type_=history.c.reason.type), null(),
+            ).add_columns(wake)
+        params = {f"j_{c}": v for c, v in values.items()}
         params.update(h_at=now, h_reason=spec.reason)
         stmt = self._enqueue_stmt
         found = self._tx(lambda conn: conn.execute(stmt, params).one(), one_statement=True)
@@ -348,16 +349,12 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         )
         if self.dialect.one_statement_writes:  # the history rows in the same statement
             claimed = stmt.cte("claimed")
-            hist = insert(history).from_select(
-                ["job_id", "state", "at", "reason", "server_id"],
-                select(
-                    claimed.c.id, literal(S.PROCESSING.value),
-                    bindparam("claim_now", type_=history.c.at.type),
-                    literal("claimed (attempt ") + cast(claimed.c.attempts, String) + literal(")"),
-                    bindparam("claim_server", type_=history.c.server_id.type),
-                ),
-            ).cte("claim_history")
-            stmt = select(claimed).add_cte(hist)
+            stmt = _with_history(
+                claimed, "claim_history", literal(S.PROCESSING.value),
+                bindparam("claim_now", type_=history.c.at.type),
+                literal("claimed (attempt ") + cast(claimed.c.attempts, String) + literal(")"),
+                bindparam("claim_server", type_=history.c.server_id.type),
+            )
         if len(self._claim_stmts) > 256:  # many one-off queue names: keep the cache bounded
             self._claim_stmts.clear()
         self._claim_stmts[queue] = stmt

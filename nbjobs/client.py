@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from . import notebooks, recurring_client
 from .callbacks import DoneCallbacks
@@ -20,9 +20,9 @@ from .errors import (
     ResultTimeoutError,
 )
 from .executors.notebook import NOTEBOOK_FUNCTION, notebook_call, run_notebook
-from .model import FINAL_STATES, ContinueOn, JobOptions, JobRecord, JobState, NewJob, StateChange
+from .model import FINAL_STATES, ClaimedJob, ContinueOn, JobOptions, JobRecord, JobState, NewJob, StateChange
 from .payload import SERIALIZERS, Codec, function_ref
-from .storage import Store
+from .storage import LocalClaim, Store
 
 if TYPE_CHECKING:  # nbformat (with jsonschema) loads on first use: `import nbjobs` stays fast
     from nbformat import NotebookNode
@@ -109,10 +109,20 @@ def resolve_when(when: datetime | timedelta | int | float, now: datetime) -> dat
     return now + timedelta(seconds=seconds)
 
 
+class LocalIntake(Protocol):
+    """The in-process server's side of an enqueue that claims for it (`Store.enqueue_and_acquire`)."""
+
+    def reserve(self, specs: Sequence[NewJob], now: datetime) -> LocalClaim | None: ...
+    def accept(self, claim: LocalClaim, jobs: Sequence[ClaimedJob]) -> None: ...
+    def release(self, claim: LocalClaim) -> None: ...
+
+
 class Notifier:
     """In-process wake-ups: new work for the local server, finished jobs for local waiters."""
 
     def __init__(self) -> None:
+        #: The running in-process server's free workers, claimed by enqueues in their own transaction.
+        self.intake: LocalIntake | None = None
         self.work = threading.Event()  #: set on enqueue: the local dispatcher wakes at once
         self.schedule_changed = threading.Event()  #: set on schedule: the scheduler recomputes
         self._finished = threading.Condition()
@@ -191,11 +201,27 @@ class Client:
                       continue_on=continue_on, reason=reason)
 
     def submit(self, specs: Sequence[NewJob]) -> list[Job]:
-        """Store prepared jobs in one transaction and wake local workers."""
+        """Store prepared jobs in one transaction and start or wake local workers.
+
+        With a free worker in this process the same transaction claims for it: the job starts when
+        this returns, and the server saves a transaction. Otherwise the local dispatcher is woken.
+        """
         now = self.clock.now()
-        stored = self.store.enqueue(specs, now)
-        # A continuation locked its parent's row for a moment; a claim may have skipped that row.
-        if any(s.state is JobState.ENQUEUED for s in stored) or any(j.parent_id for j in specs):
+        intake = self.notifier.intake
+        claim = intake.reserve(specs, now) if intake is not None else None
+        if intake is None or claim is None:
+            stored = self.store.enqueue(specs, now)
+        else:
+            try:
+                stored, claimed = self.store.enqueue_and_acquire(specs, now, claim)
+            except BaseException:
+                intake.release(claim)
+                raise
+            intake.accept(claim, claimed)
+        # A claim took all free slots, or all there was; else wake the dispatcher. A continuation
+        # locked its parent's row for a moment, and a claim may have skipped that row.
+        if (claim is None and any(s.state is JobState.ENQUEUED for s in stored)) or any(
+                j.parent_id for j in specs):
             self.notifier.work.set()
         if any(s.state is JobState.SCHEDULED for s in stored):
             self.notifier.schedule_changed.set()

@@ -98,7 +98,9 @@ class Engine:
                 executors=self._executors(workers), wrappers=self._wrappers(),
                 progress_sink=self._progress_sink(), on_finished=self.notifier.finished,
             )
-            return self.server.start()
+            self.server.start()
+            self.notifier.intake = self.server.dispatcher
+            return self.server
 
     def _executors(self, workers: int = 4) -> dict[str, Any]:
         """Extra executors by name (process, notebook); filled in by their modules when present."""
@@ -121,6 +123,7 @@ class Engine:
         """Stop the in-process server: running jobs get `timeout` s, then return to their queue."""
         with self._lock:
             server, self.server = self.server, None
+            self.notifier.intake = None
         if server is not None:
             server.stop(timeout)
         pool, self._process_pool = self._process_pool, None

@@ -15,16 +15,16 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from .. import context
 from ..clock import Clock
 from ..errors import JobTimeoutError
 from ..executors.thread import RunResult, RunWrapper, run_in_thread
-from ..model import ClaimedJob, Outcome, OutcomeKind
+from ..model import PRIVATE_QUEUE_MARK, ClaimedJob, NewJob, Outcome, OutcomeKind
 from ..payload import Codec
 from ..retry import decide
-from ..storage import Store
+from ..storage import LocalClaim, Store
 
 log = logging.getLogger("nbjobs.server")
 
@@ -106,6 +106,9 @@ class Dispatcher:
         self.error: BaseException | None = None
         self.errors = 0  #: turns that failed (database unreachable) and were retried
         self._next_turn = 0.0  #: monotonic time before which a busy dispatcher does not turn again
+        #: Free slots promised to claims in flight (this loop's turn, or enqueues claiming for us).
+        self._reserved = 0
+        self.claimed_by_enqueues = 0  #: jobs that enqueues in this process claimed for this server
 
     # -- worker side ----------------------------------------------------------------------------
     def _run_thread(self, job: ClaimedJob, ctx: context.JobContext) -> RunResult:
@@ -223,7 +226,8 @@ class Dispatcher:
         free = 0
         if claim and self._intake and not self._stop.is_set():
             with self._lock:  # the attempts reported now free their slots in the same transaction
-                free = self.capacity() - (len(self.running) - len(done))
+                free = max(0, self.capacity() - (len(self.running) - len(done)) - self._reserved)
+                self._reserved += free
         if not done and free <= 0:
             return stale, 0
         started = time.monotonic()
@@ -232,22 +236,61 @@ class Dispatcher:
         lease_until = now + timedelta(seconds=self.config.lease_seconds)
         try:
             lost, jobs = self.store.finish_and_acquire(
-                self.config.server_id, outcomes, self.config.queues, max(free, 0), lease_until, now
+                self.config.server_id, outcomes, self.config.queues, free, lease_until, now
             )
         except Exception:
             with self._lock:  # keep them, in order, for the next turn: an outcome is never dropped
                 self._done[:0] = done
+                self._reserved -= free
             raise
         ended = time.monotonic()
         self._next_turn = ended + min(self.config.max_turn_gap, self.config.turn_spacing * (ended - started))
         if done:
             self._settle(done, outcomes, lost)
-        self._start(jobs)
+        self._start(jobs, reserved=free)
         return stale + len(done), len(jobs)
 
-    def _start(self, jobs: Sequence[ClaimedJob]) -> None:
-        """Hand claimed jobs to the workers."""
+    # -- claims by enqueues in this process -------------------------------------------------------
+    def reserve(self, specs: Sequence[NewJob], now: datetime) -> LocalClaim | None:
+        """Free slots for an enqueue of `specs` to claim in its own transaction, or None.
+
+        Only when a new job could be ours now (due, no parent, a queue we serve) and the server is
+        idle: then the dispatcher's own claim transaction for it is saved. The claim takes up to all
+        free slots, so a backlog left by it is one this server could not take anyway.
+        """
+        if not any(self._serves(spec.options.queue) and spec.parent_id is None
+                   and (spec.run_at is None or spec.run_at <= now) for spec in specs):
+            return None
+        with self._lock:
+            # Only an idle server: a busy one claims in batches with its finished attempts (group
+            # commit), which costs fewer commits per job than a claim in every enqueue.
+            if not self._intake or self._stop.is_set() or self.running or self._reserved:
+                return None
+            free = min(self.capacity(), self.config.max_batch)
+            self._reserved += free
+        return LocalClaim(server_id=self.config.server_id, queues=tuple(self.config.queues), limit=free,
+                          lease_until=now + timedelta(seconds=self.config.lease_seconds))
+
+    def _serves(self, queue: str) -> bool:
+        queues = self.config.queues
+        return queue in queues or ("*" in queues and PRIVATE_QUEUE_MARK not in queue)
+
+    def accept(self, claim: LocalClaim, jobs: Sequence[ClaimedJob]) -> None:
+        """An enqueue claimed `jobs` for us in its (committed) transaction: run them."""
+        self._start(jobs, reserved=claim.limit)
+        self.claimed_by_enqueues += len(jobs)
+        if any(job.options.timeout for job in jobs):
+            self.wake.set()  # the loop's wait must now end by their deadline
+
+    def release(self, claim: LocalClaim) -> None:
+        """The enqueue that reserved `claim` failed: nothing was claimed."""
+        with self._lock:
+            self._reserved -= claim.limit
+
+    def _start(self, jobs: Sequence[ClaimedJob], reserved: int = 0) -> None:
+        """Hand claimed jobs to the workers; their slots stop being `reserved` at the same moment."""
         mono = self.clock.monotonic()
+        items = []
         for job in jobs:
             ctx = context.JobContext(
                 id=job.id, attempt=job.attempts, function=job.function, queue=job.options.queue,
@@ -255,13 +298,19 @@ class Dispatcher:
                 log_sink=self.store.append_logs,
             )
             timeout = job.options.timeout
-            item = Running(job=job, ctx=ctx, deadline=mono + timeout if timeout else None,
-                           lease_expires=mono + self.config.lease_seconds)
-            with self._lock:
-                old = self.running.get(job.id)
-                self.running[job.id] = item
-            if old is not None:  # our earlier attempt lost its lease and the job came back to us
-                old.ctx.request_cancel("this server no longer holds the job")
+            items.append(Running(job=job, ctx=ctx, deadline=mono + timeout if timeout else None,
+                                 lease_expires=mono + self.config.lease_seconds))
+        replaced = []
+        with self._lock:
+            self._reserved -= reserved
+            for item in items:
+                old = self.running.get(item.job.id)
+                self.running[item.job.id] = item
+                if old is not None:
+                    replaced.append(old)
+        for old in replaced:  # our earlier attempt lost its lease and the job came back to us
+            old.ctx.request_cancel("this server no longer holds the job")
+        for item in items:
             self._work.put(item)
 
     def _check_timeouts(self) -> None:

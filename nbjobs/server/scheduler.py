@@ -1,7 +1,9 @@
 """The scheduler loop: promotes due Scheduled jobs and runs duties (e.g. `recurring.RecurringDuty`).
 
-It checks at least once a second, at the next scheduled job or recurring fire, and early when the
-client schedules something or changes a recurring definition in this process.
+It checks at least once a second (SQLite: once every `interval`, as the listener reports every
+commit), at the next scheduled job or recurring fire, and early when the client schedules something
+or changes a recurring definition in this process, or another process commits: such a change costs
+one read of the next due time, and a pass only if something is due sooner than planned.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Scheduler:
         self.duties: list[Duty] = list(duties or [])
         self.stop_event = threading.Event()
         self.ticks = 0
+        self.peeks = 0  #: wake-ups that only re-read the next due time (nothing was due sooner)
         self.last_tick_at: datetime | None = None
         self._ticked_at = 0.0
 
@@ -79,6 +82,9 @@ class Scheduler:
             fire = self.store.next_recurring_fire()
         except Exception:
             return self.interval
+        return self._seconds_until(due, fire)
+
+    def _seconds_until(self, due: datetime | None, fire: datetime | None) -> float:
         now = self.clock.now()
         timeout = self.interval
         if due is not None:
@@ -106,10 +112,32 @@ class Scheduler:
                 started, timeout = self.clock.monotonic(), self.interval
             if self.stop_event.is_set():
                 return
-            self.clock.wait(self.changed, max(0.0, started + timeout - self.clock.monotonic()))
+            self._sleep_until(started + timeout)
+
+    def _sleep_until(self, deadline: float) -> None:
+        """Wait until `deadline` (this clock's monotonic time) or until something new is due sooner.
+
+        A change (a schedule written here, or any commit the listener saw) costs one read of the
+        next wake-up time, not a whole pass: most changes (heartbeats, finished jobs) move nothing
+        closer, and the wait simply goes on.
+        """
+        while True:
+            woken = self.clock.wait(self.changed, max(0.0, deadline - self.clock.monotonic()))
             self.changed.clear()
             # A busy SQLite database reports many commits a second; ticks come at most this often
             # (real time, like the dispatcher's pacing: it is about CPU, not about the job clock).
             gap = self._ticked_at + MIN_TICK_GAP - time.monotonic()
             if gap > 0 and self.stop_event.wait(gap):
                 return
+            if not woken or self.stop_event.is_set():
+                return
+            try:
+                self._ticked_at = time.monotonic()  # a look, as far as the pacing goes
+                started = self.clock.monotonic()
+                timeout = self._seconds_until(*self.store.next_wakeup())
+            except Exception:
+                return  # the pass that follows retries (and logs) what failed
+            self.peeks += 1
+            if timeout <= 0:
+                return
+            deadline = min(deadline, started + timeout)

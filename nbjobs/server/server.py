@@ -143,6 +143,10 @@ class Server:
             self.reaper.reap_once()
         except Exception:
             log.exception("initial reap failed")
+        try:  # before the dispatcher's first look: nothing committed after that look goes unseen
+            self._listener.open()
+        except Exception as exc:
+            log.warning("could not start listening for new work (%s); the listener retries", exc)
         self.dispatcher.start_workers()
         loops: dict[str, Callable[[], None]] = {
             "dispatcher": self.dispatcher.run,

@@ -35,6 +35,20 @@ class Enqueued:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LocalClaim:
+    """Free workers of a server in the enqueuing process, reserved for the enqueue's transaction.
+
+    Claiming in the transaction that stores the job saves the server a transaction (a commit, an
+    fsync at synchronous=FULL) per job and starts the job as soon as the enqueue returns.
+    """
+
+    server_id: str
+    queues: Sequence[str]
+    limit: int
+    lease_until: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
 class HeartbeatReply:
     cancel_requested: frozenset[int] = frozenset()  #: running jobs someone asked to cancel
     lost: frozenset[int] = frozenset()  #: jobs this server no longer holds (reaped, deleted)
@@ -166,6 +180,17 @@ class Store(abc.ABC):
         lost = self.finish(server_id, outcomes, now)
         return lost, self.acquire(server_id, queues, limit, lease_until, now)
 
+    def enqueue_and_acquire(
+        self, specs: Sequence[NewJob], now: datetime, claim: LocalClaim
+    ) -> tuple[list[Enqueued], list[ClaimedJob]]:
+        """`enqueue` then `acquire` for `claim`: what an enqueue does when a local server has free
+        workers. The claim honours queue order, priority and age as `acquire` does (it may take an
+        older job rather than the new one). A store that can should do both in one transaction;
+        this default takes two.
+        """
+        stored = self.enqueue(specs, now)
+        return stored, self.acquire(claim.server_id, claim.queues, claim.limit, claim.lease_until, now)
+
     # -- changes people ask for ----------------------------------------------------------------
     @abc.abstractmethod
     def requeue(self, job_id: int, now: datetime, reason: str) -> JobState:
@@ -185,6 +210,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def next_due(self) -> datetime | None:
         """The earliest due time of any Scheduled job."""
+
+    def next_wakeup(self) -> tuple[datetime | None, datetime | None]:
+        """`next_due` and `next_recurring_fire` together: all a sleeping scheduler needs to read
+        when the database changed (a store that can should read both in one query)."""
+        return self.next_due(), self.next_recurring_fire()
 
     # -- reading -------------------------------------------------------------------------------
     @abc.abstractmethod

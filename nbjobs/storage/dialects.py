@@ -153,6 +153,10 @@ class Listener:
     #: sleep long between schedule checks and rely on it to be woken by any change.
     sees_every_commit = False
 
+    def open(self) -> None:
+        """Start listening now (before the server's first look for work), so the first `wait`
+        need not report a change just in case. A listener not opened opens on its first wait."""
+
     def wait(self, stop: threading.Event, timeout: float) -> bool:
         """Block up to `timeout` s; True if a notification arrived."""
         stop.wait(timeout)
@@ -317,9 +321,12 @@ class SqliteListener(Listener):
         self._version: int | None = None
         self._watch: _DirectoryWatch | None = _DirectoryWatch.open(path)
 
+    def open(self) -> None:
+        self._version = self._data_version()
+
     def wait(self, stop: threading.Event, timeout: float) -> bool:
-        # The first call only takes the baseline, before waiting, and reports "changed": whatever was
-        # committed between the dispatcher's last look and this baseline would otherwise go unseen.
+        # Unopened, the first call only takes the baseline, before waiting, and reports "changed":
+        # whatever was committed between the dispatcher's last look and it would otherwise go unseen.
         written = False
         if self._version is not None:
             if self._watch is not None:
@@ -517,6 +524,9 @@ class PostgresListener(Listener):
             conn.close()
             raise
         return conn
+
+    def open(self) -> None:
+        self._conn = self._connect()
 
     def wait(self, stop: threading.Event, timeout: float) -> bool:
         try:

@@ -40,7 +40,7 @@ from ..model import (
     Outcome,
     OutcomeKind,
 )
-from .base import Enqueued, Store
+from .base import Enqueued, LocalClaim, Store
 from .schema import ENQUEUED_ROW, history, jobs
 from .sql_base import (
     _FINISH_STMTS,
@@ -55,7 +55,7 @@ from .sql_base import (
     _picked,
 )
 from .sql_reads import ReadsSqlMixin
-from .sql_recurring import RecurringSqlMixin
+from .sql_recurring import NEXT_FIRE, RecurringSqlMixin
 from .sql_upkeep import UpkeepSqlMixin
 
 
@@ -69,6 +69,10 @@ def _with_history(written: Any, name: str, state: Any, at: Any, reason: Any, ser
     return select(written).add_cte(hist)
 
 
+#: The earliest due time of a Scheduled job.
+_NEXT_DUE = select(func.min(jobs.c.run_at)).where(jobs.c.state == S.SCHEDULED.value).scalar_subquery()
+
+
 class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store):
     """The Store on a SQLAlchemy engine: the job write path (enqueue, claim, finish, user changes)."""
 
@@ -77,37 +81,47 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         if (len(specs) == 1 and self.dialect.one_statement_writes and specs[0].options.key is None
                 and specs[0].parent_id is None):
             return [self._enqueue_in_one_statement(specs[0], now)]
+        return self._tx(lambda conn: self._enqueue(conn, specs, now))
 
-        def body(conn: Connection) -> list[Enqueued]:
-            out: list[Enqueued] = []
-            simple: list[tuple[int, dict[str, Any]]] = []
-            results: dict[int, Enqueued] = {}
-            hist: list[tuple[int, JobState, str]] = []
-            for index, spec in enumerate(specs):
-                if spec.options.key is None and spec.parent_id is None:
-                    simple.append((index, self._row_for(spec, self._initial_state(spec, now), now)))
-                    continue
-                result = self._enqueue_one(conn, spec, now)
-                results[index] = result
-                if result.created:
-                    hist.append((result.id, result.state, spec.reason))
-            if simple:
-                ids: Sequence[int]
-                if len(simple) == 1:  # a plain INSERT, cheaper than the many-rows RETURNING path
-                    ids = [conn.execute(_INSERT_JOB, simple[0][1]).scalar_one()]
-                else:
-                    ids = conn.execute(_INSERT_JOBS, [row for _, row in simple]).scalars().all()
-                for (index, row), job_id in zip(simple, ids, strict=True):
-                    state = JobState(row["state"])
-                    results[index] = Enqueued(id=job_id, state=state, created=True)
-                    hist.append((job_id, state, specs[index].reason))
-            self._history_rows(conn, hist, now, None)
-            out = [results[i] for i in range(len(specs))]
-            if any(r.created and r.state is S.ENQUEUED for r in out):
-                self.dialect.notify(conn, "enqueued")
-            return out
+    def enqueue_and_acquire(
+        self, specs: Sequence[NewJob], now: datetime, claim: LocalClaim
+    ) -> tuple[list[Enqueued], list[ClaimedJob]]:
+        """One transaction: the claim's commit is the enqueue's (one commit per job, not two)."""
+
+        def body(conn: Connection) -> tuple[list[Enqueued], list[ClaimedJob]]:
+            stored = self._enqueue(conn, specs, now)
+            claimed = self._acquire(conn, claim.server_id, claim.queues, claim.limit, claim.lease_until, now)
+            return stored, claimed
 
         return self._tx(body)
+
+    def _enqueue(self, conn: Connection, specs: Sequence[NewJob], now: datetime) -> list[Enqueued]:
+        simple: list[tuple[int, dict[str, Any]]] = []
+        results: dict[int, Enqueued] = {}
+        hist: list[tuple[int, JobState, str]] = []
+        for index, spec in enumerate(specs):
+            if spec.options.key is None and spec.parent_id is None:
+                simple.append((index, self._row_for(spec, self._initial_state(spec, now), now)))
+                continue
+            result = self._enqueue_one(conn, spec, now)
+            results[index] = result
+            if result.created:
+                hist.append((result.id, result.state, spec.reason))
+        if simple:
+            ids: Sequence[int]
+            if len(simple) == 1:  # a plain INSERT, cheaper than the many-rows RETURNING path
+                ids = [conn.execute(_INSERT_JOB, simple[0][1]).scalar_one()]
+            else:
+                ids = conn.execute(_INSERT_JOBS, [row for _, row in simple]).scalars().all()
+            for (index, row), job_id in zip(simple, ids, strict=True):
+                state = JobState(row["state"])
+                results[index] = Enqueued(id=job_id, state=state, created=True)
+                hist.append((job_id, state, specs[index].reason))
+        self._history_rows(conn, hist, now, None)
+        out = [results[i] for i in range(len(specs))]
+        if any(r.created and r.state is S.ENQUEUED for r in out):
+            self.dialect.notify(conn, "enqueued")
+        return out
 
     def _enqueue_in_one_statement(self, spec: NewJob, now: datetime) -> Enqueued:
         """A lone plain job: job row, history row and notification in one autocommit statement."""
@@ -560,9 +574,8 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         return self._tx(body)
 
     def next_due(self) -> datetime | None:
-        return self._tx(
-            lambda conn: conn.execute(
-                select(func.min(jobs.c.run_at)).where(jobs.c.state == S.SCHEDULED.value)
-            ).scalar(),
-            write=False,
-        )
+        return self._tx(lambda conn: conn.execute(select(_NEXT_DUE)).scalar(), write=False)
+
+    def next_wakeup(self) -> tuple[datetime | None, datetime | None]:
+        row = self._tx(lambda conn: conn.execute(select(_NEXT_DUE, NEXT_FIRE)).one(), write=False)
+        return row[0], row[1]

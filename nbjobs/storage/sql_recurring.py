@@ -32,6 +32,10 @@ _RECORD_QUERY = select(recurring, jobs.c.state.label("last_job_state")).select_f
 )
 
 
+#: The earliest next fire of a definition that is not paused.
+NEXT_FIRE = select(func.min(recurring.c.next_fire)).where(recurring.c.paused.is_(False)).scalar_subquery()
+
+
 class RecurringSqlMixin(SqlBase):
     """Recurring-job methods of `SqlStore` (see `Store` for what each guarantees)."""
 
@@ -116,9 +120,7 @@ class RecurringSqlMixin(SqlBase):
 
     def next_recurring_fire(self) -> datetime | None:
         return self._tx(
-            lambda conn: conn.execute(
-                select(func.min(recurring.c.next_fire)).where(recurring.c.paused.is_(False))
-            ).scalar(),
+            lambda conn: conn.execute(select(NEXT_FIRE)).scalar(),
             write=False,
         )
 

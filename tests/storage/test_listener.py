@@ -1,5 +1,6 @@
 """SQLite's change listener: inotify wakes it at once on another process's commit, it sleeps when
-nothing changes, and a stopping server can interrupt it."""
+nothing changes, and a stopping server can interrupt it. An opened listener (SQLite or PostgreSQL)
+reports only what comes after it opened."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import make_url
 
 from nbjobs.storage import SqlStore
-from nbjobs.storage.dialects import SqliteListener
+from nbjobs.storage.dialects import CHANNEL, PostgresListener, SqliteListener
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="inotify is Linux only")
 
@@ -78,5 +80,36 @@ def test_without_inotify_it_polls_data_version(db: str) -> None:
         assert not listener.wait(stop, 0.01)
         commit_elsewhere(db)
         assert listener.wait(stop, 0.01)
+    finally:
+        listener.close()
+
+
+def test_an_opened_listener_reports_only_later_commits(db: str) -> None:
+    listener = SqliteListener(db)
+    listener.WATCHED_POLL = 0.1
+    stop = threading.Event()
+    try:
+        listener.open()  # the server opens it before its first look for work
+        assert not listener.wait(stop, 0.05)  # no "look now, just in case" on the first wait
+        commit_elsewhere(db)
+        started = time.monotonic()
+        while not listener.wait(stop, 0.05):
+            assert time.monotonic() - started < 10
+    finally:
+        listener.close()
+
+
+def test_an_opened_postgres_listener_reports_only_later_notifications(pg_database: str) -> None:
+    import psycopg
+
+    listener = PostgresListener(pg_database)
+    stop = threading.Event()
+    try:
+        listener.open()
+        assert not listener.wait(stop, 0.05)  # connected and listening already: nothing to report
+        with psycopg.connect(make_url(pg_database).set(drivername="postgresql").render_as_string(False),
+                             autocommit=True) as conn:
+            conn.execute(f"NOTIFY {CHANNEL}")
+        assert listener.wait(stop, 5)
     finally:
         listener.close()

@@ -109,6 +109,7 @@ class Dispatcher:
         #: Free slots promised to claims in flight (this loop's turn, or enqueues claiming for us).
         self._reserved = 0
         self.claimed_by_enqueues = 0  #: jobs that enqueues in this process claimed for this server
+        self.turns = 0  #: times the loop looked for work to report or claim
 
     # -- worker side ----------------------------------------------------------------------------
     def _run_thread(self, job: ClaimedJob, ctx: context.JobContext) -> RunResult:
@@ -184,6 +185,7 @@ class Dispatcher:
                 if gap > 0:  # pacing is about CPU and the database, so real time even under a ManualClock
                     self._stop.wait(gap)
                 self.wake.clear()
+                self.turns += 1
                 try:
                     self._check_timeouts()
                     flushed, claimed = self._turn()

@@ -42,7 +42,8 @@ class ServerConfig:
     shutdown_timeout: float = 10.0  #: grace for running jobs when stopping
     poll_interval: float = 0.25  #: cross-process check for new work when no notification exists
     scheduler_interval: float = 1.0
-    #: Longest scheduler sleep when the database reports every change (SQLite), which wakes it sooner.
+    #: Longest dispatcher and scheduler sleep when the database reports every change (SQLite), which
+    #: wakes them sooner.
     scheduler_idle_interval: float = 30.0
     keep_succeeded: float = 7 * DAY
     keep_deleted: float = 7 * DAY
@@ -86,12 +87,21 @@ class Server:
         self.id = uuid.uuid4().hex
         self.name = config.name or f"{HOST}:{os.getpid()}:{self.id[:6]}"
         self.wake = wake
+        self._listener = store.listener()
+        # When the listener sees every commit (SQLite), new work and a schedule written by any process
+        # wake the dispatcher and the scheduler within one poll, and due times are waited for exactly:
+        # neither need look on its own every few seconds.
+        dispatcher_poll = max(config.poll_interval, 5.0)
+        scheduler_interval = config.scheduler_interval
+        if self._listener.sees_every_commit:
+            dispatcher_poll = max(dispatcher_poll, config.scheduler_idle_interval)
+            scheduler_interval = max(scheduler_interval, config.scheduler_idle_interval)
         self.dispatcher = Dispatcher(
             store=store, clock=clock, codec=codec, wake=wake, executors=executors, wrappers=wrappers,
             progress_sink=progress_sink, on_finished=on_finished,
             config=DispatcherConfig(
                 server_id=self.id, queues=tuple(config.queues), workers=config.workers,
-                lease_seconds=config.server_timeout, poll_interval=max(config.poll_interval, 5.0),
+                lease_seconds=config.server_timeout, poll_interval=dispatcher_poll,
                 max_batch=config.max_batch,
             ),
         )
@@ -100,12 +110,6 @@ class Server:
             interval=config.heartbeat_interval, lease_seconds=config.server_timeout,
             reregister=self._register,
         )
-        self._listener = store.listener()
-        # When the listener sees every commit (SQLite), a schedule written by any process wakes the
-        # scheduler within one poll, and due times are waited for exactly: it need not poll each second.
-        scheduler_interval = config.scheduler_interval
-        if self._listener.sees_every_commit:
-            scheduler_interval = max(scheduler_interval, config.scheduler_idle_interval)
         self.scheduler = Scheduler(
             store=store, clock=clock, wake_dispatcher=wake, changed=schedule_changed,
             interval=scheduler_interval, duties=config.duties,
@@ -118,9 +122,11 @@ class Server:
             interval=max(config.heartbeat_interval, config.server_timeout / 3),
             server_timeout=config.server_timeout, keep_succeeded=config.keep_succeeded,
             keep_deleted=config.keep_deleted,
-            refresh_own=lambda: self.heartbeat.beat_if_older(config.heartbeat_interval / 2),
+            # Our own beat must be fresh enough not to look dead to this pass: half the timeout is.
+            refresh_own=lambda: self.heartbeat.beat_if_older(config.server_timeout / 2),
         )
         self._listen_stop = threading.Event()
+        self.listener_reports = 0  #: changes the listener reported (handled by the time it counts)
         self._threads: dict[str, threading.Thread] = {}
         self._started = False
         self._stopped = threading.Event()
@@ -180,9 +186,11 @@ class Server:
         """Turn notifications from other processes (or SQLite's change counter) into wake-ups."""
         while not self._listen_stop.is_set():
             if self._listener.wait(self._listen_stop, self.config.poll_interval):
-                self.wake.set()
-                if self._listener.sees_every_commit:
+                if self._listener.work_pending():
+                    self.wake.set()
+                if self._listener.sees_every_commit and self._listener.due_times_changed():
                     self.scheduler.changed.set()
+                self.listener_reports += 1
 
     @property
     def running(self) -> bool:

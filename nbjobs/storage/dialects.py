@@ -162,6 +162,17 @@ class Listener:
         stop.wait(timeout)
         return False
 
+    def work_pending(self) -> bool:
+        """After `wait` reported a change: could there be a job to claim? A cheap look that spares
+        the dispatcher a claim transaction for every commit that brought no work; True if unsure."""
+        return True
+
+    def due_times_changed(self) -> bool:
+        """After `wait` reported a change: did the earliest due time (of a Scheduled job or of a
+        recurring fire) change since the last look? Spares a sleeping scheduler the commits that
+        move nothing (heartbeats, finished jobs); True if unsure."""
+        return True
+
     def interrupt(self) -> None:
         """Make a blocked `wait` return now (the server is stopping)."""
 
@@ -294,6 +305,15 @@ class SqliteDialect(Dialect):
         return SqliteListener(make_url(self.url).database or "")
 
 
+#: Whether any job waits to be claimed (the text of `schema.ENQUEUED_ROW`, so its partial index serves).
+_ANY_ENQUEUED = "SELECT 1 FROM nbjobs_jobs WHERE state = 'enqueued' LIMIT 1"
+#: The earliest due times the scheduler waits for (`Store.next_wakeup`), as stored (epoch seconds).
+_DUE_TIMES = (
+    "SELECT (SELECT min(run_at) FROM nbjobs_jobs WHERE state = 'scheduled'),"
+    " (SELECT min(next_fire) FROM nbjobs_recurring WHERE paused = 0)"
+)
+
+
 class SqliteListener(Listener):
     """Sees commits of other connections through SQLite's `PRAGMA data_version`.
 
@@ -319,10 +339,12 @@ class SqliteListener(Listener):
         self._path = path
         self._conn: sqlite3.Connection | None = None
         self._version: int | None = None
+        self._due: tuple[Any, ...] | None = None  #: the due times at the last look (raw values)
         self._watch: _DirectoryWatch | None = _DirectoryWatch.open(path)
 
     def open(self) -> None:
         self._version = self._data_version()
+        self.due_times_changed()  # the baseline
 
     def wait(self, stop: threading.Event, timeout: float) -> bool:
         # Unopened, the first call only takes the baseline, before waiting, and reports "changed":
@@ -354,10 +376,29 @@ class SqliteListener(Listener):
         self._version = version
         return changed
 
-    def _data_version(self) -> int:
+    # Every commit is reported (heartbeats, finished jobs, …) and most concern neither the dispatcher
+    # nor the scheduler: two lookups (partial indexes) on the listener's own connection tell.
+    def work_pending(self) -> bool:
+        try:
+            return self._connection().execute(_ANY_ENQUEUED).fetchone() is not None
+        except sqlite3.Error:
+            return True
+
+    def due_times_changed(self) -> bool:
+        try:
+            due = tuple(self._connection().execute(_DUE_TIMES).fetchone())
+        except sqlite3.Error:
+            return True
+        changed, self._due = due != self._due, due
+        return changed
+
+    def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
             self._conn = sqlite3.connect(self._path, check_same_thread=False)
-        return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
+        return self._conn
+
+    def _data_version(self) -> int:
+        return int(self._connection().execute("PRAGMA data_version").fetchone()[0])
 
     def interrupt(self) -> None:
         if self._watch is not None:

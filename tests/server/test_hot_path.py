@@ -222,3 +222,23 @@ def test_a_change_that_moves_nothing_closer_costs_the_scheduler_one_read_not_a_p
     assert STARTED.wait(10)
     assert soon.wait(timeout=10) is JobState.SUCCEEDED
     assert scheduler.ticks > ticks and far.state is JobState.SCHEDULED
+
+
+def test_sqlite_commits_that_bring_no_work_wake_neither_dispatcher_nor_scheduler(tmp_path: object) -> None:
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    with nbjobs.connect(url, secret="s") as eng, nbjobs.connect(url, secret="s") as other:
+        server = _settled(eng.start_server(workers=1))
+        scheduler, dispatcher = server.scheduler, server.dispatcher
+        wait_for(lambda: scheduler.ticks >= 1)
+        turns, looks, reports = dispatcher.turns, scheduler.ticks + scheduler.peeks, server.listener_reports
+        server.heartbeat.beat()  # a commit that brings no work (as are the reaper's, finished jobs, …)
+        wait_for(lambda: server.listener_reports > reports)
+        assert dispatcher.turns == turns
+        assert scheduler.ticks + scheduler.peeks == looks
+        # What another process commits that does bring work wakes the one that takes it.
+        STARTED.clear()
+        other.enqueue(mark)
+        assert STARTED.wait(5)
+        assert dispatcher.turns > turns
+        other.schedule(3600, mark)
+        wait_for(lambda: scheduler.ticks + scheduler.peeks > looks)

@@ -113,3 +113,24 @@ def test_an_opened_postgres_listener_reports_only_later_notifications(pg_databas
         assert listener.wait(stop, 5)
     finally:
         listener.close()
+
+
+def test_it_tells_work_and_due_time_changes_from_other_commits(db: str) -> None:
+    import nbjobs
+
+    listener = SqliteListener(db)
+    try:
+        listener.open()
+        assert not listener.work_pending()
+        commit_elsewhere(db)  # a commit about nothing a server waits for
+        assert not listener.work_pending() and not listener.due_times_changed()
+        with nbjobs.connect(f"sqlite:///{db}", secret="s") as eng:
+            later = eng.schedule(3600, print, "later")
+            assert listener.due_times_changed() and not listener.work_pending()
+            assert not listener.due_times_changed()  # unchanged since the last look
+            eng.enqueue(print, "now")
+            assert listener.work_pending() and not listener.due_times_changed()
+            later.delete()
+            assert listener.due_times_changed()
+    finally:
+        listener.close()

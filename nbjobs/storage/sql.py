@@ -415,7 +415,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
                     .where(jobs.c.id == bindparam("_id"))
                     .values({c: bindparam(c) for c in shape})
                 )
-            conn.execute(stmt, shape_params)
+            self._executemany(conn, stmt, shape_params)
         self._history_rows(conn, hist, now, server_id, data)
         if finished_parents:
             self._release_children(conn, finished_parents, now)

@@ -11,7 +11,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import nullcontext
 from datetime import datetime
 from typing import Any, TypeVar
@@ -113,6 +113,8 @@ class SqlBase:
         self._max_retries = max_retries
         self._claim_stmts: dict[str, Any] = {}
         self._enqueue_stmt: Any = None
+        #: `_executemany`'s compiled statements by statement and columns (a handful of shapes).
+        self._driver_batches: dict[tuple[Any, tuple[str, ...]], _DriverBatch | None] = {}
         #: The running jobs of a finishing server, locked until the outcome is written.
         self._held_stmt = self.dialect.row_lock(
             select(jobs.c.id, jobs.c.has_children, jobs.c.started_at, jobs.c.attempts).where(
@@ -200,9 +202,30 @@ class SqlBase:
     def listener(self) -> Listener:
         return self.dialect.make_listener()
 
+    # -- many rows ------------------------------------------------------------------------------
+    def _executemany(self, conn: Connection, stmt: Any, rows: Sequence[dict[str, Any]]) -> None:
+        """`conn.execute(stmt, rows)`, faster for many rows where the driver's parameters are positional.
+
+        SQLAlchemy's executemany builds every row's parameters through its compiler, about 20 µs a row
+        here, and a dispatcher turn writes hundreds of rows (finished jobs, history). The statement,
+        its parameter order and its types' bind processors still come from SQLAlchemy, compiled once;
+        only the loop that turns rows into tuples for `cursor.executemany` is ours.
+        """
+        if len(rows) < _DRIVER_BATCH_MIN:
+            conn.execute(stmt, rows)
+            return
+        key = (stmt, tuple(rows[0]))  # an INSERT's columns are those of its rows, as in SQLAlchemy
+        batch = self._driver_batches.get(key, _UNCOMPILED)
+        if batch is _UNCOMPILED:
+            batch = self._driver_batches[key] = _DriverBatch.compile(stmt, conn.dialect, key[1])
+        if batch is None:
+            conn.execute(stmt, rows)
+        else:
+            conn.exec_driver_sql(batch.sql, batch.tuples(rows))
+
     # -- history --------------------------------------------------------------------------------
-    @staticmethod
     def _history_rows(
+        self,
         conn: Connection,
         rows: Iterable[tuple[int, JobState, str]],
         now: datetime,
@@ -221,7 +244,39 @@ class SqlBase:
             for job_id, state, reason in rows
         ]
         if params:
-            conn.execute(_INSERT_HISTORY, params)
+            self._executemany(conn, _INSERT_HISTORY, params)
+
+
+#: From this many rows on, `_executemany` hands tuples to the driver (below, SQLAlchemy's own path).
+_DRIVER_BATCH_MIN = 8
+
+
+class _DriverBatch:
+    """A statement compiled for a positional-parameter driver, with its bind processors in order."""
+
+    def __init__(self, sql: str, names: Sequence[str], processors: Sequence[Callable[[Any], Any] | None]):
+        self.sql = sql
+        self._names = tuple(names)
+        self._processors = tuple(processors)
+
+    @classmethod
+    def compile(cls, stmt: Any, dialect: Any, columns: Sequence[str]) -> _DriverBatch | None:
+        compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
+        if not compiled.positional or compiled.positiontup is None:
+            return None  # e.g. psycopg's named parameters: SQLAlchemy's path is fine there
+        processors = compiled._bind_processors  # what SQLAlchemy itself applies, keyed by name
+        names = list(compiled.positiontup)
+        return cls(compiled.string, names, [processors.get(n) for n in names])
+
+    def tuples(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        pairs = list(zip(self._names, self._processors, strict=True))
+        return [
+            tuple(row[name] if proc is None or row[name] is None else proc(row[name]) for name, proc in pairs)
+            for row in rows
+        ]
+
+
+_UNCOMPILED: Any = object()
 
 
 def _picked(pick: Any) -> Any:

@@ -177,3 +177,40 @@ def test_a_forked_child_does_not_inherit_a_held_write_lock(tmp_path: object) -> 
         assert os.waitstatus_to_exitcode(status) == 0
     finally:
         store.close()
+
+
+def test_a_large_batch_of_outcomes_reads_back_exactly_as_a_small_one(store: SqlStore) -> None:
+    """Many rows go to the driver as tuples (`SqlBase._executemany`); a few go through SQLAlchemy.
+    Both must store the same values: times to the microsecond, NULLs, bytes, text and JSON data."""
+    n = 20
+    stored = store.enqueue([spec(i) for i in range(n + 1)], T0)
+    claimed = store.acquire("s1", ["*"], n + 1, lease(), T0)
+    assert len(claimed) == n + 1
+
+    def outcome(i: int, job_id: int) -> Outcome:
+        started = T0 + timedelta(microseconds=123_457 + i)
+        if i % 2:
+            return Outcome(job_id=job_id, kind=OutcomeKind.SUCCEEDED, started_at=started,
+                           finished_at=started + timedelta(seconds=1.000001), result=f"r{i}".encode())
+        return Outcome(job_id=job_id, kind=OutcomeKind.FAILED, started_at=started,
+                       finished_at=started + timedelta(seconds=2), error_type="ValueError",
+                       error_message=f"bad {i} ✗", error_traceback="Traceback …")
+
+    big = [outcome(i, c.id) for i, c in enumerate(claimed[:n])]
+    small = [outcome(0, claimed[n].id)]
+    finished_at = T0 + timedelta(seconds=5)
+    assert store.finish("s1", big, finished_at) == []
+    assert store.finish("s1", small, finished_at) == []
+    for o in [*big, *small]:
+        record = store.get(o.job_id)
+        assert record is not None
+        assert record.started_at == o.started_at and record.finished_at == o.finished_at
+        assert record.server_id is None and record.lease_until is None
+        if o.kind is OutcomeKind.SUCCEEDED:
+            assert record.state is S.SUCCEEDED and record.result == o.result
+        else:
+            assert record.state is S.FAILED and record.error_message == o.error_message
+            assert record.result is None and record.error_traceback == "Traceback …"
+        last = store.history(o.job_id)[-1]
+        assert last.state is record.state and last.at == finished_at and last.server_id == "s1"
+    assert {store.get(s.id).state for s in stored} == {S.SUCCEEDED, S.FAILED}  # type: ignore[union-attr]

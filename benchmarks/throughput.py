@@ -162,6 +162,18 @@ def _start(eng: Any, counter: FinishCounter | None = None) -> None:
     eng.start_server(workers=WORKERS)
 
 
+def _rate_when_done(eng: Any, counter: FinishCounter, t0: float, what: str) -> float:
+    """Jobs per second from `t0` until the counter's last outcome was committed; then stop the
+    server and check every job succeeded."""
+    n = counter.target
+    if not counter.done.wait(300):
+        raise RuntimeError(f"{what} did not finish: {counter.count}/{n}")
+    rate = n / (time.perf_counter() - t0)
+    eng.stop_server()
+    _check_succeeded(eng, n)
+    return rate
+
+
 def _check_succeeded(eng: Any, n: int) -> None:
     counts = eng.counts()
     if counts.get("succeeded") != n:
@@ -191,12 +203,7 @@ def nbjobs_drain(mode: str, n: int) -> float:
         counter = FinishCounter(n)
         t0 = time.perf_counter()
         _start(eng, counter)
-        if not counter.done.wait(300):
-            raise RuntimeError(f"drain did not finish: {counter.count}/{n}")
-        rate = n / (time.perf_counter() - t0)
-        eng.stop_server()
-        _check_succeeded(eng, n)
-        return rate
+        return _rate_when_done(eng, counter, t0, "drain")
 
 
 def nbjobs_end_to_end(mode: str, n: int, batch: int = 1) -> float:
@@ -212,12 +219,7 @@ def nbjobs_end_to_end(mode: str, n: int, batch: int = 1) -> float:
         else:
             for i in range(0, n, batch):
                 eng.enqueue_many(noop, [()] * min(batch, n - i))
-        if not counter.done.wait(300):
-            raise RuntimeError(f"end-to-end did not finish: {counter.count}/{n}")
-        rate = n / (time.perf_counter() - t0)
-        eng.stop_server()
-        _check_succeeded(eng, n)
-        return rate
+        return _rate_when_done(eng, counter, t0, "end-to-end")
 
 
 def nbjobs_latency(mode: str, samples: int) -> list[float]:

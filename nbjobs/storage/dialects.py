@@ -82,6 +82,11 @@ class Dialect:
     #: COMMIT into one round trip, which is most of what a lone enqueue or an idle server's claim
     #: costs; SQLite has no data-modifying CTEs (and no round trips), so it keeps transactions.
     one_statement_writes = False
+    #: A short write may run on the driver's own connection (`begin_driver_write`), not through a
+    #: SQLAlchemy Connection. For an embedded database a statement costs a few microseconds and
+    #: SQLAlchemy's connection, transaction and execution layers cost ten times that; a server
+    #: database spends its time in round trips instead, and keeps SQLAlchemy's path.
+    driver_writes = False
 
     def __init__(self, url: str, *, synchronous: str = "FULL", pool_size: int = 10) -> None:
         self.url = url
@@ -94,6 +99,10 @@ class Dialect:
     def begin_write(self, conn: Connection) -> None:
         """Start a write transaction."""
         conn.begin()
+
+    def begin_driver_write(self, dbapi_conn: Any) -> None:
+        """Start a write transaction on the driver's connection (only where `driver_writes`)."""
+        raise NotImplementedError
 
     def write_guard(self) -> AbstractContextManager[Any]:
         """Held around a whole write transaction in this process (nothing for a server database)."""
@@ -182,6 +191,7 @@ class Listener:
 
 class SqliteDialect(Dialect):
     name = "sqlite"
+    driver_writes = True
     _lock_path: str | None = None
 
     def create_engine(self) -> Engine:
@@ -234,6 +244,13 @@ class SqliteDialect(Dialect):
     def begin_write(self, conn: Connection) -> None:
         conn.execution_options(nbjobs_write=True)
         conn.begin()
+
+    def begin_driver_write(self, dbapi_conn: Any) -> None:
+        dbapi_conn.execute("BEGIN IMMEDIATE")
+
+    def is_transient(self, exc: BaseException) -> bool:
+        # A driver-level write (`driver_writes`) meets the driver's own exception, not SQLAlchemy's.
+        return isinstance(exc, sqlite3.OperationalError) or super().is_transient(exc)
 
     def write_guard(self) -> AbstractContextManager[Any]:
         # SQLite has one writer at a time. Threads of this process (client, dispatcher, heartbeat)

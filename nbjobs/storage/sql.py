@@ -45,6 +45,7 @@ from .schema import ENQUEUED_ROW, history, jobs
 from .sql_base import (
     _FINISH_STMTS,
     _INSERT_JOB,
+    _INSERT_JOB_PLAIN,
     _INSERT_JOBS,
     _RELEASE,
     E,
@@ -78,9 +79,11 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
 
     # -- enqueue --------------------------------------------------------------------------------
     def enqueue(self, specs: Sequence[NewJob], now: datetime) -> list[Enqueued]:
-        if (len(specs) == 1 and self.dialect.one_statement_writes and specs[0].options.key is None
-                and specs[0].parent_id is None):
-            return [self._enqueue_in_one_statement(specs[0], now)]
+        if len(specs) == 1 and specs[0].options.key is None and specs[0].parent_id is None:
+            if self.dialect.one_statement_writes:
+                return [self._enqueue_in_one_statement(specs[0], now)]
+            if self.dialect.driver_writes:
+                return [self._enqueue_on_driver(specs[0], now)]
         return self._tx(lambda conn: self._enqueue(conn, specs, now))
 
     def enqueue_and_acquire(
@@ -140,6 +143,23 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         stmt = self._enqueue_stmt
         found = self._tx(lambda conn: conn.execute(stmt, params).one(), one_statement=True)
         return Enqueued(id=found.id, state=JobState(found.state), created=True)
+
+    def _enqueue_on_driver(self, spec: NewJob, now: datetime) -> Enqueued:
+        """A lone plain job on an embedded database: the job row and its history row, as `_enqueue`
+        writes them, on the driver's connection (a third of the time of SQLAlchemy's path)."""
+        state = self._initial_state(spec, now)
+        row = self._row_for(spec, state, now)
+        stmt = self._driver_statement(_INSERT_JOB_PLAIN, tuple(row))
+        assert stmt is not None, "driver writes need a positional driver"
+        params = stmt.tuples([row])[0]
+
+        def body(dbapi_conn: Any) -> int:
+            job_id: int = dbapi_conn.execute(stmt.sql, params).lastrowid
+            self._driver_history_row(dbapi_conn, job_id, state, now, spec.reason)
+            return job_id
+
+        # No `dialect.notify`: a database with driver writes is watched through its files.
+        return Enqueued(id=self._driver_tx(body), state=state, created=True)
 
     @staticmethod
     def _initial_state(spec: NewJob, now: datetime) -> JobState:

@@ -54,6 +54,7 @@ LIST_COLUMNS = [
 #: Statements built once: building one costs more than executing it for a single row.
 _INSERT_HISTORY = insert(history)
 _INSERT_JOB = insert(jobs).returning(jobs.c.id)
+_INSERT_JOB_PLAIN = insert(jobs)  #: for the driver, which tells the new id itself (`lastrowid`)
 _INSERT_JOBS = insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True)
 #: Finish UPDATEs by the set of columns they write (a handful of shapes).
 _FINISH_STMTS: dict[tuple[str, ...], Any] = {}
@@ -136,21 +137,50 @@ class SqlBase:
         `one_statement`: `body` runs a single statement, which is its own transaction in autocommit
         mode (only where `dialect.one_statement_writes`): no BEGIN and COMMIT round trips.
         """
+
+        def once() -> T:
+            if one_statement:
+                with self._autocommit.connect() as conn:
+                    return body(conn)
+            # The guard is outermost so a failed transaction is rolled back before it is released.
+            with self.dialect.write_guard() if write else nullcontext(), self.engine.connect() as conn:
+                if write:
+                    self.dialect.begin_write(conn)
+                else:
+                    conn.begin()
+                result = body(conn)
+                conn.commit()
+                return result
+
+        return self._retrying(once)
+
+    def _driver_tx(self, body: Callable[[Any], T]) -> T:
+        """A write transaction on the driver's own connection (`dialect.driver_writes`), for the
+        hot single-job writes: `body` gets the DBAPI connection and runs `_driver_statement`s."""
+
+        def once() -> T:
+            with self.dialect.write_guard():
+                pooled = self.engine.raw_connection()
+                try:
+                    dbapi_conn: Any = pooled.dbapi_connection
+                    self.dialect.begin_driver_write(dbapi_conn)
+                    try:
+                        result = body(dbapi_conn)
+                        dbapi_conn.commit()
+                    except BaseException:
+                        dbapi_conn.rollback()
+                        raise
+                    return result
+                finally:
+                    pooled.close()
+
+        return self._retrying(once)
+
+    def _retrying(self, once: Callable[[], T]) -> T:
         delay = 0.01
         for attempt in range(self._max_retries + 1):
             try:
-                if one_statement:
-                    with self._autocommit.connect() as conn:
-                        return body(conn)
-                # The guard is outermost so a failed transaction is rolled back before it is released.
-                with self.dialect.write_guard() if write else nullcontext(), self.engine.connect() as conn:
-                    if write:
-                        self.dialect.begin_write(conn)
-                    else:
-                        conn.begin()
-                    result = body(conn)
-                    conn.commit()
-                    return result
+                return once()
             except Exception as exc:
                 if attempt >= self._max_retries or not self.dialect.is_transient(exc):
                     raise
@@ -214,14 +244,20 @@ class SqlBase:
         if len(rows) < _DRIVER_BATCH_MIN:
             conn.execute(stmt, rows)
             return
-        key = (stmt, tuple(rows[0]))  # an INSERT's columns are those of its rows, as in SQLAlchemy
-        batch = self._driver_batches.get(key, _UNCOMPILED)
-        if batch is _UNCOMPILED:
-            batch = self._driver_batches[key] = _DriverBatch.compile(stmt, conn.dialect, key[1])
+        batch = self._driver_statement(stmt, tuple(rows[0]))
         if batch is None:
             conn.execute(stmt, rows)
         else:
             conn.exec_driver_sql(batch.sql, batch.tuples(rows))
+
+    def _driver_statement(self, stmt: Any, columns: tuple[str, ...]) -> _DriverBatch | None:
+        """`stmt` compiled once for this store's driver, for rows with these keys (an INSERT's columns
+        are those of its rows, as in SQLAlchemy); None where the driver's parameters are named."""
+        key = (stmt, columns)
+        batch: _DriverBatch | None = self._driver_batches.get(key, _UNCOMPILED)
+        if batch is _UNCOMPILED:
+            batch = self._driver_batches[key] = _DriverBatch.compile(stmt, self.engine.dialect, columns)
+        return batch
 
     # -- history --------------------------------------------------------------------------------
     def _history_rows(
@@ -245,6 +281,16 @@ class SqlBase:
         ]
         if params:
             self._executemany(conn, _INSERT_HISTORY, params)
+
+    def _driver_history_row(
+        self, dbapi_conn: Any, job_id: int, state: JobState, now: datetime, reason: str
+    ) -> None:
+        """`_history_rows` for one row without data, on the driver's connection (`_driver_tx`)."""
+        row = {"job_id": job_id, "state": state.value, "at": now, "reason": reason, "server_id": None,
+               "data": None}
+        stmt = self._driver_statement(_INSERT_HISTORY, tuple(row))
+        assert stmt is not None, "driver writes need a positional driver"
+        dbapi_conn.execute(stmt.sql, stmt.tuples([row])[0])
 
 
 #: From this many rows on, `_executemany` hands tuples to the driver (below, SQLAlchemy's own path).

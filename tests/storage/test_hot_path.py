@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -214,3 +215,49 @@ def test_a_large_batch_of_outcomes_reads_back_exactly_as_a_small_one(store: SqlS
         last = store.history(o.job_id)[-1]
         assert last.state is record.state and last.at == finished_at and last.server_id == "s1"
     assert {store.get(s.id).state for s in stored} == {S.SUCCEEDED, S.FAILED}  # type: ignore[union-attr]
+
+
+def test_a_lone_enqueue_stores_what_a_transaction_of_many_stores(store: SqlStore) -> None:
+    """A lone plain job takes the short path (the driver's connection on SQLite, one statement on
+    PostgreSQL); it must store exactly what the general transaction stores."""
+    when = T0 + timedelta(microseconds=654_321)
+    lone_specs = [spec(1, queue="q", priority=3, name="n ✓"),
+                  NewJob(function="mod:fn", payload=b"\x00p", options=JobOptions(),
+                         run_at=when + timedelta(hours=1), reason="made later")]
+    for lone in lone_specs:
+        [short] = store.enqueue([lone], when)
+        [general] = store._tx(lambda conn, lone=lone: store._enqueue(conn, [lone], when))
+        assert (short.state, short.created) == (general.state, general.created)
+        a, b = store.get(short.id), store.get(general.id)
+        assert a is not None and b is not None
+        assert replace(a, id=0) == replace(b, id=0)
+        hist_a, hist_b = store.history(short.id), store.history(general.id)
+        assert [(h.state, h.at, h.reason, h.server_id) for h in hist_a] == [
+            (h.state, h.at, h.reason, h.server_id) for h in hist_b]
+        assert len(hist_a) == 1 and hist_a[0].at == when
+    counts = store.counts()
+    assert counts[S.ENQUEUED] == 2 and counts[S.SCHEDULED] == 2
+
+
+def test_a_failed_driver_write_stores_nothing_and_frees_the_writer(tmp_path: object) -> None:
+    """The SQLite short path rolls back a failed enqueue whole (job row, counters) and releases the
+    process's write lock, so the next writer, on any thread, proceeds."""
+    store = SqlStore(f"sqlite:///{tmp_path}/jobs.db")
+    try:
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TRIGGER refuse BEFORE INSERT ON nbjobs_history "
+                                 "BEGIN SELECT RAISE(ABORT, 'history refused'); END")
+        with pytest.raises(Exception, match="history refused"):
+            store.enqueue([spec(1)], T0)
+        assert not any(store.counts().values())
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT count(*) FROM nbjobs_jobs").scalar() == 0
+            conn.exec_driver_sql("DROP TRIGGER refuse")
+            conn.commit()
+        done: list[int] = []
+        writer = threading.Thread(target=lambda: done.extend(e.id for e in store.enqueue([spec(2)], T0)))
+        writer.start()
+        writer.join(10)
+        assert len(done) == 1 and store.states_of(done) == {done[0]: S.ENQUEUED}
+    finally:
+        store.close()

@@ -219,9 +219,11 @@ class Client:
                 raise
             intake.accept(claim, claimed)
         # A claim took all free slots, or all there was; else wake the dispatcher. A continuation
-        # locked its parent's row for a moment, and a claim may have skipped that row.
-        if (claim is None and any(s.state is JobState.ENQUEUED for s in stored)) or any(
-                j.parent_id for j in specs):
+        # locked its parent's row for a moment, and a claim may have skipped that row. A wake-up
+        # still pending needs no lock: the dispatcher clears it before it looks.
+        wake = (claim is None and any(s.state is JobState.ENQUEUED for s in stored)) or any(
+            j.parent_id for j in specs)
+        if wake and not self.notifier.work.is_set():
             self.notifier.work.set()
         if any(s.state is JobState.SCHEDULED for s in stored):
             self.notifier.schedule_changed.set()

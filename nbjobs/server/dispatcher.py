@@ -263,9 +263,12 @@ class Dispatcher:
         if not any(self._serves(spec.options.queue) and spec.parent_id is None
                    and (spec.run_at is None or spec.run_at <= now) for spec in specs):
             return None
+        # Only an idle server: a busy one claims in batches with its finished attempts (group
+        # commit), which costs fewer commits per job than a claim in every enqueue. A busy server is
+        # seen without the lock (workers take it for every job), then confirmed under it.
+        if self.running or self._reserved:
+            return None
         with self._lock:
-            # Only an idle server: a busy one claims in batches with its finished attempts (group
-            # commit), which costs fewer commits per job than a claim in every enqueue.
             if not self._intake or self._stop.is_set() or self.running or self._reserved:
                 return None
             free = min(self.capacity(), self.config.max_batch)

@@ -425,8 +425,8 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         # One executemany per distinct set of columns (group commit: a few statements per batch).
         by_shape: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for params in grouped.values():
-            for p in params:
-                by_shape.setdefault(tuple(sorted(k for k in p if k != "_id")), []).append(p)
+            for p in params:  # "_id" first, then the columns in `_outcome_values`' fixed order
+                by_shape.setdefault(tuple(p)[1:], []).append(p)
         for shape, shape_params in by_shape.items():
             stmt = _FINISH_STMTS.get(shape)
             if stmt is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -303,7 +304,16 @@ class _DriverBatch:
     def __init__(self, sql: str, names: Sequence[str], processors: Sequence[Callable[[Any], Any] | None]):
         self.sql = sql
         self._names = tuple(names)
-        self._processors = tuple(processors)
+        # Rows are read with one C-level itemgetter; only the few typed values (times) are converted.
+        self._get: Callable[[dict[str, Any]], tuple[Any, ...]]
+        if len(self._names) > 1:
+            self._get = operator.itemgetter(*self._names)
+        else:  # itemgetter of one name returns the value itself, not a 1-tuple
+            self._get = self._few
+        self._converted = tuple((i, p) for i, p in enumerate(processors) if p is not None)
+
+    def _few(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(row[n] for n in self._names)
 
     @classmethod
     def compile(cls, stmt: Any, dialect: Any, columns: Sequence[str]) -> _DriverBatch | None:
@@ -315,11 +325,17 @@ class _DriverBatch:
         return cls(compiled.string, names, [processors.get(n) for n in names])
 
     def tuples(self, rows: Sequence[dict[str, Any]]) -> list[tuple[Any, ...]]:
-        pairs = list(zip(self._names, self._processors, strict=True))
-        return [
-            tuple(row[name] if proc is None or row[name] is None else proc(row[name]) for name, proc in pairs)
-            for row in rows
-        ]
+        get, converted = self._get, self._converted
+        if not converted:
+            return [get(row) for row in rows]
+        out = []
+        for row in rows:
+            values = list(get(row))
+            for i, proc in converted:
+                if values[i] is not None:
+                    values[i] = proc(values[i])
+            out.append(tuple(values))
+        return out
 
 
 _UNCOMPILED: Any = object()

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import event, inspect, select, text, update
+from sqlalchemy import bindparam, delete, event, inspect, select, text, update
 
 from nbjobs.errors import SchemaVersionError
 from nbjobs.model import JobOptions, JobState, NewJob, Outcome, OutcomeKind
@@ -259,5 +259,27 @@ def test_a_failed_driver_write_stores_nothing_and_frees_the_writer(tmp_path: obj
         writer.start()
         writer.join(10)
         assert len(done) == 1 and store.states_of(done) == {done[0]: S.ENQUEUED}
+    finally:
+        store.close()
+
+
+def test_driver_rows_convert_typed_values_and_keep_nulls(tmp_path: object) -> None:
+    """`_DriverBatch` turns row dicts into the driver's tuples in the compiled order, converting
+    only typed values (times to epoch seconds on SQLite), for one column as for many."""
+    from nbjobs.storage.schema import history
+    from nbjobs.storage.sql_base import _INSERT_HISTORY
+
+    store = SqlStore(f"sqlite:///{tmp_path}/jobs.db")
+    try:
+        one = store._driver_statement(delete(history).where(history.c.at < bindparam("at")), ())
+        assert one is not None and one.tuples([{"at": T0}, {"at": None}]) == [(T0.timestamp(),), (None,)]
+        columns = ("job_id", "state", "at", "reason", "server_id", "data")
+        many = store._driver_statement(_INSERT_HISTORY, columns)
+        assert many is not None
+        [row] = many.tuples([{"data": None, "reason": "r", "at": T0, "job_id": 7, "state": "x",
+                              "server_id": None}])
+        order = [c.strip().strip('"') for c in many.sql.split("(")[1].split(")")[0].split(",")]
+        assert dict(zip(order, row, strict=True)) == {
+            "job_id": 7, "state": "x", "at": T0.timestamp(), "reason": "r", "server_id": None, "data": None}
     finally:
         store.close()

@@ -194,6 +194,8 @@ def install() -> None:
     Called at every job start, so a stream someone replaced since (a kernel restart of its I/O,
     `contextlib.redirect_stdout` left in place) is wrapped again rather than bypassed.
     """
+    if isinstance(sys.stdout, StreamProxy) and isinstance(sys.stderr, StreamProxy):
+        return  # the usual case: no lock for the worker threads to queue on
     with _router.lock:
         for name in ("stdout", "stderr"):
             current = getattr(sys, name)
@@ -273,6 +275,8 @@ class OutputCapture:
             log.exception("could not store output of job %d", job_id)
 
     def _ensure_thread(self) -> None:
+        if self._thread is not None:  # started once, for the capture's life: no lock needed to see it
+            return
         with self._lock:
             if self._thread is not None or self._stop.is_set():
                 return

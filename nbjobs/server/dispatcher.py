@@ -150,7 +150,8 @@ class Dispatcher:
                 finish_progress(item.job.id)
             with self._lock:
                 self._done.append((item, result))
-            self.wake.set()
+            if not self.wake.is_set():  # still pending: the loop clears it before it takes `_done`
+                self.wake.set()
 
     def _lease_too_old(self, item: Running) -> bool:
         """True once half of the lease passed without a heartbeat extending it."""

@@ -64,7 +64,9 @@ def test_killed_connections_mid_run_lose_nothing(pg_url: str, admin: psycopg.Con
         for _ in range(5):
             seen = len(RUNS)
             wait_for(lambda seen=seen: len(RUNS) > seen, timeout=30)
-            killed += kill_other_connections(admin)  # the pool's, the listener's, the heartbeat's
+            # The pool's, the listener's, the heartbeat's. Jobs claimed earlier may have run with
+            # no connection open yet since the last kill: then wait for the server to open one.
+            killed += wait_for(lambda: kill_other_connections(admin), timeout=30)
         assert killed >= 5
         wait_for(lambda: admin.execute(
             "SELECT count(*) FROM nbjobs_jobs WHERE state <> 'succeeded'").fetchone()[0] == 0, timeout=60)

@@ -170,7 +170,9 @@ class Client:
         self.defaults: dict[str, Any] = dict(defaults or {})
         #: tz, misfire, misfire_limit, overlap: for `recurring` only, kept apart from job options
         self.recurring_defaults = recurring_client.split_options(self.defaults)
-        build_options({}, self.defaults)  # validate early (unknown names are checked in overrides)
+        #: This client's options, validated now (unknown names are checked in overrides) and shared
+        #: by its jobs that add none of their own (JobOptions is frozen).
+        self.job_options = build_options({}, self.defaults)
 
     def options(self, **options: Any) -> Client:
         """A client whose jobs use these options (validated now): queue, retries, timeout, key, …;
@@ -193,7 +195,7 @@ class Client:
     ) -> NewJob:
         """Validate and serialize one job (raises before anything is stored)."""
         recurring_client.refuse_options(self.recurring_defaults)
-        opts = build_options(self.defaults, options or {})
+        opts = build_options(self.defaults, options) if options else self.job_options
         ref = function_ref(fn)
         payload = self.codec.encode_call(fn, ref, args, kwargs, opts.serializer,
                                          by_value_required=opts.executor != "thread")
@@ -306,7 +308,7 @@ class Client:
         self, recurring_id: str, cron: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> recurring_client.Recurring:
         """Add or update (by id) a recurring job: `fn(*args, **kwargs)` at each fire time of `cron`."""
-        options = build_options(self.defaults, {})
+        options = self.job_options
         return recurring_client.define(self, recurring_id, cron, fn, args, kwargs, options)
 
     def recurring_notebook(

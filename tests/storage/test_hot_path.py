@@ -180,6 +180,31 @@ def test_a_forked_child_does_not_inherit_a_held_write_lock(tmp_path: object) -> 
         store.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_writes_through_its_own_connection(tmp_path: object) -> None:
+    """The SQLite store keeps one connection for its lone enqueues; a child forked from a process
+    that used it opens its own, and the parent's stays usable."""
+    store = SqlStore(f"sqlite:///{tmp_path}/jobs.db")
+    try:
+        [first] = store.enqueue([spec(1)], T0)  # the parent's writer connection now exists
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            ok = False
+            try:
+                [child] = store.enqueue([spec(2)], T0)
+                ok = child.id == first.id + 1
+            finally:
+                os._exit(0 if ok else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        [third] = store.enqueue([spec(3)], T0)
+        assert third.id == first.id + 2
+        assert store.counts()[S.ENQUEUED] == 3
+    finally:
+        store.close()
+
+
 def test_a_large_batch_of_outcomes_reads_back_exactly_as_a_small_one(store: SqlStore) -> None:
     """Many rows go to the driver as tuples (`SqlBase._executemany`); a few go through SQLAlchemy.
     Both must store the same values: times to the microsecond, NULLs, bytes, text and JSON data."""

@@ -85,7 +85,8 @@ class Dialect:
     #: A short write may run on the driver's own connection (`begin_driver_write`), not through a
     #: SQLAlchemy Connection. For an embedded database a statement costs a few microseconds and
     #: SQLAlchemy's connection, transaction and execution layers cost ten times that; a server
-    #: database spends its time in round trips instead, and keeps SQLAlchemy's path.
+    #: database spends its time in round trips instead, and keeps SQLAlchemy's path. Only for a
+    #: dialect whose `notify` does nothing: a driver write cannot call it.
     driver_writes = False
 
     def __init__(self, url: str, *, synchronous: str = "FULL", pool_size: int = 10) -> None:

@@ -158,7 +158,8 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             self._driver_history_row(dbapi_conn, job_id, state, now, spec.reason)
             return job_id
 
-        # No `dialect.notify`: a database with driver writes is watched through its files.
+        # No `dialect.notify` (it takes a SQLAlchemy connection): `driver_writes` is only for a
+        # database whose notify does nothing (SQLite's listeners watch its files).
         return Enqueued(id=self._driver_tx(body), state=state, created=True)
 
     @staticmethod

@@ -293,17 +293,7 @@ class SqlBase:
         server_id: str | None,
         data: dict[int, dict[str, Any]] | None = None,
     ) -> None:
-        params = [
-            {
-                "job_id": job_id,
-                "state": state.value,
-                "at": now,
-                "reason": reason,
-                "server_id": server_id,
-                "data": json.dumps(data[job_id]) if data and job_id in data else None,
-            }
-            for job_id, state, reason in rows
-        ]
+        params = _history_params(rows, now, server_id, data)
         if params:
             self._executemany(conn, _INSERT_HISTORY, params)
 
@@ -311,11 +301,29 @@ class SqlBase:
         self, dbapi_conn: Any, job_id: int, state: JobState, now: datetime, reason: str
     ) -> None:
         """`_history_rows` for one row without data, on the driver's connection (`_driver_tx`)."""
-        row = {"job_id": job_id, "state": state.value, "at": now, "reason": reason, "server_id": None,
-               "data": None}
+        [row] = _history_params([(job_id, state, reason)], now, None, None)
         stmt = self._driver_statement(_INSERT_HISTORY, tuple(row))
         assert stmt is not None, "driver writes need a positional driver"
         dbapi_conn.execute(stmt.sql, stmt.tuples([row])[0])
+
+
+def _history_params(
+    rows: Iterable[tuple[int, JobState, str]],
+    now: datetime,
+    server_id: str | None,
+    data: dict[int, dict[str, Any]] | None,
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "job_id": job_id,
+            "state": state.value,
+            "at": now,
+            "reason": reason,
+            "server_id": server_id,
+            "data": json.dumps(data[job_id]) if data and job_id in data else None,
+        }
+        for job_id, state, reason in rows
+    ]
 
 
 #: From this many rows on, `_executemany` hands tuples to the driver (below, SQLAlchemy's own path).

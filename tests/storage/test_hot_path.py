@@ -308,3 +308,17 @@ def test_driver_rows_convert_typed_values_and_keep_nulls(tmp_path: object) -> No
             "job_id": 7, "state": "x", "at": T0.timestamp(), "reason": "r", "server_id": None, "data": None}
     finally:
         store.close()
+
+
+def test_only_dialects_without_notify_write_on_the_driver() -> None:
+    """A driver write cannot send `notify` (it takes a SQLAlchemy connection): a dialect that
+    writes on the driver must be one whose notify does nothing."""
+    from nbjobs.storage.dialects import Dialect
+
+    def all_dialects(cls: type[Dialect]) -> list[type[Dialect]]:
+        return [cls] + [d for sub in cls.__subclasses__() for d in all_dialects(sub)]
+
+    for dialect in all_dialects(Dialect):
+        if dialect.driver_writes:
+            assert dialect.notify is Dialect.notify, dialect.__name__
+    assert any(d.driver_writes for d in all_dialects(Dialect))

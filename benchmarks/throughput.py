@@ -206,12 +206,18 @@ def nbjobs_drain(mode: str, n: int) -> float:
         return _rate_when_done(eng, counter, t0, "drain")
 
 
-def nbjobs_end_to_end(mode: str, n: int, batch: int = 1) -> float:
-    """Jobs enqueued while 4 workers run: one `enqueue` call each, or `enqueue_many` of `batch`."""
+def nbjobs_end_to_end(
+    mode: str, n: int, batch: int = 1, cpu: dict[str, float] | None = None
+) -> float:
+    """Jobs enqueued while 4 workers run: one `enqueue` call each, or `enqueue_many` of `batch`.
+
+    With `cpu`, also fills it with CPU µs per job by thread role over the run (`thread_cpu_ns`).
+    """
     with _scratch_engine(mode) as eng:
         counter = FinishCounter(n)
         _start(eng, counter)
         _reset_counter(n)
+        before = thread_cpu_ns()
         t0 = time.perf_counter()
         if batch == 1:
             for _ in range(n):
@@ -219,7 +225,37 @@ def nbjobs_end_to_end(mode: str, n: int, batch: int = 1) -> float:
         else:
             for i in range(0, n, batch):
                 eng.enqueue_many(noop, [()] * min(batch, n - i))
+        if not counter.done.wait(300):
+            raise RuntimeError(f"end-to-end did not finish: {counter.count}/{n}")
+        if cpu is not None and before:
+            after = thread_cpu_ns()
+            for role, ns in after.items():
+                cpu[role] = (ns - before.get(role, 0)) / n / 1000
         return _rate_when_done(eng, counter, t0, "end-to-end")
+
+
+def _role(thread: threading.Thread) -> str:
+    if thread is threading.main_thread():
+        return "enqueuing thread"
+    if thread.name.startswith("nbjobs-worker"):
+        return "workers"
+    if thread.name == "nbjobs-dispatcher":
+        return "dispatcher"
+    return "other"
+
+
+def thread_cpu_ns() -> dict[str, int]:
+    """CPU time of this process's threads by role, from /proc (Linux; empty elsewhere)."""
+    totals: dict[str, int] = {}
+    for thread in threading.enumerate():
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/schedstat") as fh:
+                ns = int(fh.read().split()[0])
+        except OSError:
+            return {}
+        role = _role(thread)
+        totals[role] = totals.get(role, 0) + ns
+    return totals
 
 
 def nbjobs_latency(mode: str, samples: int) -> list[float]:
@@ -388,7 +424,10 @@ def run(settings: Settings) -> Results:
             res.add(mode, "nbjobs", "enqueue", nbjobs_enqueue_single(mode, n))
             res.add(mode, "nbjobs", "enqueue_many", nbjobs_enqueue_bulk(mode, n))
             res.add(mode, "nbjobs", "drain", nbjobs_drain(mode, n))
-            res.add(mode, "nbjobs", "e2e", nbjobs_end_to_end(mode, n))
+            cpu: dict[str, float] = {}
+            res.add(mode, "nbjobs", "e2e", nbjobs_end_to_end(mode, n, cpu=cpu))
+            for role, us in cpu.items():
+                res.add(mode, "nbjobs", f"e2e_cpu_{role}", us)
             res.add(mode, "nbjobs", "e2e_bulk", nbjobs_end_to_end(mode, n, batch=100))
             lat = nbjobs_latency(mode, settings.latency_samples)
             res.add(mode, "nbjobs", "p50", percentile(lat, 0.5))
@@ -433,6 +472,9 @@ def table(res: Results, settings: Settings) -> str:
     row("Huey end-to-end (jobs/s)", lambda md: _fmt(m(md, "huey", "e2e")))
     row("nbjobs end-to-end ÷ Huey", lambda md: _ratio(m(md, "nbjobs", "e2e"), m(md, "huey", "e2e")))
     row("nbjobs end-to-end ÷ raw floor", lambda md: _ratio(m(md, "nbjobs", "e2e"), m(md, "raw", "floor")))
+    row("… CPU per job: enqueuing thread / dispatcher / workers (µs)",
+        lambda md: " / ".join(_fmt(m(md, "nbjobs", f"e2e_cpu_{role}"))
+                              for role in ("enqueuing thread", "dispatcher", "workers")))
     row("nbjobs end-to-end, enqueue_many by 100 (jobs/s)", lambda md: _fmt(m(md, "nbjobs", "e2e_bulk")))
     row("… ÷ raw floor", lambda md: _ratio(m(md, "nbjobs", "e2e_bulk"), m(md, "raw", "floor")))
     row("nbjobs pickup p50 / p99 (ms)",

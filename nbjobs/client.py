@@ -20,7 +20,21 @@ from .errors import (
     ResultTimeoutError,
 )
 from .executors.notebook import NOTEBOOK_FUNCTION, notebook_call, run_notebook
-from .model import FINAL_STATES, ClaimedJob, ContinueOn, JobOptions, JobRecord, JobState, NewJob, StateChange
+from .model import (
+    FINAL_STATES,
+    KEY_MAX,
+    NAME_MAX,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    QUEUE_MAX,
+    ClaimedJob,
+    ContinueOn,
+    JobOptions,
+    JobRecord,
+    JobState,
+    NewJob,
+    StateChange,
+)
 from .payload import SERIALIZERS, Codec, function_ref
 from .storage import LocalClaim, Store
 
@@ -63,6 +77,11 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
         value = merged.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
             raise InvalidJobError(f"{name} must be an integer, got {value!r}")
+    if not PRIORITY_MIN <= merged.get("priority", 0) <= PRIORITY_MAX:
+        raise InvalidJobError(
+            f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}, got {merged['priority']}; "
+            "small numbers such as 1 or 10 are enough to order jobs"
+        )
     if merged.get("retries", 0) < 0:
         raise InvalidJobError(f"retries must be 0 or more, got {merged['retries']}")
     timeout = merged.get("timeout")
@@ -80,10 +99,15 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
         raise InvalidJobError(f"executor must be one of {EXECUTORS}, got {merged['executor']!r}")
     if merged.get("serializer", "pickle") not in SERIALIZERS:
         raise InvalidJobError(f"serializer must be one of {SERIALIZERS}, got {merged['serializer']!r}")
-    for name in ("name", "key"):
+    for name, longest in (("name", NAME_MAX), ("key", KEY_MAX), ("queue", QUEUE_MAX)):
         value = merged.get(name)
         if value is not None and not isinstance(value, str):
             raise InvalidJobError(f"{name} must be a string, got {value!r}")
+        if value is not None and len(value) > longest:
+            raise InvalidJobError(
+                f"{name} {value[:40]!r}… is {len(value)} characters; use at most {longest}"
+                + (" (a hash of a long key is as unique)" if name == "key" else "")
+            )
     for name in ("retry_on", "no_retry_on"):
         if merged.get(name):
             merged[name] = _exception_names(merged[name], name)

@@ -45,7 +45,7 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 
 from .clock import ensure_utc
 from .errors import InvalidScheduleError
-from .model import UNFINISHED_STATES, JobState
+from .model import CRON_MAX, UNFINISHED_STATES, JobState
 
 MisfirePolicy = Literal["once", "skip", "all"]
 OverlapPolicy = Literal["allow", "skip"]
@@ -140,6 +140,11 @@ def parse_schedule(expr: str, tz: str = "UTC") -> CronSchedule:
         )
     zone = parse_zone(tz)
     text = " ".join(expr.split())
+    if len(text) > CRON_MAX:
+        raise InvalidScheduleError(
+            f"cron expression {text[:40]!r}… is {len(text)} characters; use at most {CRON_MAX}: write "
+            "ranges (1-5) and steps (*/10) instead of long lists"
+        )
     if text.startswith("@"):
         fields = ALIASES.get(text.lower())
         if fields is None:

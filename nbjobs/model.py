@@ -48,6 +48,20 @@ class JobState(enum.StrEnum):
 #: "default@kernel-1a2b…"): the wildcard queue "*" never serves it; only a server naming it does.
 PRIVATE_QUEUE_MARK = "@"
 
+#: Widths (characters) of the columns that hold names people choose. Checked at the call, so a name
+#: that SQLite would store and PostgreSQL refuse is refused on both, with the limit in the message.
+QUEUE_MAX = 200
+NAME_MAX = 500
+KEY_MAX = 500
+FUNCTION_MAX = 1000
+RECURRING_ID_MAX = 200
+CRON_MAX = 200
+SERVER_NAME_MAX = 200
+#: Exception type names are written by servers, not people: longer ones are stored cut to this.
+ERROR_TYPE_MAX = 500
+#: A priority is stored in a 32-bit integer column.
+PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
+
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DELETED})
 UNFINISHED_STATES = frozenset(JobState) - FINAL_STATES
 

@@ -24,6 +24,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import FunctionNotFoundError, InvalidJobError, PayloadError
+from .model import FUNCTION_MAX
 
 log = logging.getLogger("nbjobs.payload")
 
@@ -111,7 +112,13 @@ def function_ref(fn: Callable[..., Any]) -> str:
             f"{qualname} is defined inside another function (a closure) and cannot be found again by name; "
             "move it to module or notebook level and pass what it captured as arguments"
         )
-    return f"{module}:{qualname}"
+    ref = f"{module}:{qualname}"
+    if len(ref) > FUNCTION_MAX:
+        raise InvalidJobError(
+            f"function reference {ref[:60]!r}… is {len(ref)} characters; at most {FUNCTION_MAX} can be "
+            "stored: give the function a shorter module path or name"
+        )
+    return ref
 
 
 def resolve_function(ref: str) -> Callable[..., Any]:

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from .clock import Clock
 from .cron import next_fire, parse_schedule, parse_zone, validate_policies
 from .errors import FunctionNotFoundError, InvalidJobError, InvalidScheduleError, RecurringNotFoundError
-from .model import JobOptions, NewJob
+from .model import RECURRING_ID_MAX, JobOptions, NewJob
 from .payload import Codec, function_ref, unresolvable
 from .storage import Store
 from .storage.base import RecurringRecord, RecurringSpec
@@ -28,7 +28,7 @@ RECURRING_DEFAULTS: dict[str, Any] = {
     "tz": "UTC", "misfire": "once", "misfire_limit": 100, "overlap": "allow",
 }
 RECURRING_OPTIONS = frozenset(RECURRING_DEFAULTS)
-MAX_ID_LENGTH = 200  #: the id column's width
+MAX_ID_LENGTH = RECURRING_ID_MAX  #: the id column's width
 
 
 class RecurringClient(Protocol):

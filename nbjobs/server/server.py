@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..clock import Clock
 from ..executors.thread import RunWrapper
-from ..model import ServerInfo
+from ..model import SERVER_NAME_MAX, ServerInfo
 from ..payload import Codec
 from ..storage import Store
 from .dispatcher import Dispatcher, DispatcherConfig, Executor
@@ -55,6 +55,11 @@ class ServerConfig:
 
         if self.workers < 1:
             raise ConfigurationError(f"workers must be at least 1, got {self.workers}")
+        if self.name is not None and len(self.name) > SERVER_NAME_MAX:
+            raise ConfigurationError(
+                f"server name {self.name[:40]!r}… is {len(self.name)} characters; "
+                f"use at most {SERVER_NAME_MAX}"
+            )
         if not self.queues:
             raise ConfigurationError("queues must name at least one queue (or '*' for all)")
         if self.heartbeat_interval <= 0 or self.server_timeout <= self.heartbeat_interval:

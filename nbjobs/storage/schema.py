@@ -28,6 +28,17 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 
+from ..model import (
+    CRON_MAX,
+    ERROR_TYPE_MAX,
+    FUNCTION_MAX,
+    KEY_MAX,
+    NAME_MAX,
+    QUEUE_MAX,
+    RECURRING_ID_MAX,
+    SERVER_NAME_MAX,
+)
+
 #: 2: `ix_nbjobs_jobs_fetch_any` (claims from every shared queue read the backlog in order).
 SCHEMA_VERSION = 2
 
@@ -75,13 +86,13 @@ jobs = Table(
     metadata,
     Column("id", JobId, primary_key=True, autoincrement=True),
     Column("state", String(16), nullable=False),
-    Column("queue", String(200), nullable=False),
+    Column("queue", String(QUEUE_MAX), nullable=False),
     Column("priority", Integer, nullable=False, default=0),
-    Column("name", String(500)),
-    Column("function", String(1000), nullable=False),
+    Column("name", String(NAME_MAX)),
+    Column("function", String(FUNCTION_MAX), nullable=False),
     Column("options", Text, nullable=False),  # JSON of JobOptions
     Column("payload", LargeBinary, nullable=False),
-    Column("active_key", String(500)),  # the unique key while the job is unfinished, else NULL
+    Column("active_key", String(KEY_MAX)),  # the unique key while the job is unfinished, else NULL
     Column("attempts", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
     Column("run_at", UTCDateTime),  # due time while Scheduled
@@ -93,10 +104,10 @@ jobs = Table(
     Column("parent_id", JobId),
     Column("continue_on", String(16)),
     Column("has_children", Boolean, nullable=False, default=False),
-    Column("recurring_id", String(200)),
+    Column("recurring_id", String(RECURRING_ID_MAX)),
     Column("fire_time", UTCDateTime),
     Column("result", LargeBinary),
-    Column("error_type", String(500)),
+    Column("error_type", String(ERROR_TYPE_MAX)),
     Column("error_message", Text),
     Column("error_traceback", Text),
     Column("progress", Float),
@@ -166,7 +177,7 @@ servers = Table(
     "nbjobs_servers",
     metadata,
     Column("id", String(64), primary_key=True),
-    Column("name", String(200), nullable=False),
+    Column("name", String(SERVER_NAME_MAX), nullable=False),
     Column("host", String(200), nullable=False),
     Column("pid", Integer, nullable=False),
     Column("workers", Integer, nullable=False),
@@ -189,10 +200,10 @@ Index("ix_nbjobs_logs_job", logs.c.job_id, logs.c.id)
 recurring = Table(
     "nbjobs_recurring",
     metadata,
-    Column("id", String(200), primary_key=True),
-    Column("cron", String(200), nullable=False),
+    Column("id", String(RECURRING_ID_MAX), primary_key=True),
+    Column("cron", String(CRON_MAX), nullable=False),
     Column("tz", String(100), nullable=False, default="UTC"),
-    Column("function", String(1000), nullable=False),
+    Column("function", String(FUNCTION_MAX), nullable=False),
     Column("payload", LargeBinary, nullable=False),
     Column("options", Text, nullable=False),  # JSON of JobOptions
     Column("misfire", String(16), nullable=False, default="once"),

@@ -31,6 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from .. import states
 from ..errors import IllegalTransitionError, JobNotFoundError
 from ..model import (
+    ERROR_TYPE_MAX,
     FINAL_STATES,
     PRIVATE_QUEUE_MARK,
     ClaimedJob,
@@ -453,7 +454,9 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
                 "started_at": o.started_at or row.started_at, "active_key": None,
                 "error_type": None, "error_message": None, "error_traceback": None,
             }
-        error = {"error_type": o.error_type, "error_message": o.error_message,
+        # A type name is the server's, not a person's: cut to the column rather than refuse the outcome.
+        error_type = o.error_type[:ERROR_TYPE_MAX] if o.error_type else o.error_type
+        error = {"error_type": error_type, "error_message": o.error_message,
                  "error_traceback": o.error_traceback}
         if o.kind is OutcomeKind.FAILED and o.retry_at is not None:
             return S.SCHEDULED, {**base, **error, "state": S.SCHEDULED.value, "run_at": o.retry_at,

@@ -43,3 +43,6 @@ def test_server_refuses_bad_settings_before_starting(tmp_path: object) -> None:
     assert "server_timeout must be longer than heartbeat_interval" in str(result.exception)
     result = CliRunner().invoke(cli, ["server", "--url", url, "--queues", " , "])
     assert result.exit_code == 2 and "at least one queue" in result.output
+    result = CliRunner().invoke(cli, ["server", "--url", url, "--name", "s" * 201])
+    assert result.exit_code != 0
+    assert "server name 'sss" in str(result.exception) and "use at most 200" in str(result.exception)

@@ -20,6 +20,7 @@ from nbjobs.errors import (
     SchemaVersionError,
     UnknownStateError,
 )
+from nbjobs.model import ERROR_TYPE_MAX, KEY_MAX, NAME_MAX, PRIORITY_MAX, PRIORITY_MIN, QUEUE_MAX
 from nbjobs.storage import SqlStore
 from nbjobs.storage.schema import meta
 
@@ -240,7 +241,48 @@ def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.E
         engine.options(timeout=0)
     with pytest.raises(UnknownStateError, match="use one of"):
         engine.jobs(state="done")
+    # What one database would store and the other refuse is refused on both, with the limit.
+    with pytest.raises(InvalidJobError, match="priority must be between"):
+        engine.options(priority=PRIORITY_MAX + 1)
+    with pytest.raises(InvalidJobError, match=f"queue .* use at most {QUEUE_MAX}"):
+        engine.options(queue="q" * (QUEUE_MAX + 1))
+    with pytest.raises(InvalidJobError, match=f"name .* use at most {NAME_MAX}"):
+        engine.options(name="n" * (NAME_MAX + 1)).enqueue(add, 1)
+    with pytest.raises(InvalidJobError, match="a hash of a long key"):
+        engine.options(key="k" * (KEY_MAX + 1))
     assert engine.jobs().empty
+
+
+def test_names_and_priorities_at_their_limits_are_stored_on_both_databases(engine: nbjobs.Engine) -> None:
+    edge = engine.options(queue="q" * QUEUE_MAX, name="n" * NAME_MAX, key="k" * KEY_MAX,
+                          priority=PRIORITY_MAX)
+    job = edge.enqueue(add, 1)
+    low = engine.options(priority=PRIORITY_MIN).enqueue(add, 2)
+    record = job.record()
+    assert (len(record.options.queue), len(record.options.name or ""), record.options.priority) == (
+        QUEUE_MAX, NAME_MAX, PRIORITY_MAX)
+    assert low.record().options.priority == PRIORITY_MIN
+    engine.start_server(workers=1, queues=["q" * QUEUE_MAX, "default"])
+    assert job.result(timeout=10) == 1 and low.result(timeout=10) == 2
+
+
+class_name = "E" * (ERROR_TYPE_MAX + 100)
+LongNamedError = type(class_name, (ValueError,), {"__module__": __name__})
+
+
+def raise_long_named() -> None:
+    raise LongNamedError("a very long exception type name")
+
+
+def test_an_exception_type_longer_than_its_column_is_stored_cut(engine: nbjobs.Engine) -> None:
+    """The server writes the type name; a longer one is cut, never a finish the database refuses."""
+    job = engine.options(retries=0).enqueue(raise_long_named)
+    engine.start_server(workers=1)
+    job.wait(timeout=10)
+    record = job.record()
+    assert record.state is JobState.FAILED
+    assert record.error_type is not None and len(record.error_type) == ERROR_TYPE_MAX
+    assert record.error_type.startswith(f"{__name__}.EEEE")
 
 
 def test_job_decorator(engine: nbjobs.Engine) -> None:

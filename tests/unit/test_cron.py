@@ -23,7 +23,7 @@ from nbjobs.cron import (
     validate_policies,
 )
 from nbjobs.errors import ConfigurationError, InvalidScheduleError
-from nbjobs.model import JobState
+from nbjobs.model import CRON_MAX, JobState
 
 
 def utc(*args: int) -> datetime:
@@ -120,6 +120,17 @@ def test_error_message_says_how_to_fix() -> None:
         parse_schedule("61 * * * *")
     with pytest.raises(InvalidScheduleError, match=r"use 5 \(minute hour"):
         parse_schedule("* * *")
+
+
+def test_an_expression_longer_than_its_column_is_refused_with_the_fix() -> None:
+    every_second_minute = ",".join(str(m) for m in range(0, 60, 2))
+    longest = f"{every_second_minute} " + ",".join(str(h) for h in range(24)) + " * * *"
+    assert len(longest) <= CRON_MAX
+    assert parse_schedule(longest).expr == longest  # lists up to the width are fine
+    too_long = f"{','.join(str(s) for s in range(60))} {','.join(str(m) for m in range(60))} * * * *"
+    assert len(too_long) > CRON_MAX
+    with pytest.raises(InvalidScheduleError, match=rf"at most {CRON_MAX}: write ranges"):
+        parse_schedule(too_long)
 
 
 def test_month_and_day_names_are_not_mistaken_for_random_fields() -> None:

@@ -4,6 +4,7 @@ import stat
 import pytest
 
 from nbjobs.errors import InvalidJobError, PayloadError
+from nbjobs.model import FUNCTION_MAX
 from nbjobs.payload import Codec, Signer, function_ref, load_secret, resolve_function
 
 
@@ -65,3 +66,11 @@ def test_secret_file_created_with_mode_0600(tmp_path, monkeypatch) -> None:  # t
     path = tmp_path / "home" / "secret"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert load_secret() == key and len(key) == 64
+
+
+def test_a_function_reference_longer_than_its_column_is_refused() -> None:
+    def stored() -> None: ...
+
+    stored.__qualname__ = "f" * (FUNCTION_MAX + 1)
+    with pytest.raises(InvalidJobError, match=rf"at most {FUNCTION_MAX} can be stored"):
+        function_ref(stored)

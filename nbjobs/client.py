@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -88,12 +89,17 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
     if timeout is not None:
         if isinstance(timeout, timedelta):
             merged["timeout"] = timeout = timeout.total_seconds()
-        if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
-            raise InvalidJobError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if (not isinstance(timeout, int | float) or isinstance(timeout, bool)
+                or not math.isfinite(timeout) or timeout <= 0):
+            raise InvalidJobError(
+                f"timeout must be a positive number of seconds, got {timeout!r}; leave it out for no limit"
+            )
         merged["timeout"] = float(timeout)
     for name in ("retry_base", "retry_cap"):
         value = merged.get(name)
-        if value is not None and (not isinstance(value, int | float) or value < 0):
+        if value is not None and (
+                not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
+                or value < 0):
             raise InvalidJobError(f"{name} must be a number of seconds ≥ 0, got {value!r}")
     if merged.get("executor", "thread") not in EXECUTORS:
         raise InvalidJobError(f"executor must be one of {EXECUTORS}, got {merged['executor']!r}")
@@ -128,9 +134,16 @@ def resolve_when(when: datetime | timedelta | int | float, now: datetime) -> dat
         raise InvalidJobError(
             f"when must be a datetime, a timedelta or a number of seconds, got {type(when).__name__}"
         )
+    if math.isnan(seconds):
+        raise InvalidJobError("delay must be a number of seconds, got NaN; use 0 to run now")
     if seconds < 0:
         raise InvalidJobError(f"delay must not be negative, got {seconds}s; use 0 to run now")
-    return now + timedelta(seconds=seconds)
+    try:
+        return now + timedelta(seconds=seconds)
+    except OverflowError:  # also infinity
+        raise InvalidJobError(
+            f"a delay of {seconds} s is past the last date a datetime holds; give a nearer time"
+        ) from None
 
 
 class LocalIntake(Protocol):

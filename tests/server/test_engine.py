@@ -128,6 +128,12 @@ def test_schedule_accepts_seconds_datetime_and_rejects_bad_delays(engine: nbjobs
         engine.schedule(-1, add, 1)
     with pytest.raises(InvalidJobError, match="datetime, a timedelta or a number"):
         engine.schedule("soon", add, 1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidJobError, match="got NaN"):
+        engine.schedule(float("nan"), add, 1)
+    for too_far in (float("inf"), 1e12):
+        with pytest.raises(InvalidJobError, match="past the last date a datetime holds"):
+            engine.schedule(too_far, add, 1)
+    assert len(engine.jobs()) == 2  # the two good ones; nothing of the refused calls was stored
 
 
 def test_continuations(engine: nbjobs.Engine) -> None:
@@ -239,6 +245,11 @@ def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.E
         engine.options(retries=-1)
     with pytest.raises(InvalidJobError, match="timeout must be a positive"):
         engine.options(timeout=0)
+    for not_finite in (float("nan"), float("inf")):
+        with pytest.raises(InvalidJobError, match="leave it out for no limit"):
+            engine.options(timeout=not_finite)
+        with pytest.raises(InvalidJobError, match="retry_cap must be a number of seconds"):
+            engine.options(retry_cap=not_finite)
     with pytest.raises(UnknownStateError, match="use one of"):
         engine.jobs(state="done")
     # What one database would store and the other refuse is refused on both, with the limit.

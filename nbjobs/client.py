@@ -146,6 +146,26 @@ def resolve_when(when: datetime | timedelta | int | float, now: datetime) -> dat
         ) from None
 
 
+#: Job ids are 64-bit: anything larger (or below 1) cannot name a stored job.
+_LARGEST_ID = 2**63 - 1
+
+
+def job_id_of(value: object) -> int:
+    """A job id from an int, a digit string or a Job; InvalidJobError for anything else, and
+    JobNotFoundError for a number no job can have (so huge ids fail as clearly as unknown ones)."""
+    if isinstance(value, Job):
+        return value.id
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidJobError(f"a job id is a whole number such as 42, got {value!r}")
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidJobError(f"a job id is a whole number such as 42, got {value!r}") from None
+    if not 1 <= number <= _LARGEST_ID:
+        raise JobNotFoundError(f"job {number} does not exist (job ids run from 1)")
+    return number
+
+
 class LocalIntake(Protocol):
     """The in-process server's side of an enqueue that claims for it (`Store.enqueue_and_acquire`)."""
 
@@ -274,6 +294,12 @@ class Client:
 
     def enqueue_many(self, fn: Callable[..., Any], arg_list: Iterable[Any]) -> list[Job]:
         """Enqueue one job per item (a tuple is spread as positional arguments) in one transaction."""
+        if isinstance(arg_list, str | bytes) or not isinstance(arg_list, Iterable):
+            raise InvalidJobError(
+                f"enqueue_many takes a list with one item of arguments per job, e.g. [1, 2, 3] or "
+                f"[(1, 'a'), (2, 'b')]; got {type(arg_list).__name__} {arg_list!r:.40} (for one job, "
+                "wrap it in a list or use enqueue)"
+            )
         specs = [
             self.new_job(fn, item if isinstance(item, tuple) else (item,), {}) for item in arg_list
         ]
@@ -296,7 +322,7 @@ class Client:
         **kwargs: Any,
     ) -> Job:
         """A continuation: run `fn` when `parent` succeeds (or, with continue_on="finished", ends)."""
-        parent_id = parent.id if isinstance(parent, Job) else int(parent)
+        parent_id = job_id_of(parent)
         try:
             on = ContinueOn(continue_on)
         except ValueError:
@@ -333,12 +359,13 @@ class Client:
 
     def job(self, job_id: int) -> Job:
         """A handle on an existing job (a NotebookJob for notebook runs); JobNotFoundError if none."""
-        record = self.store.get(int(job_id))
+        job_id = job_id_of(job_id)
+        record = self.store.get(job_id)
         if record is None:
             raise JobNotFoundError(f"job {job_id} does not exist (it may have expired or been removed)")
         if record.function == NOTEBOOK_FUNCTION:
-            return NotebookJob(self, int(job_id))
-        return Job(self, int(job_id))
+            return NotebookJob(self, job_id)
+        return Job(self, job_id)
 
     # -- recurring jobs (see nbjobs.recurring_client) -------------------------------------------
     def recurring(
@@ -388,11 +415,12 @@ class Client:
 
     # -- changing jobs --------------------------------------------------------------------------
     def requeue(self, job_id: int, reason: str = "requeued by user") -> JobState:
-        state = self.store.requeue(job_id, self.clock.now(), reason)
+        state = self.store.requeue(job_id_of(job_id), self.clock.now(), reason)
         self.notifier.work.set()
         return state
 
     def delete(self, job_id: int, reason: str = "deleted by user", *, cancel_only: bool = False) -> JobState:
+        job_id = job_id_of(job_id)
         state = self.store.delete(job_id, self.clock.now(), reason, cancel_only=cancel_only)
         if state is JobState.PROCESSING and self.notifier.local_cancel is not None:
             self.notifier.local_cancel(job_id, reason)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import history as views  # type: ignore[no-redef]  # `nbjobs.history` is also a function
 from .capture import OutputCapture
-from .client import Client, Job, JobFunction, NotebookJob, Notifier
+from .client import Client, Job, JobFunction, NotebookJob, Notifier, job_id_of
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError
 from .model import JobState, StateChange
@@ -80,6 +80,10 @@ class Engine:
         **settings: Any,
     ) -> Server:
         """Start a server in background threads of this process (idempotent while one runs)."""
+        if isinstance(queues, str):  # tuple("default") would serve queues "d", "e", "f", …
+            raise ConfigurationError(
+                f"queues takes a list of queue names, e.g. queues=[{queues!r}]; got the string {queues!r}"
+            )
         with self._lock:
             if self.server is not None and self.server.running:
                 return self.server
@@ -90,6 +94,7 @@ class Engine:
                     f"unknown server setting(s) {sorted(unknown)}; known: {sorted(known)}"
                 )
             config = ServerConfig(workers=workers, queues=tuple(queues or ("*",)), **settings)
+            config.validate()  # before the executors are sized from it
             # Every server fires recurring jobs; the storage claim keeps each fire time to one job.
             config.duties = [*config.duties, RecurringDuty(self.store, self.clock)]
             self.server = Server(
@@ -193,8 +198,8 @@ class Engine:
 
     def job(self, target: Any = None, /, **options: Any) -> Any:
         """`nb.job(42)` → the Job with id 42; `@nb.job` or `@nb.job(queue=…)` → a job function."""
-        if isinstance(target, int) and not isinstance(target, bool):
-            return self.client.job(target)
+        if isinstance(target, int | str) and not isinstance(target, bool):  # "42" too; "abc" is refused
+            return self.client.job(target)  # type: ignore[arg-type]
         if target is None:
             return lambda fn: self.client.job_function(fn, **options)
         return self.client.job_function(target, **options)
@@ -262,10 +267,10 @@ class Engine:
 
     def history(self, job_id: int | Job) -> pd.DataFrame:
         """A job's state transitions as a DataFrame."""
-        return views.history_frame(self.store, job_id.id if isinstance(job_id, Job) else job_id)
+        return views.history_frame(self.store, job_id_of(job_id))
 
     def history_list(self, job_id: int) -> list[StateChange]:
-        return self.store.history(job_id)
+        return self.store.history(job_id_of(job_id))
 
     def servers(self) -> pd.DataFrame:
         return views.servers_frame(self.store)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .clock import utcnow
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidJobError
 from .model import JobState
 from .storage import JobFilter, Store
 
@@ -46,6 +46,8 @@ def jobs_frame(
     limit: int | None = 1000,
 ) -> pd.DataFrame:
     """One row a job, newest first, with UTC datetimes, categorical state and timedelta durations."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise InvalidJobError(f"limit must be a whole number ≥ 0, or None for every job; got {limit!r}")
     queues = () if queue is None else ((queue,) if isinstance(queue, str) else tuple(queue))
     names, rows = store.query_table(JobFilter(states=_parse_states(state), queues=queues,
                                               function=function, since=since, until=until, limit=limit))

@@ -53,6 +53,8 @@ class ServerConfig:
     def validate(self) -> None:
         from ..errors import ConfigurationError
 
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int):
+            raise ConfigurationError(f"workers must be a whole number such as 4, got {self.workers!r}")
         if self.workers < 1:
             raise ConfigurationError(f"workers must be at least 1, got {self.workers}")
         if self.name is not None and len(self.name) > SERVER_NAME_MAX:

@@ -12,6 +12,7 @@ from sqlalchemy import update
 import nbjobs
 from nbjobs import JobState
 from nbjobs.errors import (
+    ConfigurationError,
     IllegalTransitionError,
     InvalidJobError,
     JobFailedError,
@@ -261,6 +262,25 @@ def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.E
         engine.options(name="n" * (NAME_MAX + 1)).enqueue(add, 1)
     with pytest.raises(InvalidJobError, match="a hash of a long key"):
         engine.options(key="k" * (KEY_MAX + 1))
+    with pytest.raises(InvalidJobError, match="for one job, wrap it in a list"):
+        engine.enqueue_many(add, 5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidJobError, match="for one job, wrap it in a list"):
+        engine.enqueue_many(add, "abc")
+    # Job ids: not a number is a mistake; a number no job can have is simply not found.
+    for call in (lambda: engine.job("abc"), lambda: engine.history("abc"),
+                 lambda: engine.client.then("abc", add)):
+        with pytest.raises(InvalidJobError, match="a job id is a whole number such as 42"):
+            call()
+    for call in (lambda: engine.job(2**70), lambda: engine.requeue(2**70), lambda: engine.history(-1)):
+        with pytest.raises(JobNotFoundError, match="does not exist"):
+            call()
+    with pytest.raises(InvalidJobError, match="limit must be a whole number"):
+        engine.jobs(limit=-1)  # SQLite would list every job, PostgreSQL refuse the query
+    with pytest.raises(ConfigurationError, match=r"queues=\['default'\]"):
+        engine.start_server(queues="default")  # not the queues "d", "e", "f", …
+    with pytest.raises(ConfigurationError, match="workers must be a whole number"):
+        engine.start_server(workers="4")  # type: ignore[arg-type]
+    assert engine.server is None
     assert engine.jobs().empty
 
 

@@ -8,6 +8,7 @@ reference (`module:qualname`); a function defined in a notebook (`__main__`) is 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import importlib
@@ -163,6 +164,34 @@ def unresolvable(ref: str) -> str | None:
     return None
 
 
+def check_arguments(fn: Callable[..., Any], ref: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
+    """Refuse now a call that could only fail with a TypeError when it runs (a missing or unknown
+    argument). The function's own signature, not a wrapped one's: a decorator may change it."""
+    try:
+        signature = _cached_signature(fn)
+    except TypeError:  # a bound method of an unhashable object: not cached
+        signature = _signature(fn)
+    if signature is None:
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise InvalidJobError(
+            f"{ref}{signature} cannot be called with these arguments ({exc}); fix the arguments "
+            "or the function's parameters"
+        ) from None
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    try:
+        return inspect.signature(fn, follow_wrapped=False)
+    except (TypeError, ValueError):  # some builtins and C functions have none: nothing to check
+        return None
+
+
+_cached_signature = functools.lru_cache(maxsize=1024)(_signature)
+
+
 # --- serializers ---------------------------------------------------------------------------
 
 
@@ -222,6 +251,7 @@ class Codec:
         jobs); otherwise it is stored by reference only, and runs only where `__main__` has it: the
         notebook's own server.
         """
+        check_arguments(fn, ref, args, kwargs)
         by_value = None
         if needs_by_value(ref):
             try:

@@ -262,6 +262,12 @@ def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.E
         engine.options(name="n" * (NAME_MAX + 1)).enqueue(add, 1)
     with pytest.raises(InvalidJobError, match="a hash of a long key"):
         engine.options(key="k" * (KEY_MAX + 1))
+    with pytest.raises(InvalidJobError, match=r"cannot be called with these arguments \(too many positional"):
+        engine.enqueue(add, 1, 2, 3)  # found now, not as a TypeError when a worker runs it
+    with pytest.raises(InvalidJobError, match="unexpected keyword argument 'c'"):
+        engine.recurring("every-minute", "* * * * *", add, 1, c=2)
+    with pytest.raises(InvalidJobError, match="missing a required argument: 'a'"):
+        engine.enqueue_many(add, [(1,), ()])  # the whole batch is refused, nothing stored
     with pytest.raises(InvalidJobError, match="for one job, wrap it in a list"):
         engine.enqueue_many(add, 5)  # type: ignore[arg-type]
     with pytest.raises(InvalidJobError, match="for one job, wrap it in a list"):
@@ -281,7 +287,7 @@ def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.E
     with pytest.raises(ConfigurationError, match="workers must be a whole number"):
         engine.start_server(workers="4")  # type: ignore[arg-type]
     assert engine.server is None
-    assert engine.jobs().empty
+    assert engine.jobs().empty and engine.recurring_jobs().empty
 
 
 def test_names_and_priorities_at_their_limits_are_stored_on_both_databases(engine: nbjobs.Engine) -> None:

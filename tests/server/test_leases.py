@@ -34,6 +34,10 @@ def quick(x: int) -> int:
     return x
 
 
+def fails(reason: str) -> None:
+    raise ValueError(reason)
+
+
 @pytest.fixture
 def nb(db_url: str, manual_clock: nbjobs.ManualClock) -> Iterator[nbjobs.Engine]:
     GATE.clear()
@@ -186,7 +190,7 @@ def test_expired_finished_jobs_are_pruned_by_the_reaper_in_batches(
 ) -> None:
     start(nb)
     ok = [nb.enqueue(quick, i) for i in range(7)]
-    bad = nb.options(retries=0).enqueue(quick, "not", "an int")
+    bad = nb.options(retries=0).enqueue(fails, "kept until someone deletes it")
     gone = nb.enqueue(quick, 0)
     for j in [*ok, gone]:
         outcome(j)

@@ -1,3 +1,4 @@
+import functools
 import os
 import stat
 
@@ -8,7 +9,7 @@ from nbjobs.model import FUNCTION_MAX
 from nbjobs.payload import Codec, Signer, function_ref, load_secret, resolve_function
 
 
-def module_level(x: int) -> int:
+def module_level(x: int, **options: object) -> int:
     return x + 1
 
 
@@ -74,3 +75,23 @@ def test_a_function_reference_longer_than_its_column_is_refused() -> None:
     stored.__qualname__ = "f" * (FUNCTION_MAX + 1)
     with pytest.raises(InvalidJobError, match=rf"at most {FUNCTION_MAX} can be stored"):
         function_ref(stored)
+
+
+def test_a_call_the_function_cannot_take_is_refused_before_anything_is_stored() -> None:
+    codec = Codec(Signer(b"k"))
+
+    def positional(a: int, b: int = 0) -> int:
+        return a + b
+
+    for args, kwargs, problem in (((), {}, "missing a required argument: 'a'"),
+                                  ((1, 2, 3), {}, "too many positional arguments"),
+                                  ((1,), {"c": 3}, "unexpected keyword argument 'c'")):
+        expected = rf"m:f\(a: int, b: int = 0\) -> int cannot be called .*{problem}"
+        with pytest.raises(InvalidJobError, match=expected):
+            codec.encode_call(positional, "m:f", args, kwargs, "pickle")
+    # What a decorator may accept is its own business: a wrapper's (*args, **kwargs) is not narrowed
+    # to the wrapped function's parameters.
+    wrapper = functools.wraps(positional)(lambda *a, **k: positional(*a, **k))
+    assert codec.decode_call(codec.encode_call(wrapper, "m:f", (1,), {"retry": True}, "pickle")).kwargs == {
+        "retry": True}
+    assert codec.decode_call(codec.encode_call(print, "m:f", (1, 2, 3), {}, "pickle")).args == (1, 2, 3)

@@ -357,15 +357,15 @@ class Client:
         job = self.submit([self.new_job(run_notebook, args, kwargs, options=options)])[0]
         return NotebookJob(self, job.id)
 
-    def job(self, job_id: int) -> Job:
+    def job(self, job_id: int | str) -> Job:
         """A handle on an existing job (a NotebookJob for notebook runs); JobNotFoundError if none."""
-        job_id = job_id_of(job_id)
-        record = self.store.get(job_id)
+        number = job_id_of(job_id)
+        record = self.store.get(number)
         if record is None:
-            raise JobNotFoundError(f"job {job_id} does not exist (it may have expired or been removed)")
+            raise JobNotFoundError(f"job {number} does not exist (it may have expired or been removed)")
         if record.function == NOTEBOOK_FUNCTION:
-            return NotebookJob(self, job_id)
-        return Job(self, job_id)
+            return NotebookJob(self, number)
+        return Job(self, number)
 
     # -- recurring jobs (see nbjobs.recurring_client) -------------------------------------------
     def recurring(

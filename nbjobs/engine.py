@@ -190,7 +190,7 @@ class Engine:
         return self.client.options(**options)
 
     @overload
-    def job(self, target: int, /) -> Job: ...
+    def job(self, target: int | str, /) -> Job: ...
     @overload
     def job(self, target: Callable[..., Any], /, **options: Any) -> JobFunction: ...
     @overload
@@ -199,7 +199,7 @@ class Engine:
     def job(self, target: Any = None, /, **options: Any) -> Any:
         """`nb.job(42)` → the Job with id 42; `@nb.job` or `@nb.job(queue=…)` → a job function."""
         if isinstance(target, int | str) and not isinstance(target, bool):  # "42" too; "abc" is refused
-            return self.client.job(target)  # type: ignore[arg-type]
+            return self.client.job(target)
         if target is None:
             return lambda fn: self.client.job_function(fn, **options)
         return self.client.job_function(target, **options)

@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -422,15 +422,28 @@ class Dispatcher:
         with self._lock:
             return list(self.running)
 
-    def forget(self, job_ids: Sequence[int]) -> None:
-        """Jobs this server lost (reaped or deleted elsewhere): never start them; stop the running ones."""
+    def running_attempts(self) -> dict[int, Running]:
+        """The attempts running now, by job id (a heartbeat's snapshot, for `forget`)."""
+        with self._lock:
+            return dict(self.running)
+
+    def forget(self, job_ids: Sequence[int], seen: Mapping[int, Running] | None = None) -> None:
+        """Jobs this server lost (reaped or deleted elsewhere): never start them; stop the running ones.
+
+        With `seen` (the attempts a heartbeat reported), only those attempts: a job lost and already
+        claimed again by this server since is held by its new attempt, which must go on.
+        """
+        forgotten = []
         with self._lock:
             for job_id in job_ids:
                 item = self.running.get(job_id)
-                if item is not None and not item.started:
+                if item is None or (seen is not None and seen.get(job_id) is not item):
+                    continue
+                forgotten.append(item)
+                if not item.started:
                     del self.running[job_id]  # the worker that takes it from the queue skips it
-        for job_id in job_ids:
-            self.request_cancel(job_id, "this server no longer holds the job")
+        for item in forgotten:
+            item.ctx.request_cancel("this server no longer holds the job")
 
     def stop_intake(self) -> None:
         self._intake = False

@@ -58,7 +58,8 @@ class Heartbeat:
     def _beat(self) -> None:
         now = self.clock.now()
         sent = self.clock.monotonic()  # the new leases count from before the call, to be safe
-        running = self.dispatcher.running_ids()
+        attempts = self.dispatcher.running_attempts()
+        running = list(attempts)
         reply = self.store.heartbeat(
             self.server_id, running, now + timedelta(seconds=self.lease_seconds), now
         )
@@ -71,7 +72,7 @@ class Heartbeat:
         for job_id in reply.cancel_requested:
             self.dispatcher.request_cancel(job_id, "cancelled by request")
         if reply.lost:
-            self.dispatcher.forget(list(reply.lost))
+            self.dispatcher.forget(list(reply.lost), seen=attempts)
         self.last_beat = now
         self.beats += 1
 

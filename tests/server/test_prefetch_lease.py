@@ -17,10 +17,10 @@ def note(i: int) -> None:
     RAN.append(i)
 
 
-def _dispatcher(engine: nbjobs.Engine, clock: nbjobs.ManualClock) -> Dispatcher:
+def _dispatcher(engine: nbjobs.Engine, clock: nbjobs.ManualClock, workers: int = 1) -> Dispatcher:
     return Dispatcher(
         store=engine.store, clock=clock, codec=engine.codec, wake=threading.Event(),
-        config=DispatcherConfig(server_id="s1", queues=("*",), workers=1, lease_seconds=10.0),
+        config=DispatcherConfig(server_id="s1", queues=("*",), workers=workers, lease_seconds=10.0),
     )
 
 
@@ -73,3 +73,28 @@ def test_lost_unstarted_job_is_never_started(db_url: str) -> None:
         d.forget(d.running_ids())  # a heartbeat said another server holds it now
         _drain_worker(d)
         assert RAN == []
+
+
+def test_a_lost_job_claimed_again_keeps_its_new_attempt(db_url: str) -> None:
+    """A heartbeat reports a job lost (reaped while this server was paused); before its reply is
+    applied, this server has claimed the job again. Only the attempt the heartbeat saw is dropped:
+    the new one runs, where it used to be dropped too and the job sat Processing until its lease
+    ran out."""
+    RAN.clear()
+    clock = nbjobs.ManualClock()
+    with nbjobs.connect(db_url, clock=clock, secret="s") as engine:
+        job = engine.enqueue(note, 4)
+        d = _dispatcher(engine, clock, workers=2)  # a free slot for the job's second claim
+        d._turn()
+        seen = d.running_attempts()  # what the heartbeat sends
+        report = engine.store.reap(clock.now() + timedelta(seconds=11), server_timeout=30)
+        assert job.id in report.returned_jobs and job.state is JobState.ENQUEUED
+        d._turn()  # claimed again: a new attempt
+        assert d.running_attempts()[job.id] is not seen[job.id]
+        d.forget([job.id], seen=seen)  # the heartbeat's reply: job lost (its first attempt)
+        assert d.running_ids() == [job.id] and not d.running_attempts()[job.id].ctx.cancelled
+        _drain_worker(d)
+        d._turn(claim=False)
+        assert RAN == [4]
+        assert job.state is JobState.SUCCEEDED
+        assert job.record().attempts == 2

@@ -150,8 +150,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         writes them, on the driver's connection (a third of the time of SQLAlchemy's path)."""
         state = self._initial_state(spec, now)
         row = self._row_for(spec, state, now)
-        stmt = self._driver_statement(_INSERT_JOB_PLAIN, tuple(row))
-        assert stmt is not None, "driver writes need a positional driver"
+        stmt = self._driver_row_statement(_INSERT_JOB_PLAIN, row)
         params = stmt.tuples([row])[0]
 
         def body(dbapi_conn: Any) -> int:

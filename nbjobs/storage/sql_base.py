@@ -284,6 +284,12 @@ class SqlBase:
             batch = self._driver_batches[key] = _DriverBatch.compile(stmt, self.engine.dialect, columns)
         return batch
 
+    def _driver_row_statement(self, stmt: Any, row: dict[str, Any]) -> _DriverBatch:
+        """`_driver_statement` for a driver write (`_driver_tx`), whose driver is always positional."""
+        batch = self._driver_statement(stmt, tuple(row))
+        assert batch is not None, "driver writes need a positional driver"
+        return batch
+
     # -- history --------------------------------------------------------------------------------
     def _history_rows(
         self,
@@ -302,8 +308,7 @@ class SqlBase:
     ) -> None:
         """`_history_rows` for one row without data, on the driver's connection (`_driver_tx`)."""
         [row] = _history_params([(job_id, state, reason)], now, None, None)
-        stmt = self._driver_statement(_INSERT_HISTORY, tuple(row))
-        assert stmt is not None, "driver writes need a positional driver"
+        stmt = self._driver_row_statement(_INSERT_HISTORY, row)
         dbapi_conn.execute(stmt.sql, stmt.tuples([row])[0])
 
 

@@ -253,8 +253,7 @@ class Client:
         """Validate and serialize one job (raises before anything is stored)."""
         recurring_client.refuse_options(self.recurring_defaults)
         opts = build_options(self.defaults, options) if options else self.job_options
-        ref = function_ref(fn)
-        payload = self.codec.encode_call(fn, ref, args, kwargs, opts.serializer,
+        ref, payload = self.codec.encode(fn, args, kwargs, opts.serializer,
                                          by_value_required=opts.executor != "thread")
         return NewJob(function=ref, payload=payload, options=opts, run_at=run_at, parent_id=parent_id,
                       continue_on=continue_on, reason=reason)

@@ -14,6 +14,9 @@ from datetime import datetime
 
 from .errors import JobCancelled, NbJobsError
 
+#: Guards every context's cancel callbacks (registered rarely: one lock for all, none per job).
+_callbacks_lock = threading.Lock()
+
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("nbjobs_job", default=None)
 
 
@@ -28,6 +31,7 @@ class JobContext:
     recurring_id: str | None = None
     _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
     cancel_reason: str | None = None
+    _on_cancel: list[Callable[[], None]] | None = field(default=None, repr=False)
     progress_sink: Callable[[int, float | None, str | None], None] | None = field(default=None, repr=False)
     #: Stores (time, stream, text) chunks as the job's captured output (the server sets it to its store).
     log_sink: Callable[[int, Sequence[tuple[datetime, str, str]]], None] | None = field(
@@ -43,6 +47,28 @@ class JobContext:
         if not self._cancel.is_set():
             self.cancel_reason = reason
             self._cancel.set()
+            with _callbacks_lock:
+                callbacks, self._on_cancel = self._on_cancel or [], None
+            for callback in callbacks:
+                callback()
+
+    def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` (in the cancelling thread) when the job is cancelled, at once if it already
+        was; returns a function that unregisters it. How an async job's task gets cancelled."""
+        with _callbacks_lock:
+            if not self._cancel.is_set():
+                if self._on_cancel is None:
+                    self._on_cancel = []
+                self._on_cancel.append(callback)
+
+                def remove() -> None:
+                    with _callbacks_lock:
+                        if self._on_cancel is not None and callback in self._on_cancel:
+                            self._on_cancel.remove(callback)
+
+                return remove
+        callback()
+        return lambda: None
 
     def check_cancelled(self) -> None:
         """Raise JobCancelled if the job was cancelled; call it in loops of long jobs."""

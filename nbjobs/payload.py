@@ -92,6 +92,54 @@ class Signer:
 # --- function references -------------------------------------------------------------------
 
 
+def stored_call(
+    fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]
+) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+    """The call in a form that can be stored: a function found by name and its arguments.
+
+    A bound method's instance, a callable object and a `functools.partial`'s arguments become
+    arguments of the function underneath (so `enqueue(model.fit, df)` runs `Model.fit(model, df)`,
+    with `model` pickled like any argument). A generator function is refused: calling one runs none
+    of its body, so the job would do nothing.
+    """
+    args, kwargs = tuple(args), dict(kwargs)
+    while True:
+        if isinstance(fn, functools.partial):
+            args, kwargs, fn = (*fn.args, *args), {**fn.keywords, **kwargs}, fn.func
+        elif inspect.ismethod(fn) and not isinstance(fn.__self__, type):  # a classmethod stays bound
+            args, fn = (fn.__self__, *args), fn.__func__
+        elif not isinstance(fn, type) and not hasattr(fn, "__qualname__") and inspect.isfunction(
+            call := _call_method(type(fn))
+        ):  # an instance of a class with __call__
+            args, fn = (fn, *args), call
+        else:
+            break
+    if _is_generator_function(fn):
+        raise InvalidJobError(
+            f"{getattr(fn, '__qualname__', fn)} is a generator function: calling it only creates a "
+            "generator, so the job would run none of its body. Return a list instead (e.g. "
+            "`return list(...)`), or loop inside the job"
+        )
+    return fn, args, kwargs
+
+
+def _call_method(cls: type) -> Any:
+    """The `__call__` a class defines or inherits (None if it has none)."""
+    return next((vars(k)["__call__"] for k in cls.__mro__ if "__call__" in vars(k)), None)
+
+
+def _is_generator_function(fn: Callable[..., Any]) -> bool:
+    try:
+        return _cached_is_generator(fn)
+    except TypeError:  # unhashable: not cached
+        return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_is_generator(fn: Callable[..., Any]) -> bool:
+    return inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn)
+
+
 def function_ref(fn: Callable[..., Any]) -> str:
     """`module:qualname` for a plain function or method; clear errors for what cannot be stored."""
     if not callable(fn):
@@ -233,6 +281,15 @@ class Codec:
         if kind == b"P":
             return pickle.loads(rest)  # the signature was verified above
         raise PayloadError("payload body has an unknown serializer tag")
+
+    def encode(
+        self, fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], serializer: str,
+        *, by_value_required: bool = True,
+    ) -> tuple[str, bytes]:
+        """A job's function reference and signed payload (`stored_call`, then `encode_call`)."""
+        fn, args, kwargs = stored_call(fn, args, kwargs)
+        ref = function_ref(fn)
+        return ref, self.encode_call(fn, ref, args, kwargs, serializer, by_value_required=by_value_required)
 
     def encode_call(
         self,

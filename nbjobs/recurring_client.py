@@ -19,7 +19,7 @@ from .clock import Clock
 from .cron import next_fire, parse_schedule, parse_zone, validate_policies
 from .errors import FunctionNotFoundError, InvalidJobError, InvalidScheduleError, RecurringNotFoundError
 from .model import RECURRING_ID_MAX, JobOptions, NewJob
-from .payload import Codec, function_ref, unresolvable
+from .payload import Codec, unresolvable
 from .storage import Store
 from .storage.base import RecurringRecord, RecurringSpec
 
@@ -106,8 +106,7 @@ def define(
     policy = {**RECURRING_DEFAULTS, **client.recurring_defaults}
     schedule = parse_schedule(cron, policy["tz"])
     validate_policies(policy["misfire"], policy["misfire_limit"], policy["overlap"])
-    ref = function_ref(fn)
-    payload = client.codec.encode_call(fn, ref, args, kwargs, options.serializer)
+    ref, payload = client.codec.encode(fn, args, kwargs, options.serializer)
     now = client.clock.now()
     spec = RecurringSpec(
         id=rid, cron=schedule.expr, tz=schedule.tz, function=ref, payload=payload, options=options,

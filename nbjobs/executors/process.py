@@ -52,6 +52,7 @@ from ..clock import Clock
 from ..errors import JobCancelled, WorkerCrashedError
 from ..model import ClaimedJob
 from ..payload import Codec, Signer
+from .coroutines import complete
 from .thread import RunResult, _error
 
 log = logging.getLogger("nbjobs.executor")
@@ -137,7 +138,7 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
     try:
         with contextlib.redirect_stdout(_Capture("stdout", output)), \
                 contextlib.redirect_stderr(_Capture("stderr", output)):
-            value = fn(*call.args, **call.kwargs)
+            value = complete(fn(*call.args, **call.kwargs), ctx)
     except JobCancelled as exc:
         result = _error(exc, started=started, finished=datetime.now(UTC))
         return reply(RunResult(**{**result.__dict__, "cancelled": True}))

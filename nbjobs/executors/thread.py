@@ -16,6 +16,7 @@ from ..clock import Clock
 from ..errors import FunctionNotFoundError, JobCancelled, PayloadError
 from ..model import ClaimedJob
 from ..payload import Codec
+from .coroutines import complete
 
 log = logging.getLogger("nbjobs.executor")
 
@@ -83,7 +84,7 @@ def run_in_thread(
     token = context.activate(ctx)
     try:
         with _wrapped(wrappers, ctx):
-            value = fn(*call.args, **call.kwargs)
+            value = complete(fn(*call.args, **call.kwargs), ctx)
     except JobCancelled as exc:
         result = _error(exc, started=started, finished=clock.now())
         return RunResult(**{**result.__dict__, "cancelled": True})

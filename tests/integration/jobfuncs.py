@@ -66,3 +66,10 @@ def hog_gil(path: str, n: int) -> int:
 
 def fail_with(exc_name: str) -> None:
     raise {"ValueError": ValueError, "KeyError": KeyError}[exc_name]("planned failure")
+
+
+async def async_whoami(x: int) -> tuple[int, int]:
+    import asyncio
+
+    await asyncio.sleep(0)
+    return 2 * x, os.getpid()

@@ -124,3 +124,9 @@ def test_idle_worker_killed_from_outside_is_replaced(nb: nbjobs.Engine) -> None:
     wait_for(lambda: not pid_alive(first), timeout=10)
     pids = {proc.enqueue(jobfuncs.whoami).result(timeout=30) for _ in range(3)}
     assert first not in pids and os.getpid() not in pids
+
+
+def test_an_async_job_runs_in_a_worker_process(nb: nbjobs.Engine) -> None:
+    job = nb.options(executor="process").enqueue(jobfuncs.async_whoami, 7)
+    value, pid = job.result(timeout=30)
+    assert value == 14 and pid != os.getpid()

@@ -6,7 +6,7 @@ import pytest
 
 from nbjobs.errors import InvalidJobError, PayloadError
 from nbjobs.model import FUNCTION_MAX
-from nbjobs.payload import Codec, Signer, function_ref, load_secret, resolve_function
+from nbjobs.payload import Codec, Signer, function_ref, load_secret, resolve_function, stored_call
 
 
 def module_level(x: int, **options: object) -> int:
@@ -95,3 +95,81 @@ def test_a_call_the_function_cannot_take_is_refused_before_anything_is_stored() 
     assert codec.decode_call(codec.encode_call(wrapper, "m:f", (1,), {"retry": True}, "pickle")).kwargs == {
         "retry": True}
     assert codec.decode_call(codec.encode_call(print, "m:f", (1, 2, 3), {}, "pickle")).args == (1, 2, 3)
+
+
+class Model:
+    def __init__(self, k: int) -> None:
+        self.k = k
+
+    def fit(self, x: int) -> int:
+        return x + self.k
+
+    @classmethod
+    def make(cls, k: int) -> "Model":
+        return cls(k)
+
+    def __call__(self, x: int) -> int:
+        return x * self.k
+
+
+def numbers(n: int):  # type: ignore[no-untyped-def]
+    yield from range(n)
+
+
+async def anumbers(n: int):  # type: ignore[no-untyped-def]
+    for i in range(n):
+        yield i
+
+
+def test_a_bound_method_is_stored_as_its_function_with_the_instance_as_first_argument() -> None:
+    model = Model(3)
+    fn, args, kwargs = stored_call(model.fit, (4,), {})
+    assert fn is Model.fit and args == (model, 4) and kwargs == {}
+    assert function_ref(fn) == f"{__name__}:Model.fit"
+    assert resolve_function(function_ref(fn))(*args) == 7  # what a worker runs
+
+
+def test_a_classmethod_stays_bound_to_its_class() -> None:
+    fn, args, _ = stored_call(Model.make, (2,), {})
+    assert fn == Model.make and args == (2,)
+    assert resolve_function(function_ref(fn))(*args).k == 2
+
+
+def test_a_callable_object_is_stored_as_its_class_call_method() -> None:
+    model = Model(5)
+    fn, args, _ = stored_call(model, (2,), {})
+    assert fn is Model.__call__ and args == (model, 2)
+    assert resolve_function(function_ref(fn))(*args) == 10
+
+
+def test_a_partial_is_stored_as_its_function_with_its_arguments_first() -> None:
+    part = functools.partial(functools.partial(module_level, 1), flag=True)
+    fn, args, kwargs = stored_call(part, (), {"other": 2})
+    assert fn is module_level and args == (1,) and kwargs == {"flag": True, "other": 2}
+    # the call's own keywords win, as calling the partial would do
+    assert stored_call(part, (), {"flag": False})[2] == {"flag": False}
+
+
+def test_a_partial_of_a_bound_method_unwraps_both() -> None:
+    model = Model(1)
+    fn, args, _ = stored_call(functools.partial(model.fit, 9), (), {})
+    assert fn is Model.fit and args == (model, 9)
+
+
+def test_generator_functions_are_refused_with_the_fix() -> None:
+    with pytest.raises(InvalidJobError, match=r"numbers is a generator function.*return list"):
+        stored_call(numbers, (3,), {})
+    with pytest.raises(InvalidJobError, match="anumbers is a generator function"):
+        stored_call(anumbers, (3,), {})
+    with pytest.raises(InvalidJobError, match="generator function"):
+        stored_call(functools.partial(numbers, 3), (), {})
+
+
+def test_encode_stores_the_unwrapped_call_and_checks_its_arguments() -> None:
+    codec = Codec(Signer(b"k"))
+    model = Model(2)
+    ref, data = codec.encode(model.fit, (1,), {}, "pickle")
+    call = codec.decode_call(data)
+    assert ref == f"{__name__}:Model.fit" and call.args[1] == 1 and call.args[0].k == 2
+    with pytest.raises(InvalidJobError, match="cannot be called with these arguments"):
+        codec.encode(model.fit, (1, 2), {}, "pickle")

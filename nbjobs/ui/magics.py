@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import atexit
+import inspect
 import linecache
 import logging
 import shlex
@@ -36,6 +37,7 @@ from ..errors import ConfigurationError, NbJobsError
 log = logging.getLogger("nbjobs.ui")
 
 _SIMPLE = (type(None), bool, int, float, str, bytes)
+_TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
 _loaded: set[int] = set()
 _atexit_registered = False
 
@@ -64,8 +66,36 @@ def run_cell(source: str, kernel: str, write_back: bool = True) -> Any:
     user_ns = shell.user_ns
     before = dict(user_ns)
     ns = dict(before)  # the cell works on a snapshot; the notebook goes on meanwhile
-    exec(compile(tree, filename, "exec"), ns)
-    value = eval(compile(last, filename, "eval"), ns) if last is not None else None
+    # Top-level `await` works as in the notebook: such a cell compiles to coroutines, returned to
+    # the executor to run on a loop of their own (and cancelled like any async job).
+    body = compile(tree, filename, "exec", flags=_TOP_LEVEL_AWAIT)
+    tail = compile(last, filename, "eval", flags=_TOP_LEVEL_AWAIT) if last is not None else None
+    if (body.co_flags | (tail.co_flags if tail else 0)) & inspect.CO_COROUTINE:
+        return _run_async_cell(body, tail, ns, before, user_ns, write_back)
+    exec(body, ns)
+    value = eval(tail, ns) if tail is not None else None
+    return _finish_cell(value, ns, before, user_ns, write_back)
+
+
+async def _run_async_cell(
+    body: types.CodeType, tail: types.CodeType | None, ns: dict[str, Any], before: dict[str, Any],
+    user_ns: dict[str, Any], write_back: bool,
+) -> Any:
+    """`run_cell` for a cell with top-level `await`: body and last expression on one loop."""
+    if body.co_flags & inspect.CO_COROUTINE:
+        await eval(body, ns)
+    else:
+        exec(body, ns)
+    value: Any = eval(tail, ns) if tail is not None else None
+    if tail is not None and tail.co_flags & inspect.CO_COROUTINE:  # the expression awaits
+        value = await value
+    return _finish_cell(value, ns, before, user_ns, write_back)
+
+
+def _finish_cell(
+    value: Any, ns: dict[str, Any], before: dict[str, Any], user_ns: dict[str, Any], write_back: bool
+) -> Any:
+    """Write the names the cell assigned back to the notebook; the last value as stored."""
     if write_back:
         for name, new in ns.items():
             if name.startswith("__") or (name in before and before[name] is new):
@@ -203,8 +233,9 @@ def submit_cell(cell: str, line: str = "") -> Job:
             "%%job cells run only on this kernel's own server, and the default engine has none "
             "(NBJOBS_SERVER=0?). Start it with `%nbjobs start`"
         )
-    try:
-        ast.parse(InteractiveShell.instance().transform_cell(cell))  # type: ignore[no-untyped-call]
+    try:  # compiled, not only parsed: `return` outside a function is caught here too
+        compile(InteractiveShell.instance().transform_cell(cell),  # type: ignore[no-untyped-call]
+                "<%%job cell>", "exec", flags=_TOP_LEVEL_AWAIT)
     except SyntaxError as exc:  # refuse now, not in a worker later
         raise UsageError(f"the cell does not compile: {exc}") from exc
     first = next((ln.strip() for ln in cell.splitlines() if ln.strip()), "")

@@ -125,3 +125,29 @@ def test_unload_stops_the_server_and_leaves_nothing_processing(shell: Interactiv
     states = {running.state, waiting.state}
     assert states == {JobState.DELETED}
     assert "jobs" not in shell.magics_manager.magics["line"]
+
+
+def test_a_job_cell_with_top_level_await_runs_like_a_notebook_cell(shell: InteractiveShell) -> None:
+    run(shell, "import asyncio\nasync def fetch(x):\n    await asyncio.sleep(0.01)\n    return x * 3\n")
+    job = run(shell, "%%job\nparts = [await fetch(i) for i in range(3)]\nprint('fetched', parts)\n"
+                     "sum(parts) + await fetch(1)")
+    assert job.result(timeout=30) == 12
+    assert shell.user_ns["parts"] == [0, 3, 6]  # assigned names come back, as from any job cell
+    assert job.logs() == "fetched [0, 3, 6]\n"
+
+
+def test_an_async_job_cell_is_cancelled_at_its_await(shell: InteractiveShell) -> None:
+    job = run(shell, "%%job\nimport asyncio\nawait asyncio.sleep(60)\nnever = True")
+    wait_for(lambda: job.state is JobState.PROCESSING)
+    job.cancel()
+    assert job.wait(timeout=10) is JobState.DELETED
+    assert "never" not in shell.user_ns
+
+
+def test_a_cell_that_cannot_compile_is_refused_before_it_is_stored(shell: InteractiveShell) -> None:
+    engine = default.current_default()
+    assert engine is not None
+    before = len(engine.jobs())
+    with capture_output():
+        assert shell.run_cell("%%job\nreturn 5").error_in_exec is not None  # parses, does not compile
+    assert len(engine.jobs()) == before

@@ -15,6 +15,7 @@ from .client import Client, Job, JobFunction, NotebookJob
 from .clock import ManualClock, SystemClock
 from .context import JobContext, check_cancelled, current_job
 from .default import (
+    after,
     default_engine,
     enqueue,
     enqueue_notebook,
@@ -84,7 +85,8 @@ __all__ = [
     "NotebookCellError", "NotebookCellTimeoutError", "NotebookError", "NotebookJob",
     "PayloadError", "Recurring", "RecurringNotFoundError", "ResultTimeoutError", "SchemaVersionError",
     "SystemClock", "UnknownStateError",
-    "__version__", "check_cancelled", "connect", "current_job", "default_engine", "default_url", "enqueue",
+    "__version__", "after", "check_cancelled", "connect", "current_job", "default_engine", "default_url",
+    "enqueue",
     "enqueue_notebook",
     "history", "job", "jobs", "load_ipython_extension", "options", "pause", "progress", "recurring",
     "recurring_jobs",

@@ -146,6 +146,21 @@ def resolve_when(when: datetime | timedelta | int | float, now: datetime) -> dat
         ) from None
 
 
+#: Most parents a continuation may wait for (`Client.after`): one statement lists them all.
+MAX_PARENTS = 1000
+#: A history reason is shown in tables; a long list of parents is cut.
+REASON_MAX = 500
+
+
+def _continue_on(value: ContinueOn | str) -> ContinueOn:
+    try:
+        return ContinueOn(value)
+    except ValueError:
+        raise InvalidJobError(
+            f"continue_on must be one of {[c.value for c in ContinueOn]}, got {value!r}"
+        ) from None
+
+
 #: Job ids are 64-bit: anything larger (or below 1) cannot name a stored job.
 _LARGEST_ID = 2**63 - 1
 
@@ -246,6 +261,7 @@ class Client:
         *,
         run_at: datetime | None = None,
         parent_id: int | None = None,
+        parent_ids: tuple[int, ...] = (),
         continue_on: ContinueOn = ContinueOn.SUCCEEDED,
         options: Mapping[str, Any] | None = None,
         reason: str = "created",
@@ -256,7 +272,7 @@ class Client:
         ref, payload = self.codec.encode(fn, args, kwargs, opts.serializer,
                                          by_value_required=opts.executor != "thread")
         return NewJob(function=ref, payload=payload, options=opts, run_at=run_at, parent_id=parent_id,
-                      continue_on=continue_on, reason=reason)
+                      parent_ids=parent_ids, continue_on=continue_on, reason=reason)
 
     def submit(self, specs: Sequence[NewJob]) -> list[Job]:
         """Store prepared jobs in one transaction and start or wake local workers.
@@ -280,7 +296,7 @@ class Client:
         # locked its parent's row for a moment, and a claim may have skipped that row. A wake-up
         # still pending needs no lock: the dispatcher clears it before it looks.
         wake = (claim is None and any(s.state is JobState.ENQUEUED for s in stored)) or any(
-            j.parent_id for j in specs)
+            j.continues for j in specs)
         if wake and not self.notifier.work.is_set():
             self.notifier.work.set()
         if any(s.state is JobState.SCHEDULED for s in stored):
@@ -322,14 +338,40 @@ class Client:
     ) -> Job:
         """A continuation: run `fn` when `parent` succeeds (or, with continue_on="finished", ends)."""
         parent_id = job_id_of(parent)
-        try:
-            on = ContinueOn(continue_on)
-        except ValueError:
-            raise InvalidJobError(
-                f"continue_on must be one of {[c.value for c in ContinueOn]}, got {continue_on!r}"
-            ) from None
-        spec = self.new_job(fn, args, kwargs, parent_id=parent_id, continue_on=on,
+        spec = self.new_job(fn, args, kwargs, parent_id=parent_id, continue_on=_continue_on(continue_on),
                             reason=f"continuation of job {parent_id}")
+        return self.submit([spec])[0]
+
+    def after(
+        self,
+        parents: Iterable[int | Job],
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        continue_on: ContinueOn | str = ContinueOn.SUCCEEDED,
+        **kwargs: Any,
+    ) -> Job:
+        """A continuation of several jobs (fan-in): run `fn` once all `parents` succeeded (or, with
+        continue_on="finished", ended in any way). With "succeeded", a parent that fails or is
+        deleted deletes the continuation at once."""
+        if isinstance(parents, Job | int | str) or not isinstance(parents, Iterable):
+            raise InvalidJobError(
+                f"after takes a list of jobs (or job ids), got {type(parents).__name__}; for one "
+                "parent use job.then(fn)"
+            )
+        ids = tuple(dict.fromkeys(job_id_of(p) for p in parents))
+        if not ids:
+            raise InvalidJobError("after needs at least one parent job; to run now use enqueue")
+        on = _continue_on(continue_on)
+        if len(ids) == 1:
+            return self.then(ids[0], fn, *args, continue_on=on, **kwargs)
+        if len(ids) > MAX_PARENTS:
+            raise InvalidJobError(
+                f"a continuation can wait for at most {MAX_PARENTS} jobs, got {len(ids)}; chain "
+                "smaller groups (after a group, then after those continuations)"
+            )
+        spec = self.new_job(fn, args, kwargs, parent_ids=ids, continue_on=on,
+                            reason=f"continuation of jobs {', '.join(map(str, ids))}"[:REASON_MAX])
         return self.submit([spec])[0]
 
     def enqueue_notebook(
@@ -563,6 +605,10 @@ class Job:
     def cancel(self) -> Job:
         self.client.cancel(self.id)
         return self
+
+    def parents(self) -> list[Job]:
+        """The jobs this continuation waits for (or waited for); [] for other jobs."""
+        return [Job(self.client, i) for i in self.client.store.parents(self.id)]
 
     def then(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
         """A continuation of this job (same queue and options; its own name and key)."""

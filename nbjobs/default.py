@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,7 +21,7 @@ import pandas as pd
 from .client import Client, Job, JobFunction, NotebookJob
 from .engine import Engine, connect
 from .errors import ConfigurationError
-from .model import PRIVATE_QUEUE_MARK, JobState
+from .model import PRIVATE_QUEUE_MARK, ContinueOn, JobState
 from .recurring_client import Recurring
 from .server import ServerConfig
 
@@ -180,6 +180,12 @@ def schedule(when: datetime | timedelta | int | float, fn: Callable[..., Any], /
              **kwargs: Any) -> Job:
     """`nbjobs.schedule(60, fn, *args)`: run `fn` later on the default engine."""
     return default_engine().schedule(when, fn, *args, **kwargs)
+
+
+def after(parents: Iterable[int | Job], fn: Callable[..., Any], /, *args: Any,
+          continue_on: ContinueOn | str = ContinueOn.SUCCEEDED, **kwargs: Any) -> Job:
+    """`nbjobs.after([a, b, c], combine)`: run `combine` once all of them succeeded (default engine)."""
+    return default_engine().after(parents, fn, *args, continue_on=continue_on, **kwargs)
 
 
 def enqueue_notebook(path: str | os.PathLike[str], parameters: dict[str, Any] | None = None,

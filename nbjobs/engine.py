@@ -8,7 +8,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, overload
 
@@ -19,7 +19,7 @@ from .capture import OutputCapture
 from .client import Client, Job, JobFunction, NotebookJob, Notifier, job_id_of
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError
-from .model import JobState, StateChange
+from .model import ContinueOn, JobState, StateChange
 from .payload import Codec, Signer
 from .progress import ProgressThrottle
 from .recurring_client import Recurring
@@ -169,6 +169,18 @@ class Engine:
     ) -> Job:
         """Run `fn` at `when` (datetime, timedelta or seconds from now)."""
         return self.client.schedule(when, fn, *args, **kwargs)
+
+    def after(
+        self,
+        parents: Iterable[int | Job],
+        fn: Callable[..., Any],
+        /,
+        *args: Any,
+        continue_on: ContinueOn | str = ContinueOn.SUCCEEDED,
+        **kwargs: Any,
+    ) -> Job:
+        """Run `fn` once all `parents` succeeded (continue_on="finished": once all ended) — fan-in."""
+        return self.client.after(parents, fn, *args, continue_on=continue_on, **kwargs)
 
     def enqueue_notebook(
         self,

@@ -126,10 +126,17 @@ class NewJob:
     options: JobOptions
     run_at: datetime | None = None  #: None: enqueue now
     parent_id: int | None = None
+    #: A continuation of several jobs (`Client.after`): runs once all of them reached `continue_on`.
+    parent_ids: tuple[int, ...] = ()
     continue_on: ContinueOn = ContinueOn.SUCCEEDED
     recurring_id: str | None = None
     fire_time: datetime | None = None  #: the recurring fire time this job stands for
     reason: str = "created"
+
+    @property
+    def continues(self) -> bool:
+        """Whether the job waits for other jobs (one parent or several)."""
+        return self.parent_id is not None or bool(self.parent_ids)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -7,10 +7,11 @@ sources here are also the guard that makes concurrent changes safe: zero rows up
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .errors import IllegalTransitionError
-from .model import FINAL_STATES, JobState
+from .model import FINAL_STATES, ContinueOn, JobState
 
 S = JobState
 
@@ -80,3 +81,14 @@ def transition(current: JobState, event: Event) -> JobState:
 
 def is_legal(current: JobState, event: Event) -> bool:
     return current in TRANSITIONS[event].sources
+
+
+def continuation_state(continue_on: ContinueOn | str, parents: Iterable[JobState]) -> JobState | None:
+    """What a continuation becomes given its parents' states: Enqueued (run it), Deleted (it can
+    no longer run: a parent failed or was deleted while it waits for success), or None (wait on)."""
+    states = list(parents)
+    if ContinueOn(continue_on) is ContinueOn.FINISHED:
+        return S.ENQUEUED if all(s in FINAL_STATES for s in states) else None
+    if any(s in (S.FAILED, S.DELETED) for s in states):
+        return S.DELETED
+    return S.ENQUEUED if all(s is S.SUCCEEDED for s in states) else None

@@ -262,7 +262,7 @@ class Dispatcher:
         idle: then the dispatcher's own claim transaction for it is saved. The claim takes up to all
         free slots, so a backlog left by it is one this server could not take anyway.
         """
-        if not any(self._serves(spec.options.queue) and spec.parent_id is None
+        if not any(self._serves(spec.options.queue) and not spec.continues
                    and (spec.run_at is None or spec.run_at <= now) for spec in specs):
             return None
         # Only an idle server: a busy one claims in batches with its finished attempts (group

@@ -243,6 +243,10 @@ class Store(abc.ABC):
     def history(self, job_id: int) -> list[StateChange]: ...
 
     @abc.abstractmethod
+    def parents(self, job_id: int) -> list[int]:
+        """The jobs a continuation waits for (or waited for), in id order; [] for other jobs."""
+
+    @abc.abstractmethod
     def counts(self) -> dict[JobState, int]:
         """Number of jobs per state."""
 

@@ -40,7 +40,8 @@ from ..model import (
 )
 
 #: 2: `ix_nbjobs_jobs_fetch_any` (claims from every shared queue read the backlog in order).
-SCHEMA_VERSION = 2
+#: 3: `nbjobs_dependencies` (continuations of several jobs; an older nbjobs would never run them).
+SCHEMA_VERSION = 3
 
 metadata = MetaData()
 
@@ -172,6 +173,17 @@ history = Table(
     Column("data", Text),  # JSON
 )
 Index("ix_nbjobs_history_job", history.c.job_id, history.c.id)
+
+# Continuations of several jobs (`Client.after`): one row per parent. A continuation of one job
+# keeps `jobs.parent_id`; either way the parents carry `has_children`, which is what makes a
+# finishing job look for continuations to release.
+dependencies = Table(
+    "nbjobs_dependencies",
+    metadata,
+    Column("parent_id", JobId, primary_key=True, autoincrement=False),
+    Column("child_id", JobId, primary_key=True, autoincrement=False),
+)
+Index("ix_nbjobs_dependencies_child", dependencies.c.child_id)
 
 servers = Table(
     "nbjobs_servers",

@@ -35,14 +35,13 @@ from ..model import (
     FINAL_STATES,
     PRIVATE_QUEUE_MARK,
     ClaimedJob,
-    ContinueOn,
     JobState,
     NewJob,
     Outcome,
     OutcomeKind,
 )
 from .base import Enqueued, LocalClaim, Store
-from .schema import ENQUEUED_ROW, history, jobs
+from .schema import ENQUEUED_ROW, dependencies, history, jobs
 from .sql_base import (
     _FINISH_STMTS,
     _INSERT_JOB,
@@ -80,7 +79,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
 
     # -- enqueue --------------------------------------------------------------------------------
     def enqueue(self, specs: Sequence[NewJob], now: datetime) -> list[Enqueued]:
-        if len(specs) == 1 and specs[0].options.key is None and specs[0].parent_id is None:
+        if len(specs) == 1 and specs[0].options.key is None and not specs[0].continues:
             if self.dialect.one_statement_writes:
                 return [self._enqueue_in_one_statement(specs[0], now)]
             if self.dialect.driver_writes:
@@ -104,7 +103,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         results: dict[int, Enqueued] = {}
         hist: list[tuple[int, JobState, str]] = []
         for index, spec in enumerate(specs):
-            if spec.options.key is None and spec.parent_id is None:
+            if spec.options.key is None and not spec.continues:
                 simple.append((index, self._row_for(spec, self._initial_state(spec, now), now)))
                 continue
             result = self._enqueue_one(conn, spec, now)
@@ -186,7 +185,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             "enqueued_at": now if state is S.ENQUEUED else None,
             "finished_at": now if state in FINAL_STATES else None,
             "parent_id": spec.parent_id,
-            "continue_on": spec.continue_on.value if spec.parent_id is not None else None,
+            "continue_on": spec.continue_on.value if spec.continues else None,
             "has_children": False,
             "recurring_id": spec.recurring_id,
             "fire_time": spec.fire_time,
@@ -202,24 +201,8 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             if found is not None:
                 return Enqueued(id=found.id, state=JobState(found.state), created=False)
         state = self._initial_state(spec, now)
-        if spec.parent_id is not None:
-            parent = conn.execute(
-                self.dialect.row_lock(select(jobs.c.state).where(jobs.c.id == spec.parent_id))
-            ).first()
-            if parent is None:
-                raise JobNotFoundError(
-                    f"parent job {spec.parent_id} does not exist; a continuation needs an existing parent"
-                )
-            parent_state = JobState(parent.state)
-            if parent_state in FINAL_STATES:
-                state = self._child_state(spec.continue_on, parent_state)
-            else:
-                state = S.AWAITING
-                conn.execute(update(jobs).where(jobs.c.id == spec.parent_id).values(has_children=True))
-                if parent_state is S.ENQUEUED:
-                    # We held the parent's row lock, so a concurrent claim (SKIP LOCKED) may have
-                    # passed it by: tell the servers to look again once we commit.
-                    self.dialect.notify(conn, "unlocked")
+        if spec.continues:
+            state = self._continuation_state(conn, spec) or S.AWAITING
         try:
             with conn.begin_nested():
                 job_id = conn.execute(
@@ -231,52 +214,127 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             if found is None:
                 raise
             return Enqueued(id=found.id, state=JobState(found.state), created=False)
+        if spec.parent_ids:
+            conn.execute(
+                insert(dependencies), [{"parent_id": p, "child_id": job_id} for p in spec.parent_ids]
+            )
         return Enqueued(id=job_id, state=state, created=True)
 
-    @staticmethod
-    def _child_state(continue_on: ContinueOn | str, parent_state: JobState) -> JobState:
-        if ContinueOn(continue_on) is ContinueOn.FINISHED or parent_state is S.SUCCEEDED:
-            return S.ENQUEUED
-        return S.DELETED
+    def _continuation_state(self, conn: Connection, spec: NewJob) -> JobState | None:
+        """A new continuation's state if its parents already decide it, else None (it awaits them,
+        and the parents that have not finished are marked as having continuations)."""
+        ids = sorted(set(spec.parent_ids)) if spec.parent_ids else [spec.parent_id or 0]
+        # Locked (in id order, as a finishing server locks them): a parent finishing now either
+        # committed before we read it, or waits for us and then sees its `has_children`.
+        parents = {
+            r.id: JobState(r.state)
+            for r in conn.execute(
+                self.dialect.row_lock(
+                    select(jobs.c.id, jobs.c.state).where(jobs.c.id.in_(ids)).order_by(jobs.c.id)
+                )
+            )
+        }
+        missing = [i for i in ids if i not in parents]
+        if missing:
+            raise JobNotFoundError(
+                f"parent job {', '.join(map(str, missing))} does not exist; a continuation needs "
+                "existing parents"
+            )
+        decided = states.continuation_state(spec.continue_on, parents.values())
+        if decided is not None:
+            return decided
+        waiting = [i for i, s in parents.items() if s not in FINAL_STATES]
+        conn.execute(update(jobs).where(jobs.c.id.in_(waiting)).values(has_children=True))
+        if any(parents[i] is S.ENQUEUED for i in waiting):
+            # We held the parents' row locks, so a concurrent claim (SKIP LOCKED) may have passed
+            # them by: tell the servers to look again once we commit.
+            self.dialect.notify(conn, "unlocked")
+        return None
 
     def _release_children(self, conn: Connection, parents: dict[int, JobState], now: datetime) -> None:
         """Enqueue or delete the Awaiting continuations of parents that just reached a final state."""
         frontier = dict(parents)
         while frontier:
+            ids = list(frontier)
+            next_frontier: dict[int, JobState] = {}
+            hist: list[tuple[int, JobState, str]] = []
             # Locked: a continuation being added to one of these children right now sets its
             # has_children; reading it unlocked (PostgreSQL) could miss that and strand the grandchild.
             children = conn.execute(
                 self.dialect.row_lock(
                     select(jobs.c.id, jobs.c.parent_id, jobs.c.continue_on, jobs.c.has_children).where(
-                        jobs.c.parent_id.in_(list(frontier)), jobs.c.state == S.AWAITING.value
+                        jobs.c.parent_id.in_(ids), jobs.c.state == S.AWAITING.value
                     )
                 )
             ).all()
-            next_frontier: dict[int, JobState] = {}
-            hist: list[tuple[int, JobState, str]] = []
             for child in children:
                 parent_state = frontier[child.parent_id]
-                new = self._child_state(child.continue_on, parent_state)
-                values: dict[str, Any] = {"state": new.value}
-                if new is S.ENQUEUED:
-                    values["enqueued_at"] = now
-                    reason = f"parent {child.parent_id} {parent_state.value}"
-                else:
-                    values.update(finished_at=now, active_key=None)
-                    reason = f"parent {child.parent_id} {parent_state.value}; continuation not run"
-                    if child.has_children:
-                        next_frontier[child.id] = S.DELETED
-                changed = conn.execute(
-                    update(jobs)
-                    .where(jobs.c.id == child.id, jobs.c.state == S.AWAITING.value)
-                    .values(**values)
-                ).rowcount
-                if changed:
-                    hist.append((child.id, new, reason))
+                new = states.continuation_state(child.continue_on, [parent_state])
+                assert new is not None  # one parent, final: it decides
+                reason = f"parent {child.parent_id} {parent_state.value}"
+                self._release_child(conn, child, new, reason, now, hist, next_frontier)
+            for child, new, reason in self._decided_fan_ins(conn, ids):
+                self._release_child(conn, child, new, reason, now, hist, next_frontier)
             self._history_rows(conn, hist, now, None)
             if any(state is S.ENQUEUED for _, state, _ in hist):
                 self.dialect.notify(conn, "released")
             frontier = next_frontier
+
+    def _decided_fan_ins(self, conn: Connection, parent_ids: list[int]) -> list[tuple[Any, JobState, str]]:
+        """Awaiting continuations of several jobs, among them one of `parent_ids`, that their parents
+        now decide: (child row, new state, reason)."""
+        children = conn.execute(
+            self.dialect.row_lock(
+                select(jobs.c.id, jobs.c.continue_on, jobs.c.has_children).where(
+                    jobs.c.id.in_(
+                        select(dependencies.c.child_id).where(dependencies.c.parent_id.in_(parent_ids))
+                    ),
+                    jobs.c.state == S.AWAITING.value,
+                ).order_by(jobs.c.id)
+            )
+        ).all()
+        if not children:
+            return []
+        # Read after the children's locks: on PostgreSQL this statement sees every parent finish
+        # committed by a transaction that held one of those locks before us.
+        parent_states: dict[int, dict[int, JobState]] = {}
+        for child_id, parent_id, state in conn.execute(
+            select(dependencies.c.child_id, jobs.c.id, jobs.c.state)
+            .join(jobs, jobs.c.id == dependencies.c.parent_id)
+            .where(dependencies.c.child_id.in_([c.id for c in children]))
+        ):
+            parent_states.setdefault(child_id, {})[parent_id] = JobState(state)
+        decided: list[tuple[Any, JobState, str]] = []
+        for child in children:
+            found = parent_states.get(child.id, {})  # a parent pruned since: it had succeeded
+            new = states.continuation_state(child.continue_on, found.values())
+            if new is S.ENQUEUED:
+                decided.append((child, new, f"parents {_id_list(found)} finished"))
+            elif new is S.DELETED:
+                ended = {i: s for i, s in found.items() if s in (S.FAILED, S.DELETED)}
+                how = "/".join(sorted({s.value for s in ended.values()}))
+                decided.append((child, new, f"parent {_id_list(ended)} {how}"))
+        return decided
+
+    @staticmethod
+    def _release_child(
+        conn: Connection, child: Any, new: JobState, reason: str, now: datetime,
+        hist: list[tuple[int, JobState, str]], next_frontier: dict[int, JobState],
+    ) -> None:
+        """Move one Awaiting continuation to `new` (Enqueued or Deleted), with its history row."""
+        values: dict[str, Any] = {"state": new.value}
+        if new is S.ENQUEUED:
+            values["enqueued_at"] = now
+        else:
+            values.update(finished_at=now, active_key=None)
+            reason += "; continuation not run"
+            if child.has_children:
+                next_frontier[child.id] = S.DELETED
+        changed = conn.execute(
+            update(jobs).where(jobs.c.id == child.id, jobs.c.state == S.AWAITING.value).values(**values)
+        ).rowcount
+        if changed:
+            hist.append((child.id, new, reason))
 
     # -- claim and finish -----------------------------------------------------------------------
     def acquire(
@@ -602,3 +660,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
     def next_wakeup(self) -> tuple[datetime | None, datetime | None]:
         row = self._tx(lambda conn: conn.execute(select(_NEXT_DUE, NEXT_FIRE)).one(), write=False)
         return row[0], row[1]
+
+
+def _id_list(ids: Any) -> str:
+    return ", ".join(str(i) for i in sorted(ids))

@@ -22,7 +22,7 @@ from ..model import (
     StateChange,
 )
 from .base import TABLE_COLUMNS, TIME_COLUMNS, JobFilter
-from .schema import counts, history, jobs
+from .schema import counts, dependencies, history, jobs
 from .sql_base import (
     LIST_COLUMNS,
     S,
@@ -99,14 +99,28 @@ class ReadsSqlMixin(SqlBase):
             stmt = stmt.where(jobs.c.created_at < flt.until)
         if flt.before_id is not None:
             stmt = stmt.where(jobs.c.id < flt.before_id)
-        if flt.parent_id is not None:
-            stmt = stmt.where(jobs.c.parent_id == flt.parent_id)
+        if flt.parent_id is not None:  # its continuations, of it alone or of it among others
+            of_many = select(dependencies.c.child_id).where(dependencies.c.parent_id == flt.parent_id)
+            stmt = stmt.where(or_(jobs.c.parent_id == flt.parent_id, jobs.c.id.in_(of_many)))
         if flt.min_attempts is not None:
             stmt = stmt.where(jobs.c.attempts >= flt.min_attempts)
         stmt = stmt.order_by(jobs.c.id.desc() if flt.newest_first else jobs.c.id)
         if flt.limit is not None:
             stmt = stmt.limit(flt.limit)
         return stmt
+
+    def parents(self, job_id: int) -> list[int]:
+        def body(conn: Connection) -> list[int]:
+            single = conn.execute(select(jobs.c.parent_id).where(jobs.c.id == job_id)).scalar()
+            if single is not None:
+                return [single]
+            return list(conn.execute(
+                select(dependencies.c.parent_id)
+                .where(dependencies.c.child_id == job_id)
+                .order_by(dependencies.c.parent_id)
+            ).scalars())
+
+        return self._tx(body, write=False)
 
     def history(self, job_id: int) -> list[StateChange]:
         def body(conn: Connection) -> list[StateChange]:

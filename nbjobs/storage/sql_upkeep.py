@@ -22,7 +22,7 @@ from ..model import (
     ServerInfo,
 )
 from .base import HeartbeatReply, ReapReport
-from .schema import history, jobs, locks, logs, servers
+from .schema import dependencies, history, jobs, locks, logs, servers
 from .sql_base import (
     _RELEASE,
     S,
@@ -151,6 +151,8 @@ class UpkeepSqlMixin(SqlBase):
                 return 0
             conn.execute(delete(history).where(history.c.job_id.in_(ids)))
             conn.execute(delete(logs).where(logs.c.job_id.in_(ids)))
+            conn.execute(delete(dependencies).where(
+                or_(dependencies.c.parent_id.in_(ids), dependencies.c.child_id.in_(ids))))
             conn.execute(delete(jobs).where(jobs.c.id.in_(ids)))
             return len(ids)
 

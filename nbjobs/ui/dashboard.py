@@ -327,6 +327,7 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
             output_truncated=tail is not None and len(chunks) >= tail,
             result=result_preview(self.engine.codec, self.redactor, record),
             children=children,
+            parents=() if record.parent_id else self.store.parents(record.id),
         )
 
     def _refresh_recurring(self) -> None:

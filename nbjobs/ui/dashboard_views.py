@@ -269,6 +269,7 @@ def detail(
     output_truncated: bool,
     result: str | None,
     children: Sequence[Mapping[str, Any]],
+    parents: Sequence[int] = (),
 ) -> str:
     opts = record.options
     props: list[tuple[str, str]] = [
@@ -290,6 +291,9 @@ def detail(
         props.append(("Server", esc(record.server_id)))
     if record.parent_id:
         props.append(("Parent", f"#{record.parent_id} (continue on {esc(record.continue_on.value)})"))
+    elif parents:  # a continuation of several jobs
+        props.append(("Parents", ", ".join(f"#{p}" for p in parents)
+                      + f" (continue when all {esc(record.continue_on.value)})"))
     if record.recurring_id:
         props.append(("Recurring", esc(record.recurring_id)))
     if children:

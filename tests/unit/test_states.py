@@ -50,3 +50,18 @@ def test_state_parse() -> None:
     assert JobState.parse("Failed") is S.FAILED
     with pytest.raises(UnknownStateError, match="use one of: scheduled"):
         JobState.parse("done")
+
+
+def test_a_continuation_of_several_jobs_waits_for_all_and_any_failure_deletes_it() -> None:
+    from nbjobs.model import ContinueOn
+    from nbjobs.states import continuation_state
+
+    ok, on_all = ContinueOn.SUCCEEDED, ContinueOn.FINISHED
+    assert continuation_state(ok, [S.SUCCEEDED, S.SUCCEEDED]) is S.ENQUEUED
+    assert continuation_state(ok, [S.SUCCEEDED, S.PROCESSING]) is None
+    assert continuation_state(ok, [S.PROCESSING, S.FAILED]) is S.DELETED  # no need to wait
+    assert continuation_state(ok, [S.DELETED, S.ENQUEUED]) is S.DELETED
+    assert continuation_state(on_all, [S.SUCCEEDED, S.FAILED, S.DELETED]) is S.ENQUEUED
+    assert continuation_state(on_all, [S.FAILED, S.SCHEDULED]) is None  # a retry is still to come
+    assert continuation_state("finished", [S.SUCCEEDED]) is S.ENQUEUED
+    assert continuation_state(ok, []) is S.ENQUEUED  # every parent pruned after succeeding

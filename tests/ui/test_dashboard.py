@@ -373,3 +373,16 @@ def test_timer_stops_when_the_engine_is_closed(engine: nbjobs.Engine, dash_facto
     engine.close()
     dash._wake.set()
     wait_for(lambda: not dash.refreshing, timeout=10)
+
+
+def test_job_pages_show_the_parents_and_continuations_of_a_fan_in(
+    engine: nbjobs.Engine, dash_factory: Any
+) -> None:
+    parents = [engine.enqueue(login, f"user{i}", "pw") for i in range(2)]
+    child = engine.after(parents, login, "all", "pw")
+    dash = dash_factory()
+    dash.open_job(child.id)
+    page = dash.detail_html.value
+    assert f"#{parents[0].id}, #{parents[1].id} (continue when all succeeded)" in page
+    dash.open_job(parents[1].id)
+    assert f"#{child.id}" in dash.detail_html.value and "Continuations" in dash.detail_html.value

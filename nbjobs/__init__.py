@@ -53,6 +53,7 @@ from .errors import (
     PayloadError,
     RecurringNotFoundError,
     ResultTimeoutError,
+    ResultUnavailableError,
     SchemaVersionError,
     UnknownStateError,
 )
@@ -83,7 +84,8 @@ __all__ = [
     "JobContext", "JobFailedError",
     "JobFunction", "JobNotFoundError", "JobState", "JobTimeoutError", "ManualClock", "NbJobsError",
     "NotebookCellError", "NotebookCellTimeoutError", "NotebookError", "NotebookJob",
-    "PayloadError", "Recurring", "RecurringNotFoundError", "ResultTimeoutError", "SchemaVersionError",
+    "PayloadError", "Recurring", "RecurringNotFoundError", "ResultTimeoutError",
+    "ResultUnavailableError", "SchemaVersionError",
     "SystemClock", "UnknownStateError",
     "__version__", "after", "check_cancelled", "connect", "current_job", "default_engine", "default_url",
     "enqueue",

@@ -36,7 +36,7 @@ from .model import (
     NewJob,
     StateChange,
 )
-from .payload import SERIALIZERS, Codec, function_ref
+from .payload import SERIALIZERS, Codec, ResultOf, function_ref
 from .storage import LocalClaim, Store
 
 if TYPE_CHECKING:  # nbformat (with jsonschema) loads on first use: `import nbjobs` stays fast
@@ -150,6 +150,13 @@ def resolve_when(when: datetime | timedelta | int | float, now: datetime) -> dat
 MAX_PARENTS = 1000
 #: A history reason is shown in tables; a long list of parents is cut.
 REASON_MAX = 500
+
+
+def _has_job(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
+    for value in args:
+        if isinstance(value, Job):
+            return True
+    return any(isinstance(value, Job) for value in kwargs.values()) if kwargs else False
 
 
 def _continue_on(value: ContinueOn | str) -> ContinueOn:
@@ -266,13 +273,58 @@ class Client:
         options: Mapping[str, Any] | None = None,
         reason: str = "created",
     ) -> NewJob:
-        """Validate and serialize one job (raises before anything is stored)."""
+        """Validate and serialize one job (raises before anything is stored).
+
+        A `Job` among the arguments stands for its result: the new job waits for that job to
+        succeed (a continuation of it, with any parents given) and receives its return value there.
+        """
         recurring_client.refuse_options(self.recurring_defaults)
         opts = build_options(self.defaults, options) if options else self.job_options
+        if _has_job(args, kwargs):
+            if run_at is not None:
+                raise InvalidJobError(
+                    "a scheduled job cannot take another job's result (an argument is a Job): enqueue "
+                    "it now, and it runs when that job has succeeded"
+                )
+            if continue_on is not ContinueOn.SUCCEEDED:
+                raise InvalidJobError(
+                    f'continue_on="{continue_on.value}" with a Job as an argument: its result exists only '
+                    'if it succeeds, so such a continuation uses continue_on="succeeded"'
+                )
+            if opts.serializer == "json":
+                raise InvalidJobError(
+                    "a Job as an argument (its result, passed when it runs) needs serializer='pickle'"
+                )
+            args, kwargs, results = self._results_in(args, kwargs)
+            waits = tuple(dict.fromkeys([*([parent_id] if parent_id else []), *parent_ids, *results]))
+            parent_id, parent_ids = (waits[0], ()) if len(waits) == 1 else (None, waits)
+            if reason == "created":
+                reason = f"waits for the result of job {', '.join(map(str, results))}"[:REASON_MAX]
         ref, payload = self.codec.encode(fn, args, kwargs, opts.serializer,
                                          by_value_required=opts.executor != "thread")
         return NewJob(function=ref, payload=payload, options=opts, run_at=run_at, parent_id=parent_id,
                       parent_ids=parent_ids, continue_on=continue_on, reason=reason)
+
+    def _results_in(
+        self, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any], list[int]]:
+        """Jobs among the arguments replaced by `ResultOf` place-holders, and their ids."""
+        ids: list[int] = []
+
+        def stand_in(value: Any) -> Any:
+            if not isinstance(value, Job):
+                return value
+            if value.client.store is not self.store:
+                raise InvalidJobError(
+                    f"job {value.id} (an argument) belongs to another database; pass its result "
+                    "(job.result()) instead"
+                )
+            ids.append(value.id)
+            return ResultOf(value.id)
+
+        new_args = tuple(stand_in(a) for a in args)
+        new_kwargs = {k: stand_in(v) for k, v in kwargs.items()}
+        return new_args, new_kwargs, list(dict.fromkeys(ids))
 
     def submit(self, specs: Sequence[NewJob]) -> list[Job]:
         """Store prepared jobs in one transaction and start or wake local workers.
@@ -515,6 +567,12 @@ class Job:
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id and other.client.store is self.client.store
+
+    def __reduce__(self) -> Any:
+        raise TypeError(
+            f"a Job handle (job {self.id}) cannot be stored; a Job given directly as an argument of "
+            "enqueue, then or after stands for its result, anywhere else pass its id (job.id)"
+        )
 
     def __hash__(self) -> int:
         return hash(self.id)

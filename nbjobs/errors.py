@@ -51,6 +51,10 @@ class JobCancelled(NbJobsError):
     """Raised inside a running job by `check_cancelled()` when the job was cancelled."""
 
 
+class ResultUnavailableError(NbJobsError):
+    """A job was given another job's result as an argument, and that result is gone when it runs."""
+
+
 class JobTimeoutError(NbJobsError, TimeoutError):
     """The job ran longer than its `timeout=`."""
 

@@ -252,6 +252,21 @@ class Call:
     function_by_value: bytes | None = None
 
 
+@dataclass(frozen=True)
+class ResultOf:
+    """In a stored call, the place of another job's result: a `Job` passed as an argument. The job
+    waits for that one, and a worker passes its result in its place (`Codec.resolve_results`)."""
+
+    job_id: int
+
+
+def _call_tag(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
+    """A call envelope's tag: b"R" when some argument is another job's result, else b"C"."""
+    if any(isinstance(v, ResultOf) for v in args) or any(isinstance(v, ResultOf) for v in kwargs.values()):
+        return b"R"
+    return b"C"
+
+
 class Codec:
     """Encodes calls and results with one serializer and signs them."""
 
@@ -329,7 +344,7 @@ class Codec:
                 args, kwargs, lambda v: json.dumps(v), "JSON-serializable", "serializer='pickle'"
             )
             envelope = self.dumps(value, "json", "arguments")
-            return self.signer.sign(b"C" + _pack(envelope, by_value))
+            return self.signer.sign(_call_tag(args, kwargs) + _pack(envelope, by_value))
         try:
             envelope = self.dumps({"args": tuple(args), "kwargs": dict(kwargs)}, "pickle", "arguments")
         except Exception:
@@ -339,7 +354,7 @@ class Codec:
                 "locks or connections",
             )
             raise
-        return self.signer.sign(b"C" + _pack(envelope, by_value))
+        return self.signer.sign(_call_tag(args, kwargs) + _pack(envelope, by_value))
 
     @staticmethod
     def _check_each(
@@ -357,11 +372,30 @@ class Codec:
 
     def decode_call(self, data: bytes) -> Call:
         body = self.signer.verify(data)
-        if body[:1] != b"C":
+        if body[:1] not in (b"C", b"R"):
             raise PayloadError("payload is not a call envelope")
         envelope, by_value = _unpack(body[1:])
         call = self.loads(envelope)
         return Call(args=tuple(call["args"]), kwargs=dict(call["kwargs"]), function_by_value=by_value)
+
+    @staticmethod
+    def refers_results(data: bytes) -> bool:
+        """Whether a call's arguments include other jobs' results (`ResultOf`), from its tag alone:
+        only such payloads are decoded before they run (`resolve_results`)."""
+        return data[len(MAGIC) + _MAC_LEN : len(MAGIC) + _MAC_LEN + 1] == b"R"
+
+    def resolve_results(self, data: bytes, result_of: Callable[[int], Any]) -> bytes:
+        """The call with every `ResultOf` replaced by that job's result (`result_of(job_id)`)."""
+        body = self.signer.verify(data)
+        envelope, by_value = _unpack(body[1:])
+        call = self.loads(envelope)
+
+        def value(v: Any) -> Any:
+            return result_of(v.job_id) if isinstance(v, ResultOf) else v
+
+        resolved = {"args": tuple(value(a) for a in call["args"]),
+                    "kwargs": {k: value(v) for k, v in call["kwargs"].items()}}
+        return self.signer.sign(b"C" + _pack(self.dumps(resolved, "pickle", "arguments"), by_value))
 
     def load_function(self, ref: str, call: Call, prefer_live: bool = True) -> Callable[..., Any]:
         """The live function when it resolves here (a notebook's own server), else the copy by value."""

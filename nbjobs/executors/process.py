@@ -53,7 +53,7 @@ from ..errors import JobCancelled, WorkerCrashedError
 from ..model import ClaimedJob
 from ..payload import Codec, Signer
 from .coroutines import complete
-from .thread import RunResult, _error
+from .thread import RunResult, failed_result
 
 log = logging.getLogger("nbjobs.executor")
 
@@ -127,7 +127,7 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
         call = codec.decode_call(msg["payload"])
         fn = codec.load_function(msg["function"], call, prefer_live=False)
     except Exception as exc:  # bad signature, missing function, broken pickle: no retry helps
-        return reply(_error(exc, started=started, finished=datetime.now(UTC), retryable=False))
+        return reply(failed_result(exc, started=started, finished=datetime.now(UTC), retryable=False))
 
     def progress(job_id: int, fraction: float | None, message: str | None) -> None:
         conn.send(("progress", (fraction, message)))
@@ -140,16 +140,16 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
                 contextlib.redirect_stderr(_Capture("stderr", output)):
             value = complete(fn(*call.args, **call.kwargs), ctx)
     except JobCancelled as exc:
-        result = _error(exc, started=started, finished=datetime.now(UTC))
+        result = failed_result(exc, started=started, finished=datetime.now(UTC))
         return reply(RunResult(**{**result.__dict__, "cancelled": True}))
     except Exception as exc:
-        return reply(_error(exc, started=started, finished=datetime.now(UTC)))
+        return reply(failed_result(exc, started=started, finished=datetime.now(UTC)))
     finally:
         context.deactivate(token)
     try:
         encoded = codec.dumps(value, msg["serializer"], what="the job's return value")
     except Exception as exc:
-        return reply(_error(exc, started=started, finished=datetime.now(UTC), retryable=False))
+        return reply(failed_result(exc, started=started, finished=datetime.now(UTC), retryable=False))
     return reply(RunResult(started_at=started, finished_at=datetime.now(UTC), ok=True, result=encoded))
 
 
@@ -266,13 +266,13 @@ class ProcessExecutor:
             if why == "cancelled":
                 exc: BaseException = JobCancelled(f"job {job.id} was cancelled ({ctx.cancel_reason}); "
                                                   "its worker process was terminated")
-                return RunResult(**{**_error(exc, started=started, finished=finished).__dict__,
+                return RunResult(**{**failed_result(exc, started=started, finished=finished).__dict__,
                                     "cancelled": True})
             crash = WorkerCrashedError(
                 f"the worker process running job {job.id} died ({why}) before reporting a result; "
                 "it may have run out of memory or crashed in native code"
             )
-            return _error(crash, started=started, finished=finished)
+            return failed_result(crash, started=started, finished=finished)
         output = reply.pop("output", [])
         if output:
             try:

@@ -40,7 +40,10 @@ class RunResult:
     retryable: bool = True  #: False for errors no retry can fix (bad payload, missing function)
 
 
-def _error(exc: BaseException, *, started: datetime, finished: datetime, retryable: bool = True) -> RunResult:
+def failed_result(
+    exc: BaseException, *, started: datetime, finished: datetime, retryable: bool = True
+) -> RunResult:
+    """The RunResult of an attempt that raised `exc`."""
     exc_type = type(exc)
     return RunResult(
         started_at=started,
@@ -78,18 +81,18 @@ def run_in_thread(
         call = codec.decode_call(job.payload)
         fn = codec.load_function(job.function, call, prefer_live=True)
     except (PayloadError, FunctionNotFoundError) as exc:
-        return _error(exc, started=started, finished=clock.now(), retryable=False)
+        return failed_result(exc, started=started, finished=clock.now(), retryable=False)
     except Exception as exc:  # a broken pickle, a module that fails to import
-        return _error(exc, started=started, finished=clock.now(), retryable=False)
+        return failed_result(exc, started=started, finished=clock.now(), retryable=False)
     token = context.activate(ctx)
     try:
         with _wrapped(wrappers, ctx):
             value = complete(fn(*call.args, **call.kwargs), ctx)
     except JobCancelled as exc:
-        result = _error(exc, started=started, finished=clock.now())
+        result = failed_result(exc, started=started, finished=clock.now())
         return RunResult(**{**result.__dict__, "cancelled": True})
     except Exception as exc:
-        return _error(exc, started=started, finished=clock.now())
+        return failed_result(exc, started=started, finished=clock.now())
     finally:
         context.deactivate(token)
     if value is None:  # most background jobs return nothing: store no result (reads back as None)
@@ -97,5 +100,5 @@ def run_in_thread(
     try:
         encoded = codec.dumps(value, job.options.serializer, what="the job's return value")
     except Exception as exc:
-        return _error(exc, started=started, finished=clock.now(), retryable=False)
+        return failed_result(exc, started=started, finished=clock.now(), retryable=False)
     return RunResult(started_at=started, finished_at=clock.now(), ok=True, result=encoded)

@@ -14,14 +14,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
 from .. import context
 from ..clock import Clock
-from ..errors import JobTimeoutError
-from ..executors.thread import RunResult, RunWrapper, run_in_thread
-from ..model import PRIVATE_QUEUE_MARK, ClaimedJob, NewJob, Outcome, OutcomeKind
+from ..errors import JobTimeoutError, ResultUnavailableError
+from ..executors.thread import RunResult, RunWrapper, failed_result, run_in_thread
+from ..model import PRIVATE_QUEUE_MARK, ClaimedJob, JobState, NewJob, Outcome, OutcomeKind
 from ..payload import Codec
 from ..retry import decide
 from ..storage import LocalClaim, Store
@@ -142,10 +143,16 @@ class Dispatcher:
                      extra={"action": "job_start", "job_id": item.job.id})
             executor = self.executors.get(item.job.options.executor, self._run_thread)
             try:
-                result: RunResult | None = executor(item.job, item.ctx)
-            except Exception:  # an executor bug must not kill the worker; the job fails instead
-                log.exception("executor failed for job %d", item.job.id)
-                result = None
+                job = self._with_results(item.job)
+            except ResultUnavailableError as exc:  # no retry brings the result back
+                now = self.clock.now()
+                result: RunResult | None = failed_result(exc, started=now, finished=now, retryable=False)
+            else:
+                try:
+                    result = executor(job, item.ctx)
+                except Exception:  # an executor bug must not kill the worker; the job fails instead
+                    log.exception("executor failed for job %d", item.job.id)
+                    result = None
             finish_progress = getattr(self.progress_sink, "finish", None)
             if finish_progress is not None:  # a rate-limited sink may hold the last value: store it first
                 finish_progress(item.job.id)
@@ -153,6 +160,26 @@ class Dispatcher:
                 self._done.append((item, result))
             if not self.wake.is_set():  # still pending: the loop clears it before it takes `_done`
                 self.wake.set()
+
+    def _with_results(self, job: ClaimedJob) -> ClaimedJob:
+        """The job with the results of the jobs it was given as arguments in their places."""
+        if not self.codec.refers_results(job.payload):
+            return job
+        return replace(job, payload=self.codec.resolve_results(job.payload, self._result_of))
+
+    def _result_of(self, job_id: int) -> Any:
+        record = self.store.get(job_id)
+        if record is None:
+            raise ResultUnavailableError(
+                f"job {job_id}, whose result is an argument of this job, no longer exists (expired or "
+                "removed); requeue it, or enqueue this job again with the value"
+            )
+        if record.state is not JobState.SUCCEEDED:
+            raise ResultUnavailableError(
+                f"job {job_id}, whose result is an argument of this job, is {record.state.value} (it was "
+                "requeued or changed after it succeeded); wait for it, then requeue this job"
+            )
+        return None if record.result is None else self.codec.loads(record.result)
 
     def _lease_too_old(self, item: Running) -> bool:
         """True once half of the lease passed without a heartbeat extending it."""

@@ -73,3 +73,8 @@ async def async_whoami(x: int) -> tuple[int, int]:
 
     await asyncio.sleep(0)
     return 2 * x, os.getpid()
+
+
+def add_pairs(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    """Adds the values of two (value, pid) results."""
+    return a[0] + b[0], os.getpid()

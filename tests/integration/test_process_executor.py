@@ -130,3 +130,11 @@ def test_an_async_job_runs_in_a_worker_process(nb: nbjobs.Engine) -> None:
     job = nb.options(executor="process").enqueue(jobfuncs.async_whoami, 7)
     value, pid = job.result(timeout=30)
     assert value == 14 and pid != os.getpid()
+
+
+def test_a_process_job_receives_the_result_of_a_job_given_as_its_argument(nb: nbjobs.Engine) -> None:
+    first = nb.enqueue(jobfuncs.async_whoami, 5)
+    second = nb.options(executor="process").enqueue(jobfuncs.async_whoami, 1)
+    summed = nb.options(executor="process").enqueue(jobfuncs.add_pairs, first, second)
+    total, pid = summed.result(timeout=30)
+    assert total == 12 and pid != os.getpid()

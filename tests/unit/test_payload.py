@@ -6,7 +6,15 @@ import pytest
 
 from nbjobs.errors import InvalidJobError, PayloadError
 from nbjobs.model import FUNCTION_MAX
-from nbjobs.payload import Codec, Signer, function_ref, load_secret, resolve_function, stored_call
+from nbjobs.payload import (
+    Codec,
+    ResultOf,
+    Signer,
+    function_ref,
+    load_secret,
+    resolve_function,
+    stored_call,
+)
 
 
 def module_level(x: int, **options: object) -> int:
@@ -173,3 +181,17 @@ def test_encode_stores_the_unwrapped_call_and_checks_its_arguments() -> None:
     assert ref == f"{__name__}:Model.fit" and call.args[1] == 1 and call.args[0].k == 2
     with pytest.raises(InvalidJobError, match="cannot be called with these arguments"):
         codec.encode(model.fit, (1, 2), {}, "pickle")
+
+
+def test_a_call_with_results_of_other_jobs_is_tagged_and_resolved_before_it_runs() -> None:
+    codec = Codec(Signer(b"k"))
+    plain = codec.encode_call(module_level, "m:f", (1,), {}, "pickle")
+    assert not codec.refers_results(plain)
+    data = codec.encode_call(module_level, "m:f", (ResultOf(7),), {"flag": ResultOf(8)}, "pickle")
+    assert codec.refers_results(data)
+    resolved = codec.resolve_results(data, lambda job_id: job_id * 100)
+    assert not codec.refers_results(resolved)
+    call = codec.decode_call(resolved)
+    assert call.args == (700,) and call.kwargs == {"flag": 800}
+    with pytest.raises(PayloadError, match="does not verify"):  # resolving verifies first
+        codec.resolve_results(data[:-1] + bytes([data[-1] ^ 1]), lambda job_id: None)

@@ -31,6 +31,7 @@ def test_quickstart_tour(tmp_path: Path) -> None:
     assert "slope: 1.99" in out
     assert "model is now a notebook variable: 0.05" in out
     assert "'succeeded': 5," in out
+    assert "combined: 60 | the pipeline is ready" in out
     assert "stopped" in out
     live = nb.cells[4].outputs[0]["data"]
     assert "application/vnd.jupyter.widget-view+json" in live and "text/html" in live
@@ -40,7 +41,7 @@ def test_quickstart_tour(tmp_path: Path) -> None:
     engine = connect(f"sqlite:///{db}", secret="unused")
     try:
         assert engine.counts()["processing"] == 0
-        assert len(engine.jobs(limit=None)) == 5
+        assert len(engine.jobs(limit=None)) == 10
         assert engine.servers().empty
     finally:
         engine.close()

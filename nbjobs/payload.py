@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pickle
+import types
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,7 +95,7 @@ class Signer:
 
 def stored_call(
     fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any]
-) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+) -> tuple[Callable[..., Any], Sequence[Any], Mapping[str, Any]]:
     """The call in a form that can be stored: a function found by name and its arguments.
 
     A bound method's instance, a callable object and a `functools.partial`'s arguments become
@@ -102,6 +103,8 @@ def stored_call(
     with `model` pickled like any argument). A generator function is refused: calling one runs none
     of its body, so the job would do nothing.
     """
+    if type(fn) is types.FunctionType and not _is_generator_function(fn):  # most calls: as they are
+        return fn, args, kwargs
     args, kwargs = tuple(args), dict(kwargs)
     while True:
         if isinstance(fn, functools.partial):

@@ -146,6 +146,17 @@ def remove_recurring(url: str | None, recurring_id: str) -> None:
         click.echo(f"recurring job {recurring_id!r} {'removed' if removed else 'did not exist'}")
 
 
+def _limits(values: tuple[str, ...]) -> dict[str, int]:
+    """`--limit gpu=1 --limit io=4` as {"gpu": 1, "io": 4}."""
+    limits: dict[str, int] = {}
+    for value in values:
+        queue, _, number = value.partition("=")
+        if not queue.strip() or not number.strip().isdigit():
+            raise click.BadParameter(f"{value!r}: write QUEUE=N, e.g. gpu=1", param_hint="--limit")
+        limits[queue.strip()] = int(number)
+    return limits
+
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d %(threadName)s] %(message)s"
 
 
@@ -155,6 +166,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d %(threadName)s] %(
               help="Jobs run at once (worker threads; process jobs also use a process pool this size).")
 @click.option("--queues", default="*", show_default=True,
               help="Comma-separated queues in priority order; '*' is every queue.")
+@click.option("--limit", "limits", multiple=True, metavar="QUEUE=N",
+              help="At most N jobs of QUEUE at once on this server (repeatable), e.g. --limit gpu=1.")
 @click.option("--name", default=None, help="Server name shown in `nbjobs servers` [default: host:pid:id].")
 @click.option("--heartbeat-interval", default=5.0, show_default=True, type=float,
               help="Seconds between heartbeats (server row and job leases).")
@@ -166,8 +179,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d %(threadName)s] %(
               help="Seconds between checks for work from other processes when no notification exists.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def server(url: str | None, workers: int, queues: str, name: str | None, heartbeat_interval: float,
-           server_timeout: float, shutdown_timeout: float, poll_interval: float, log_level: str) -> None:
+def server(url: str | None, workers: int, queues: str, limits: tuple[str, ...], name: str | None,
+           heartbeat_interval: float, server_timeout: float, shutdown_timeout: float, poll_interval: float,
+           log_level: str) -> None:
     """Run a job server in the foreground until SIGTERM/SIGINT (a second signal stops at once)."""
     from .server import ServerConfig
     from .server.runner import run_until_stopped
@@ -175,15 +189,17 @@ def server(url: str | None, workers: int, queues: str, name: str | None, heartbe
     queue_list = [q.strip() for q in queues.split(",") if q.strip()]
     if not queue_list:
         raise click.BadParameter("name at least one queue, or '*' for every queue", param_hint="--queues")
+    limit_map = _limits(limits)
     # Refuse bad settings before touching logging, signals or the database.
     ServerConfig(workers=workers, queues=tuple(queue_list), heartbeat_interval=heartbeat_interval,
-                 server_timeout=server_timeout).validate()
+                 server_timeout=server_timeout, limits=limit_map).validate()
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, force=True)
     engine = _engine(url)
     try:
         code = run_until_stopped(lambda: engine.start_server(
             workers=workers, queues=queue_list, name=name, heartbeat_interval=heartbeat_interval,
             server_timeout=server_timeout, shutdown_timeout=shutdown_timeout, poll_interval=poll_interval,
+            limits=limit_map,
         ))
     finally:
         engine.close()

@@ -61,6 +61,8 @@ class DispatcherConfig:
     #: dispatcher turns at once, so pickup latency is unchanged.
     turn_spacing: float = 2.0
     max_turn_gap: float = 0.01  #: cap on that wait (seconds)
+    #: Most jobs of a queue running at once on this server (a GPU, a rate-limited API).
+    limits: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -265,9 +267,10 @@ class Dispatcher:
         now = self.clock.now()
         outcomes = [self._outcome(item, result, now) for item, result in done]
         lease_until = now + timedelta(seconds=self.config.lease_seconds)
+        rooms = self._rooms(done) if self.config.limits and free > 0 else None
         try:
             lost, jobs = self.store.finish_and_acquire(
-                self.config.server_id, outcomes, self.config.queues, free, lease_until, now
+                self.config.server_id, outcomes, self.config.queues, free, lease_until, now, rooms
             )
         except Exception:
             with self._lock:  # keep them, in order, for the next turn: an outcome is never dropped
@@ -280,6 +283,14 @@ class Dispatcher:
             self._settle(done, outcomes, lost)
         self._start(jobs, reserved=free)
         return stale + len(done), len(jobs)
+
+    def _rooms(self, done: Sequence[tuple[Running, RunResult | None]]) -> dict[str, int]:
+        """Free room of each limited queue: its limit less its running jobs (those reported in this
+        turn's transaction no longer count)."""
+        finishing = {id(item) for item, _ in done}
+        with self._lock:
+            busy = [item.job.options.queue for item in self.running.values() if id(item) not in finishing]
+        return {queue: max(0, limit - busy.count(queue)) for queue, limit in self.config.limits.items()}
 
     # -- claims by enqueues in this process -------------------------------------------------------
     def reserve(self, specs: Sequence[NewJob], now: datetime) -> LocalClaim | None:
@@ -294,8 +305,9 @@ class Dispatcher:
             return None
         # Only an idle server: a busy one claims in batches with its finished attempts (group
         # commit), which costs fewer commits per job than a claim in every enqueue. A busy server is
-        # seen without the lock (workers take it for every job), then confirmed under it.
-        if self.running or self._reserved:
+        # seen without the lock (workers take it for every job), then confirmed under it. A server
+        # with queue limits counts its rooms in its own turns only.
+        if self.running or self._reserved or self.config.limits:
             return None
         with self._lock:
             if not self._intake or self._stop.is_set() or self.running or self._reserved:

@@ -12,12 +12,12 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..clock import Clock
 from ..executors.thread import RunWrapper
-from ..model import SERVER_NAME_MAX, ServerInfo
+from ..model import PRIVATE_QUEUE_MARK, SERVER_NAME_MAX, ServerInfo
 from ..payload import Codec
 from ..storage import Store
 from .dispatcher import Dispatcher, DispatcherConfig, Executor
@@ -48,6 +48,9 @@ class ServerConfig:
     keep_succeeded: float = 7 * DAY
     keep_deleted: float = 7 * DAY
     max_batch: int = 200
+    #: Most jobs of a queue running at once on this server, e.g. {"gpu": 1}; other queues share the
+    #: workers freely. Per server: two servers with {"gpu": 1} may run two such jobs in all.
+    limits: Mapping[str, int] = field(default_factory=dict)
     duties: list[Duty] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -64,6 +67,24 @@ class ServerConfig:
             )
         if not self.queues:
             raise ConfigurationError("queues must name at least one queue (or '*' for all)")
+        if not isinstance(self.limits, Mapping):
+            raise ConfigurationError(
+                f"limits maps queue names to the most jobs of each running at once, e.g. {{'gpu': 1}}; "
+                f"got {type(self.limits).__name__}"
+            )
+        for queue, most in self.limits.items():
+            if not isinstance(queue, str) or not queue or queue == "*":
+                raise ConfigurationError(f"limits: {queue!r} is not a queue name; name one queue per limit")
+            if isinstance(most, bool) or not isinstance(most, int) or most < 1:
+                raise ConfigurationError(
+                    f"limits: queue {queue!r} needs a whole number of jobs of at least 1, got {most!r} "
+                    "(to run none, leave the queue out of `queues`)"
+                )
+            if queue not in self.queues and ("*" not in self.queues or PRIVATE_QUEUE_MARK in queue):
+                raise ConfigurationError(
+                    f"limits: this server does not serve queue {queue!r} (queues={list(self.queues)}); "
+                    "add it to `queues` or drop its limit"
+                )
         if self.heartbeat_interval <= 0 or self.server_timeout <= self.heartbeat_interval:
             raise ConfigurationError(
                 "server_timeout must be longer than heartbeat_interval (e.g. 30 and 5 seconds)"
@@ -109,7 +130,7 @@ class Server:
             config=DispatcherConfig(
                 server_id=self.id, queues=tuple(config.queues), workers=config.workers,
                 lease_seconds=config.server_timeout, poll_interval=dispatcher_poll,
-                max_batch=config.max_batch,
+                max_batch=config.max_batch, limits=dict(config.limits),
             ),
         )
         self.heartbeat = Heartbeat(

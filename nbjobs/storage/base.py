@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -149,11 +149,14 @@ class Store(abc.ABC):
         limit: int,
         lease_until: datetime,
         now: datetime,
+        queue_limits: Mapping[str, int] | None = None,
     ) -> list[ClaimedJob]:
         """Claim up to `limit` enqueued jobs (queue order, then priority, then age).
 
         A job is returned to exactly one caller, whatever the number of concurrent claimers.
         `"*"` in `queues` stands for every queue except private ones (names containing "@").
+        `queue_limits`: at most this many jobs of each of these queues (a server's free room for a
+        queue it limits); `"*"` then takes them first, up to their room, and no more of them after.
         """
 
     @abc.abstractmethod
@@ -171,6 +174,7 @@ class Store(abc.ABC):
         limit: int,
         lease_until: datetime,
         now: datetime,
+        queue_limits: Mapping[str, int] | None = None,
     ) -> tuple[list[int], list[ClaimedJob]]:
         """`finish` then `acquire`: what a dispatcher does each turn. Returns what each returns.
 
@@ -178,7 +182,7 @@ class Store(abc.ABC):
         happens); this default takes two.
         """
         lost = self.finish(server_id, outcomes, now)
-        return lost, self.acquire(server_id, queues, limit, lease_until, now)
+        return lost, self.acquire(server_id, queues, limit, lease_until, now, queue_limits)
 
     def enqueue_and_acquire(
         self, specs: Sequence[NewJob], now: datetime, claim: LocalClaim

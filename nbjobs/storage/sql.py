@@ -8,7 +8,7 @@ database it talks to.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -344,8 +344,9 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         limit: int,
         lease_until: datetime,
         now: datetime,
+        queue_limits: Mapping[str, int] | None = None,
     ) -> list[ClaimedJob]:
-        return self.finish_and_acquire(server_id, [], queues, limit, lease_until, now)[1]
+        return self.finish_and_acquire(server_id, [], queues, limit, lease_until, now, queue_limits)[1]
 
     def finish_and_acquire(
         self,
@@ -355,18 +356,23 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         limit: int,
         lease_until: datetime,
         now: datetime,
+        queue_limits: Mapping[str, int] | None = None,
     ) -> tuple[list[int], list[ClaimedJob]]:
         """One transaction, so a dispatcher turn costs one commit (one fsync at synchronous=FULL)."""
 
         def body(conn: Connection) -> tuple[list[int], list[ClaimedJob]]:
             lost = self._finish(conn, server_id, outcomes, now) if outcomes else []
-            claimed = self._acquire(conn, server_id, queues, limit, lease_until, now) if limit > 0 else []
+            claimed = (
+                self._acquire(conn, server_id, queues, limit, lease_until, now, queue_limits)
+                if limit > 0 else []
+            )
             return lost, claimed
 
         if not outcomes and limit <= 0:
             return [], []
         # An idle server's claim from one queue list entry is a single statement (see `_tx`).
-        alone = not outcomes and len(queues) <= 1 and self.dialect.one_statement_writes
+        alone = (not outcomes and len(queues) <= 1 and not queue_limits
+                 and self.dialect.one_statement_writes)
         return self._tx(body, one_statement=alone)
 
     def _acquire(
@@ -377,14 +383,17 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         limit: int,
         lease_until: datetime,
         now: datetime,
+        queue_limits: Mapping[str, int] | None = None,
     ) -> list[ClaimedJob]:
         claimed: list[ClaimedJob] = []
-        for queue in queues or ["*"]:
-            remaining = limit - len(claimed)
-            if remaining <= 0:
+        for queue, exclude, room in _claim_plan(queues or ["*"], queue_limits or {}):
+            remaining = min(limit - len(claimed), room)
+            if limit - len(claimed) <= 0:
                 break
+            if remaining <= 0:
+                continue
             rows = conn.execute(
-                self._claim_statement(queue),
+                self._claim_statement(queue, exclude),
                 {"claim_limit": remaining, "claim_server": server_id, "claim_lease": lease_until,
                  "claim_now": now},
             ).all()
@@ -407,13 +416,15 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             )
         return claimed
 
-    def _claim_statement(self, queue: str) -> Any:
-        """The claim UPDATE for one queue ("*": every shared queue), built once with bound values.
+    def _claim_statement(self, queue: str, exclude: frozenset[str] = frozenset()) -> Any:
+        """The claim UPDATE for one queue ("*": every shared queue but `exclude`), built once with
+        bound values.
 
         Building a statement costs more than running it for one job; the claim runs on every
         dispatcher turn, so it is built once per queue and reused from SQLAlchemy's compiled cache.
         """
-        stmt = self._claim_stmts.get(queue)
+        key = (queue, exclude)
+        stmt = self._claim_stmts.get(key)
         if stmt is not None:
             return stmt
         pick = select(jobs.c.id).where(ENQUEUED_ROW)  # verbatim, so the partial indexes apply
@@ -421,6 +432,8 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             pick = pick.where(jobs.c.queue == queue)
         else:  # private queues belong to the one process that names them
             pick = pick.where(~jobs.c.queue.contains(PRIVATE_QUEUE_MARK, autoescape=True))
+            if exclude:  # limited queues: claimed on their own, up to their room
+                pick = pick.where(jobs.c.queue.not_in(sorted(exclude)))
         pick = self.dialect.claim_lock(
             pick.order_by(jobs.c.priority.desc(), jobs.c.id).limit(bindparam("claim_limit", type_=Integer))
         )
@@ -450,7 +463,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             )
         if len(self._claim_stmts) > 256:  # many one-off queue names: keep the cache bounded
             self._claim_stmts.clear()
-        self._claim_stmts[queue] = stmt
+        self._claim_stmts[key] = stmt
         return stmt
 
     def finish(self, server_id: str, outcomes: Sequence[Outcome], now: datetime) -> list[int]:
@@ -664,3 +677,28 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
 
 def _id_list(ids: Any) -> str:
     return ", ".join(str(i) for i in sorted(ids))
+
+
+def _claim_plan(
+    queues: Sequence[str], limits: Mapping[str, int]
+) -> list[tuple[str, frozenset[str], int]]:
+    """The claims of one acquire, in order: (queue, queues "*" leaves out, most jobs to take).
+
+    A limited queue takes at most its room: listed by name, in its place; covered by "*", just
+    before the other queues "*" stands for, which are claimed without it.
+    """
+    if not limits:
+        return [(queue, frozenset(), _NO_LIMIT) for queue in queues]
+    limited = frozenset(limits)
+    plan: list[tuple[str, frozenset[str], int]] = []
+    for queue in queues:
+        if queue == "*":
+            plan += [(q, frozenset(), limits[q]) for q in sorted(limited)
+                     if q not in queues and PRIVATE_QUEUE_MARK not in q]
+            plan.append(("*", limited, _NO_LIMIT))
+        else:
+            plan.append((queue, frozenset(), limits.get(queue, _NO_LIMIT)))
+    return plan
+
+
+_NO_LIMIT = 2**31

@@ -114,7 +114,7 @@ class SqlBase:
         #: The same pool, its connections in autocommit while checked out (one-statement writes).
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._max_retries = max_retries
-        self._claim_stmts: dict[str, Any] = {}
+        self._claim_stmts: dict[tuple[str, frozenset[str]], Any] = {}
         self._enqueue_stmt: Any = None
         #: `_executemany`'s compiled statements by statement and columns (a handful of shapes).
         self._driver_batches: dict[tuple[Any, tuple[str, ...]], _DriverBatch | None] = {}

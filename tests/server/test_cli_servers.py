@@ -43,6 +43,10 @@ def test_server_refuses_bad_settings_before_starting(tmp_path: object) -> None:
     assert "server_timeout must be longer than heartbeat_interval" in str(result.exception)
     result = CliRunner().invoke(cli, ["server", "--url", url, "--queues", " , "])
     assert result.exit_code == 2 and "at least one queue" in result.output
+    result = CliRunner().invoke(cli, ["server", "--url", url, "--limit", "gpu:1"])
+    assert result.exit_code == 2 and "write QUEUE=N, e.g. gpu=1" in result.output
+    result = CliRunner().invoke(cli, ["server", "--url", url, "--queues", "default", "--limit", "gpu=1"])
+    assert result.exit_code != 0 and "does not serve queue 'gpu'" in str(result.exception)
     result = CliRunner().invoke(cli, ["server", "--url", url, "--name", "s" * 201])
     assert result.exit_code != 0
     assert "server name 'sss" in str(result.exception) and "use at most 200" in str(result.exception)

@@ -57,7 +57,19 @@ def test_claim_statement_is_reused_across_batch_sizes_and_queues(store: SqlStore
     store.enqueue([spec(i, queue="a") for i in range(5)] + [spec(i, queue="b") for i in range(5)], T0)
     sizes = [len(store.acquire("s", ["b", "a"], n, lease(), T0)) for n in (1, 3, 2, 10)]
     assert sizes == [1, 3, 2, 4]
-    assert set(store._claim_stmts) == {"a", "b"}
+    assert set(store._claim_stmts) == {("a", frozenset()), ("b", frozenset())}
+
+
+def test_queue_limits_cap_each_limited_queue_and_star_takes_the_rest(store: SqlStore) -> None:
+    store.enqueue([spec(i, queue=q) for q in ("gpu", "io", "default") for i in range(4)], T0)
+    got = store.acquire("s", ["*"], 10, lease(), T0, queue_limits={"gpu": 1, "io": 2})
+    by_queue = sorted(j.options.queue for j in got)
+    assert by_queue == ["default"] * 4 + ["gpu"] + ["io"] * 2  # the limits, and all of the rest
+    # a limited queue named in the list keeps its place and its room; "*" then leaves it out
+    more = store.acquire("s", ["io", "*"], 10, lease(), T0, queue_limits={"io": 1, "gpu": 0})
+    assert [j.options.queue for j in more] == ["io"]
+    last = store.acquire("s", ["*"], 10, lease(), T0, queue_limits={"gpu": 5})
+    assert sorted(j.options.queue for j in last) == ["gpu"] * 3 + ["io"]
 
 
 def test_options_survive_the_parse_cache(store: SqlStore) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import os
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -146,6 +147,8 @@ def resolve_when(when: datetime | timedelta | int | float, now: datetime) -> dat
         ) from None
 
 
+#: Longest single wait of `Job.wait_async` on its worker thread (seconds).
+_ASYNC_ROUND = 0.25
 #: Most parents a continuation may wait for (`Client.after`): one statement lists them all.
 MAX_PARENTS = 1000
 #: A history reason is shown in tables; a long list of parents is cut.
@@ -646,6 +649,34 @@ class Job:
             return None if record.result is None else self.client.codec.loads(record.result)
         raise JobFailedError(self.id, record.error_type, record.error_message, record.error_traceback,
                              state=record.state.value)
+
+    async def wait_async(self, timeout: float | None = None) -> JobState:
+        """`wait` for asyncio: the event loop (a notebook's, with its widgets) runs on meanwhile.
+
+        The waiting happens in short rounds on a worker thread, so cancelling the awaiting task
+        leaves at most one round (0.25 s) behind.
+        """
+        clock = self.client.clock
+        deadline = None if timeout is None else clock.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - clock.monotonic())
+            try:
+                return await asyncio.to_thread(self.wait, _ASYNC_ROUND if remaining is None
+                                               else min(_ASYNC_ROUND, remaining))
+            except ResultTimeoutError:
+                if deadline is not None and clock.monotonic() >= deadline:
+                    raise ResultTimeoutError(
+                        f"job {self.id} is still {self.state.value} after {timeout}s; wait longer or "
+                        "check that a server listens to its queue"
+                    ) from None
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """`result` for asyncio; `await job` is the same with no timeout."""
+        await self.wait_async(timeout)
+        return await asyncio.to_thread(self.result, 0)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self.result_async().__await__()
 
     def logs(self, tail: int | None = None) -> str:
         """Everything the job printed or logged, as one string."""

@@ -11,7 +11,7 @@ import pytest
 
 import nbjobs
 from nbjobs import JobState
-from nbjobs.errors import InvalidJobError, JobFailedError
+from nbjobs.errors import InvalidJobError, JobFailedError, ResultTimeoutError
 
 from ..conftest import wait_for
 
@@ -119,3 +119,36 @@ def test_a_generator_function_is_refused_at_enqueue_and_nothing_is_stored(engine
         with pytest.raises(InvalidJobError, match="generator function"):
             call()
     assert engine.jobs().empty and engine.recurring_jobs().empty
+
+
+def test_awaiting_a_job_keeps_the_event_loop_running(engine: nbjobs.Engine) -> None:
+    STARTED.clear()
+    engine.start_server(workers=2)
+    slow = engine.enqueue(sleeps_until_cancelled)
+    quick = engine.enqueue(double_later, 5)
+    failing = engine.options(retries=0).enqueue(cancels_itself)
+
+    async def notebook() -> tuple[int, int, list[int]]:
+        ticks = 0
+
+        async def ticker() -> None:  # what a notebook's widgets and other tasks need
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        tick_task = asyncio.create_task(ticker())
+        value = await quick  # `await job` in a notebook cell
+        with pytest.raises(ResultTimeoutError, match=r"still processing after 0\.3s"):
+            await slow.result_async(timeout=0.3)
+        with pytest.raises(JobFailedError, match="cancelled by the job itself"):
+            await failing
+        both = await asyncio.gather(engine.enqueue(double_later, 1), engine.enqueue(double_later, 2))
+        tick_task.cancel()
+        return value, ticks, both
+
+    value, ticks, both = asyncio.run(notebook())
+    assert value == 10 and both == [2, 4]
+    assert ticks >= 10  # the loop ran on while the jobs were awaited
+    slow.cancel()
+    assert slow.wait(timeout=10) is JobState.DELETED

@@ -147,7 +147,33 @@ def _cell_parser() -> _Parser:
     p.add_argument("--timeout", type=float, default=None, help="seconds before the job is cancelled")
     p.add_argument("--priority", type=int, default=0)
     p.add_argument("--no-write-back", action="store_true", help="do not assign the cell's names")
+    p.add_argument("--after", default=None, metavar="JOBS",
+                   help="start once these jobs succeeded: ids (12,13) or names of variables holding "
+                        "Jobs or lists of Jobs; the cell then sees what they wrote back")
+    p.add_argument("--continue-on", choices=("succeeded", "finished"), default="succeeded",
+                   help="with --after: wait for success (default) or for any end")
     return p
+
+
+def _after_ids(text: str, user_ns: dict[str, Any]) -> list[int]:
+    """`--after 12,train_job,runs` as job ids: numbers, or notebook names of Jobs or lists of Jobs."""
+    ids: list[int] = []
+    for token in (t.strip() for t in text.split(",")):
+        if token.isdigit():
+            ids.append(int(token))
+            continue
+        if not token.isidentifier() or token not in user_ns:
+            raise UsageError(f"--after {token!r}: give job ids (12,13) or the name of a variable holding "
+                             "a Job or a list of Jobs")
+        value = user_ns[token]
+        items = value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            if not isinstance(item, Job | int) or isinstance(item, bool):
+                raise UsageError(f"--after {token}: {type(item).__name__} is not a Job or a job id")
+            ids.append(item.id if isinstance(item, Job) else item)
+    if not ids:
+        raise UsageError("--after needs at least one job")
+    return ids
 
 
 def _parse_value(text: str) -> Any:
@@ -240,9 +266,13 @@ def submit_cell(cell: str, line: str = "") -> Job:
         raise UsageError(f"the cell does not compile: {exc}") from exc
     first = next((ln.strip() for ln in cell.splitlines() if ln.strip()), "")
     name = args.name or f"%%job: {first[:60]}"
+    after = _after_ids(args.after, InteractiveShell.instance().user_ns) if args.after else None
     try:
         client = engine.options(queue=default.private_queue(args.queue), name=name, retries=args.retries,
                                 timeout=args.timeout, priority=args.priority)
+        if after is not None:
+            return client.after(after, run_cell, cell, default.PROCESS_TAG, not args.no_write_back,
+                                continue_on=args.continue_on)
     except NbJobsError as exc:
         raise UsageError(str(exc)) from exc
     return client.enqueue(run_cell, cell, default.PROCESS_TAG, not args.no_write_back)

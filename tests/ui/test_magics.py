@@ -154,3 +154,31 @@ def test_a_cell_that_cannot_compile_is_refused_before_it_is_stored(shell: Intera
     with capture_output():
         assert shell.run_cell("%%job\nreturn 5").error_in_exec is not None  # parses, does not compile
     assert len(engine.jobs()) == before
+
+
+def test_a_job_cell_after_other_jobs_starts_when_they_succeeded_and_sees_their_names(
+    shell: InteractiveShell,
+) -> None:
+    run(shell, "import threading\ngate = threading.Event()")
+    first = run(shell, "%%job --name first\ngate.wait(30)\nstage = 1\nstage")
+    shell.user_ns["first"] = first
+    second = run(shell, "%%job --after first\nstage2 = stage + 1\nstage2")
+    third = run(shell, f"%%job --after {first.id},{second.id}\nstage3 = stage2 + 1")
+    assert second.state is JobState.AWAITING and third.state is JobState.AWAITING
+    shell.user_ns["gate"].set()
+    assert second.result(timeout=30) == 2  # the first cell's names were written back before it began
+    third.wait(timeout=30)
+    assert shell.user_ns["stage3"] == 3
+    assert sorted(p.id for p in third.parents()) == [first.id, second.id]
+
+
+def test_after_names_that_are_not_jobs_are_refused_at_the_cell(shell: InteractiveShell) -> None:
+    engine = default.current_default()
+    assert engine is not None
+    before = len(engine.jobs())
+    run(shell, "not_a_job = 'x'")
+    with capture_output():
+        assert shell.run_cell("%%job --after not_a_job\nx = 1").error_in_exec is not None
+        assert shell.run_cell("%%job --after missing_name\nx = 1").error_in_exec is not None
+        assert shell.run_cell("%%job --after 999999\nx = 1").error_in_exec is not None  # no such job
+    assert len(engine.jobs()) == before

@@ -262,6 +262,9 @@ class ResultOf:
 
     job_id: int
 
+    def __repr__(self) -> str:  # as the dashboard and `jobs(args=True)` show the argument
+        return f"<result of job {self.job_id}>"
+
 
 def _call_tag(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
     """A call envelope's tag: b"R" when some argument is another job's result, else b"C"."""

@@ -95,3 +95,10 @@ def test_job_arguments_that_cannot_work_are_refused_and_nothing_is_stored(
     finally:
         other.close()
     assert len(engine.jobs()) == 1 and engine.recurring_jobs().empty
+
+
+def test_listings_show_a_result_argument_as_the_job_it_comes_from(engine: nbjobs.Engine) -> None:
+    data = engine.enqueue(load, 2)
+    needs = engine.enqueue(total, data, scale=3)
+    frame = engine.jobs(args=True)
+    assert frame.set_index("id").loc[needs.id, "args"] == f"values=<result of job {data.id}>, scale=3"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from datetime import timedelta
@@ -34,6 +35,17 @@ def flaky(tag: str) -> str:
     return f"{tag} ok after {_flaky_calls[tag]} attempts"
 
 
+def summarize(pi: float, download: str) -> str:
+    """Takes the results of two other jobs (they were passed as its arguments)."""
+    return f"pi ~ {pi:.4f}; {download}"
+
+
+async def fetch_async(name: str) -> str:
+    """An `async def` job: runs on an event loop of its own in the worker."""
+    await asyncio.sleep(0.05)  # e.g. an HTTP request
+    return f"{name} fetched"
+
+
 def always_fails() -> None:
     raise ValueError("this job fails on purpose; requeue it from the dashboard to try again")
 
@@ -51,9 +63,12 @@ def run_demo(engine: Engine, *, delay: float = 1.0) -> pd.DataFrame:
         )
         retried = engine.options(name="flaky, retried", retries=3, retry_base=0.2).enqueue(flaky, "download")
         failed = engine.options(name="fails for good", retries=1, retry_base=0.1).enqueue(always_fails)
+        # Jobs as arguments: runs once both succeeded, with their results in their places.
+        summary = engine.options(name="summary (results of 1 and 4)").enqueue(summarize, pi, retried)
+        fetched = engine.options(name="async fetch").enqueue(fetch_async, "prices")
         # A recurring definition (every second); wait for its first scheduled run, then remove it.
         engine.options(name="every second").recurring("demo-tick", "* * * * * *", reminder, "tick")
-        jobs = [pi, follow, later, retried, failed]
+        jobs = [pi, follow, later, retried, failed, summary, fetched]
         for job in jobs:
             job.wait(timeout=60)
         tick = _first_recurring_job(engine, "demo-tick", timeout=10)

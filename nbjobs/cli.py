@@ -72,9 +72,7 @@ def jobs_cmd(url: str | None, state: str | None, queue: str | None, limit: int) 
 def requeue(url: str | None, job_ids: tuple[int, ...]) -> None:
     """Put finished jobs back in their queue."""
     with _engine(url) as engine:
-        for job_id in job_ids:
-            engine.requeue(job_id)
-            click.echo(f"job {job_id} requeued")
+        _report(engine.requeue(list(job_ids)), "requeued")
 
 
 @cli.command()
@@ -83,9 +81,22 @@ def requeue(url: str | None, job_ids: tuple[int, ...]) -> None:
 def delete(url: str | None, job_ids: tuple[int, ...]) -> None:
     """Delete jobs (running ones are asked to stop)."""
     with _engine(url) as engine:
-        for job_id in job_ids:
-            state = engine.delete(job_id)
-            click.echo(f"job {job_id}: {state.value}")
+        _report(engine.delete(list(job_ids)), "deleted")
+
+
+def _report(outcome: pd.DataFrame, done: str) -> None:
+    """One line per job; exit 1 if any could not be changed (the others were)."""
+    failed = 0
+    for row in outcome.to_dict("records"):
+        job_id, state, error = int(row["id"]), row["state"], row["error"]
+        if pd.isna(error):
+            verb = done if state in (done, "enqueued") else f"now {state}"
+            click.echo(f"job {job_id} {verb}")
+        else:
+            failed += 1
+            click.echo(f"job {job_id}: {error}", err=True)
+    if failed:
+        sys.exit(1)
 
 
 @cli.command()

@@ -18,7 +18,7 @@ from . import history as views  # type: ignore[no-redef]  # `nbjobs.history` is 
 from .capture import OutputCapture
 from .client import Client, Job, JobFunction, NotebookJob, Notifier, job_id_of
 from .clock import Clock, SystemClock
-from .errors import ConfigurationError
+from .errors import ConfigurationError, InvalidJobError, NbJobsError
 from .model import ContinueOn, JobState, StateChange
 from .payload import Codec, Signer
 from .progress import ProgressThrottle
@@ -249,14 +249,54 @@ class Engine:
         """Delete a recurring definition (its jobs stay); False if there was none."""
         return self.client.remove_recurring(recurring_id)
 
-    def requeue(self, job_id: int) -> JobState:
-        return self.client.requeue(job_id)
+    @overload
+    def requeue(self, jobs: int | str | Job, /) -> JobState: ...
+    @overload
+    def requeue(self, jobs: Iterable[int | Job] | pd.DataFrame, /) -> pd.DataFrame: ...
 
-    def delete(self, job_id: int) -> JobState:
-        return self.client.delete(job_id)
+    def requeue(self, jobs: Any, /) -> Any:
+        """Put a job that is not running back in its queue now. Given many (ids, Jobs, or a frame
+        from `jobs()`, e.g. `nb.requeue(nb.jobs(state="failed"))`): a frame of id, state, error."""
+        return self._change(self.client.requeue, jobs)
 
-    def cancel(self, job_id: int) -> JobState:
-        return self.client.cancel(job_id)
+    @overload
+    def delete(self, jobs: int | str | Job, /) -> JobState: ...
+    @overload
+    def delete(self, jobs: Iterable[int | Job] | pd.DataFrame, /) -> pd.DataFrame: ...
+
+    def delete(self, jobs: Any, /) -> Any:
+        """Delete a job (a running one is asked to stop); many as `requeue` takes them."""
+        return self._change(self.client.delete, jobs)
+
+    @overload
+    def cancel(self, jobs: int | str | Job, /) -> JobState: ...
+    @overload
+    def cancel(self, jobs: Iterable[int | Job] | pd.DataFrame, /) -> pd.DataFrame: ...
+
+    def cancel(self, jobs: Any, /) -> Any:
+        """Cancel an unfinished job; many as `requeue` takes them."""
+        return self._change(self.client.cancel, jobs)
+
+    @staticmethod
+    def _change(change: Callable[[int], JobState], jobs: Any) -> Any:
+        """One change for one job (errors raise); for many, each in its own transaction and a frame
+        saying what became of each (a job that cannot change is reported, not raised)."""
+        if isinstance(jobs, int | str | Job):
+            return change(job_id_of(jobs))
+        if isinstance(jobs, pd.DataFrame):
+            if "id" not in jobs.columns:
+                raise InvalidJobError("a frame of jobs needs an `id` column, as `jobs()` returns")
+            jobs = jobs["id"].tolist()
+        if not isinstance(jobs, Iterable):
+            raise InvalidJobError(f"expected a job, job id or a list of them, got {type(jobs).__name__}")
+        ids = [job_id_of(j) for j in jobs]  # all checked before any changes
+        rows: list[tuple[int, str | None, str | None]] = []
+        for job_id in ids:
+            try:
+                rows.append((job_id, change(job_id).value, None))
+            except NbJobsError as exc:
+                rows.append((job_id, None, str(exc)))
+        return pd.DataFrame(rows, columns=["id", "state", "error"])
 
     # -- views ----------------------------------------------------------------------------------
     def jobs(self, state: Any = None, queue: Any = None, *, function: str | None = None,

@@ -19,6 +19,10 @@ def held() -> None:
     GATE.wait(30)
 
 
+def held_free() -> str:
+    return "done"
+
+
 def test_servers_lists_running_jobs(engine: nbjobs.Engine) -> None:
     GATE.clear()
     STARTED.clear()
@@ -50,3 +54,17 @@ def test_server_refuses_bad_settings_before_starting(tmp_path: object) -> None:
     result = CliRunner().invoke(cli, ["server", "--url", url, "--name", "s" * 201])
     assert result.exit_code != 0
     assert "server name 'sss" in str(result.exception) and "use at most 200" in str(result.exception)
+
+
+def test_requeue_reports_each_job_and_fails_if_one_cannot_change(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)
+    done = engine.enqueue(held_free)
+    done.wait(timeout=10)
+    engine.stop_server()
+    waiting = engine.schedule(3600, held_free)
+    result = CliRunner().invoke(cli, ["requeue", "--url", engine.url, str(done.id), str(waiting.id),
+                                      "999999"])
+    assert result.exit_code == 1
+    assert f"job {done.id} requeued" in result.output and f"job {waiting.id} requeued" in result.output
+    assert "job 999999: job 999999 does not exist" in result.output
+    assert done.state is nbjobs.JobState.ENQUEUED and waiting.state is nbjobs.JobState.ENQUEUED

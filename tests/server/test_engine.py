@@ -393,3 +393,26 @@ def test_newer_schema_is_a_clear_error(db_url: str) -> None:
     store.close()
     with pytest.raises(SchemaVersionError, match="newer nbjobs"):
         SqlStore(db_url)
+
+
+def test_requeue_delete_and_cancel_take_many_jobs_and_say_what_became_of_each(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=2)
+    failed = [engine.options(retries=0).enqueue(boom, f"x{i}") for i in range(3)]
+    for job in failed:
+        job.wait(timeout=10)
+    done = engine.enqueue(add, 1)
+    done.wait(timeout=10)
+    engine.stop_server()
+    outcome = engine.requeue(engine.jobs(state="failed"))  # a frame from jobs(), as in a notebook
+    assert sorted(outcome["id"]) == sorted(j.id for j in failed)
+    assert set(outcome["state"]) == {"enqueued"} and outcome["error"].isna().all()
+    mixed = engine.cancel([failed[0], done.id])  # one can be cancelled, one has finished
+    assert mixed.set_index("id").loc[failed[0].id, "state"] == "deleted"
+    assert "already finished (succeeded)" in mixed.set_index("id").loc[done.id, "error"]
+    assert done.state is JobState.SUCCEEDED  # untouched
+    assert engine.delete(failed[1]) is JobState.DELETED  # one job: its new state, errors raise
+    with pytest.raises(IllegalTransitionError):
+        engine.cancel(done)
+    with pytest.raises(InvalidJobError, match="a job id is a whole number"):
+        engine.delete([failed[2].id, "abc"])  # checked before anything changes
+    assert failed[2].state is JobState.ENQUEUED

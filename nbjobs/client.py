@@ -571,6 +571,12 @@ class Job:
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id and other.client.store is self.client.store
 
+    def __copy__(self) -> Job:
+        return Job(self.client, self.id)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Job:  # a handle: copies name the same job
+        return Job(self.client, self.id)
+
     def __reduce__(self) -> Any:
         raise TypeError(
             f"a Job handle (job {self.id}) cannot be stored; a Job given directly as an argument of "

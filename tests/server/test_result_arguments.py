@@ -102,3 +102,13 @@ def test_listings_show_a_result_argument_as_the_job_it_comes_from(engine: nbjobs
     needs = engine.enqueue(total, data, scale=3)
     frame = engine.jobs(args=True)
     assert frame.set_index("id").loc[needs.id, "args"] == f"values=<result of job {data.id}>, scale=3"
+
+
+def test_a_job_handle_copies_but_never_pickles(engine: nbjobs.Engine) -> None:
+    import copy
+    import pickle
+
+    job = engine.enqueue(load, 1)
+    assert copy.copy(job) == job and copy.deepcopy({"j": job})["j"] == job
+    with pytest.raises(TypeError, match="pass its id"):
+        pickle.dumps(job)

@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import context
 from ..clock import Clock
-from ..errors import JobTimeoutError, ResultUnavailableError
+from ..errors import JobTimeoutError, PayloadError, ResultUnavailableError
 from ..executors.thread import RunResult, RunWrapper, failed_result, run_in_thread
 from ..model import PRIVATE_QUEUE_MARK, ClaimedJob, JobState, NewJob, Outcome, OutcomeKind
 from ..payload import Codec
@@ -146,9 +146,11 @@ class Dispatcher:
             executor = self.executors.get(item.job.options.executor, self._run_thread)
             try:
                 job = self._with_results(item.job)
-            except ResultUnavailableError as exc:  # no retry brings the result back
+            except Exception as exc:  # a gone result or a bad signature: no retry helps; else (the
+                # database unreachable a moment) the attempt fails and retries as any other would
                 now = self.clock.now()
-                result: RunResult | None = failed_result(exc, started=now, finished=now, retryable=False)
+                retryable = not isinstance(exc, ResultUnavailableError | PayloadError)
+                result: RunResult | None = failed_result(exc, started=now, finished=now, retryable=retryable)
             else:
                 try:
                     result = executor(job, item.ctx)

@@ -112,3 +112,22 @@ def test_a_job_handle_copies_but_never_pickles(engine: nbjobs.Engine) -> None:
     assert copy.copy(job) == job and copy.deepcopy({"j": job})["j"] == job
     with pytest.raises(TypeError, match="pass its id"):
         pickle.dumps(job)
+
+
+def test_a_tampered_payload_with_result_arguments_fails_its_job_and_the_worker_goes_on(
+    engine: nbjobs.Engine,
+) -> None:
+    from sqlalchemy import update
+
+    from nbjobs.storage.schema import jobs
+
+    data = engine.enqueue(load, 2)
+    needs = engine.enqueue(total, data)
+    payload = needs.record().payload
+    with engine.store.engine.begin() as conn:  # a database writer without the key changes the call
+        conn.execute(update(jobs).where(jobs.c.id == needs.id).values(payload=payload[:-1] + b"\x00"))
+    engine.start_server(workers=1)
+    with pytest.raises(JobFailedError, match="does not verify"):
+        needs.result(timeout=20)
+    assert needs.record().attempts == 1  # not retried
+    assert engine.enqueue(total, data).result(timeout=20) == 1  # the one worker is still alive

@@ -53,7 +53,7 @@ from ..errors import JobCancelled, WorkerCrashedError
 from ..model import ClaimedJob
 from ..payload import Codec, Signer
 from .coroutines import complete
-from .thread import RunResult, failed_result
+from .thread import JOB_ERRORS, RunResult, failed_result
 
 log = logging.getLogger("nbjobs.executor")
 
@@ -142,7 +142,7 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
     except JobCancelled as exc:
         result = failed_result(exc, started=started, finished=datetime.now(UTC))
         return reply(RunResult(**{**result.__dict__, "cancelled": True}))
-    except Exception as exc:
+    except JOB_ERRORS as exc:  # sys.exit() in a job fails the job, not the worker process
         return reply(failed_result(exc, started=started, finished=datetime.now(UTC)))
     finally:
         context.deactivate(token)

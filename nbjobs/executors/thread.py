@@ -20,6 +20,12 @@ from .coroutines import complete
 
 log = logging.getLogger("nbjobs.executor")
 
+#: What a job's own code may raise and the worker records as the attempt's failure. SystemExit too
+#: (`sys.exit()`, argparse on bad arguments): uncaught, it would end the worker thread and leave its
+#: job Processing, its lease kept alive by the heartbeat. KeyboardInterrupt too: a kernel interrupt
+#: reaches the main thread only, so in a worker it can only be the job's own.
+JOB_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
+
 #: Wraps one run (output capture, tracing); entered in the worker thread around the call.
 RunWrapper = Callable[[context.JobContext], AbstractContextManager[Any]]
 
@@ -91,7 +97,7 @@ def run_in_thread(
     except JobCancelled as exc:
         result = failed_result(exc, started=started, finished=clock.now())
         return RunResult(**{**result.__dict__, "cancelled": True})
-    except Exception as exc:
+    except JOB_ERRORS as exc:
         return failed_result(exc, started=started, finished=clock.now())
     finally:
         context.deactivate(token)

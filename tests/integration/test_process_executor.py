@@ -138,3 +138,10 @@ def test_a_process_job_receives_the_result_of_a_job_given_as_its_argument(nb: nb
     summed = nb.options(executor="process").enqueue(jobfuncs.add_pairs, first, second)
     total, pid = summed.result(timeout=30)
     assert total == 12 and pid != os.getpid()
+
+
+def test_sys_exit_in_a_process_job_fails_the_job_not_the_worker_process(nb: nbjobs.Engine) -> None:
+    proc = nb.options(executor="process", retries=0)
+    with pytest.raises(JobFailedError, match="SystemExit: 4"):
+        proc.enqueue(jobfuncs.exits, 4).result(timeout=30)
+    assert proc.enqueue(jobfuncs.async_whoami, 1).result(timeout=30)[0] == 2

@@ -416,3 +416,24 @@ def test_requeue_delete_and_cancel_take_many_jobs_and_say_what_became_of_each(en
     with pytest.raises(InvalidJobError, match="a job id is a whole number"):
         engine.delete([failed[2].id, "abc"])  # checked before anything changes
     assert failed[2].state is JobState.ENQUEUED
+
+
+def exits(code: int) -> None:
+    import sys
+
+    sys.exit(code)
+
+
+def interrupts() -> None:
+    raise KeyboardInterrupt
+
+
+def test_a_job_calling_sys_exit_fails_and_its_worker_goes_on(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)  # one worker: had it died, nothing else would run
+    exited = engine.options(retries=0).enqueue(exits, 3)
+    with pytest.raises(JobFailedError, match="SystemExit: 3"):
+        exited.result(timeout=10)
+    interrupted = engine.options(retries=0).enqueue(interrupts)
+    with pytest.raises(JobFailedError, match="KeyboardInterrupt"):
+        interrupted.result(timeout=10)
+    assert engine.enqueue(add, 2, 3).result(timeout=10) == 5

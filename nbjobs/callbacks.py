@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .clock import Clock
+from .errors import USER_CODE_ERRORS
 from .storage import Store
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ class DoneCallbacks:
             for job, fn in todo:
                 try:
                     fn(job)
-                except Exception:
+                except USER_CODE_ERRORS:  # sys.exit() in a callback must not end the watcher
                     log.exception("done-callback %r of job %d raised", fn, job.id)
             self.clock.wait(self._wake, self.poll_interval)
         with self._lock:

@@ -47,6 +47,13 @@ class FunctionNotFoundError(NbJobsError):
     """A stored function reference no longer resolves (renamed or removed in code)."""
 
 
+#: What user code (a job, a done-callback) may raise that must not end the thread running it.
+#: SystemExit too (`sys.exit()`, argparse on bad arguments): uncaught, it would end a worker thread and
+#: leave its job Processing, its lease kept alive by the heartbeat. KeyboardInterrupt too: a kernel
+#: interrupt reaches the main thread only, so in a worker it can only be the code's own.
+USER_CODE_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
+
+
 class JobCancelled(NbJobsError):
     """Raised inside a running job by `check_cancelled()` when the job was cancelled."""
 

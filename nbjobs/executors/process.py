@@ -49,11 +49,11 @@ from typing import Any
 
 from .. import context
 from ..clock import Clock
-from ..errors import JobCancelled, WorkerCrashedError
+from ..errors import USER_CODE_ERRORS, JobCancelled, WorkerCrashedError
 from ..model import ClaimedJob
 from ..payload import Codec, Signer
 from .coroutines import complete
-from .thread import JOB_ERRORS, RunResult, failed_result
+from .thread import RunResult, failed_result
 
 log = logging.getLogger("nbjobs.executor")
 
@@ -142,7 +142,7 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
     except JobCancelled as exc:
         result = failed_result(exc, started=started, finished=datetime.now(UTC))
         return reply(RunResult(**{**result.__dict__, "cancelled": True}))
-    except JOB_ERRORS as exc:  # sys.exit() in a job fails the job, not the worker process
+    except USER_CODE_ERRORS as exc:  # sys.exit() in a job fails the job, not the worker process
         return reply(failed_result(exc, started=started, finished=datetime.now(UTC)))
     finally:
         context.deactivate(token)

@@ -13,18 +13,12 @@ from typing import Any
 
 from .. import context
 from ..clock import Clock
-from ..errors import FunctionNotFoundError, JobCancelled, PayloadError
+from ..errors import USER_CODE_ERRORS, FunctionNotFoundError, JobCancelled, PayloadError
 from ..model import ClaimedJob
 from ..payload import Codec
 from .coroutines import complete
 
 log = logging.getLogger("nbjobs.executor")
-
-#: What a job's own code may raise and the worker records as the attempt's failure. SystemExit too
-#: (`sys.exit()`, argparse on bad arguments): uncaught, it would end the worker thread and leave its
-#: job Processing, its lease kept alive by the heartbeat. KeyboardInterrupt too: a kernel interrupt
-#: reaches the main thread only, so in a worker it can only be the job's own.
-JOB_ERRORS = (Exception, SystemExit, KeyboardInterrupt)
 
 #: Wraps one run (output capture, tracing); entered in the worker thread around the call.
 RunWrapper = Callable[[context.JobContext], AbstractContextManager[Any]]
@@ -97,7 +91,7 @@ def run_in_thread(
     except JobCancelled as exc:
         result = failed_result(exc, started=started, finished=clock.now())
         return RunResult(**{**result.__dict__, "cancelled": True})
-    except JOB_ERRORS as exc:
+    except USER_CODE_ERRORS as exc:
         return failed_result(exc, started=started, finished=clock.now())
     finally:
         context.deactivate(token)

@@ -67,3 +67,19 @@ def test_callback_of_a_finished_job_fires_at_once(engine: nbjobs.Engine) -> None
     job.wait(30)
     job.add_done_callback(callback)  # type: ignore[arg-type]
     assert fired.is_set() and seen == [(job.id, JobState.SUCCEEDED)]
+
+
+def test_a_callback_calling_sys_exit_does_not_stop_the_others(engine: nbjobs.Engine) -> None:
+    seen, fired, callback = _recorder()
+
+    def exits(job: nbjobs.Job) -> None:
+        raise SystemExit(1)
+
+    first = engine.enqueue(add, 1, 2)
+    second = engine.enqueue(add, 3, 4)
+    first.add_done_callback(exits)
+    second.add_done_callback(callback)  # type: ignore[arg-type]
+    engine.start_server(workers=1, poll_interval=0.05)
+    first.wait(30)
+    assert fired.wait(30)
+    assert seen == [(second.id, JobState.SUCCEEDED)]

@@ -289,7 +289,13 @@ class Codec:
                     f"{what} is not JSON-serializable ({exc}); use serializer='pickle' or pass plain data"
                 ) from exc
         elif serializer == "pickle":
-            body = b"P" + cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                body = b"P" + cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                raise InvalidJobError(
+                    f"{what} ({type(value).__name__}) cannot be pickled: {exc}; use plain data (or "
+                    "save the object to a file and pass or return its path)"
+                ) from exc
         else:
             raise InvalidJobError(f"unknown serializer {serializer!r}; use one of {SERIALIZERS}")
         return self.signer.sign(body)

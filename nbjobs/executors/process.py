@@ -148,7 +148,7 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
         context.deactivate(token)
     try:
         encoded = codec.dumps(value, msg["serializer"], what="the job's return value")
-    except Exception as exc:
+    except USER_CODE_ERRORS as exc:
         return reply(failed_result(exc, started=started, finished=datetime.now(UTC), retryable=False))
     return reply(RunResult(started_at=started, finished_at=datetime.now(UTC), ok=True, result=encoded))
 

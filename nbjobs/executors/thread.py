@@ -53,10 +53,18 @@ def failed_result(
         error_type=f"{exc_type.__module__}.{exc_type.__qualname__}"
         if exc_type.__module__ not in ("builtins", "__main__")
         else exc_type.__qualname__,
-        error_message=str(exc),
+        error_message=_text(exc),
         error_traceback="".join(traceback.format_exception(exc)),
         retryable=retryable,
     )
+
+
+def _text(exc: BaseException) -> str:
+    """`str(exc)`, or a stand-in when the exception's own `__str__` fails."""
+    try:
+        return str(exc)
+    except USER_CODE_ERRORS:
+        return f"<{type(exc).__name__} whose str() failed>"
 
 
 @contextlib.contextmanager
@@ -99,6 +107,6 @@ def run_in_thread(
         return RunResult(started_at=started, finished_at=clock.now(), ok=True, result=None)
     try:
         encoded = codec.dumps(value, job.options.serializer, what="the job's return value")
-    except Exception as exc:
+    except USER_CODE_ERRORS as exc:  # pickling runs the value's own code (__reduce__)
         return failed_result(exc, started=started, finished=clock.now(), retryable=False)
     return RunResult(started_at=started, finished_at=clock.now(), ok=True, result=encoded)

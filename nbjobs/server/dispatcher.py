@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import context
 from ..clock import Clock
-from ..errors import JobTimeoutError, PayloadError, ResultUnavailableError
+from ..errors import USER_CODE_ERRORS, JobTimeoutError, PayloadError, ResultUnavailableError
 from ..executors.thread import RunResult, RunWrapper, failed_result, run_in_thread
 from ..model import PRIVATE_QUEUE_MARK, ClaimedJob, JobState, NewJob, Outcome, OutcomeKind
 from ..payload import Codec
@@ -154,7 +154,7 @@ class Dispatcher:
             else:
                 try:
                     result = executor(job, item.ctx)
-                except Exception:  # an executor bug must not kill the worker; the job fails instead
+                except USER_CODE_ERRORS:  # nothing may end a worker; the attempt fails instead
                     log.exception("executor failed for job %d", item.job.id)
                     result = None
             finish_progress = getattr(self.progress_sink, "finish", None)

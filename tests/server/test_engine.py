@@ -437,3 +437,43 @@ def test_a_job_calling_sys_exit_fails_and_its_worker_goes_on(engine: nbjobs.Engi
     with pytest.raises(JobFailedError, match="KeyboardInterrupt"):
         interrupted.result(timeout=10)
     assert engine.enqueue(add, 2, 3).result(timeout=10) == 5
+
+
+class _StrFails(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str failed")
+
+
+class _ReduceExits:
+    def __reduce__(self) -> str:
+        raise SystemExit("reduce exits")
+
+
+class _Locked:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+
+
+def raises_unprintable() -> None:
+    raise _StrFails()
+
+
+def returns_exiting() -> object:
+    return _ReduceExits()
+
+
+def returns_locked() -> object:
+    return _Locked()
+
+
+def test_odd_failures_and_results_fail_the_attempt_with_a_clear_record(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)  # one worker: each case must leave it alive
+    odd = engine.options(retries=0).enqueue(raises_unprintable)
+    assert odd.wait(timeout=10) is JobState.FAILED
+    assert odd.record().error_message == "<_StrFails whose str() failed>"
+    exiting = engine.options(retries=0).enqueue(returns_exiting)
+    assert exiting.wait(timeout=10) is JobState.FAILED and exiting.record().error_type == "SystemExit"
+    locked = engine.options(retries=0).enqueue(returns_locked)
+    with pytest.raises(JobFailedError, match=r"the job's return value \(_Locked\) cannot be pickled"):
+        locked.result(timeout=10)
+    assert engine.enqueue(add, 1, 1).result(timeout=10) == 2

@@ -308,6 +308,14 @@ class Client:
         return NewJob(function=ref, payload=payload, options=opts, run_at=run_at, parent_id=parent_id,
                       parent_ids=parent_ids, continue_on=continue_on, reason=reason)
 
+    def _own_id(self, job: object) -> int:
+        """A parent's id; a Job of another database is refused (its id would name another job here)."""
+        if isinstance(job, Job) and job.client.store is not self.store:
+            raise InvalidJobError(
+                f"job {job.id} belongs to another database; a continuation's parents must be in its own"
+            )
+        return job_id_of(job)
+
     def _results_in(
         self, args: Sequence[Any], kwargs: Mapping[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any], list[int]]:
@@ -392,7 +400,7 @@ class Client:
         **kwargs: Any,
     ) -> Job:
         """A continuation: run `fn` when `parent` succeeds (or, with continue_on="finished", ends)."""
-        parent_id = job_id_of(parent)
+        parent_id = self._own_id(parent)
         spec = self.new_job(fn, args, kwargs, parent_id=parent_id, continue_on=_continue_on(continue_on),
                             reason=f"continuation of job {parent_id}")
         return self.submit([spec])[0]
@@ -414,7 +422,7 @@ class Client:
                 f"after takes a list of jobs (or job ids), got {type(parents).__name__}; for one "
                 "parent use job.then(fn)"
             )
-        ids = tuple(dict.fromkeys(job_id_of(p) for p in parents))
+        ids = tuple(dict.fromkeys(self._own_id(p) for p in parents))
         if not ids:
             raise InvalidJobError("after needs at least one parent job; to run now use enqueue")
         on = _continue_on(continue_on)

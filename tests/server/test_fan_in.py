@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +132,17 @@ def test_bad_parents_are_refused_and_nothing_is_stored(engine: nbjobs.Engine) ->
     # one distinct parent is a plain continuation of it
     single = engine.after([job, job.id], record, "single")
     assert single.record().parent_id == job.id and single.parents() == [job]
+
+
+def test_parents_from_another_database_are_refused(engine: nbjobs.Engine, tmp_path: Path) -> None:
+    other = nbjobs.connect(f"sqlite:///{tmp_path / 'other.db'}", secret="test-secret")
+    try:
+        foreign = other.enqueue(square, 2)
+        local = engine.enqueue(square, 3)  # the same id, perhaps: it must not be taken for the other
+        with pytest.raises(InvalidJobError, match="belongs to another database"):
+            engine.after([local, foreign], record, "x")
+        with pytest.raises(InvalidJobError, match="belongs to another database"):
+            engine.client.then(foreign, record, "x")
+    finally:
+        other.close()
+    assert len(engine.jobs()) == 1

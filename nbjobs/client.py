@@ -308,11 +308,13 @@ class Client:
         return NewJob(function=ref, payload=payload, options=opts, run_at=run_at, parent_id=parent_id,
                       parent_ids=parent_ids, continue_on=continue_on, reason=reason)
 
-    def _own_id(self, job: object) -> int:
-        """A parent's id; a Job of another database is refused (its id would name another job here)."""
+    def job_id(self, job: object) -> int:
+        """`job_id_of` for this client's database: a Job of another one is refused, since its id
+        would name another job here (a continuation's parent, a result argument, a requeue)."""
         if isinstance(job, Job) and job.client.store is not self.store:
             raise InvalidJobError(
-                f"job {job.id} belongs to another database; a continuation's parents must be in its own"
+                f"job {job.id} belongs to another database; use a job of this one (or, as an "
+                "argument, its result: job.result())"
             )
         return job_id_of(job)
 
@@ -325,12 +327,7 @@ class Client:
         def stand_in(value: Any) -> Any:
             if not isinstance(value, Job):
                 return value
-            if value.client.store is not self.store:
-                raise InvalidJobError(
-                    f"job {value.id} (an argument) belongs to another database; pass its result "
-                    "(job.result()) instead"
-                )
-            ids.append(value.id)
+            ids.append(self.job_id(value))
             return ResultOf(value.id)
 
         new_args = tuple(stand_in(a) for a in args)
@@ -400,7 +397,7 @@ class Client:
         **kwargs: Any,
     ) -> Job:
         """A continuation: run `fn` when `parent` succeeds (or, with continue_on="finished", ends)."""
-        parent_id = self._own_id(parent)
+        parent_id = self.job_id(parent)
         spec = self.new_job(fn, args, kwargs, parent_id=parent_id, continue_on=_continue_on(continue_on),
                             reason=f"continuation of job {parent_id}")
         return self.submit([spec])[0]
@@ -422,7 +419,7 @@ class Client:
                 f"after takes a list of jobs (or job ids), got {type(parents).__name__}; for one "
                 "parent use job.then(fn)"
             )
-        ids = tuple(dict.fromkeys(self._own_id(p) for p in parents))
+        ids = tuple(dict.fromkeys(self.job_id(p) for p in parents))
         if not ids:
             raise InvalidJobError("after needs at least one parent job; to run now use enqueue")
         on = _continue_on(continue_on)
@@ -463,7 +460,7 @@ class Client:
 
     def job(self, job_id: int | str) -> Job:
         """A handle on an existing job (a NotebookJob for notebook runs); JobNotFoundError if none."""
-        number = job_id_of(job_id)
+        number = self.job_id(job_id)
         record = self.store.get(number)
         if record is None:
             raise JobNotFoundError(f"job {number} does not exist (it may have expired or been removed)")
@@ -519,12 +516,12 @@ class Client:
 
     # -- changing jobs --------------------------------------------------------------------------
     def requeue(self, job_id: int, reason: str = "requeued by user") -> JobState:
-        state = self.store.requeue(job_id_of(job_id), self.clock.now(), reason)
+        state = self.store.requeue(self.job_id(job_id), self.clock.now(), reason)
         self.notifier.work.set()
         return state
 
     def delete(self, job_id: int, reason: str = "deleted by user", *, cancel_only: bool = False) -> JobState:
-        job_id = job_id_of(job_id)
+        job_id = self.job_id(job_id)
         state = self.store.delete(job_id, self.clock.now(), reason, cancel_only=cancel_only)
         if state is JobState.PROCESSING and self.notifier.local_cancel is not None:
             self.notifier.local_cancel(job_id, reason)
@@ -647,10 +644,7 @@ class Job:
                 return state
             remaining = None if deadline is None else deadline - clock.monotonic()
             if remaining is not None and remaining <= 0:
-                raise ResultTimeoutError(
-                    f"job {self.id} is still {state.value} after {timeout}s; wait longer or check "
-                    "that a server listens to its queue"
-                )
+                raise self._still(state, timeout)
             # Local completions wake us at once; jobs finished elsewhere are seen by polling.
             self.client.notifier.wait_finished(delay if remaining is None else min(delay, remaining))
             delay = min(delay * 1.5, 0.5)
@@ -663,6 +657,12 @@ class Job:
             return None if record.result is None else self.client.codec.loads(record.result)
         raise JobFailedError(self.id, record.error_type, record.error_message, record.error_traceback,
                              state=record.state.value)
+
+    def _still(self, state: JobState, timeout: float | None) -> ResultTimeoutError:
+        return ResultTimeoutError(
+            f"job {self.id} is still {state.value} after {timeout}s; wait longer or check that a "
+            "server listens to its queue"
+        )
 
     async def wait_async(self, timeout: float | None = None) -> JobState:
         """`wait` for asyncio: the event loop (a notebook's, with its widgets) runs on meanwhile.
@@ -679,10 +679,7 @@ class Job:
                                                else min(_ASYNC_ROUND, remaining))
             except ResultTimeoutError:
                 if deadline is not None and clock.monotonic() >= deadline:
-                    raise ResultTimeoutError(
-                        f"job {self.id} is still {self.state.value} after {timeout}s; wait longer or "
-                        "check that a server listens to its queue"
-                    ) from None
+                    raise self._still(self.state, timeout) from None
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """`result` for asyncio; `await job` is the same with no timeout."""

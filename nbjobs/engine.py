@@ -16,7 +16,7 @@ import pandas as pd
 
 from . import history as views  # type: ignore[no-redef]  # `nbjobs.history` is also a function
 from .capture import OutputCapture
-from .client import Client, Job, JobFunction, NotebookJob, Notifier, job_id_of
+from .client import Client, Job, JobFunction, NotebookJob, Notifier
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError, InvalidJobError, NbJobsError
 from .model import ContinueOn, JobState, StateChange
@@ -277,19 +277,18 @@ class Engine:
         """Cancel an unfinished job; many as `requeue` takes them."""
         return self._change(self.client.cancel, jobs)
 
-    @staticmethod
-    def _change(change: Callable[[int], JobState], jobs: Any) -> Any:
+    def _change(self, change: Callable[[int], JobState], jobs: Any) -> Any:
         """One change for one job (errors raise); for many, each in its own transaction and a frame
         saying what became of each (a job that cannot change is reported, not raised)."""
         if isinstance(jobs, int | str | Job):
-            return change(job_id_of(jobs))
+            return change(self.client.job_id(jobs))
         if isinstance(jobs, pd.DataFrame):
             if "id" not in jobs.columns:
                 raise InvalidJobError("a frame of jobs needs an `id` column, as `jobs()` returns")
             jobs = jobs["id"].tolist()
         if not isinstance(jobs, Iterable):
             raise InvalidJobError(f"expected a job, job id or a list of them, got {type(jobs).__name__}")
-        ids = [job_id_of(j) for j in jobs]  # all checked before any changes
+        ids = [self.client.job_id(j) for j in jobs]  # all checked before any changes
         rows: list[tuple[int, str | None, str | None]] = []
         for job_id in ids:
             try:
@@ -319,10 +318,10 @@ class Engine:
 
     def history(self, job_id: int | Job) -> pd.DataFrame:
         """A job's state transitions as a DataFrame."""
-        return views.history_frame(self.store, job_id_of(job_id))
+        return views.history_frame(self.store, self.client.job_id(job_id))
 
     def history_list(self, job_id: int) -> list[StateChange]:
-        return self.store.history(job_id_of(job_id))
+        return self.store.history(self.client.job_id(job_id))
 
     def servers(self) -> pd.DataFrame:
         return views.servers_frame(self.store)

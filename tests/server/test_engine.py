@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import update
@@ -477,3 +478,21 @@ def test_odd_failures_and_results_fail_the_attempt_with_a_clear_record(engine: n
     with pytest.raises(JobFailedError, match=r"the job's return value \(_Locked\) cannot be pickled"):
         locked.result(timeout=10)
     assert engine.enqueue(add, 1, 1).result(timeout=10) == 2
+
+
+def test_a_job_of_another_database_is_never_taken_for_one_of_this(
+    engine: nbjobs.Engine, tmp_path: Path
+) -> None:
+    other = nbjobs.connect(f"sqlite:///{tmp_path / 'other.db'}", secret="test-secret")
+    try:
+        foreign = other.enqueue(add, 1)
+        local = engine.enqueue(add, 2)  # the same id as `foreign`
+        assert local.id == foreign.id
+        for change in (engine.requeue, engine.delete, engine.cancel, engine.history):
+            with pytest.raises(InvalidJobError, match="belongs to another database"):
+                change(foreign)
+        with pytest.raises(InvalidJobError, match="belongs to another database"):
+            engine.requeue([local, foreign])  # checked before anything changes
+        assert local.state is JobState.ENQUEUED
+    finally:
+        other.close()

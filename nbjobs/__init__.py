@@ -16,6 +16,7 @@ from .clock import ManualClock, SystemClock
 from .context import JobContext, check_cancelled, current_job
 from .default import (
     after,
+    as_completed,
     default_engine,
     enqueue,
     enqueue_notebook,
@@ -28,12 +29,14 @@ from .default import (
     recurring_jobs,
     recurring_notebook,
     remove_recurring,
+    results,
     resume,
     schedule,
     servers,
     set_default_engine,
     stats,
     trigger,
+    wait,
 )
 from .engine import Engine, connect, default_url
 from .errors import (
@@ -57,6 +60,7 @@ from .errors import (
     SchemaVersionError,
     UnknownStateError,
 )
+from .gather import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, DoneAndPending
 from .model import ContinueOn, JobState
 from .progress import progress
 from .recurring_client import Recurring
@@ -79,7 +83,8 @@ def unload_ipython_extension(ipython: Any) -> None:
     unload(ipython)
 
 __all__ = [
-    "Client", "ConfigurationError", "ContinueOn", "Engine", "FunctionNotFoundError",
+    "ALL_COMPLETED", "FIRST_COMPLETED", "FIRST_EXCEPTION",
+    "Client", "ConfigurationError", "ContinueOn", "DoneAndPending", "Engine", "FunctionNotFoundError",
     "IllegalTransitionError", "InvalidJobError", "InvalidScheduleError", "Job", "JobCancelled",
     "JobContext", "JobFailedError",
     "JobFunction", "JobNotFoundError", "JobState", "JobTimeoutError", "ManualClock", "NbJobsError",
@@ -87,12 +92,13 @@ __all__ = [
     "PayloadError", "Recurring", "RecurringNotFoundError", "ResultTimeoutError",
     "ResultUnavailableError", "SchemaVersionError",
     "SystemClock", "UnknownStateError",
-    "__version__", "after", "check_cancelled", "connect", "current_job", "default_engine", "default_url",
+    "__version__", "after", "as_completed", "check_cancelled", "connect", "current_job", "default_engine",
+    "default_url",
     "enqueue",
     "enqueue_notebook",
     "history", "job", "jobs", "load_ipython_extension", "options", "pause", "progress", "recurring",
     "recurring_jobs",
     "recurring_notebook",
-    "remove_recurring", "resume", "schedule", "servers",
-    "set_default_engine", "stats", "trigger", "unload_ipython_extension",
+    "remove_recurring", "results", "resume", "schedule", "servers",
+    "set_default_engine", "stats", "trigger", "unload_ipython_extension", "wait",
 ]

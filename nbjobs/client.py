@@ -652,7 +652,14 @@ class Job:
     def result(self, timeout: float | None = None) -> Any:
         """The return value; raises JobFailedError with the remote traceback if the job failed."""
         self.wait(timeout)
+        return self.final_result()
+
+    def final_result(self) -> Any:
+        """`result` for a job seen final: one read instead of two (one that was requeued since
+        is waited for, as `result` would)."""
         record = self.record()
+        if record.state not in FINAL_STATES:
+            return self.result()
         if record.state is JobState.SUCCEEDED:
             return None if record.result is None else self.client.codec.loads(record.result)
         raise JobFailedError(self.id, record.error_type, record.error_message, record.error_traceback,

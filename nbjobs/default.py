@@ -12,7 +12,8 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ALL_COMPLETED
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,7 @@ import pandas as pd
 from .client import Client, Job, JobFunction, NotebookJob
 from .engine import Engine, connect
 from .errors import ConfigurationError
+from .gather import DoneAndPending
 from .model import PRIVATE_QUEUE_MARK, ContinueOn, JobState
 from .recurring_client import Recurring
 from .server import ServerConfig
@@ -186,6 +188,23 @@ def after(parents: Iterable[int | Job], fn: Callable[..., Any], /, *args: Any,
           continue_on: ContinueOn | str = ContinueOn.SUCCEEDED, **kwargs: Any) -> Job:
     """`nbjobs.after([a, b, c], combine)`: run `combine` once all of them succeeded (default engine)."""
     return default_engine().after(parents, fn, *args, continue_on=continue_on, **kwargs)
+
+
+def wait(jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = None,
+         return_when: str = ALL_COMPLETED) -> DoneAndPending:
+    """`nbjobs.wait(runs)`: wait for many jobs on the default engine; (done, pending)."""
+    return default_engine().wait(jobs, timeout, return_when)
+
+
+def as_completed(jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = None) -> Iterator[Job]:
+    """`for job in nbjobs.as_completed(runs)`: each job as it becomes final (default engine)."""
+    return default_engine().as_completed(jobs, timeout)
+
+
+def results(jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = None,
+            return_exceptions: bool = False) -> list[Any]:
+    """`nbjobs.results(runs)`: every job's return value, in order (default engine)."""
+    return default_engine().results(jobs, timeout, return_exceptions)
 
 
 def enqueue_notebook(path: str | os.PathLike[str], parameters: dict[str, Any] | None = None,

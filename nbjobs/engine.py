@@ -8,17 +8,18 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, overload
 
 import pandas as pd
 
+from . import gather
 from . import history as views  # type: ignore[no-redef]  # `nbjobs.history` is also a function
 from .capture import OutputCapture
 from .client import Client, Job, JobFunction, NotebookJob, Notifier
 from .clock import Clock, SystemClock
-from .errors import ConfigurationError, InvalidJobError, NbJobsError
+from .errors import ConfigurationError, NbJobsError
 from .model import ContinueOn, JobState, StateChange
 from .payload import Codec, Signer
 from .progress import ProgressThrottle
@@ -182,6 +183,24 @@ class Engine:
         """Run `fn` once all `parents` succeeded (continue_on="finished": once all ended) — fan-in."""
         return self.client.after(parents, fn, *args, continue_on=continue_on, **kwargs)
 
+    # -- many jobs at once ----------------------------------------------------------------------
+    def wait(self, jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = None,
+             return_when: str = gather.ALL_COMPLETED) -> gather.DoneAndPending:
+        """Wait for many jobs (Jobs, ids or a `jobs()` frame): all final, the first final
+        (FIRST_COMPLETED) or the first not succeeded (FIRST_EXCEPTION); (done, pending) lists."""
+        return gather.wait(self.client, jobs, timeout, return_when)
+
+    def as_completed(self, jobs: Iterable[int | Job] | pd.DataFrame,
+                     timeout: float | None = None) -> Iterator[Job]:
+        """Yield each job as it becomes final, earliest first (`for job in nb.as_completed(runs)`)."""
+        return gather.as_completed(self.client, jobs, timeout)
+
+    def results(self, jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = None,
+                return_exceptions: bool = False) -> list[Any]:
+        """Every job's return value in the order given; the first failure raises (or, with
+        `return_exceptions=True`, stands in the list)."""
+        return gather.results(self.client, jobs, timeout, return_exceptions)
+
     def enqueue_notebook(
         self,
         path: str | os.PathLike[str],
@@ -282,13 +301,7 @@ class Engine:
         saying what became of each (a job that cannot change is reported, not raised)."""
         if isinstance(jobs, int | str | Job):
             return change(self.client.job_id(jobs))
-        if isinstance(jobs, pd.DataFrame):
-            if "id" not in jobs.columns:
-                raise InvalidJobError("a frame of jobs needs an `id` column, as `jobs()` returns")
-            jobs = jobs["id"].tolist()
-        if not isinstance(jobs, Iterable):
-            raise InvalidJobError(f"expected a job, job id or a list of them, got {type(jobs).__name__}")
-        ids = [self.client.job_id(j) for j in jobs]  # all checked before any changes
+        ids = [job.id for job in gather.jobs_of(self.client, jobs)]  # all checked before any changes
         rows: list[tuple[int, str | None, str | None]] = []
         for job_id in ids:
             try:

@@ -1,0 +1,163 @@
+"""Waiting for many jobs at once: `wait`, `as_completed` and `results`, as `concurrent.futures` has.
+
+A notebook fans out (`[nb.enqueue(fit, seed=s) for s in range(100)]`, `enqueue_many`) and gathers.
+Calling `job.result()` on each in turn works, but blocks on the slowest first, cannot stop at the
+first failure, and asks the database once per job on every poll. Here one query reads the state of
+every pending job per round: local completions wake the round at once (the in-process server's
+notifier), jobs finished by other servers are seen by polling that starts at 2 ms and backs off to
+0.5 s, and falls back to 2 ms whenever a round sees progress, so a stream of completions elsewhere
+is followed closely.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ALL_COMPLETED as ALL_COMPLETED
+from concurrent.futures import FIRST_COMPLETED as FIRST_COMPLETED
+from concurrent.futures import FIRST_EXCEPTION as FIRST_EXCEPTION
+from typing import Any, NamedTuple
+
+import pandas as pd
+
+from .client import Client, Job
+from .errors import InvalidJobError, JobFailedError, JobNotFoundError, ResultTimeoutError
+from .model import FINAL_STATES, JobState
+
+#: The `return_when` values, the same strings as `concurrent.futures`' constants.
+RETURN_WHEN = (ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION)
+#: Ids per state query (a bound on SQL parameters, well under every driver's limit).
+_CHUNK = 500
+_FIRST_DELAY = 0.002
+_LONGEST_DELAY = 0.5
+
+
+class DoneAndPending(NamedTuple):
+    """What `wait` returns: the jobs that are final and those that are not, each in the order given."""
+
+    done: list[Job]
+    pending: list[Job]
+
+
+def jobs_of(client: Client, jobs: Any) -> list[Job]:
+    """Jobs from Jobs, ids or a `jobs()` frame, each checked to be of this database, in order."""
+    if isinstance(jobs, int | str | Job):
+        raise InvalidJobError(
+            "expected several jobs (a list of Jobs or ids, or a jobs() frame); for one job use "
+            "job.wait() or job.result()"
+        )
+    if isinstance(jobs, pd.DataFrame):
+        if "id" not in jobs.columns:
+            raise InvalidJobError("a frame of jobs needs an `id` column, as `jobs()` returns")
+        jobs = jobs["id"].tolist()
+    if not isinstance(jobs, Iterable):
+        raise InvalidJobError(f"expected a list of jobs or job ids, got {type(jobs).__name__}")
+    out: list[Job] = []
+    for item in jobs:
+        job_id = client.job_id(item)  # refuses a Job of another database
+        out.append(item if isinstance(item, Job) else Job(client, job_id))
+    return out
+
+
+def as_completed(client: Client, jobs: Any, timeout: float | None = None) -> Iterator[Job]:
+    """Yield each job once it is final (succeeded, failed or deleted), the earliest seen first.
+
+    Jobs final already come first, in the order given; a job given twice is yielded once. Raises
+    ResultTimeoutError when `timeout` seconds pass (counted from the call) with jobs still pending,
+    and JobNotFoundError for a job that does not exist (or is pruned while waited for).
+    """
+    pending = {job.id: job for job in jobs_of(client, jobs)}
+    return (job for job, _ in _completions(client, pending, timeout))
+
+
+def _completions(
+    client: Client, pending: dict[int, Job], timeout: float | None
+) -> Iterator[tuple[Job, JobState]]:
+    """Each pending job with its final state as it is seen (`pending` is emptied on the way)."""
+    clock = client.clock
+    total = len(pending)
+    deadline = None if timeout is None else clock.monotonic() + timeout
+    delay = _FIRST_DELAY
+    while pending:
+        states = _states(client, list(pending))
+        final = [job_id for job_id in pending if states[job_id] in FINAL_STATES]
+        for job_id in final:
+            yield pending.pop(job_id), states[job_id]
+        if not pending:
+            return
+        remaining = None if deadline is None else deadline - clock.monotonic()
+        if remaining is not None and remaining <= 0:
+            raise _timeout(pending, total, timeout)
+        delay = _FIRST_DELAY if final else min(delay * 1.5, _LONGEST_DELAY)
+        # Local completions wake us at once; jobs finished elsewhere are seen by polling.
+        client.notifier.wait_finished(delay if remaining is None else min(delay, remaining))
+
+
+def _states(client: Client, ids: list[int]) -> dict[int, JobState]:
+    states: dict[int, JobState] = {}
+    for start in range(0, len(ids), _CHUNK):
+        states.update(client.store.states_of(ids[start:start + _CHUNK]))
+    missing = [job_id for job_id in ids if job_id not in states]
+    if missing:
+        shown = ", ".join(map(str, missing[:10])) + (" …" if len(missing) > 10 else "")
+        raise JobNotFoundError(
+            f"{len(missing)} of the jobs waited for do not exist (ids {shown}); they may have been "
+            "pruned or belong to another database"
+        )
+    return states
+
+
+def _timeout(pending: dict[int, Job], total: int, timeout: float | None) -> ResultTimeoutError:
+    shown = ", ".join(map(str, list(pending)[:10])) + (" …" if len(pending) > 10 else "")
+    return ResultTimeoutError(
+        f"{len(pending)} of {total} jobs are unfinished after {timeout}s (ids {shown}); wait longer "
+        "or check that a server listens to their queues"
+    )
+
+
+def wait(
+    client: Client, jobs: Any, timeout: float | None = None, return_when: str = ALL_COMPLETED
+) -> DoneAndPending:
+    """Wait until all jobs are final (ALL_COMPLETED), any is (FIRST_COMPLETED), or any ended
+    other than succeeded (FIRST_EXCEPTION: failed or deleted), or `timeout` passed: unlike
+    `as_completed`, a timeout is not an error; what is still pending is returned as such."""
+    if return_when not in RETURN_WHEN:
+        raise InvalidJobError(
+            f"return_when must be one of {', '.join(RETURN_WHEN)} (as in concurrent.futures), got "
+            f"{return_when!r}"
+        )
+    given = jobs_of(client, jobs)
+    pending = {job.id: job for job in given}
+    finished: set[int] = set()
+    try:
+        for job, state in _completions(client, pending, timeout):
+            finished.add(job.id)
+            if return_when == FIRST_COMPLETED:
+                break
+            if return_when == FIRST_EXCEPTION and state is not JobState.SUCCEEDED:
+                break
+    except ResultTimeoutError:
+        pass
+    done = [job for job in given if job.id in finished]
+    return DoneAndPending(done, [job for job in given if job.id not in finished])
+
+
+def results(
+    client: Client, jobs: Any, timeout: float | None = None, return_exceptions: bool = False
+) -> list[Any]:
+    """The return values of all jobs, in the order given, once all are final.
+
+    A job that failed or was deleted raises its JobFailedError as soon as it is seen final (the
+    others are left running); with `return_exceptions=True` the error takes its place in the list
+    instead, as in `asyncio.gather`. Raises ResultTimeoutError when `timeout` passes first.
+    """
+    given = jobs_of(client, jobs)
+    pending = {job.id: job for job in given}
+    values: dict[int, Any] = {}
+    for job, _ in _completions(client, pending, timeout):
+        try:
+            values[job.id] = job.final_result()
+        except JobFailedError as exc:
+            if not return_exceptions:
+                raise
+            values[job.id] = exc
+    return [values[job.id] for job in given]

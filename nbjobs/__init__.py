@@ -57,6 +57,7 @@ from .errors import (
     RecurringNotFoundError,
     ResultTimeoutError,
     ResultUnavailableError,
+    Retry,
     SchemaVersionError,
     UnknownStateError,
 )
@@ -90,7 +91,7 @@ __all__ = [
     "JobFunction", "JobNotFoundError", "JobState", "JobTimeoutError", "ManualClock", "NbJobsError",
     "NotebookCellError", "NotebookCellTimeoutError", "NotebookError", "NotebookJob",
     "PayloadError", "Recurring", "RecurringNotFoundError", "ResultTimeoutError",
-    "ResultUnavailableError", "SchemaVersionError",
+    "ResultUnavailableError", "Retry", "SchemaVersionError",
     "SystemClock", "UnknownStateError",
     "__version__", "after", "as_completed", "check_cancelled", "connect", "current_job", "default_engine",
     "default_url",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from datetime import timedelta
+
 
 class NbJobsError(Exception):
     """Root of every error nbjobs raises on purpose."""
@@ -56,6 +59,26 @@ USER_CODE_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, Keyb
 
 class JobCancelled(NbJobsError):
     """Raised inside a running job by `check_cancelled()` when the job was cancelled."""
+
+
+class Retry(NbJobsError):
+    """Raised by a job to be run again after `after` seconds (or a timedelta), e.g. when an API
+    answers "too many requests, retry in 30 s": `raise nbjobs.Retry(after=30, reason="HTTP 429")`.
+
+    The attempt counts against the job's `retries`, so a job that always asks cannot loop forever;
+    `retry_on` and `no_retry_on` do not apply (the job asked). With no retries left the job fails.
+    """
+
+    def __init__(self, after: float | timedelta = 0.0, reason: str = "") -> None:
+        seconds = after.total_seconds() if isinstance(after, timedelta) else after
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds) \
+                or seconds < 0:
+            raise InvalidJobError(
+                f"Retry(after=…) takes a number of seconds or a timedelta of at least 0, got {after!r}"
+            )
+        self.after = float(seconds)
+        self.reason = str(reason)
+        super().__init__(self.reason or f"the job asked to be retried in {self.after:g}s")
 
 
 class ResultUnavailableError(NbJobsError):

@@ -51,11 +51,23 @@ def decide(
     options: JobOptions,
     exc_type: type[BaseException] | None,
     now: datetime,
+    asked_delay: float | None = None,
     rand: Callable[[], float] = random.random,
 ) -> RetryDecision:
-    """Decide what follows failed attempt number `attempts` (1-based, counting the first run)."""
+    """Decide what follows failed attempt number `attempts` (1-based, counting the first run).
+
+    `asked_delay`: the job raised `Retry(after=…)`: that delay instead of the backoff, and the
+    exception filters do not apply (the job asked); the retries left still bound it.
+    """
     if attempts > options.retries:
-        return RetryDecision(retry=False, reason=f"no retries left after {attempts} attempt(s)")
+        asked = "" if asked_delay is None else "asked to be retried, but "
+        return RetryDecision(retry=False, reason=f"{asked}no retries left after {attempts} attempt(s)")
+    if asked_delay is not None:
+        return RetryDecision(
+            retry=True,
+            run_at=now + timedelta(seconds=asked_delay),
+            reason=f"retry {attempts} of {options.retries} in {asked_delay:.1f}s, as the job asked",
+        )
     if exc_type is not None:
         names = exception_names(exc_type)
         if options.no_retry_on and names & set(options.no_retry_on):

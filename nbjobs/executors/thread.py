@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import context
 from ..clock import Clock
-from ..errors import USER_CODE_ERRORS, FunctionNotFoundError, JobCancelled, PayloadError
+from ..errors import USER_CODE_ERRORS, FunctionNotFoundError, JobCancelled, PayloadError, Retry
 from ..model import ClaimedJob
 from ..payload import Codec
 from .coroutines import complete
@@ -38,6 +38,7 @@ class RunResult:
     error_traceback: str | None = None
     cancelled: bool = False
     retryable: bool = True  #: False for errors no retry can fix (bad payload, missing function)
+    retry_after: float | None = None  #: seconds the job asked to wait before its retry (`Retry`)
 
 
 def failed_result(
@@ -56,6 +57,7 @@ def failed_result(
         error_message=_text(exc),
         error_traceback="".join(traceback.format_exception(exc)),
         retryable=retryable,
+        retry_after=exc.after if isinstance(exc, Retry) else None,
     )
 
 

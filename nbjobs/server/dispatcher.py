@@ -442,9 +442,10 @@ class Dispatcher:
         reason = ""
         if result.retryable:
             decision = decide(attempts=job.attempts, options=job.options, exc_type=exc_type,
-                              now=result.finished_at)
+                              now=result.finished_at, asked_delay=result.retry_after)
             retry_at = decision.run_at if decision.retry else None
-            reason = f"failed with {error_type}: {decision.reason}"
+            reason = (f"{decision.reason} ({message})" if result.retry_after is not None
+                      else f"failed with {error_type}: {decision.reason}")
         else:
             reason = f"failed with {error_type} (not retryable)"
         return Outcome(job_id=job.id, kind=OutcomeKind.FAILED, started_at=result.started_at,

@@ -47,6 +47,13 @@ def test_notebook_function_is_shipped_by_value(nb: nbjobs.Engine) -> None:
     assert value == 27 and pid != os.getpid()
 
 
+def test_a_worker_process_job_can_ask_to_be_retried(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    job = nb.options(executor="process", retries=1).enqueue(jobfuncs.retry_once, str(tmp_path / "marker"))
+    assert job.result(timeout=30) != f"ran in {os.getpid()}"
+    reasons = [change.reason for change in job.history()]
+    assert "retry 1 of 1 in 0.1s, as the job asked (not yet)" in reasons
+
+
 def test_timeout_terminates_the_process(nb: nbjobs.Engine, tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     job = nb.options(executor="process", timeout=0.5, retries=0).enqueue(

@@ -153,9 +153,9 @@ def test_bad_input_is_refused_at_the_call(engine: nbjobs.Engine, tmp_path: Path)
         engine.results(engine.jobs()[["state"]])
     with pytest.raises(JobNotFoundError, match=r"1 of the jobs waited for do not exist \(ids 999\)"):
         engine.results([job, 999], timeout=1)
-    with nbjobs.connect(f"sqlite:///{tmp_path / 'other.db'}", secret="s") as other:
-        with pytest.raises(InvalidJobError, match="belongs to another database"):
-            engine.results([other.enqueue(square, 3)])
+    with nbjobs.connect(f"sqlite:///{tmp_path / 'other.db'}", secret="s") as other, \
+            pytest.raises(InvalidJobError, match="belongs to another database"):
+        engine.results([other.enqueue(square, 3)])
     assert engine.wait([], timeout=0) == ([], []) and engine.results([]) == []
 
 

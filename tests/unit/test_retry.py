@@ -50,3 +50,24 @@ def test_retry_on_and_no_retry_on_match_base_classes() -> None:
 
 def test_zero_retries_fails_at_once() -> None:
     assert not decide(attempts=1, options=JobOptions(retries=0), exc_type=ValueError, now=NOW).retry
+
+
+def test_a_retry_the_job_asks_for_takes_its_delay_and_ignores_the_filters() -> None:
+    opts = JobOptions(retries=2, retry_base=2, no_retry_on=("Retry",), retry_on=("OSError",))
+    first = decide(attempts=1, options=opts, exc_type=None, now=NOW, asked_delay=30.0)
+    assert first.retry and first.run_at == NOW + timedelta(seconds=30)
+    assert first.reason == "retry 1 of 2 in 30.0s, as the job asked"
+    assert decide(attempts=2, options=opts, exc_type=None, now=NOW, asked_delay=0.0).run_at == NOW
+    spent = decide(attempts=3, options=opts, exc_type=None, now=NOW, asked_delay=30.0)
+    assert not spent.retry and spent.reason == "asked to be retried, but no retries left after 3 attempt(s)"
+
+
+def test_retry_refuses_a_delay_it_cannot_wait() -> None:
+    from nbjobs import Retry
+    from nbjobs.errors import InvalidJobError
+
+    assert Retry(after=timedelta(minutes=1)).after == 60.0
+    assert str(Retry(5)) == "the job asked to be retried in 5s" and str(Retry(1, "HTTP 429")) == "HTTP 429"
+    for bad in (-1, float("nan"), float("inf"), "30", True):
+        with pytest.raises(InvalidJobError, match=r"Retry\(after=…\) takes a number of seconds"):
+            Retry(after=bad)  # type: ignore[arg-type]

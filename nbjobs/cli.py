@@ -157,15 +157,24 @@ def remove_recurring(url: str | None, recurring_id: str) -> None:
         click.echo(f"recurring job {recurring_id!r} {'removed' if removed else 'did not exist'}")
 
 
+def _per_queue(values: tuple[str, ...], option: str, form: str, example: str) -> dict[str, str]:
+    """`--limit gpu=1 --limit io=4` as {"gpu": "1", "io": "4"} (values checked by the caller)."""
+    out: dict[str, str] = {}
+    for value in values:
+        queue, _, setting = value.partition("=")
+        if not queue.strip() or not setting.strip():
+            raise click.BadParameter(f"{value!r}: write {form}, e.g. {example}", param_hint=option)
+        out[queue.strip()] = setting.strip()
+    return out
+
+
 def _limits(values: tuple[str, ...]) -> dict[str, int]:
     """`--limit gpu=1 --limit io=4` as {"gpu": 1, "io": 4}."""
-    limits: dict[str, int] = {}
-    for value in values:
-        queue, _, number = value.partition("=")
-        if not queue.strip() or not number.strip().isdigit():
-            raise click.BadParameter(f"{value!r}: write QUEUE=N, e.g. gpu=1", param_hint="--limit")
-        limits[queue.strip()] = int(number)
-    return limits
+    limits = _per_queue(values, "--limit", "QUEUE=N", "gpu=1")
+    for queue, number in limits.items():
+        if not number.isdigit():
+            raise click.BadParameter(f"{queue}={number!r}: write QUEUE=N, e.g. gpu=1", param_hint="--limit")
+    return {queue: int(number) for queue, number in limits.items()}
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d %(threadName)s] %(message)s"
@@ -179,6 +188,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d %(threadName)s] %(
               help="Comma-separated queues in priority order; '*' is every queue.")
 @click.option("--limit", "limits", multiple=True, metavar="QUEUE=N",
               help="At most N jobs of QUEUE at once on this server (repeatable), e.g. --limit gpu=1.")
+@click.option("--rate", "rates", multiple=True, metavar="QUEUE=N/UNIT",
+              help="At most N jobs of QUEUE started in any second/minute/hour/day (s, m, h, d) on this "
+                   "server (repeatable), e.g. --rate openai=60/m.")
 @click.option("--name", default=None, help="Server name shown in `nbjobs servers` [default: host:pid:id].")
 @click.option("--heartbeat-interval", default=5.0, show_default=True, type=float,
               help="Seconds between heartbeats (server row and job leases).")
@@ -190,9 +202,9 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d %(threadName)s] %(
               help="Seconds between checks for work from other processes when no notification exists.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def server(url: str | None, workers: int, queues: str, limits: tuple[str, ...], name: str | None,
-           heartbeat_interval: float, server_timeout: float, shutdown_timeout: float, poll_interval: float,
-           log_level: str) -> None:
+def server(url: str | None, workers: int, queues: str, limits: tuple[str, ...], rates: tuple[str, ...],
+           name: str | None, heartbeat_interval: float, server_timeout: float, shutdown_timeout: float,
+           poll_interval: float, log_level: str) -> None:
     """Run a job server in the foreground until SIGTERM/SIGINT (a second signal stops at once)."""
     from .server import ServerConfig
     from .server.runner import run_until_stopped
@@ -201,16 +213,17 @@ def server(url: str | None, workers: int, queues: str, limits: tuple[str, ...], 
     if not queue_list:
         raise click.BadParameter("name at least one queue, or '*' for every queue", param_hint="--queues")
     limit_map = _limits(limits)
+    rate_map = _per_queue(rates, "--rate", "QUEUE=N/UNIT", "openai=60/m")
     # Refuse bad settings before touching logging, signals or the database.
     ServerConfig(workers=workers, queues=tuple(queue_list), heartbeat_interval=heartbeat_interval,
-                 server_timeout=server_timeout, limits=limit_map).validate()
+                 server_timeout=server_timeout, limits=limit_map, rates=rate_map).validate()
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, force=True)
     engine = _engine(url)
     try:
         code = run_until_stopped(lambda: engine.start_server(
             workers=workers, queues=queue_list, name=name, heartbeat_interval=heartbeat_interval,
             server_timeout=server_timeout, shutdown_timeout=shutdown_timeout, poll_interval=poll_interval,
-            limits=limit_map,
+            limits=limit_map, rates=rate_map,
         ))
     finally:
         engine.close()

@@ -24,6 +24,7 @@ from ..errors import USER_CODE_ERRORS, JobTimeoutError, PayloadError, ResultUnav
 from ..executors.thread import RunResult, RunWrapper, failed_result, run_in_thread
 from ..model import PRIVATE_QUEUE_MARK, ClaimedJob, JobState, NewJob, Outcome, OutcomeKind
 from ..payload import Codec
+from ..rates import Rate, RateWindow
 from ..retry import decide
 from ..storage import LocalClaim, Store
 
@@ -63,6 +64,8 @@ class DispatcherConfig:
     max_turn_gap: float = 0.01  #: cap on that wait (seconds)
     #: Most jobs of a queue running at once on this server (a GPU, a rate-limited API).
     limits: Mapping[str, int] = field(default_factory=dict)
+    #: Most jobs of a queue started in any period on this server (an API's quota).
+    rates: Mapping[str, Rate] = field(default_factory=dict)
 
 
 @dataclass
@@ -114,6 +117,9 @@ class Dispatcher:
         self._reserved = 0
         self.claimed_by_enqueues = 0  #: jobs that enqueues in this process claimed for this server
         self.turns = 0  #: times the loop looked for work to report or claim
+        self._windows = {queue: RateWindow(rate) for queue, rate in config.rates.items()}
+        #: Queues that cap a claim (a concurrency limit or a rate): claimed in this loop's turns only.
+        self._capped = bool(config.limits or config.rates)
 
     # -- worker side ----------------------------------------------------------------------------
     def _run_thread(self, job: ClaimedJob, ctx: context.JobContext) -> RunResult:
@@ -249,6 +255,10 @@ class Dispatcher:
             deadlines = [r.deadline for r in self.running.values() if r.deadline and not r.timed_out]
         if deadlines:
             timeout = max(0.0, min(timeout, min(deadlines) - now))
+        # A queue out of room by its rate may have jobs waiting: look again once it has room.
+        rooms_back = [t for w in self._windows.values() if (t := w.next_room(now)) is not None]
+        if rooms_back:
+            timeout = max(0.0, min(timeout, min(rooms_back) - now))
         return timeout
 
     def _turn(self, claim: bool = True) -> tuple[int, int]:
@@ -269,7 +279,7 @@ class Dispatcher:
         now = self.clock.now()
         outcomes = [self._outcome(item, result, now) for item, result in done]
         lease_until = now + timedelta(seconds=self.config.lease_seconds)
-        rooms = self._rooms(done) if self.config.limits and free > 0 else None
+        rooms = self._rooms(done) if self._capped and free > 0 else None
         try:
             lost, jobs = self.store.finish_and_acquire(
                 self.config.server_id, outcomes, self.config.queues, free, lease_until, now, rooms
@@ -279,6 +289,8 @@ class Dispatcher:
                 self._done[:0] = done
                 self._reserved -= free
             raise
+        if self._windows and jobs:
+            self._count_starts(jobs)
         ended = time.monotonic()
         self._next_turn = ended + min(self.config.max_turn_gap, self.config.turn_spacing * (ended - started))
         if done:
@@ -287,12 +299,23 @@ class Dispatcher:
         return stale + len(done), len(jobs)
 
     def _rooms(self, done: Sequence[tuple[Running, RunResult | None]]) -> dict[str, int]:
-        """Free room of each limited queue: its limit less its running jobs (those reported in this
-        turn's transaction no longer count)."""
+        """Free room of each capped queue: its limit less its running jobs (those reported in this
+        turn's transaction no longer count), and no more than its rate lets start now."""
         finishing = {id(item) for item, _ in done}
         with self._lock:
             busy = [item.job.options.queue for item in self.running.values() if id(item) not in finishing]
-        return {queue: max(0, limit - busy.count(queue)) for queue, limit in self.config.limits.items()}
+        rooms = {queue: max(0, limit - busy.count(queue)) for queue, limit in self.config.limits.items()}
+        now = self.clock.monotonic()
+        for name, window in self._windows.items():
+            rooms[name] = min(rooms.get(name, window.rate.count), window.room(now))
+        return rooms
+
+    def _count_starts(self, jobs: Sequence[ClaimedJob]) -> None:
+        now = self.clock.monotonic()
+        for job in jobs:
+            window = self._windows.get(job.options.queue)
+            if window is not None:
+                window.record(now, 1)
 
     # -- claims by enqueues in this process -------------------------------------------------------
     def reserve(self, specs: Sequence[NewJob], now: datetime) -> LocalClaim | None:
@@ -308,8 +331,8 @@ class Dispatcher:
         # Only an idle server: a busy one claims in batches with its finished attempts (group
         # commit), which costs fewer commits per job than a claim in every enqueue. A busy server is
         # seen without the lock (workers take it for every job), then confirmed under it. A server
-        # with queue limits counts its rooms in its own turns only.
-        if self.running or self._reserved or self.config.limits:
+        # with queue limits or rates counts its rooms in its own turns only.
+        if self.running or self._reserved or self._capped:
             return None
         with self._lock:
             if not self._intake or self._stop.is_set() or self.running or self._reserved:

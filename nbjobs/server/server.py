@@ -14,11 +14,13 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..clock import Clock
 from ..executors.thread import RunWrapper
 from ..model import PRIVATE_QUEUE_MARK, SERVER_NAME_MAX, ServerInfo
 from ..payload import Codec
+from ..rates import Rate, parse_rate
 from ..storage import Store
 from .dispatcher import Dispatcher, DispatcherConfig, Executor
 from .heartbeat import Heartbeat
@@ -51,6 +53,9 @@ class ServerConfig:
     #: Most jobs of a queue running at once on this server, e.g. {"gpu": 1}; other queues share the
     #: workers freely. Per server: two servers with {"gpu": 1} may run two such jobs in all.
     limits: Mapping[str, int] = field(default_factory=dict)
+    #: Most jobs of a queue started in any period on this server, e.g. {"openai": "60/m"} (an API's
+    #: quota); "N/s", "N/m", "N/h", "N/d" or "N/30s". Per server, as `limits`.
+    rates: Mapping[str, str | Rate] = field(default_factory=dict)
     duties: list[Duty] = field(default_factory=list)
 
     def validate(self) -> None:
@@ -67,28 +72,43 @@ class ServerConfig:
             )
         if not self.queues:
             raise ConfigurationError("queues must name at least one queue (or '*' for all)")
-        if not isinstance(self.limits, Mapping):
-            raise ConfigurationError(
-                f"limits maps queue names to the most jobs of each running at once, e.g. {{'gpu': 1}}; "
-                f"got {type(self.limits).__name__}"
-            )
-        for queue, most in self.limits.items():
-            if not isinstance(queue, str) or not queue or queue == "*":
-                raise ConfigurationError(f"limits: {queue!r} is not a queue name; name one queue per limit")
+        running_at_once = "the most jobs of each running at once, e.g. {'gpu': 1}"
+        for queue, most in self._per_queue("limits", running_at_once):
             if isinstance(most, bool) or not isinstance(most, int) or most < 1:
                 raise ConfigurationError(
                     f"limits: queue {queue!r} needs a whole number of jobs of at least 1, got {most!r} "
                     "(to run none, leave the queue out of `queues`)"
                 )
-            if queue not in self.queues and ("*" not in self.queues or PRIVATE_QUEUE_MARK in queue):
-                raise ConfigurationError(
-                    f"limits: this server does not serve queue {queue!r} (queues={list(self.queues)}); "
-                    "add it to `queues` or drop its limit"
-                )
+        for queue, rate in self._per_queue("rates", "the most jobs of each started in a period, e.g. "
+                                           "{'openai': '60/m'}"):
+            parse_rate(rate, queue)
         if self.heartbeat_interval <= 0 or self.server_timeout <= self.heartbeat_interval:
             raise ConfigurationError(
                 "server_timeout must be longer than heartbeat_interval (e.g. 30 and 5 seconds)"
             )
+
+
+    def _per_queue(self, setting: str, meaning: str) -> list[tuple[str, Any]]:
+        """The items of `limits` or `rates`, each naming one queue this server serves."""
+        from ..errors import ConfigurationError
+
+        value = getattr(self, setting)
+        if not isinstance(value, Mapping):
+            raise ConfigurationError(f"{setting} maps queue names to {meaning}; got {type(value).__name__}")
+        for queue in value:
+            if not isinstance(queue, str) or not queue or queue == "*":
+                raise ConfigurationError(
+                    f"{setting}: {queue!r} is not a queue name; name one queue per entry"
+                )
+            if queue not in self.queues and ("*" not in self.queues or PRIVATE_QUEUE_MARK in queue):
+                raise ConfigurationError(
+                    f"{setting}: this server does not serve queue {queue!r} (queues={list(self.queues)}); "
+                    f"add it to `queues` or drop its entry"
+                )
+        return list(value.items())
+
+    def parsed_rates(self) -> dict[str, Rate]:
+        return {queue: parse_rate(rate, queue) for queue, rate in self.rates.items()}
 
 
 class Server:
@@ -130,7 +150,7 @@ class Server:
             config=DispatcherConfig(
                 server_id=self.id, queues=tuple(config.queues), workers=config.workers,
                 lease_seconds=config.server_timeout, poll_interval=dispatcher_poll,
-                max_batch=config.max_batch, limits=dict(config.limits),
+                max_batch=config.max_batch, limits=dict(config.limits), rates=config.parsed_rates(),
             ),
         )
         self.heartbeat = Heartbeat(

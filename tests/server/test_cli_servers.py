@@ -51,6 +51,10 @@ def test_server_refuses_bad_settings_before_starting(tmp_path: object) -> None:
     assert result.exit_code == 2 and "write QUEUE=N, e.g. gpu=1" in result.output
     result = CliRunner().invoke(cli, ["server", "--url", url, "--queues", "default", "--limit", "gpu=1"])
     assert result.exit_code != 0 and "does not serve queue 'gpu'" in str(result.exception)
+    result = CliRunner().invoke(cli, ["server", "--url", url, "--rate", "openai"])
+    assert result.exit_code == 2 and "write QUEUE=N/UNIT, e.g. openai=60/m" in result.output
+    result = CliRunner().invoke(cli, ["server", "--url", url, "--rate", "openai=60/week"])
+    assert result.exit_code != 0 and "'60/week' is not a rate" in str(result.exception)
     result = CliRunner().invoke(cli, ["server", "--url", url, "--name", "s" * 201])
     assert result.exit_code != 0
     assert "server name 'sss" in str(result.exception) and "use at most 200" in str(result.exception)

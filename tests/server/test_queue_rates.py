@@ -1,0 +1,91 @@
+"""Per-queue rates on a server (`start_server(rates={"api": "3/m"})`), on both databases, on a
+manual clock: the window is seen to hold jobs back, then to let them go as it slides."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+import nbjobs
+from nbjobs import JobState
+from nbjobs.errors import ConfigurationError
+
+from ..conftest import wait_for
+
+
+def call_api(n: int) -> int:
+    return n
+
+
+def _succeeded(jobs: Sequence[nbjobs.Job]) -> int:
+    return sum(job.state is JobState.SUCCEEDED for job in jobs)
+
+
+def _turns_pass(engine: nbjobs.Engine, turns: int = 3) -> None:
+    """Make the dispatcher look for work a few times (each would claim what its rooms allow)."""
+    assert engine.server is not None
+    dispatcher = engine.server.dispatcher
+    for _ in range(turns):
+        seen = dispatcher.turns
+        engine.notifier.work.set()
+        wait_for(lambda: dispatcher.turns > seen)
+
+
+def test_a_rate_holds_a_queue_to_its_starts_per_period_and_other_queues_run_freely(db_url: str) -> None:
+    clock = nbjobs.ManualClock()
+    with nbjobs.connect(db_url, clock=clock, secret="s") as engine:
+        api = [engine.options(queue="api").enqueue(call_api, i) for i in range(7)]
+        others = [engine.enqueue(call_api, 100 + i) for i in range(20)]
+        engine.start_server(workers=4, rates={"api": "3/m"})
+        assert [job.result(timeout=20) for job in others] == list(range(100, 120))
+        wait_for(lambda: _succeeded(api) == 3)
+        _turns_pass(engine)
+        assert _succeeded(api) == 3 and [job.state for job in api[3:]] == [JobState.ENQUEUED] * 4
+        assert [job.state for job in api[:3]] == [JobState.SUCCEEDED] * 3  # oldest first
+
+        clock.advance(59)  # still inside the minute of the first three starts
+        _turns_pass(engine)
+        assert _succeeded(api) == 3
+        clock.advance(1.5)  # the window slid past them: three more, no fourth
+        wait_for(lambda: _succeeded(api) == 6)
+        _turns_pass(engine)
+        assert api[6].state is JobState.ENQUEUED
+        clock.advance(60)
+        assert api[6].result(timeout=20) == 6
+
+
+def test_jobs_enqueued_to_an_idle_server_are_held_too(db_url: str) -> None:
+    """An idle server lets an enqueue claim for it in the same transaction; not for a rated queue."""
+    clock = nbjobs.ManualClock()
+    with nbjobs.connect(db_url, clock=clock, secret="s") as engine:
+        engine.start_server(workers=4, queues=["api", "default"], limits={"api": 1}, rates={"api": "2/30s"})
+        api = []
+        for i in range(4):
+            api.append(engine.options(queue="api").enqueue(call_api, i))
+            _turns_pass(engine, 1)
+        wait_for(lambda: _succeeded(api) == 2)
+        _turns_pass(engine)
+        assert _succeeded(api) == 2
+        assert engine.server is not None and engine.server.dispatcher.claimed_by_enqueues == 0
+        clock.advance(30)
+        wait_for(lambda: _succeeded(api) == 4)
+
+
+@pytest.mark.parametrize(
+    ("rates", "queues", "message"),
+    [
+        ({"api": "0/m"}, None, "allows no job"),
+        ({"api": "fast"}, None, "'fast' is not a rate; write N/UNIT"),
+        ({"api": 60}, None, "60 is not a rate"),
+        ({"*": "1/s"}, None, "not a queue name"),
+        ({"api": "1/s"}, ["default"], "does not serve queue 'api'"),
+        ([("api", "1/s")], None, "rates maps queue names"),
+    ],
+)
+def test_bad_rates_are_refused_before_the_server_starts(
+    engine: nbjobs.Engine, rates: object, queues: list[str] | None, message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        engine.start_server(workers=2, queues=queues, rates=rates)
+    assert engine.server is None or not engine.server.running

@@ -39,6 +39,11 @@ class Clock(Protocol):
         """Block until `event` is set (True) or `timeout` seconds of this clock pass (False)."""
         ...
 
+    def wait_until(self, event: threading.Event, deadline: float | None) -> bool:
+        """`wait` up to a `monotonic()` time: a deadline taken from one reading of the clock is
+        not pushed back by time passing between that reading and the wait."""
+        ...
+
 
 class SystemClock:
     """The real clock."""
@@ -51,6 +56,9 @@ class SystemClock:
 
     def wait(self, event: threading.Event, timeout: float | None) -> bool:
         return event.wait(timeout)
+
+    def wait_until(self, event: threading.Event, deadline: float | None) -> bool:
+        return event.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
 class ManualClock:
@@ -93,6 +101,9 @@ class ManualClock:
     def wait(self, event: threading.Event, timeout: float | None) -> bool:
         with self._cond:
             deadline = None if timeout is None else self._mono + max(0.0, timeout)
+        return self.wait_until(event, deadline)
+
+    def wait_until(self, event: threading.Event, deadline: float | None) -> bool:
         while True:
             if event.is_set():
                 return True

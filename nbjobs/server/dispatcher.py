@@ -120,6 +120,8 @@ class Dispatcher:
         self._windows = {queue: RateWindow(rate) for queue, rate in config.rates.items()}
         #: Queues that cap a claim (a concurrency limit or a rate): claimed in this loop's turns only.
         self._capped = bool(config.limits or config.rates)
+        #: When a queue the last claim found out of room by its rate gets room again (monotonic).
+        self._rate_room_at: float | None = None
 
     # -- worker side ----------------------------------------------------------------------------
     def _run_thread(self, job: ClaimedJob, ctx: context.JobContext) -> RunResult:
@@ -242,24 +244,22 @@ class Dispatcher:
                     break
                 if flushed or claimed:
                     continue
-                self.clock.wait(self.wake, self._wait_timeout())
+                self.clock.wait_until(self.wake, self._wait_deadline())
         except BaseException as exc:
             self.error = exc
             log.exception("dispatcher stopped by an error")
             raise
 
-    def _wait_timeout(self) -> float:
-        timeout = self.config.poll_interval
+    def _wait_deadline(self) -> float:
+        """Until when (monotonic) an idle loop waits: the poll interval, cut short by a running job's
+        timeout or by a rated queue getting room again (it may have jobs waiting)."""
         now = self.clock.monotonic()
+        deadline = now + self.config.poll_interval
         with self._lock:
             deadlines = [r.deadline for r in self.running.values() if r.deadline and not r.timed_out]
-        if deadlines:
-            timeout = max(0.0, min(timeout, min(deadlines) - now))
-        # A queue out of room by its rate may have jobs waiting: look again once it has room.
-        rooms_back = [t for w in self._windows.values() if (t := w.next_room(now)) is not None]
-        if rooms_back:
-            timeout = max(0.0, min(timeout, min(rooms_back) - now))
-        return timeout
+        if self._rate_room_at is not None:
+            deadlines.append(self._rate_room_at)
+        return min([deadline, *deadlines])
 
     def _turn(self, claim: bool = True) -> tuple[int, int]:
         """Write finished attempts and claim jobs for the free slots in one transaction (group commit).
@@ -306,8 +306,14 @@ class Dispatcher:
             busy = [item.job.options.queue for item in self.running.values() if id(item) not in finishing]
         rooms = {queue: max(0, limit - busy.count(queue)) for queue, limit in self.config.limits.items()}
         now = self.clock.monotonic()
+        self._rate_room_at = None
         for name, window in self._windows.items():
-            rooms[name] = min(rooms.get(name, window.rate.count), window.room(now))
+            room = window.room(now)
+            if room == 0:  # the time is taken now: room that appears before the loop waits is not missed
+                back = window.next_room(now)
+                if back is not None and (self._rate_room_at is None or back < self._rate_room_at):
+                    self._rate_room_at = back
+            rooms[name] = min(rooms.get(name, window.rate.count), room)
         return rooms
 
     def _count_starts(self, jobs: Sequence[ClaimedJob]) -> None:

@@ -9,6 +9,7 @@ from IPython.utils.capture import capture_output
 import nbjobs
 from nbjobs import JobState, default
 from nbjobs.errors import JobFailedError
+from nbjobs.rates import Rate
 from tests.conftest import wait_for
 
 
@@ -109,9 +110,10 @@ def test_config_magic_restarts_the_server_with_new_settings(shell: InteractiveSh
     assert engine is not None and engine.server is not None
     assert engine.server.config.workers == 1
     assert shell.run_cell("%nbjobs config no_such_setting=1").error_in_exec is not None
-    run(shell, "%nbjobs config workers=2 \"limits={'gpu': 1}\"")
+    run(shell, "%nbjobs config workers=2 \"limits={'gpu': 1}\" \"rates={'api': '60/m'}\"")
     assert engine.server.config.limits == {"gpu": 1}
     assert engine.server.dispatcher.config.limits == {"gpu": 1}
+    assert engine.server.dispatcher.config.rates == {"api": Rate(count=60, period=60)}
 
 
 def test_unload_stops_the_server_and_leaves_nothing_processing(shell: InteractiveShell) -> None:

@@ -32,6 +32,8 @@ def test_quickstart_tour(tmp_path: Path) -> None:
     assert "model is now a notebook variable: 0.05" in out
     assert "'succeeded': 5," in out
     assert "combined: 60 | the pipeline is ready" in out
+    assert "pages: [0, 1, 4, 9, 16, 25] | ended: 6" in out
+    assert "['retry 1 of 3 in 0.2s, as the job asked (HTTP 429)']" in out
     assert "stopped" in out
     live = nb.cells[4].outputs[0]["data"]
     assert "application/vnd.jupyter.widget-view+json" in live and "text/html" in live
@@ -41,7 +43,7 @@ def test_quickstart_tour(tmp_path: Path) -> None:
     engine = connect(f"sqlite:///{db}", secret="unused")
     try:
         assert engine.counts()["processing"] == 0
-        assert len(engine.jobs(limit=None)) == 10
+        assert len(engine.jobs(limit=None)) == 16
         assert engine.servers().empty
     finally:
         engine.close()

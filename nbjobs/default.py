@@ -191,20 +191,21 @@ def after(parents: Iterable[int | Job], fn: Callable[..., Any], /, *args: Any,
 
 
 def wait(jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = None,
-         return_when: str = ALL_COMPLETED) -> DoneAndPending:
+         return_when: str = ALL_COMPLETED, progress: bool = False) -> DoneAndPending:
     """`nbjobs.wait(runs)`: wait for many jobs on the default engine; (done, pending)."""
-    return default_engine().wait(jobs, timeout, return_when)
+    return default_engine().wait(jobs, timeout, return_when, progress)
 
 
-def as_completed(jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = None) -> Iterator[Job]:
+def as_completed(jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = None,
+                 progress: bool = False) -> Iterator[Job]:
     """`for job in nbjobs.as_completed(runs)`: each job as it becomes final (default engine)."""
-    return default_engine().as_completed(jobs, timeout)
+    return default_engine().as_completed(jobs, timeout, progress)
 
 
 def results(jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = None,
-            return_exceptions: bool = False) -> list[Any]:
-    """`nbjobs.results(runs)`: every job's return value, in order (default engine)."""
-    return default_engine().results(jobs, timeout, return_exceptions)
+            return_exceptions: bool = False, progress: bool = False) -> list[Any]:
+    """`nbjobs.results(runs, progress=True)`: every job's return value, in order (default engine)."""
+    return default_engine().results(jobs, timeout, return_exceptions, progress)
 
 
 def enqueue_notebook(path: str | os.PathLike[str], parameters: dict[str, Any] | None = None,

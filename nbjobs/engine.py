@@ -185,21 +185,22 @@ class Engine:
 
     # -- many jobs at once ----------------------------------------------------------------------
     def wait(self, jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = None,
-             return_when: str = gather.ALL_COMPLETED) -> gather.DoneAndPending:
+             return_when: str = gather.ALL_COMPLETED, progress: bool = False) -> gather.DoneAndPending:
         """Wait for many jobs (Jobs, ids or a `jobs()` frame): all final, the first final
-        (FIRST_COMPLETED) or the first not succeeded (FIRST_EXCEPTION); (done, pending) lists."""
-        return gather.wait(self.client, jobs, timeout, return_when)
+        (FIRST_COMPLETED) or the first not succeeded (FIRST_EXCEPTION); (done, pending) lists.
+        `progress=True` shows a bar of the jobs that ended (here and in `as_completed`, `results`)."""
+        return gather.wait(self.client, jobs, timeout, return_when, progress)
 
-    def as_completed(self, jobs: Iterable[int | Job] | pd.DataFrame,
-                     timeout: float | None = None) -> Iterator[Job]:
+    def as_completed(self, jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = None,
+                     progress: bool = False) -> Iterator[Job]:
         """Yield each job as it becomes final, earliest first (`for job in nb.as_completed(runs)`)."""
-        return gather.as_completed(self.client, jobs, timeout)
+        return gather.as_completed(self.client, jobs, timeout, progress)
 
     def results(self, jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = None,
-                return_exceptions: bool = False) -> list[Any]:
+                return_exceptions: bool = False, progress: bool = False) -> list[Any]:
         """Every job's return value in the order given; the first failure raises (or, with
         `return_exceptions=True`, stands in the list)."""
-        return gather.results(self.client, jobs, timeout, return_exceptions)
+        return gather.results(self.client, jobs, timeout, return_exceptions, progress)
 
     def enqueue_notebook(
         self,

@@ -11,10 +11,11 @@ is followed closely.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED as ALL_COMPLETED
 from concurrent.futures import FIRST_COMPLETED as FIRST_COMPLETED
 from concurrent.futures import FIRST_EXCEPTION as FIRST_EXCEPTION
+from contextlib import closing
 from typing import Any, NamedTuple
 
 import pandas as pd
@@ -58,21 +59,38 @@ def jobs_of(client: Client, jobs: Any) -> list[Job]:
     return out
 
 
-def as_completed(client: Client, jobs: Any, timeout: float | None = None) -> Iterator[Job]:
+def as_completed(
+    client: Client, jobs: Any, timeout: float | None = None, progress: bool = False
+) -> Iterator[Job]:
     """Yield each job once it is final (succeeded, failed or deleted), the earliest seen first.
 
     Jobs final already come first, in the order given; a job given twice is yielded once. Raises
     ResultTimeoutError when `timeout` seconds pass (counted from the call) with jobs still pending,
-    and JobNotFoundError for a job that does not exist (or is pruned while waited for).
+    and JobNotFoundError for a job that does not exist (or is pruned while waited for). `progress`
+    shows a bar (tqdm: a widget in a notebook, text elsewhere) counting the jobs that ended.
     """
     pending = {job.id: job for job in jobs_of(client, jobs)}
-    return (job for job, _ in _completions(client, pending, timeout))
+    return (job for job, _ in _completions(client, pending, timeout, progress))
 
 
 def _completions(
+    client: Client, pending: dict[int, Job], timeout: float | None, progress: bool = False
+) -> Generator[tuple[Job, JobState], None, None]:
+    """Each pending job with its final state as it is seen (`pending` is emptied on the way)."""
+    if not progress:
+        yield from _seen_final(client, pending, timeout)
+        return
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(pending), desc="jobs", unit="job") as bar:
+        for seen in _seen_final(client, pending, timeout):
+            bar.update(1)
+            yield seen
+
+
+def _seen_final(
     client: Client, pending: dict[int, Job], timeout: float | None
 ) -> Iterator[tuple[Job, JobState]]:
-    """Each pending job with its final state as it is seen (`pending` is emptied on the way)."""
     clock = client.clock
     total = len(pending)
     deadline = None if timeout is None else clock.monotonic() + timeout
@@ -115,7 +133,8 @@ def _timeout(pending: dict[int, Job], total: int, timeout: float | None) -> Resu
 
 
 def wait(
-    client: Client, jobs: Any, timeout: float | None = None, return_when: str = ALL_COMPLETED
+    client: Client, jobs: Any, timeout: float | None = None, return_when: str = ALL_COMPLETED,
+    progress: bool = False,
 ) -> DoneAndPending:
     """Wait until all jobs are final (ALL_COMPLETED), any is (FIRST_COMPLETED), or any ended
     other than succeeded (FIRST_EXCEPTION: failed or deleted), or `timeout` passed: unlike
@@ -129,12 +148,13 @@ def wait(
     pending = {job.id: job for job in given}
     finished: set[int] = set()
     try:
-        for job, state in _completions(client, pending, timeout):
-            finished.add(job.id)
-            if return_when == FIRST_COMPLETED:
-                break
-            if return_when == FIRST_EXCEPTION and state is not JobState.SUCCEEDED:
-                break
+        with closing(_completions(client, pending, timeout, progress)) as seen:  # the bar ends here
+            for job, state in seen:
+                finished.add(job.id)
+                if return_when == FIRST_COMPLETED:
+                    break
+                if return_when == FIRST_EXCEPTION and state is not JobState.SUCCEEDED:
+                    break
     except ResultTimeoutError:
         pass
     done = [job for job in given if job.id in finished]
@@ -142,7 +162,8 @@ def wait(
 
 
 def results(
-    client: Client, jobs: Any, timeout: float | None = None, return_exceptions: bool = False
+    client: Client, jobs: Any, timeout: float | None = None, return_exceptions: bool = False,
+    progress: bool = False,
 ) -> list[Any]:
     """The return values of all jobs, in the order given, once all are final.
 
@@ -153,11 +174,12 @@ def results(
     given = jobs_of(client, jobs)
     pending = {job.id: job for job in given}
     values: dict[int, Any] = {}
-    for job, _ in _completions(client, pending, timeout):
-        try:
-            values[job.id] = job.final_result()
-        except JobFailedError as exc:
-            if not return_exceptions:
-                raise
-            values[job.id] = exc
+    with closing(_completions(client, pending, timeout, progress)) as seen:
+        for job, _ in seen:
+            try:
+                values[job.id] = job.final_result()
+            except JobFailedError as exc:
+                if not return_exceptions:
+                    raise
+                values[job.id] = exc
     return [values[job.id] for job in given]

@@ -159,6 +159,22 @@ def test_bad_input_is_refused_at_the_call(engine: nbjobs.Engine, tmp_path: Path)
     assert engine.wait([], timeout=0) == ([], []) and engine.results([]) == []
 
 
+def test_progress_shows_a_bar_of_the_jobs_that_ended(
+    engine: nbjobs.Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    engine.start_server(workers=2)
+    jobs = engine.enqueue_many(square, [(i,) for i in range(6)])
+    assert engine.results(jobs, timeout=20, progress=True) == [i * i for i in range(6)]
+    err = capsys.readouterr().err
+    assert "jobs: 100%" in err and "6/6" in err
+    blocked = engine.enqueue(gated, "blocked")
+    done, pending = engine.wait([*jobs, blocked], timeout=0.05, progress=True)
+    assert (len(done), pending) == (6, [blocked])
+    err = capsys.readouterr().err
+    assert "6/7" in err  # the bar stopped where the wait did
+    gate("blocked").set()
+
+
 def test_module_functions_use_the_default_engine(engine: nbjobs.Engine) -> None:
     nbjobs.set_default_engine(engine)
     try:

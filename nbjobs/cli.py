@@ -10,7 +10,7 @@ import pandas as pd
 
 from . import __version__
 from .engine import Engine, default_url
-from .errors import NbJobsError
+from .errors import NbJobsError, ResultTimeoutError
 from .model import JobState
 
 url_option = click.option(
@@ -82,6 +82,36 @@ def delete(url: str | None, job_ids: tuple[int, ...]) -> None:
     """Delete jobs (running ones are asked to stop)."""
     with _engine(url) as engine:
         _report(engine.delete(list(job_ids)), "deleted")
+
+
+#: `nbjobs wait` exits with this when the timeout passed first (as `timeout(1)` does).
+WAIT_TIMED_OUT = 124
+
+
+@cli.command()
+@url_option
+@click.argument("job_ids", nargs=-1, type=int, required=True)
+@click.option("--timeout", default=None, type=click.FloatRange(min=0), help="Seconds to wait at most.")
+def wait(url: str | None, job_ids: tuple[int, ...], timeout: float | None) -> None:
+    """Wait until the jobs end, printing each as it does: exit 0 if all succeeded, 1 if one failed
+    or was deleted, 124 if the timeout passed first (for scripts and schedulers)."""
+    unsuccessful = 0
+    with _engine(url) as engine:
+        try:
+            for job in engine.as_completed(list(job_ids), timeout=timeout):
+                record = job.record()
+                line = f"job {job.id} {record.state.value}"
+                if record.state is JobState.SUCCEEDED:
+                    click.echo(line)
+                    continue
+                unsuccessful += 1
+                detail = f": {record.error_type}: {record.error_message}" if record.error_type else ""
+                click.echo(line + detail, err=True)
+        except ResultTimeoutError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(WAIT_TIMED_OUT)
+    if unsuccessful:
+        sys.exit(1)
 
 
 def _report(outcome: pd.DataFrame, done: str) -> None:

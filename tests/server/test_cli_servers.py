@@ -72,3 +72,31 @@ def test_requeue_reports_each_job_and_fails_if_one_cannot_change(engine: nbjobs.
     assert f"job {done.id} requeued" in result.output and f"job {waiting.id} requeued" in result.output
     assert "job 999999: job 999999 does not exist" in result.output
     assert done.state is nbjobs.JobState.ENQUEUED and waiting.state is nbjobs.JobState.ENQUEUED
+
+
+def refuse(why: str) -> None:
+    raise PermissionError(why)
+
+
+def test_wait_prints_each_job_as_it_ends_and_exits_by_how_they_ended(engine: nbjobs.Engine) -> None:
+    GATE.clear()
+    engine.start_server(workers=2)
+    ok = [engine.enqueue(held_free) for _ in range(3)]
+    result = CliRunner().invoke(cli, ["wait", "--url", engine.url, *[str(j.id) for j in ok]])
+    assert result.exit_code == 0
+    assert sorted(result.output.splitlines()) == sorted(f"job {j.id} succeeded" for j in ok)
+
+    bad = engine.options(retries=0).enqueue(refuse, "no access to s3://bucket")
+    result = CliRunner().invoke(cli, ["wait", "--url", engine.url, str(ok[0].id), str(bad.id)])
+    assert result.exit_code == 1
+    assert f"job {bad.id} failed: PermissionError: no access to s3://bucket" in result.output
+
+    blocked = engine.enqueue(held)
+    try:
+        result = CliRunner().invoke(cli, ["wait", "--url", engine.url, "--timeout", "0.05", str(blocked.id)])
+        assert result.exit_code == 124
+        assert f"1 of 1 jobs are unfinished after 0.05s (ids {blocked.id})" in result.output
+        result = CliRunner().invoke(cli, ["wait", "--url", engine.url, "999999"])
+        assert result.exit_code != 0 and "do not exist (ids 999999)" in str(result.exception)
+    finally:
+        GATE.set()

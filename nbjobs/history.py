@@ -41,6 +41,7 @@ def jobs_frame(
     state: str | JobState | Sequence[str | JobState] | None = None,
     queue: str | Sequence[str] | None = None,
     function: str | None = None,
+    name: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int | None = 1000,
@@ -50,7 +51,8 @@ def jobs_frame(
         raise InvalidJobError(f"limit must be a whole number ≥ 0, or None for every job; got {limit!r}")
     queues = () if queue is None else ((queue,) if isinstance(queue, str) else tuple(queue))
     names, rows = store.query_table(JobFilter(states=_parse_states(state), queues=queues,
-                                              function=function, since=since, until=until, limit=limit))
+                                              function=function, name=name, since=since, until=until,
+                                              limit=limit))
     # One 2-D object array from the driver's tuples, then typed columns: ~10x faster than
     # DataFrame(list_of_dicts) and no per-value Python conversion of times.
     table = np.array(rows, dtype=object) if rows else np.empty((0, len(names)), dtype=object)

@@ -71,6 +71,7 @@ class JobFilter:
     states: tuple[JobState, ...] = ()
     queues: tuple[str, ...] = ()
     function: str | None = None  #: substring of the function reference
+    name: str | None = None  #: exactly this job name (`options(name=…)`): a sweep, a batch
     search: str | None = None  #: substring of function or name, or an exact id
     recurring_id: str | None = None
     since: datetime | None = None  #: created at or after

@@ -82,6 +82,8 @@ class ReadsSqlMixin(SqlBase):
             stmt = stmt.where(jobs.c.queue.in_(list(flt.queues)))
         if flt.function:
             stmt = stmt.where(jobs.c.function.contains(flt.function, autoescape=True))
+        if flt.name is not None:
+            stmt = stmt.where(jobs.c.name == flt.name)
         if flt.search:
             term = flt.search.strip()
             cond = or_(

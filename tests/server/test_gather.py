@@ -7,9 +7,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import nbjobs
 from nbjobs import JobState
+from nbjobs.cli import cli
 from nbjobs.errors import InvalidJobError, JobFailedError, JobNotFoundError, ResultTimeoutError
 
 #: Gates by tag: a `gated` job returns once its gate is opened by the test.
@@ -139,6 +141,21 @@ def test_jobs_finished_by_another_process_engine_are_seen(db_url: str, tmp_path:
         worker.start_server(workers=2)
         assert waiter.results(jobs, timeout=30) == [i * i for i in range(50)]
         assert len(list(waiter.as_completed(jobs, timeout=5))) == 50
+
+
+def test_a_sweep_is_gathered_again_by_name_after_a_restart(db_url: str) -> None:
+    """The Job handles die with the kernel; the jobs and their name stay in the database."""
+    with nbjobs.connect(db_url, secret="s") as before:
+        before.options(name="sweep-3").enqueue_many(square, [(i,) for i in range(8)])
+        before.options(name="sweep-30").enqueue(square, 100)  # a name that merely starts the same
+        before.enqueue(square, 99)
+    with nbjobs.connect(db_url, secret="s") as after:
+        after.start_server(workers=2)
+        sweep = after.jobs(name="sweep-3").sort_values("id")
+        assert len(sweep) == 8
+        assert after.results(sweep, timeout=30) == [i * i for i in range(8)]
+        result = CliRunner().invoke(cli, ["jobs", "--url", db_url, "--name", "sweep-30"])
+        assert result.exit_code == 0 and result.output.count("sweep-30") == 1
 
 
 def test_bad_input_is_refused_at_the_call(engine: nbjobs.Engine, tmp_path: Path) -> None:

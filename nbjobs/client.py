@@ -86,16 +86,19 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
         )
     if merged.get("retries", 0) < 0:
         raise InvalidJobError(f"retries must be 0 or more, got {merged['retries']}")
-    timeout = merged.get("timeout")
-    if timeout is not None:
-        if isinstance(timeout, timedelta):
-            merged["timeout"] = timeout = timeout.total_seconds()
-        if (not isinstance(timeout, int | float) or isinstance(timeout, bool)
-                or not math.isfinite(timeout) or timeout <= 0):
+    for name in ("timeout", "expires"):
+        seconds = merged.get(name)
+        if seconds is None:
+            continue
+        if isinstance(seconds, timedelta):
+            seconds = seconds.total_seconds()
+        if (not isinstance(seconds, int | float) or isinstance(seconds, bool)
+                or not math.isfinite(seconds) or seconds <= 0):
             raise InvalidJobError(
-                f"timeout must be a positive number of seconds, got {timeout!r}; leave it out for no limit"
+                f"{name} must be a positive number of seconds or a timedelta, got {merged[name]!r}; "
+                "leave it out for no limit"
             )
-        merged["timeout"] = float(timeout)
+        merged[name] = float(seconds)
     for name in ("retry_base", "retry_cap"):
         value = merged.get(name)
         if value is not None and (

@@ -83,6 +83,8 @@ class JobOptions:
     priority: int = 0  #: higher runs first within a queue
     retries: int = 3  #: retries after the first attempt
     timeout: float | None = None  #: seconds; an overrunning job is cancelled
+    #: seconds: a job not started this long after it was enqueued (or became due) is deleted unrun
+    expires: float | None = None
     retry_on: tuple[str, ...] = ()  #: exception type names that are retried (empty: all)
     no_retry_on: tuple[str, ...] = ()  #: exception type names that are never retried
     retry_base: float = 2.0  #: first retry delay in seconds (doubles per attempt)
@@ -98,6 +100,7 @@ class JobOptions:
             "priority": self.priority,
             "retries": self.retries,
             "timeout": self.timeout,
+            "expires": self.expires,
             "retry_on": list(self.retry_on),
             "no_retry_on": list(self.no_retry_on),
             "retry_base": self.retry_base,
@@ -187,6 +190,7 @@ class ClaimedJob:
     options: JobOptions
     attempts: int  #: attempts including this one
     recurring_id: str | None = None
+    enqueued_at: datetime | None = None  #: when it last became Enqueued (for `expires`)
 
 
 class OutcomeKind(enum.StrEnum):

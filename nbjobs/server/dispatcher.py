@@ -45,6 +45,8 @@ class Running:
     lease_expires: float = float("inf")
     #: Set when the job is given back unstarted; its outcome is then "returned", not a failure.
     returned: str | None = None
+    #: Set when the job was claimed after its `expires` ran out: it is deleted unrun, with this reason.
+    expired: str | None = None
 
 
 @dataclass
@@ -377,6 +379,7 @@ class Dispatcher:
             timeout = job.options.timeout
             items.append(Running(job=job, ctx=ctx, deadline=mono + timeout if timeout else None,
                                  lease_expires=mono + self.config.lease_seconds))
+        expired = self._expired(items) if any(job.options.expires for job in jobs) else []
         replaced = []
         with self._lock:
             self._reserved -= reserved
@@ -385,10 +388,25 @@ class Dispatcher:
                 self.running[item.job.id] = item
                 if old is not None:
                     replaced.append(old)
+            self._done.extend((item, None) for item in expired)  # reported by the next turn, unrun
         for old in replaced:  # our earlier attempt lost its lease and the job came back to us
             old.ctx.request_cancel("this server no longer holds the job")
         for item in items:
-            self._work.put(item)
+            if item.expired is None:
+                self._work.put(item)
+        if expired:
+            self.wake.set()
+
+    def _expired(self, items: Sequence[Running]) -> list[Running]:
+        """The items whose job was claimed after its `expires` ran out, marked so."""
+        now = self.clock.now()
+        late = []
+        for item in items:
+            expires, enqueued_at = item.job.options.expires, item.job.enqueued_at
+            if expires and enqueued_at is not None and now > enqueued_at + timedelta(seconds=expires):
+                item.expired = f"expired: not started within {expires:g}s of being enqueued"
+                late.append(item)
+        return late
 
     def _check_timeouts(self) -> None:
         now = self.clock.monotonic()
@@ -446,6 +464,9 @@ class Dispatcher:
         if item.returned is not None:
             return Outcome(job_id=job.id, kind=OutcomeKind.RETURNED, finished_at=finished,
                            reason=item.returned)
+        if item.expired is not None:
+            return Outcome(job_id=job.id, kind=OutcomeKind.CANCELLED, finished_at=finished,
+                           reason=item.expired)
         if result is None:
             result = RunResult(
                 started_at=finished, finished_at=finished, ok=False, error_type="ExecutorError",

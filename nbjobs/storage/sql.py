@@ -406,6 +406,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
                     options=_options(r.options),
                     attempts=r.attempts,
                     recurring_id=r.recurring_id,
+                    enqueued_at=r.enqueued_at,
                 )
                 for r in rows
             )
@@ -450,7 +451,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             )
             .returning(
                 jobs.c.id, jobs.c.function, jobs.c.payload, jobs.c.options, jobs.c.attempts,
-                jobs.c.recurring_id, jobs.c.priority,
+                jobs.c.recurring_id, jobs.c.priority, jobs.c.enqueued_at,
             )
         )
         if self.dialect.one_statement_writes:  # the history rows in the same statement

@@ -1,4 +1,5 @@
-"""Per-queue limits on a server (`start_server(limits={"gpu": 1})`), on both databases."""
+"""Per-queue limits on a server (`start_server(limits={"gpu": 1})`), on both databases; bad limits
+and rates refused before a server starts."""
 
 from __future__ import annotations
 
@@ -51,18 +52,24 @@ def test_a_limit_on_a_queue_named_in_the_list_and_jobs_enqueued_while_it_runs(en
 
 
 @pytest.mark.parametrize(
-    ("limits", "queues", "message"),
+    ("setting", "value", "queues", "message"),
     [
-        ({"gpu": 0}, None, "at least 1"),
-        ({"gpu": "1"}, None, "whole number"),
-        ({"*": 1}, None, "not a queue name"),
-        ({"gpu": 1}, ["default"], "does not serve queue 'gpu'"),
-        ([("gpu", 1)], None, "maps queue names"),
+        ("limits", {"gpu": 0}, None, "at least 1"),
+        ("limits", {"gpu": "1"}, None, "whole number"),
+        ("limits", {"*": 1}, None, "not a queue name"),
+        ("limits", {"gpu": 1}, ["default"], "does not serve queue 'gpu'"),
+        ("limits", [("gpu", 1)], None, "limits maps queue names"),
+        ("rates", {"api": "0/m"}, None, "allows no job"),
+        ("rates", {"api": "fast"}, None, "'fast' is not a rate; write N/UNIT"),
+        ("rates", {"api": 60}, None, "60 is not a rate"),
+        ("rates", {"*": "1/s"}, None, "not a queue name"),
+        ("rates", {"api": "1/s"}, ["default"], "does not serve queue 'api'"),
+        ("rates", [("api", "1/s")], None, "rates maps queue names"),
     ],
 )
-def test_bad_limits_are_refused_before_the_server_starts(
-    engine: nbjobs.Engine, limits: object, queues: list[str] | None, message: str
+def test_bad_limits_and_rates_are_refused_before_the_server_starts(
+    engine: nbjobs.Engine, setting: str, value: object, queues: list[str] | None, message: str
 ) -> None:
     with pytest.raises(ConfigurationError, match=message):
-        engine.start_server(workers=2, queues=queues, limits=limits)
+        engine.start_server(workers=2, queues=queues, **{setting: value})
     assert engine.server is None or not engine.server.running

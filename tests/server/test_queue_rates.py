@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pytest
-
 import nbjobs
 from nbjobs import JobState
-from nbjobs.errors import ConfigurationError
 
 from ..conftest import wait_for
 
@@ -70,22 +67,3 @@ def test_jobs_enqueued_to_an_idle_server_are_held_too(db_url: str) -> None:
         assert engine.server is not None and engine.server.dispatcher.claimed_by_enqueues == 0
         clock.advance(30)
         wait_for(lambda: _succeeded(api) == 4)
-
-
-@pytest.mark.parametrize(
-    ("rates", "queues", "message"),
-    [
-        ({"api": "0/m"}, None, "allows no job"),
-        ({"api": "fast"}, None, "'fast' is not a rate; write N/UNIT"),
-        ({"api": 60}, None, "60 is not a rate"),
-        ({"*": "1/s"}, None, "not a queue name"),
-        ({"api": "1/s"}, ["default"], "does not serve queue 'api'"),
-        ([("api", "1/s")], None, "rates maps queue names"),
-    ],
-)
-def test_bad_rates_are_refused_before_the_server_starts(
-    engine: nbjobs.Engine, rates: object, queues: list[str] | None, message: str
-) -> None:
-    with pytest.raises(ConfigurationError, match=message):
-        engine.start_server(workers=2, queues=queues, rates=rates)
-    assert engine.server is None or not engine.server.running

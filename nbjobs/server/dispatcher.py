@@ -310,12 +310,8 @@ class Dispatcher:
         now = self.clock.monotonic()
         self._rate_room_at = None
         for name, window in self._windows.items():
-            room = window.room(now)
-            if room == 0:  # the time is taken now: room that appears before the loop waits is not missed
-                back = window.next_room(now)
-                if back is not None and (self._rate_room_at is None or back < self._rate_room_at):
-                    self._rate_room_at = back
-            rooms[name] = min(rooms.get(name, window.rate.count), room)
+            rooms[name] = min(rooms.get(name, window.rate.count), window.room(now))
+            self._note_room_back(window, now)
         return rooms
 
     def _count_starts(self, jobs: Sequence[ClaimedJob]) -> None:
@@ -324,6 +320,14 @@ class Dispatcher:
             window = self._windows.get(job.options.queue)
             if window is not None:
                 window.record(now, 1)
+                self._note_room_back(window, now)
+
+    def _note_room_back(self, window: RateWindow, now: float) -> None:
+        """If `window` is full at `now`, wait no longer than until it has room. Taken at the claim,
+        not when the loop goes to sleep, so room that appears in between is not missed."""
+        back = window.next_room(now)
+        if back is not None and (self._rate_room_at is None or back < self._rate_room_at):
+            self._rate_room_at = back
 
     # -- claims by enqueues in this process -------------------------------------------------------
     def reserve(self, specs: Sequence[NewJob], now: datetime) -> LocalClaim | None:

@@ -437,7 +437,7 @@ class _DirectoryWatch:
     def __init__(self, inotify: Any, wal: str) -> None:
         self._inotify = inotify
         self._wal = wal  #: in WAL mode every commit writes here; the database file only at checkpoints
-        self._wake_r, self._wake_w = os.pipe()
+        self._waker = _WakePipe()
 
     @classmethod
     def open(cls, path: str) -> _DirectoryWatch | None:
@@ -463,19 +463,34 @@ class _DirectoryWatch:
 
     def wait(self, timeout: float) -> bool:
         """True when the database or its WAL was written (events drained); False on timeout."""
-        ready, _, _ = _select.select([self._inotify.fileno(), self._wake_r], [], [], timeout)
-        if not ready or self._wake_r in ready:  # timed out, or interrupted
+        ready, _, _ = _select.select([self._inotify.fileno(), self._waker.fd], [], [], timeout)
+        if not ready or self._waker.fd in ready:  # timed out, or interrupted
             return False
         return any(e.name == self._wal for e in self._inotify.read(timeout=0))
 
     def interrupt(self) -> None:
-        with contextlib.suppress(OSError):  # closed already
-            os.write(self._wake_w, b"x")
+        self._waker.wake()
 
     def close(self) -> None:
         self._inotify.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+        self._waker.close()
+
+
+class _WakePipe:
+    """A pipe that a listener's `select` also waits on, so that stopping the server ends the wait
+    at once, however long the poll interval."""
+
+    def __init__(self) -> None:
+        self.fd, self._write_fd = os.pipe()
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # closed already
+            os.write(self._write_fd, b"x")
+
+    def close(self) -> None:
+        for fd in (self.fd, self._write_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class PostgresDialect(Dialect):
@@ -572,6 +587,7 @@ class PostgresListener(Listener):
         self._dsn = url.render_as_string(hide_password=False)
         self._conn: Any = None
         self._failing = False  #: the last attempt failed (log once per outage, not once per retry)
+        self._waker = _WakePipe()
 
     def _connect(self) -> Any:
         import psycopg
@@ -598,8 +614,8 @@ class PostgresListener(Listener):
                 return True
             conn = self._conn
             # Wait on the socket so the wait itself costs nothing; drain whatever arrived.
-            ready, _, _ = _select.select([conn.fileno()], [], [], timeout)
-            if not ready:
+            ready, _, _ = _select.select([conn.fileno(), self._waker.fd], [], [], timeout)
+            if not ready or self._waker.fd in ready:  # timed out, or the server is stopping
                 return False
             got = False
             for _ in conn.notifies(timeout=0, stop_after=1000):
@@ -612,11 +628,18 @@ class PostgresListener(Listener):
             else:
                 log.debug("LISTEN reconnect failed: %s", exc)
             self._failing = True
-            self.close()
+            self._drop()
             stop.wait(min(timeout, 1.0))
             return True  # we may have missed a notification: let the dispatcher look
 
+    def interrupt(self) -> None:
+        self._waker.wake()
+
     def close(self) -> None:
+        self._drop()
+        self._waker.close()
+
+    def _drop(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
             try:

@@ -3,6 +3,7 @@ manual clock: the window is seen to hold jobs back, then to let them go as it sl
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import nbjobs
@@ -67,3 +68,34 @@ def test_jobs_enqueued_to_an_idle_server_are_held_too(db_url: str) -> None:
         assert engine.server is not None and engine.server.dispatcher.claimed_by_enqueues == 0
         clock.advance(30)
         wait_for(lambda: _succeeded(api) == 4)
+
+
+GATE = threading.Event()
+STARTED: list[int] = []
+
+
+def hold(n: int) -> int:
+    STARTED.append(n)
+    GATE.wait(30)
+    return n
+
+
+def test_the_loop_wakes_when_the_window_slides_though_nothing_else_happens(db_url: str) -> None:
+    """Its jobs still running and no poll due for ages: only the window's own deadline wakes it."""
+    GATE.clear()
+    STARTED.clear()
+    clock = nbjobs.ManualClock()
+    try:
+        with nbjobs.connect(db_url, clock=clock, secret="s") as engine:
+            jobs = [engine.options(queue="api").enqueue(hold, i) for i in range(3)]
+            engine.start_server(workers=4, rates={"api": "2/m"}, poll_interval=10_000,
+                                scheduler_idle_interval=10_000)
+            wait_for(lambda: len(STARTED) == 2)
+            _turns_pass(engine)
+            assert len(STARTED) == 2 and jobs[2].state is JobState.ENQUEUED
+            clock.advance(60)
+            wait_for(lambda: len(STARTED) == 3)
+            GATE.set()
+            wait_for(lambda: _succeeded(jobs) == 3)
+    finally:
+        GATE.set()

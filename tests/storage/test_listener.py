@@ -115,6 +115,23 @@ def test_an_opened_postgres_listener_reports_only_later_notifications(pg_databas
         listener.close()
 
 
+def test_interrupt_ends_a_postgres_listener_wait_however_long_its_poll(pg_database: str) -> None:
+    """A server with a long poll interval (LISTEN makes polling needless) still stops at once."""
+    listener = PostgresListener(pg_database)
+    stop = threading.Event()
+    try:
+        listener.open()
+        result: list[bool] = []
+        waiter = threading.Thread(target=lambda: result.append(listener.wait(stop, 3600)))
+        waiter.start()
+        stop.set()
+        listener.interrupt()
+        waiter.join(5)
+        assert not waiter.is_alive() and result == [False]
+    finally:
+        listener.close()
+
+
 def test_it_tells_work_and_due_time_changes_from_other_commits(db: str) -> None:
     import nbjobs
 

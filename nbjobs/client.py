@@ -33,6 +33,7 @@ from .model import (
     ContinueOn,
     JobOptions,
     JobRecord,
+    JobResult,
     JobState,
     NewJob,
     StateChange,
@@ -660,13 +661,19 @@ class Job:
     def final_result(self) -> Any:
         """`result` for a job seen final: one read instead of two (one that was requeued since
         is waited for, as `result` would)."""
-        record = self.record()
-        if record.state not in FINAL_STATES:
+        found = self.client.store.results_of([self.id]).get(self.id)
+        if found is None:
+            raise JobNotFoundError(f"job {self.id} does not exist (it may have expired or been removed)")
+        if found.state not in FINAL_STATES:
             return self.result()
-        if record.state is JobState.SUCCEEDED:
-            return None if record.result is None else self.client.codec.loads(record.result)
-        raise JobFailedError(self.id, record.error_type, record.error_message, record.error_traceback,
-                             state=record.state.value)
+        return self.value_of(found)
+
+    def value_of(self, found: JobResult) -> Any:
+        """The return value in `found` (this job's final result, read in a batch), or its error."""
+        if found.state is JobState.SUCCEEDED:
+            return None if found.result is None else self.client.codec.loads(found.result)
+        raise JobFailedError(self.id, found.error_type, found.error_message, found.error_traceback,
+                             state=found.state.value)
 
     def _still(self, state: JobState, timeout: float | None) -> ResultTimeoutError:
         return ResultTimeoutError(

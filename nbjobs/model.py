@@ -143,6 +143,17 @@ class NewJob:
 
 
 @dataclass(frozen=True, kw_only=True)
+class JobResult:
+    """What `result()` needs of a job: its state, its pickled return value or its error."""
+
+    state: JobState
+    result: bytes | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    error_traceback: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class JobRecord:
     """A job as stored, read back from storage."""
 

@@ -17,6 +17,7 @@ from ..model import (
     ClaimedJob,
     JobOptions,
     JobRecord,
+    JobResult,
     JobState,
     NewJob,
     Outcome,
@@ -228,6 +229,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def states_of(self, job_ids: Sequence[int]) -> dict[int, JobState]:
         """Current state of each existing job among `job_ids`."""
+
+    @abc.abstractmethod
+    def results_of(self, job_ids: Sequence[int]) -> dict[int, JobResult]:
+        """State and result or error of each existing job among `job_ids`, in one read (a
+        gathering reads thousands; `get` would read each whole row)."""
 
     @abc.abstractmethod
     def query(self, flt: JobFilter) -> list[dict[str, Any]]:

@@ -8,8 +8,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     Connection,
     Select,
+    bindparam,
     func,
     literal_column,
     or_,
@@ -18,6 +20,7 @@ from sqlalchemy import (
 
 from ..model import (
     JobRecord,
+    JobResult,
     JobState,
     StateChange,
 )
@@ -29,6 +32,12 @@ from .sql_base import (
     SqlBase,
     _record,
 )
+
+# Built once (an expanding IN): `job.state` and `job.result()` run them on every poll.
+_IDS: BindParameter[int] = bindparam("ids", expanding=True)
+_STATES_OF = select(jobs.c.id, jobs.c.state).where(jobs.c.id.in_(_IDS))
+_RESULTS_OF = select(jobs.c.id, jobs.c.state, jobs.c.result, jobs.c.error_type, jobs.c.error_message,
+                     jobs.c.error_traceback).where(jobs.c.id.in_(_IDS))
 
 
 class ReadsSqlMixin(SqlBase):
@@ -45,10 +54,19 @@ class ReadsSqlMixin(SqlBase):
     def states_of(self, job_ids: Sequence[int]) -> dict[int, JobState]:
         if not job_ids:
             return {}
+        ids = {"ids": list(job_ids)}
+        return self._tx(lambda conn: {r.id: JobState(r.state) for r in conn.execute(_STATES_OF, ids)},
+                        write=False)
+
+    def results_of(self, job_ids: Sequence[int]) -> dict[int, JobResult]:
+        if not job_ids:
+            return {}
+        ids = {"ids": list(job_ids)}
         return self._tx(
             lambda conn: {
-                r.id: JobState(r.state)
-                for r in conn.execute(select(jobs.c.id, jobs.c.state).where(jobs.c.id.in_(list(job_ids))))
+                r.id: JobResult(state=JobState(r.state), result=r.result, error_type=r.error_type,
+                                error_message=r.error_message, error_traceback=r.error_traceback)
+                for r in conn.execute(_RESULTS_OF, ids)
             },
             write=False,
         )

@@ -69,6 +69,24 @@ def test_finish_only_applies_to_jobs_the_server_holds(store: SqlStore) -> None:
     assert store.get(b.id).state is S.ENQUEUED  # type: ignore[union-attr]
 
 
+def test_states_and_results_of_many_jobs_in_one_read(store: SqlStore) -> None:
+    [a, b, c] = store.enqueue([spec(1), spec(2), spec(3)], T0)
+    store.acquire("s1", ["default"], 2, lease(), T0)
+    store.finish("s1", [
+        Outcome(job_id=a.id, kind=OutcomeKind.SUCCEEDED, finished_at=T0, result=b"value"),
+        Outcome(job_id=b.id, kind=OutcomeKind.FAILED, finished_at=T0, error_type="ValueError",
+                error_message="bad", error_traceback="Traceback …"),
+    ], T0)
+    assert store.states_of([a.id, b.id, c.id, 999]) == {a.id: S.SUCCEEDED, b.id: S.FAILED, c.id: S.ENQUEUED}
+    found = store.results_of([a.id, b.id, c.id, 999])
+    assert set(found) == {a.id, b.id, c.id}  # a job that does not exist is left out
+    assert (found[a.id].state, found[a.id].result) == (S.SUCCEEDED, b"value")
+    assert (found[b.id].state, found[b.id].error_type, found[b.id].error_message,
+            found[b.id].error_traceback) == (S.FAILED, "ValueError", "bad", "Traceback …")
+    assert found[c.id].state is S.ENQUEUED and found[c.id].result is None
+    assert store.states_of([]) == {} and store.results_of([]) == {}
+
+
 def test_user_changes_follow_the_state_machine(store: SqlStore) -> None:
     [a] = store.enqueue([spec()], T0)
     store.acquire("s1", ["*"], 1, lease(), T0)

@@ -182,7 +182,7 @@ class Dispatcher:
         return replace(job, payload=self.codec.resolve_results(job.payload, self._result_of))
 
     def _result_of(self, job_id: int) -> Any:
-        record = self.store.get(job_id)
+        record = self.store.results_of([job_id]).get(job_id)
         if record is None:
             raise ResultUnavailableError(
                 f"job {job_id}, whose result is an argument of this job, no longer exists (expired or "

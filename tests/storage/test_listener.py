@@ -58,15 +58,21 @@ def test_an_idle_database_reports_nothing_and_interrupt_ends_the_wait(db: str) -
         assert listener.wait(stop, 0.05)
         assert not listener.wait(stop, 0.05)  # the safety poll found no change
         listener.WATCHED_POLL = 60.0
-        result: list[bool] = []
-        waiter = threading.Thread(target=lambda: result.append(listener.wait(stop, 0.05)))
-        waiter.start()
-        stop.set()
-        listener.interrupt()
-        waiter.join(5)
-        assert not waiter.is_alive() and result == [False]
+        assert_interrupt_ends_the_wait(listener, stop, 0.05)
     finally:
         listener.close()
+
+
+def assert_interrupt_ends_the_wait(listener: SqliteListener | PostgresListener, stop: threading.Event,
+                                   timeout: float) -> None:
+    """A wait in another thread returns "nothing changed" at once when the server stops."""
+    result: list[bool] = []
+    waiter = threading.Thread(target=lambda: result.append(listener.wait(stop, timeout)))
+    waiter.start()
+    stop.set()
+    listener.interrupt()
+    waiter.join(5)
+    assert not waiter.is_alive() and result == [False]
 
 
 def test_without_inotify_it_polls_data_version(db: str) -> None:
@@ -121,13 +127,7 @@ def test_interrupt_ends_a_postgres_listener_wait_however_long_its_poll(pg_databa
     stop = threading.Event()
     try:
         listener.open()
-        result: list[bool] = []
-        waiter = threading.Thread(target=lambda: result.append(listener.wait(stop, 3600)))
-        waiter.start()
-        stop.set()
-        listener.interrupt()
-        waiter.join(5)
-        assert not waiter.is_alive() and result == [False]
+        assert_interrupt_ends_the_wait(listener, stop, 3600)
     finally:
         listener.close()
 

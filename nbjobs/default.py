@@ -22,7 +22,7 @@ import pandas as pd
 from .client import Client, Job, JobFunction, NotebookJob
 from .engine import Engine, connect
 from .errors import ConfigurationError
-from .gather import DoneAndPending
+from .gather import DoneAndPending, JobsView
 from .model import PRIVATE_QUEUE_MARK, ContinueOn, JobState
 from .recurring_client import Recurring
 from .server import ServerConfig
@@ -206,6 +206,11 @@ def results(jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = No
             return_exceptions: bool = False, progress: bool = False) -> list[Any]:
     """`nbjobs.results(runs, progress=True)`: every job's return value, in order (default engine)."""
     return default_engine().results(jobs, timeout, return_exceptions, progress)
+
+
+def watch(jobs: Iterable[int | Job] | pd.DataFrame) -> JobsView:
+    """`nbjobs.watch(runs)` as a cell's last line: a live view of many jobs (default engine)."""
+    return default_engine().watch(jobs)
 
 
 def enqueue_notebook(path: str | os.PathLike[str], parameters: dict[str, Any] | None = None,

@@ -196,6 +196,11 @@ class Engine:
         """Yield each job as it becomes final, earliest first (`for job in nb.as_completed(runs)`)."""
         return gather.as_completed(self.client, jobs, timeout, progress)
 
+    def watch(self, jobs: Iterable[int | Job] | pd.DataFrame) -> gather.JobsView:
+        """Many jobs as one live view in a notebook (a bar of those that ended, counts by state),
+        refreshed in the background while the notebook goes on; `.counts()` anywhere."""
+        return gather.watch(self.client, jobs)
+
     def results(self, jobs: Iterable[int | Job] | pd.DataFrame, timeout: float | None = None,
                 return_exceptions: bool = False, progress: bool = False) -> list[Any]:
         """Every job's return value in the order given; the first failure raises (or, with

@@ -12,7 +12,7 @@ is followed closely.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED as ALL_COMPLETED
 from concurrent.futures import FIRST_COMPLETED as FIRST_COMPLETED
 from concurrent.futures import FIRST_EXCEPTION as FIRST_EXCEPTION
@@ -62,6 +62,60 @@ def jobs_of(client: Client, jobs: Any) -> list[Job]:
         job_id = client.job_id(item)  # refuses a Job of another database
         out.append(item if isinstance(item, Job) else Job(client, job_id))
     return out
+
+
+#: Rich display of a JobsView ("html" → str, "display" → shows it), installed by `nbjobs.ui.display`.
+VIEW_HOOKS: dict[str, Callable[[JobsView], Any]] = {}
+
+
+class JobsView:
+    """Many jobs (a sweep) as one thing to look at: counts by state, and in a notebook a live bar of
+    the jobs that ended, refreshed in the background while the notebook goes on (`nb.watch(runs)`)."""
+
+    def __init__(self, client: Client, jobs: list[Job]) -> None:
+        self.client = client
+        self.jobs = jobs
+
+    def states(self) -> dict[int, JobState]:
+        """The state of each job that still exists (one query per 500 jobs)."""
+        ids = list(dict.fromkeys(job.id for job in self.jobs))
+        found: dict[int, JobState] = {}
+        for start in range(0, len(ids), _CHUNK):
+            found.update(self.client.store.states_of(ids[start:start + _CHUNK]))
+        return found
+
+    def counts(self) -> dict[str, int]:
+        """Jobs per state (only states some job is in), plus "gone" for jobs that no longer exist."""
+        states = self.states()
+        out: dict[str, int] = {}
+        for state in states.values():
+            out[state.value] = out.get(state.value, 0) + 1
+        gone = len({job.id for job in self.jobs}) - len(states)
+        if gone:
+            out["gone"] = gone
+        return out
+
+    def __repr__(self) -> str:
+        counts = ", ".join(f"{n} {state}" for state, n in self.counts().items())
+        return f"<{len({job.id for job in self.jobs})} jobs: {counts or 'none'}>"
+
+    def _repr_html_(self) -> str | None:
+        render = VIEW_HOOKS.get("html")
+        return render(self) if render is not None else None
+
+    def _ipython_display_(self) -> None:
+        show = VIEW_HOOKS.get("display")
+        if show is not None:
+            show(self)
+            return
+        from IPython.display import display
+
+        display({"text/plain": repr(self)}, raw=True)  # type: ignore[no-untyped-call]
+
+
+def watch(client: Client, jobs: Any) -> JobsView:
+    """A live view of many jobs for a notebook: `nb.watch(runs)` as a cell's last line."""
+    return JobsView(client, jobs_of(client, jobs))
 
 
 def as_completed(

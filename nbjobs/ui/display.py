@@ -14,9 +14,10 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from .. import client
+from .. import client, gather
 from ..client import Job
 from ..clock import utcnow
+from ..gather import JobsView
 from ..model import FINAL_STATES, JobRecord, JobState
 
 log = logging.getLogger("nbjobs.ui")
@@ -177,11 +178,72 @@ class JobWidget:
         if record.state.is_final:
             self.finished.set()
 
+    @property
+    def busy(self) -> bool:
+        """Refreshed on every tick (running), else on every `WAITING_EVERY`th."""
+        return self.state is JobState.PROCESSING
+
     def mimebundle(self) -> dict[str, Any]:
         bundle: dict[str, Any] = dict(self.box._repr_mimebundle_() or {})
         bundle["text/plain"] = repr(self.job)
         bundle["text/html"] = job_html(self.job)  # for frontends without a widget manager
         return bundle
+
+    def __repr__(self) -> str:
+        return f"<widget of job {self.job.id}>"
+
+
+def counts_html(counts: dict[str, int]) -> str:
+    """Badges with the number of jobs in each state, in the states' order."""
+    order = [s.value for s in JobState] + ["gone"]
+    parts = []
+    for name in sorted(counts, key=order.index):
+        state = JobState(name) if name != "gone" else None
+        label = badge(state) if state is not None else '<span style="color:#6c757d">gone</span>'
+        parts.append(f"{label} {counts[name]}")
+    return " ".join(parts)
+
+
+def view_html(view: JobsView) -> str:
+    """`JobsView._repr_html_`: one read of the jobs' states."""
+    counts = view.counts()
+    return f"<div><b>{len(set(j.id for j in view.jobs))} jobs</b> {counts_html(counts)}</div>"
+
+
+class JobsWidget:
+    """A bar of how many of the view's jobs ended, and their counts by state, refreshed until all
+    have ended (one state query per 500 jobs a refresh)."""
+
+    def __init__(self, view: JobsView) -> None:
+        import ipywidgets as w
+
+        self.view = view
+        self.total = len({job.id for job in view.jobs})
+        self.bar = w.IntProgress(min=0, max=max(1, self.total), value=0, layout=w.Layout(width="240px"))
+        self.label = w.HTML()
+        self.box = w.HBox([self.bar, self.label])
+        self.finished = threading.Event()
+        self.busy = True
+        self.refresh()
+
+    def refresh(self) -> None:
+        counts = self.view.counts()
+        ended = sum(n for name, n in counts.items() if name == "gone" or JobState(name).is_final)
+        self.bar.value = ended
+        self.bar.bar_style = ("danger" if counts.get(JobState.FAILED.value) else
+                              "success" if ended == self.total else "")
+        self.label.value = f"{ended}/{self.total} ended · {counts_html(counts)}"
+        if ended == self.total:
+            self.finished.set()
+
+    def mimebundle(self) -> dict[str, Any]:
+        bundle: dict[str, Any] = dict(self.box._repr_mimebundle_() or {})
+        bundle["text/plain"] = repr(self.view)
+        bundle["text/html"] = view_html(self.view)
+        return bundle
+
+    def __repr__(self) -> str:
+        return f"<widget of {self.total} jobs>"
 
 
 class _Updater:
@@ -189,12 +251,12 @@ class _Updater:
 
     def __init__(self, interval: float = 0.5) -> None:
         self.interval = interval
-        self._widgets: set[JobWidget] = set()  # strong: the ipywidgets keep no reference to us
+        self._widgets: set[JobWidget | JobsWidget] = set()  # strong: ipywidgets keep no reference to us
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
 
-    def add(self, widget: JobWidget) -> None:
+    def add(self, widget: JobWidget | JobsWidget) -> None:
         if widget.finished.is_set():
             return
         with self._lock:
@@ -214,12 +276,12 @@ class _Updater:
                     self._thread = None
                     return
             for widget in widgets:
-                if widget.state is not JobState.PROCESSING and tick % WAITING_EVERY:
+                if not widget.busy and tick % WAITING_EVERY:
                     continue  # a job that waits changes rarely: look at it less often
                 try:
                     widget.refresh()
                 except Exception:  # the engine was closed, the database went away: stop showing
-                    log.debug("display refresh of job %d failed", widget.job.id, exc_info=True)
+                    log.debug("display refresh of %r failed", widget, exc_info=True)
                     widget.finished.set()
                 if widget.finished.is_set():
                     with self._lock:
@@ -249,5 +311,23 @@ def display_job(job: Job) -> JobWidget:
     return widget
 
 
+def live_jobs_widget(view: JobsView) -> JobsWidget:
+    """A widget for many jobs, kept up to date in the background until all have ended."""
+    widget = JobsWidget(view)
+    updater.add(widget)
+    return widget
+
+
+def display_view(view: JobsView) -> JobsWidget:
+    """`JobsView._ipython_display_`: show the live widget (with HTML and text fallbacks)."""
+    from IPython.display import display
+
+    widget = live_jobs_widget(view)
+    display(widget.mimebundle(), raw=True)  # type: ignore[no-untyped-call]
+    return widget
+
+
 client.DISPLAY_HOOKS["html"] = job_html
 client.DISPLAY_HOOKS["display"] = display_job
+gather.VIEW_HOOKS["html"] = view_html
+gather.VIEW_HOOKS["display"] = display_view

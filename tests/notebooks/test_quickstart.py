@@ -35,6 +35,9 @@ def test_quickstart_tour(tmp_path: Path) -> None:
     assert "pages: [0, 1, 4, 9, 16, 25] | ended: 6" in out
     assert "['retry 1 of 3 in 0.2s, as the job asked (HTTP 429)']" in out
     assert "stopped" in out
+    view = nb.cells[22].outputs[0]["data"]  # nbjobs.watch(pages)
+    assert "application/vnd.jupyter.widget-view+json" in view
+    assert view["text/plain"] == "<6 jobs: 6 succeeded>"
     live = nb.cells[4].outputs[0]["data"]
     assert "application/vnd.jupyter.widget-view+json" in live and "text/html" in live
     # The job's own prints stayed out of the cell that ran while it worked.

@@ -68,3 +68,53 @@ def test_displaying_a_job_in_a_shell_shows_widget_html_and_text(engine: nbjobs.E
     assert "succeeded" in out.data["text/html"]
     assert out.data["text/plain"] == repr(job)
     shell.user_ns.pop("shown_job")
+
+
+def fails(message: str) -> None:
+    raise ValueError(message)
+
+
+def test_a_view_of_many_jobs_counts_them_and_its_widget_follows_until_all_ended(
+    engine: nbjobs.Engine,
+) -> None:
+    engine.start_server(workers=4, poll_interval=0.05)
+    for name in ("sweep-a", "sweep-b"):
+        gates[name] = threading.Event()
+    runs = [engine.enqueue(gated, "sweep-a"), engine.enqueue(gated, "sweep-b"),
+            engine.options(retries=0).enqueue(fails, "bad seed")]
+    view = engine.watch([*runs, runs[0]])  # a job given twice counts once
+    widget = display.live_jobs_widget(view)
+    assert isinstance(widget.box, ipywidgets.HBox) and widget.bar.max == 3
+    wait_for(lambda: view.counts() == {"processing": 2, "failed": 1})
+    wait_for(lambda: widget.bar.value == 1 and "1/3 ended" in widget.label.value)
+    assert widget.bar.bar_style == "danger" and not widget.finished.is_set()
+    assert repr(view) == "<3 jobs: 2 processing, 1 failed>"
+    gates["sweep-a"].set()
+    gates["sweep-b"].set()
+    assert widget.finished.wait(30)
+    assert widget.bar.value == 3 and "3/3 ended" in widget.label.value
+    assert view.counts() == {"succeeded": 2, "failed": 1}
+    wait_for(lambda: display.updater.active() == 0)  # the updater forgets a view that has ended
+    runs[2].delete()
+    engine.store._tx(lambda conn: conn.exec_driver_sql(f"DELETE FROM nbjobs_jobs WHERE id = {runs[2].id}"))
+    assert view.counts() == {"succeeded": 2, "gone": 1}
+
+
+def test_displaying_a_view_in_a_shell_shows_widget_html_and_text(engine: nbjobs.Engine) -> None:
+    jobs = [engine.enqueue(gated, "never-run") for _ in range(3)]  # no server: they stay enqueued
+    view = engine.watch(jobs)
+    shell = InteractiveShell.instance()
+    shell.user_ns["sweep_view"] = view
+    try:
+        with capture_output() as cap:
+            shell.run_cell("sweep_view").raise_error()
+        (out,) = cap.outputs
+        assert "application/vnd.jupyter.widget-view+json" in out.data
+        assert "3 jobs" in out.data["text/html"] and "enqueued" in out.data["text/html"]
+        assert out.data["text/plain"] == "<3 jobs: 3 enqueued>"
+        assert display.updater.active() == 1  # it follows them until they end
+    finally:
+        shell.user_ns.pop("sweep_view")
+        for job in jobs:
+            job.delete()
+        wait_for(lambda: display.updater.active() == 0)

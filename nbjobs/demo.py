@@ -69,8 +69,7 @@ def run_demo(engine: Engine, *, delay: float = 1.0) -> pd.DataFrame:
         # A recurring definition (every second); wait for its first scheduled run, then remove it.
         engine.options(name="every second").recurring("demo-tick", "* * * * * *", reminder, "tick")
         jobs = [pi, follow, later, retried, failed, summary, fetched]
-        for job in jobs:
-            job.wait(timeout=60)
+        engine.wait(jobs, timeout=60)  # all of them at once, as `nb.results(jobs)` would
         tick = _first_recurring_job(engine, "demo-tick", timeout=10)
         engine.remove_recurring("demo-tick")
         if tick is not None:

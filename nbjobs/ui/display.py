@@ -12,7 +12,7 @@ import html
 import logging
 import threading
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import client, gather
 from ..client import Job
@@ -295,36 +295,40 @@ class _Updater:
 updater = _Updater()
 
 
-def live_widget(job: Job) -> JobWidget:
-    """A widget for `job`, kept up to date in the background until the job is final."""
-    widget = JobWidget(job)
+LiveWidget = TypeVar("LiveWidget", JobWidget, JobsWidget)
+
+
+def _followed(widget: LiveWidget) -> LiveWidget:
     updater.add(widget)
     return widget
 
 
-def display_job(job: Job) -> JobWidget:
-    """`Job._ipython_display_`: show the live widget (with HTML and text fallbacks)."""
+def _shown(widget: LiveWidget) -> LiveWidget:
+    """Display the live widget, with HTML and text fallbacks for frontends without widgets."""
     from IPython.display import display
 
-    widget = live_widget(job)
     display(widget.mimebundle(), raw=True)  # type: ignore[no-untyped-call]
     return widget
+
+
+def live_widget(job: Job) -> JobWidget:
+    """A widget for `job`, kept up to date in the background until the job is final."""
+    return _followed(JobWidget(job))
 
 
 def live_jobs_widget(view: JobsView) -> JobsWidget:
     """A widget for many jobs, kept up to date in the background until all have ended."""
-    widget = JobsWidget(view)
-    updater.add(widget)
-    return widget
+    return _followed(JobsWidget(view))
+
+
+def display_job(job: Job) -> JobWidget:
+    """`Job._ipython_display_`."""
+    return _shown(live_widget(job))
 
 
 def display_view(view: JobsView) -> JobsWidget:
-    """`JobsView._ipython_display_`: show the live widget (with HTML and text fallbacks)."""
-    from IPython.display import display
-
-    widget = live_jobs_widget(view)
-    display(widget.mimebundle(), raw=True)  # type: ignore[no-untyped-call]
-    return widget
+    """`JobsView._ipython_display_`."""
+    return _shown(live_jobs_widget(view))
 
 
 client.DISPLAY_HOOKS["html"] = job_html

@@ -6,8 +6,10 @@
 A backlog of `--jobs` stored no-op jobs is drained by an in-process server (4 workers, SQLite,
 synchronous=NORMAL) while this thread waits for all of them in one of four ways; the rate is jobs
 per second from the server's start until the wait returns. The baseline waits without looking at
-the jobs (`counts()` every 50 ms); the others are `nb.as_completed(jobs)`, `nb.results(jobs)` and,
-for comparison, `[job.result() for job in jobs]`. Each ratio is to the baseline of the same run.
+the jobs (`counts()` every 50 ms); the others are `nb.as_completed(jobs)`, `nb.results(jobs)`, the
+baseline with a live `nb.watch(jobs)` widget refreshing meanwhile (as a notebook cell showing it
+would) and, for comparison, `[job.result() for job in jobs]`. Each ratio is to the baseline of the
+same run.
 """
 
 from __future__ import annotations
@@ -41,6 +43,14 @@ def _results(nb: Any, jobs: list[Any]) -> None:
     nb.results(jobs)
 
 
+def _watched(nb: Any, jobs: list[Any]) -> None:
+    from nbjobs.ui import display
+
+    widget = display.live_jobs_widget(nb.watch(jobs))  # what a notebook cell showing it starts
+    _counts(nb, jobs)
+    widget.finished.wait(30)
+
+
 def _one_by_one(nb: Any, jobs: list[Any]) -> None:
     for job in jobs:
         job.result()
@@ -50,6 +60,7 @@ WAYS: dict[str, Callable[[Any, list[Any]], None]] = {
     "counts() every 50 ms (baseline)": _counts,
     "nb.as_completed(jobs)": _as_completed,
     "nb.results(jobs)": _results,
+    "counts() every 50 ms, nb.watch(jobs) on display": _watched,
     "[job.result() for job in jobs]": _one_by_one,
 }
 

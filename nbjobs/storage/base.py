@@ -231,6 +231,11 @@ class Store(abc.ABC):
         """Current state of each existing job among `job_ids`."""
 
     @abc.abstractmethod
+    def state_counts(self, job_ids: Sequence[int]) -> dict[JobState, int]:
+        """How many of the existing jobs among `job_ids` are in each state (counted by the
+        database: a live view of thousands of jobs reads a few rows, not one per job)."""
+
+    @abc.abstractmethod
     def results_of(self, job_ids: Sequence[int]) -> dict[int, JobResult]:
         """State and result or error of each existing job among `job_ids`, in one read (a
         gathering reads thousands; `get` would read each whole row)."""

@@ -36,6 +36,7 @@ from .sql_base import (
 # Built once (an expanding IN): `job.state` and `job.result()` run them on every poll.
 _IDS: BindParameter[int] = bindparam("ids", expanding=True)
 _STATES_OF = select(jobs.c.id, jobs.c.state).where(jobs.c.id.in_(_IDS))
+_STATE_COUNTS = select(jobs.c.state, func.count()).where(jobs.c.id.in_(_IDS)).group_by(jobs.c.state)
 _RESULTS_OF = select(jobs.c.id, jobs.c.state, jobs.c.result, jobs.c.error_type, jobs.c.error_message,
                      jobs.c.error_traceback).where(jobs.c.id.in_(_IDS))
 
@@ -57,6 +58,15 @@ class ReadsSqlMixin(SqlBase):
         ids = {"ids": list(job_ids)}
         return self._tx(lambda conn: {r.id: JobState(r.state) for r in conn.execute(_STATES_OF, ids)},
                         write=False)
+
+    def state_counts(self, job_ids: Sequence[int]) -> dict[JobState, int]:
+        if not job_ids:
+            return {}
+        ids = {"ids": list(job_ids)}
+        return self._tx(
+            lambda conn: {JobState(state): int(n) for state, n in conn.execute(_STATE_COUNTS, ids)},
+            write=False,
+        )
 
     def results_of(self, job_ids: Sequence[int]) -> dict[int, JobResult]:
         if not job_ids:

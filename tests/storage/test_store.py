@@ -69,7 +69,7 @@ def test_finish_only_applies_to_jobs_the_server_holds(store: SqlStore) -> None:
     assert store.get(b.id).state is S.ENQUEUED  # type: ignore[union-attr]
 
 
-def test_states_and_results_of_many_jobs_in_one_read(store: SqlStore) -> None:
+def test_states_results_and_counts_of_many_jobs_in_one_read(store: SqlStore) -> None:
     [a, b, c] = store.enqueue([spec(1), spec(2), spec(3)], T0)
     store.acquire("s1", ["default"], 2, lease(), T0)
     store.finish("s1", [
@@ -84,7 +84,8 @@ def test_states_and_results_of_many_jobs_in_one_read(store: SqlStore) -> None:
     assert (found[b.id].state, found[b.id].error_type, found[b.id].error_message,
             found[b.id].error_traceback) == (S.FAILED, "ValueError", "bad", "Traceback …")
     assert found[c.id].state is S.ENQUEUED and found[c.id].result is None
-    assert store.states_of([]) == {} and store.results_of([]) == {}
+    assert store.state_counts([a.id, b.id, c.id, 999]) == {S.SUCCEEDED: 1, S.FAILED: 1, S.ENQUEUED: 1}
+    assert store.states_of([]) == {} and store.results_of([]) == {} and store.state_counts([]) == {}
 
 
 def test_user_changes_follow_the_state_machine(store: SqlStore) -> None:

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import notebooks, recurring_client
+from . import context, notebooks, recurring_client
 from .callbacks import DoneCallbacks
 from .clock import Clock, ensure_utc
 from .errors import (
@@ -642,16 +642,18 @@ class Job:
         clock = self.client.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
         delay = 0.002
-        while True:
-            state = self.state
-            if state in FINAL_STATES:
-                return state
-            remaining = None if deadline is None else deadline - clock.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise self._still(state, timeout)
-            # Local completions wake us at once; jobs finished elsewhere are seen by polling.
-            self.client.notifier.wait_finished(delay if remaining is None else min(delay, remaining))
-            delay = min(delay * 1.5, 0.5)
+        with context.Waiting() as waiting:  # inside a job: its slot runs other jobs meanwhile
+            while True:
+                state = self.state
+                if state in FINAL_STATES:
+                    return state
+                remaining = None if deadline is None else deadline - clock.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise self._still(state, timeout)
+                waiting.block()
+                # Local completions wake us at once; jobs finished elsewhere are seen by polling.
+                self.client.notifier.wait_finished(delay if remaining is None else min(delay, remaining))
+                delay = min(delay * 1.5, 0.5)
 
     def result(self, timeout: float | None = None) -> Any:
         """The return value; raises JobFailedError with the remote traceback if the job failed."""
@@ -689,14 +691,17 @@ class Job:
         """
         clock = self.client.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - clock.monotonic())
-            try:
-                return await asyncio.to_thread(self.wait, _ASYNC_ROUND if remaining is None
-                                               else min(_ASYNC_ROUND, remaining))
-            except ResultTimeoutError:
-                if deadline is not None and clock.monotonic() >= deadline:
-                    raise self._still(self.state, timeout) from None
+        # One loan for all rounds (each round's thread sees this job's context and lends nothing more).
+        with context.Waiting() as waiting:
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - clock.monotonic())
+                try:
+                    return await asyncio.to_thread(self.wait, _ASYNC_ROUND if remaining is None
+                                                   else min(_ASYNC_ROUND, remaining))
+                except ResultTimeoutError:
+                    if deadline is not None and clock.monotonic() >= deadline:
+                        raise self._still(self.state, timeout) from None
+                waiting.block()
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """`result` for asyncio; `await job` is the same with no timeout."""

@@ -2,6 +2,11 @@
 
 A context variable, so every worker thread (and the code it calls) sees its own job. The server
 gives each context a progress sink; writes are rate-limited there, not here.
+
+A job that waits for other jobs (`job.result()`, `nbjobs.results(...)`, `await job`) lends its
+worker slot to its server while it waits (`Waiting`): a job can fan out and gather without taking
+the workers its children need. Celery forbids `result.get()` inside a task for that deadlock; Dask
+has `secede`/`rejoin`; here the waiting functions do it themselves.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import TracebackType
+from typing import Protocol
 
 from .errors import JobCancelled, NbJobsError
 
@@ -18,6 +25,14 @@ from .errors import JobCancelled, NbJobsError
 _callbacks_lock = threading.Lock()
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("nbjobs_job", default=None)
+
+
+class SlotLender(Protocol):
+    """Where a waiting job's worker slot goes: its server runs another job in it meanwhile."""
+
+    def lend(self) -> None: ...
+
+    def reclaim(self) -> None: ...
 
 
 @dataclass(kw_only=True, eq=False)
@@ -37,6 +52,10 @@ class JobContext:
     log_sink: Callable[[int, Sequence[tuple[datetime, str, str]]], None] | None = field(
         default=None, repr=False
     )
+    #: The server's pool, lent this job's slot while the job waits for other jobs (None: no lending).
+    slot_lender: SlotLender | None = field(default=None, repr=False)
+    _waits: int = field(default=0, repr=False)  #: waits in progress (threads, nested calls)
+    _loans_ended: bool = field(default=False, repr=False)
 
     @property
     def cancelled(self) -> bool:
@@ -79,6 +98,37 @@ class JobContext:
         """Sleep up to `timeout` s, waking early on cancellation (a cancellable time.sleep)."""
         return self._cancel.wait(timeout)
 
+    def begin_wait(self) -> None:
+        """The job is about to block until other jobs end: lend its slot (once, however many of its
+        threads wait) and see a cancellation, since a wait is where a waiting job can stop."""
+        self.check_cancelled()
+        with _callbacks_lock:
+            if self._loans_ended:
+                return
+            self._waits += 1
+            first = self._waits == 1
+        if first and self.slot_lender is not None:
+            self.slot_lender.lend()
+
+    def end_wait(self) -> None:
+        """A wait ended: take the slot back when the last one does."""
+        with _callbacks_lock:
+            if self._loans_ended or self._waits == 0:
+                return
+            self._waits -= 1
+            last = self._waits == 0
+        if last and self.slot_lender is not None:
+            self.slot_lender.reclaim()
+
+    def end_loans(self) -> None:
+        """The job ended (its server calls this): a wait still open, in a thread the job left behind
+        or an abandoned generator, gives the slot back now, and later waits lend nothing."""
+        with _callbacks_lock:
+            lent = self._waits > 0 and not self._loans_ended
+            self._loans_ended, self._waits = True, 0
+        if lent and self.slot_lender is not None:
+            self.slot_lender.reclaim()
+
     def append_logs(self, chunks: Sequence[tuple[datetime, str, str]]) -> None:
         """Add (time, stream, text) chunks to this job's captured output (dropped without a sink)."""
         if chunks and self.log_sink is not None:
@@ -112,6 +162,41 @@ def activate(ctx: JobContext | None) -> contextvars.Token[JobContext | None]:
 
 def deactivate(token: contextvars.Token[JobContext | None]) -> None:
     _current.reset(token)
+
+
+class Waiting:
+    """Around a loop that waits for jobs: the first `block()` lends the current job's slot, `unblock()`
+    (and leaving the block) takes it back. Outside a job it does nothing."""
+
+    __slots__ = ("_ctx", "_lent")
+
+    def __init__(self) -> None:
+        self._ctx = _current.get()
+        self._lent = False
+
+    def __enter__(self) -> Waiting:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.unblock()
+
+    def block(self) -> None:
+        """Call before each wait; raises JobCancelled once the current job is cancelled."""
+        if self._ctx is None:
+            return
+        if self._lent:
+            self._ctx.check_cancelled()
+            return
+        self._ctx.begin_wait()
+        self._lent = True
+
+    def unblock(self) -> None:
+        """The job runs its own code again (a generator handing out what it waited for)."""
+        if self._lent:
+            self._lent = False
+            assert self._ctx is not None
+            self._ctx.end_wait()
 
 
 def check_cancelled() -> None:

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import pandas as pd
 
+from . import context
 from .client import Client, Job
 from .errors import InvalidJobError, JobFailedError, JobNotFoundError, ResultTimeoutError
 from .model import FINAL_STATES, JobState
@@ -151,23 +152,27 @@ def _seen_final(client: Client, pending: dict[int, Job], timeout: float | None) 
     total = len(pending)
     deadline = None if timeout is None else clock.monotonic() + timeout
     delay = _FIRST_DELAY
-    while pending:
-        started = time.monotonic()
-        states = _states(client, list(pending))
-        spacing = _SPACING * (time.monotonic() - started)
-        final = [job_id for job_id in pending if states[job_id] in FINAL_STATES]
-        if final:
-            yield [(pending.pop(job_id), states[job_id]) for job_id in final]
-        if not pending:
-            return
-        remaining = None if deadline is None else deadline - clock.monotonic()
-        if remaining is not None and remaining <= 0:
-            raise _timeout(pending, total, timeout)
-        delay = _FIRST_DELAY if final else min(delay * 1.5, _LONGEST_DELAY)
-        if spacing > _FIRST_DELAY:  # a big round: leave the database and the GIL to the server
-            time.sleep(min(spacing, _LONGEST_DELAY) if remaining is None else min(spacing, remaining))
-        # Local completions wake us at once; jobs finished elsewhere are seen by polling.
-        client.notifier.wait_finished(delay if remaining is None else min(delay, remaining))
+    # Inside a job, its worker slot runs other jobs (those waited for, say) while it waits.
+    with context.Waiting() as waiting:
+        while pending:
+            started = time.monotonic()
+            states = _states(client, list(pending))
+            spacing = _SPACING * (time.monotonic() - started)
+            final = [job_id for job_id in pending if states[job_id] in FINAL_STATES]
+            if final:
+                waiting.unblock()  # the caller's own code runs until it asks for more
+                yield [(pending.pop(job_id), states[job_id]) for job_id in final]
+            if not pending:
+                return
+            remaining = None if deadline is None else deadline - clock.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise _timeout(pending, total, timeout)
+            delay = _FIRST_DELAY if final else min(delay * 1.5, _LONGEST_DELAY)
+            waiting.block()
+            if spacing > _FIRST_DELAY:  # a big round: leave the database and the GIL to the server
+                time.sleep(min(spacing, _LONGEST_DELAY) if remaining is None else min(spacing, remaining))
+            # Local completions wake us at once; jobs finished elsewhere are seen by polling.
+            client.notifier.wait_finished(delay if remaining is None else min(delay, remaining))
 
 
 def _states(client: Client, ids: list[int]) -> dict[int, JobState]:

@@ -7,7 +7,9 @@ terminating its process, which no thread allows.
 How:
 - One child per slot (the pool has as many slots as the server has workers), started lazily from a
   `forkserver` (a clean, single-threaded process that preloads nbjobs; falling back to `spawn` where
-  forkserver does not exist). Never `fork`: forking a kernel that runs threads can deadlock the child.
+  forkserver does not exist). A job waiting for other jobs lends its slot (`context.Waiting`): the
+  server then runs one more worker thread, and a process job run there gets a one-off child.
+  Never `fork`: forking a kernel that runs threads can deadlock the child.
 - The parent sends the job's *signed* payload and the signing key travels once, at child start-up, over
   the process pipe (never the environment). The child verifies, decodes and runs it; functions from a
   notebook (`__main__`) are loaded from the cloudpickled copy the payload carries
@@ -133,7 +135,8 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
         conn.send(("progress", (fraction, message)))
 
     ctx = context.JobContext(id=msg["id"], attempt=msg["attempt"], function=msg["function"],
-                             queue=msg["queue"], recurring_id=msg["recurring_id"], progress_sink=progress)
+                             queue=msg["queue"], recurring_id=msg["recurring_id"], progress_sink=progress,
+                             slot_lender=_ParentSlot(conn))
     token = context.activate(ctx)
     try:
         with contextlib.redirect_stdout(_Capture("stdout", output)), \
@@ -151,6 +154,20 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
     except USER_CODE_ERRORS as exc:
         return reply(failed_result(exc, started=started, finished=datetime.now(UTC), retryable=False))
     return reply(RunResult(started_at=started, finished_at=datetime.now(UTC), ok=True, result=encoded))
+
+
+class _ParentSlot:
+    """The child's side of lending: the parent's worker thread waits on our pipe, so it is the parent
+    that lends and reclaims the job's slot (`_Slot.run`)."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    def lend(self) -> None:
+        self._conn.send(("wait", True))
+
+    def reclaim(self) -> None:
+        self._conn.send(("wait", False))
 
 
 # -- parent side --------------------------------------------------------------------------------
@@ -206,6 +223,14 @@ class _Slot:
                             ctx.set_progress(*body)
                         except Exception:
                             log.exception("progress report of job %d failed", job.id)
+                    elif kind == "wait":
+                        try:
+                            if body:
+                                ctx.begin_wait()
+                            else:
+                                ctx.end_wait()
+                        except JobCancelled:
+                            pass  # seen at the top of this loop: the child is terminated
                     continue
             if proc.sentinel in ready or not proc.is_alive():
                 proc.join(timeout=1.0)
@@ -246,21 +271,40 @@ class ProcessExecutor:
         self._mp = _mp_context()
         self._clock = clock
         self._on_output = on_output
+        self._key = signer.key
         self._slots: list[_Slot] = [_Slot(self._mp, signer.key) for _ in range(max(1, size))]
         self._idle: queue.SimpleQueue[_Slot] = queue.SimpleQueue()
         for slot in self._slots:
             self._idle.put(slot)
+        self._extra: set[_Slot] = set()
+        self._extra_lock = threading.Lock()
         self._closed = threading.Event()
+
+    def _take_slot(self) -> tuple[_Slot, bool]:
+        """An idle slot; a one-off extra one when a waiting job lent its worker (more worker threads
+        than slots), so the jobs it waits for do not wait for its process."""
+        try:
+            return self._idle.get_nowait(), False
+        except queue.Empty:
+            slot = _Slot(self._mp, self._key)
+            with self._extra_lock:
+                self._extra.add(slot)
+            return slot, True
 
     def __call__(self, job: ClaimedJob, ctx: context.JobContext) -> RunResult:
         started = self._clock.now()
-        slot = self._idle.get()  # at most `workers` threads call at once, so this rarely waits
+        slot, extra = self._take_slot()
         try:
             if self._closed.is_set():
                 raise RuntimeError("the process pool was closed")
             reply, why = slot.run(job, ctx)
         finally:
-            self._idle.put(slot)
+            if extra:
+                slot.close()
+                with self._extra_lock:
+                    self._extra.discard(slot)
+            else:
+                self._idle.put(slot)
         finished = self._clock.now()
         if reply is None:
             if why == "cancelled":
@@ -292,5 +336,7 @@ class ProcessExecutor:
     def close(self) -> None:
         """Stop every worker process (idle ones exit, busy ones are terminated)."""
         self._closed.set()
-        for slot in self._slots:
+        with self._extra_lock:
+            extra = list(self._extra)
+        for slot in [*self._slots, *extra]:
             slot.close()

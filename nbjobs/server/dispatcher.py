@@ -124,16 +124,46 @@ class Dispatcher:
         self._capped = bool(config.limits or config.rates)
         #: When a queue the last claim found out of room by its rate gets room again (monotonic).
         self._rate_room_at: float | None = None
+        #: Slots lent by jobs waiting for other jobs: each adds a worker thread and a slot to claim.
+        self._lent = 0
+        #: Worker threads to end after their current job: loans paid back (see `reclaim`).
+        self._retiring = 0
+        self._threads_started = 0
 
     # -- worker side ----------------------------------------------------------------------------
     def _run_thread(self, job: ClaimedJob, ctx: context.JobContext) -> RunResult:
         return run_in_thread(job, ctx, codec=self.codec, clock=self.clock, wrappers=self.wrappers)
 
     def start_workers(self) -> None:
-        for i in range(self.config.workers):
-            t = threading.Thread(target=self._worker, name=f"nbjobs-worker-{i}", daemon=True)
-            t.start()
-            self._workers.append(t)
+        for _ in range(self.config.workers):
+            self._new_worker().start()
+
+    def _new_worker(self) -> threading.Thread:
+        t = threading.Thread(target=self._worker, name=f"nbjobs-worker-{self._threads_started}", daemon=True)
+        self._threads_started += 1
+        self._workers.append(t)
+        return t
+
+    def lend(self) -> None:
+        """A running job waits for other jobs: one more thread and one more slot while it does (a job
+        that fans out and gathers cannot starve its own children of workers)."""
+        thread = None
+        with self._lock:
+            self._lent += 1
+            if self._retiring:  # a thread about to retire stays on instead
+                self._retiring -= 1
+            elif not self._stop.is_set():
+                thread = self._new_worker()
+        if thread is not None:
+            thread.start()
+        self.wake.set()  # claim for the new slot now
+
+    def reclaim(self) -> None:
+        """The wait ended and the job runs on: the slot goes back, and the first worker thread to end
+        a job retires (until then the server runs one job more than its workers)."""
+        with self._lock:
+            self._lent -= 1
+            self._retiring += 1
 
     def _worker(self) -> None:
         while True:
@@ -167,13 +197,20 @@ class Dispatcher:
                 except USER_CODE_ERRORS:  # nothing may end a worker; the attempt fails instead
                     log.exception("executor failed for job %d", item.job.id)
                     result = None
+                item.ctx.end_loans()
             finish_progress = getattr(self.progress_sink, "finish", None)
             if finish_progress is not None:  # a rate-limited sink may hold the last value: store it first
                 finish_progress(item.job.id)
             with self._lock:
                 self._done.append((item, result))
+                retire = self._retiring > 0
+                if retire:
+                    self._retiring -= 1
+                    self._workers.remove(threading.current_thread())
             if not self.wake.is_set():  # still pending: the loop clears it before it takes `_done`
                 self.wake.set()
+            if retire:
+                return
 
     def _with_results(self, job: ClaimedJob) -> ClaimedJob:
         """The job with the results of the jobs it was given as arguments in their places."""
@@ -209,7 +246,7 @@ class Dispatcher:
 
     # -- dispatcher loop ------------------------------------------------------------------------
     def capacity(self) -> int:
-        workers = self.config.workers
+        workers = self.config.workers + self._lent
         avg = self._stats.avg_duration
         if avg is not None and avg < self.config.short_job_seconds:
             return min(self.config.max_batch, workers * 50)
@@ -378,7 +415,7 @@ class Dispatcher:
             ctx = context.JobContext(
                 id=job.id, attempt=job.attempts, function=job.function, queue=job.options.queue,
                 recurring_id=job.recurring_id, progress_sink=self.progress_sink,
-                log_sink=self.store.append_logs,
+                log_sink=self.store.append_logs, slot_lender=self,
             )
             timeout = job.options.timeout
             items.append(Running(job=job, ctx=ctx, deadline=mono + timeout if timeout else None,
@@ -603,9 +640,11 @@ class Dispatcher:
         self.wake.set()
 
     def stop_workers(self, timeout: float = 1.0) -> None:
-        for _ in self._workers:
+        with self._lock:
+            workers = list(self._workers)
+        for _ in workers:
             self._work.put(None)
-        for t in self._workers:
+        for t in workers:
             t.join(timeout)
 
     def flush(self) -> int:

@@ -92,3 +92,19 @@ def retry_once(marker: str) -> str:
         Path(marker).write_text("asked")
         raise nbjobs.Retry(after=0.05, reason="not yet")
     return f"ran in {os.getpid()}"
+
+
+_ENGINES: dict[str, object] = {}
+
+
+def fan_out(url: str, n: int, executor: str) -> list[int]:
+    """Enqueue `n` jobs that report their pid and gather them: [own pid, their pids…]. Runs in a
+    worker process, which connects to the database once."""
+    import nbjobs
+
+    nb = _ENGINES.get(url)
+    if nb is None:
+        nb = _ENGINES[url] = nbjobs.connect(url, secret="test-secret")
+    assert isinstance(nb, nbjobs.Engine)
+    kids = [nb.options(executor=executor).enqueue(whoami) for _ in range(n)]
+    return [os.getpid(), *nb.results(kids, timeout=20)]

@@ -152,3 +152,29 @@ def test_sys_exit_in_a_process_job_fails_the_job_not_the_worker_process(nb: nbjo
     with pytest.raises(JobFailedError, match="SystemExit: 4"):
         proc.enqueue(jobfuncs.exits, 4).result(timeout=30)
     assert proc.enqueue(jobfuncs.async_whoami, 1).result(timeout=30)[0] == 2
+
+
+@pytest.mark.parametrize("children", ["thread", "process"])
+def test_a_process_job_gathers_its_children_on_a_server_with_one_worker(
+    tmp_path: Path, children: str
+) -> None:
+    # The child process tells its worker thread that it waits: the slot is lent (one more worker
+    # thread), and a process child run there gets a one-off worker process of its own.
+    url = f"sqlite:///{tmp_path / 'one.db'}"
+    eng = nbjobs.connect(url, secret="test-secret")
+    try:
+        eng.start_server(workers=1)
+        parent = eng.options(executor="process", retries=0).enqueue(jobfuncs.fan_out, url, 2, children)
+        parent_pid, *kid_pids = parent.result(timeout=60)
+        assert parent_pid != os.getpid() and len(kid_pids) == 2
+        if children == "thread":
+            assert set(kid_pids) == {os.getpid()}
+        else:
+            assert parent_pid not in kid_pids and os.getpid() not in kid_pids
+        pool = eng._process_pool
+        assert pool is not None
+        wait_for(lambda: not pool._extra)  # the one-off worker processes were stopped
+        dispatcher = eng.server.dispatcher  # type: ignore[union-attr]
+        wait_for(lambda: dispatcher._lent == 0 and len(dispatcher._workers) == 1)
+    finally:
+        eng.close()

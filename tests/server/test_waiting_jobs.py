@@ -1,0 +1,134 @@
+"""Jobs that wait for other jobs lend their worker slot meanwhile (fan out and gather inside a job),
+on real SQLite and PostgreSQL with real worker threads."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import nbjobs
+from nbjobs import JobState
+
+from ..conftest import wait_for
+
+#: The engine under test, for jobs that enqueue and wait (they run in this process's worker threads).
+ENGINE: list[nbjobs.Engine] = []
+_lock = threading.Lock()
+_running = {"now": 0, "most": 0}
+_release = threading.Event()
+
+
+@pytest.fixture(autouse=True)
+def engine_for_jobs(engine: nbjobs.Engine) -> Iterator[None]:
+    ENGINE[:] = [engine]
+    _running.update(now=0, most=0)
+    _release.clear()
+    yield
+    _release.set()
+    ENGINE.clear()
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def counted(x: int) -> int:
+    """A child that records how many children run at once."""
+    with _lock:
+        _running["now"] += 1
+        _running["most"] = max(_running["most"], _running["now"])
+    try:
+        _release.wait(0.05)  # stands for work, long enough for siblings to overlap
+        return x
+    finally:
+        with _lock:
+            _running["now"] -= 1
+
+
+def gather_squares(n: int) -> int:
+    nb = ENGINE[0]
+    kids = [nb.enqueue(square, i) for i in range(n)]
+    return sum(nb.results(kids, timeout=15))
+
+
+def one_by_one(n: int) -> list[int]:
+    nb = ENGINE[0]
+    kids = [nb.enqueue(square, i) for i in range(n)]
+    return [kid.result(timeout=15) for kid in kids]
+
+
+def first_come(n: int) -> list[int]:
+    nb = ENGINE[0]
+    kids = [nb.enqueue(square, i) for i in range(n)]
+    return sorted(kid.result() for kid in nb.as_completed(kids, timeout=15))
+
+
+def two_levels(n: int) -> int:
+    nb = ENGINE[0]
+    return sum(nb.results([nb.enqueue(gather_squares, n) for _ in range(2)], timeout=15))
+
+
+async def awaits_children(n: int) -> int:
+    nb = ENGINE[0]
+    kids = [nb.enqueue(square, i) for i in range(n)]
+    return sum([await kid for kid in kids])
+
+
+def gather_counted(n: int) -> int:
+    nb = ENGINE[0]
+    return sum(nb.results([nb.enqueue(counted, i) for i in range(n)], timeout=15))
+
+
+def waits_for_nobody() -> None:
+    nb = ENGINE[0]
+    nb.schedule(3600, square, 1).result()  # due in an hour
+
+
+@pytest.mark.parametrize(("parent", "expected"), [
+    (gather_squares, 0 + 1 + 4 + 9),
+    (one_by_one, [0, 1, 4, 9]),
+    (first_come, [0, 1, 4, 9]),
+    (awaits_children, 0 + 1 + 4 + 9),
+    (two_levels, 2 * (0 + 1 + 4 + 9)),
+])
+def test_a_job_gathers_its_children_on_a_server_with_one_worker(
+    engine: nbjobs.Engine, parent: object, expected: object
+) -> None:
+    # Without the loan the only worker waits for children that need it: the parent would time out.
+    engine.start_server(workers=1)
+    job = engine.options(retries=0).enqueue(parent, 4)  # type: ignore[arg-type]
+    assert job.result(timeout=30) == expected
+    assert job.record().attempts == 1
+    dispatcher = engine.server.dispatcher  # type: ignore[union-attr]
+    # every loan was paid back: one worker thread again, nothing lent
+    wait_for(lambda: len(dispatcher._workers) == 1 and dispatcher._lent == 0 and not dispatcher._retiring)
+
+
+def test_parents_filling_every_worker_all_finish(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=2)
+    parents = [engine.options(retries=0).enqueue(gather_squares, 3) for _ in range(5)]
+    assert engine.results(parents, timeout=30) == [5] * 5
+    dispatcher = engine.server.dispatcher  # type: ignore[union-attr]
+    wait_for(lambda: len(dispatcher._workers) == 2 and dispatcher._lent == 0)
+
+
+def test_a_waiting_job_lends_its_slot_and_no_more(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=2)
+    parent = engine.options(retries=0).enqueue(gather_counted, 8)
+    assert parent.result(timeout=30) == sum(range(8))
+    # the parent waited in one worker: its slot and the other worker ran the children, never more
+    assert _running["most"] == 2
+
+
+def test_a_waiting_job_sees_its_cancellation_and_gives_its_slot_back(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)
+    dispatcher = engine.server.dispatcher  # type: ignore[union-attr]
+    parent = engine.options(retries=0).enqueue(waits_for_nobody)
+    wait_for(lambda: dispatcher._lent == 1)  # waiting for a child due in an hour
+    job = engine.enqueue(square, 7)
+    assert job.result(timeout=20) == 49  # the lent slot runs other work meanwhile
+    parent.cancel()
+    assert parent.wait(timeout=20) is JobState.DELETED
+    wait_for(lambda: dispatcher._lent == 0 and len(dispatcher._workers) == 1)

@@ -132,3 +132,17 @@ def test_a_waiting_job_sees_its_cancellation_and_gives_its_slot_back(engine: nbj
     parent.cancel()
     assert parent.wait(timeout=20) is JobState.DELETED
     wait_for(lambda: dispatcher._lent == 0 and len(dispatcher._workers) == 1)
+
+
+def test_a_waiting_job_that_overruns_its_timeout_fails_with_it(db_url: str) -> None:
+    clock = nbjobs.ManualClock()
+    with nbjobs.connect(db_url, clock=clock, secret="s") as engine:
+        ENGINE[:] = [engine]
+        engine.start_server(workers=1)
+        dispatcher = engine.server.dispatcher  # type: ignore[union-attr]
+        parent = engine.options(retries=0, timeout=10).enqueue(waits_for_nobody)
+        wait_for(lambda: dispatcher._lent == 1)
+        clock.advance(11)
+        assert parent.wait(timeout=20) is JobState.FAILED
+        assert parent.record().error_type.endswith("JobTimeoutError")  # type: ignore[union-attr]
+        wait_for(lambda: dispatcher._lent == 0)

@@ -178,6 +178,11 @@ def enqueue(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
     return default_engine().enqueue(fn, *args, **kwargs)
 
 
+def enqueue_many(fn: Callable[..., Any], arg_list: Any) -> list[Job]:
+    """Many calls of `fn` in one transaction, on the default engine (see `Engine.enqueue_many`)."""
+    return default_engine().enqueue_many(fn, arg_list)
+
+
 def schedule(when: datetime | timedelta | int | float, fn: Callable[..., Any], /, *args: Any,
              **kwargs: Any) -> Job:
     """`nbjobs.schedule(60, fn, *args)`: run `fn` later on the default engine."""
@@ -253,6 +258,31 @@ def job(target: Any = None, /, **opts: Any) -> Any:
 def jobs(state: Any = None, queue: Any = None, **filters: Any) -> pd.DataFrame:
     """Jobs of the default engine as a DataFrame (filters run in the database)."""
     return default_engine().jobs(state, queue, **filters)
+
+
+def requeue(jobs: Any, /) -> Any:
+    """Requeue a finished job, or many (ids, Jobs or a `jobs()` frame: a frame of outcomes)."""
+    return default_engine().requeue(jobs)
+
+
+def delete(jobs: Any, /) -> Any:
+    """Delete a job, or many as `requeue` takes them."""
+    return default_engine().delete(jobs)
+
+
+def cancel(jobs: Any, /) -> Any:
+    """Cancel an unfinished job, or many as `requeue` takes them."""
+    return default_engine().cancel(jobs)
+
+
+def counts() -> dict[str, int]:
+    """How many jobs are in each state."""
+    return default_engine().counts()
+
+
+def dashboard(**kwargs: Any) -> Any:
+    """The dashboard widget of the default engine (`%jobs` shows it)."""
+    return default_engine().dashboard(**kwargs)
 
 
 def history(job_id: int | Job) -> pd.DataFrame:

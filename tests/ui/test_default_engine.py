@@ -81,3 +81,25 @@ def test_bad_settings_are_refused_with_the_known_ones(env: Path, monkeypatch: py
     monkeypatch.setenv("NBJOBS_WORKERS", "many")
     with pytest.raises(ConfigurationError, match="NBJOBS_WORKERS must be a whole number"):
         nbjobs.default_engine()
+
+
+def boom() -> None:
+    raise ValueError("no")
+
+
+def test_many_jobs_and_bulk_changes_on_the_default_engine(env: Path) -> None:
+    sweep = nbjobs.enqueue_many(triple, [(1,), (2,), (3,)])
+    assert nbjobs.results(sweep, timeout=30) == [3, 6, 9]
+    failed = nbjobs.options(retries=0).enqueue(boom)
+    assert nbjobs.wait([failed], timeout=30).done == [failed]
+    assert nbjobs.counts()["failed"] == 1
+    frame = nbjobs.requeue(nbjobs.jobs(state="failed"))
+    assert list(frame["id"]) == [failed.id] and list(frame["error"]) == [None]
+    assert failed.wait(timeout=30) is nbjobs.JobState.FAILED  # ran again and failed again
+    later = nbjobs.schedule(3600, triple, 4)
+    assert nbjobs.cancel(later) is nbjobs.JobState.DELETED
+    assert nbjobs.delete(failed.id) is nbjobs.JobState.DELETED
+    assert nbjobs.counts() == {**dict.fromkeys(nbjobs.counts(), 0), "succeeded": 3, "deleted": 2}
+    board = nbjobs.dashboard(refresh=None, read_only=True)
+    assert board.engine is nbjobs.default_engine() and board.read_only
+    board.close()

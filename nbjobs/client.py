@@ -110,15 +110,17 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
         raise InvalidJobError(f"executor must be one of {EXECUTORS}, got {merged['executor']!r}")
     if merged.get("serializer", "pickle") not in SERIALIZERS:
         raise InvalidJobError(f"serializer must be one of {SERIALIZERS}, got {merged['serializer']!r}")
-    for name, longest in (("name", NAME_MAX), ("key", KEY_MAX), ("queue", QUEUE_MAX)):
+    for name, longest in (("name", NAME_MAX), ("key", KEY_MAX), ("lock", KEY_MAX), ("queue", QUEUE_MAX)):
         value = merged.get(name)
         if value is not None and not isinstance(value, str):
             raise InvalidJobError(f"{name} must be a string, got {value!r}")
         if value is not None and len(value) > longest:
             raise InvalidJobError(
                 f"{name} {value[:40]!r}… is {len(value)} characters; use at most {longest}"
-                + (" (a hash of a long key is as unique)" if name == "key" else "")
+                + (f" (a hash of a long {name} is as unique)" if name in ("key", "lock") else "")
             )
+    if merged.get("lock") == "":
+        raise InvalidJobError("lock must be a non-empty name, e.g. lock='sales-table'; leave it out for none")
     for name in ("retry_on", "no_retry_on"):
         if merged.get(name):
             merged[name] = _exception_names(merged[name], name)

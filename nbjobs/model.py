@@ -92,6 +92,7 @@ class JobOptions:
     executor: str = "thread"  #: "thread" (in the server's process) or "process" (worker processes)
     name: str | None = None  #: a human name shown in tables and the dashboard
     key: str | None = None  #: unique key: an unfinished job with the same key is returned instead
+    lock: str | None = None  #: jobs sharing a lock never run at once, on any server (in order)
     serializer: str = "pickle"  #: "pickle" (signed) or "json"
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +109,7 @@ class JobOptions:
             "executor": self.executor,
             "name": self.name,
             "key": self.key,
+            "lock": self.lock,
             "serializer": self.serializer,
         }
 

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    and_,
     literal_column,
 )
 from sqlalchemy.dialects.postgresql import TIMESTAMP
@@ -41,7 +42,9 @@ from ..model import (
 
 #: 2: `ix_nbjobs_jobs_fetch_any` (claims from every shared queue read the backlog in order).
 #: 3: `nbjobs_dependencies` (continuations of several jobs; an older nbjobs would never run them).
-SCHEMA_VERSION = 3
+#: 4: `nbjobs_jobs.lock_name` and its two indexes (`options(lock=…)`: one job of a lock at a time;
+#:    an older nbjobs would run them side by side).
+SCHEMA_VERSION = 4
 
 metadata = MetaData()
 
@@ -94,6 +97,7 @@ jobs = Table(
     Column("options", Text, nullable=False),  # JSON of JobOptions
     Column("payload", LargeBinary, nullable=False),
     Column("active_key", String(KEY_MAX)),  # the unique key while the job is unfinished, else NULL
+    Column("lock_name", String(KEY_MAX)),  # options(lock=…): jobs sharing it never run at once
     Column("attempts", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
     Column("run_at", UTCDateTime),  # due time while Scheduled
@@ -157,6 +161,15 @@ _has_parent = jobs.c.parent_id.isnot(None)
 Index("ix_nbjobs_jobs_parent", jobs.c.parent_id, sqlite_where=_has_parent, postgresql_where=_has_parent)
 _has_key = jobs.c.active_key.isnot(None)
 Index("ix_nbjobs_jobs_key", jobs.c.active_key, unique=True, sqlite_where=_has_key, postgresql_where=_has_key)
+# `options(lock=…)`: a lock is held by the one Processing job that names it. Unique, so that no
+# interleaving of servers can ever run two at once (the claim avoids that; this makes it certain).
+_holds_lock = and_(jobs.c.state == literal_column("'processing'"), jobs.c.lock_name.isnot(None))
+LOCK_HELD = Index("ix_nbjobs_jobs_lock_held", jobs.c.lock_name, unique=True,
+                  sqlite_where=_holds_lock, postgresql_where=_holds_lock)
+# The waiting jobs of a lock in claim order: only the first may be claimed.
+_waits_for_lock = and_(_enqueued, jobs.c.lock_name.isnot(None))
+LOCK_NEXT = Index("ix_nbjobs_jobs_lock_next", jobs.c.lock_name, jobs.c.priority.desc(), jobs.c.id,
+                  sqlite_where=_waits_for_lock, postgresql_where=_waits_for_lock)
 _has_recurring = jobs.c.recurring_id.isnot(None)
 Index("ix_nbjobs_jobs_recurring", jobs.c.recurring_id, jobs.c.fire_time,
       sqlite_where=_has_recurring, postgresql_where=_has_recurring)

@@ -16,13 +16,16 @@ from sqlalchemy import (
     Connection,
     Integer,
     String,
+    and_,
     bindparam,
     case,
     cast,
     func,
     insert,
     literal,
+    literal_column,
     null,
+    or_,
     select,
     update,
 )
@@ -179,6 +182,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             "options": _options_json(opts),
             "payload": spec.payload,
             "active_key": opts.key if state not in FINAL_STATES else None,
+            "lock_name": opts.lock,
             "attempts": 0,
             "created_at": now,
             "run_at": spec.run_at if state is S.SCHEDULED else None,
@@ -436,7 +440,8 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             if exclude:  # limited queues: claimed on their own, up to their room
                 pick = pick.where(jobs.c.queue.not_in(sorted(exclude)))
         pick = self.dialect.claim_lock(
-            pick.order_by(jobs.c.priority.desc(), jobs.c.id).limit(bindparam("claim_limit", type_=Integer))
+            pick.where(_LOCK_FREE)
+            .order_by(jobs.c.priority.desc(), jobs.c.id).limit(bindparam("claim_limit", type_=Integer))
         )
         stmt = (
             update(jobs)
@@ -674,6 +679,23 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
     def next_wakeup(self) -> tuple[datetime | None, datetime | None]:
         row = self._tx(lambda conn: conn.execute(select(_NEXT_DUE, NEXT_FIRE)).one(), write=False)
         return row[0], row[1]
+
+
+def _lock_free() -> Any:
+    """A job without a lock, or the first waiting job of a lock no Processing job holds
+    (`options(lock=…)`). Each subquery reads one of the lock's partial indexes, by their conditions
+    verbatim; a plain job costs one NULL test."""
+    held, ahead = jobs.alias("lock_held"), jobs.alias("lock_ahead")
+    holder = select(held.c.id).where(
+        held.c.state == literal_column("'processing'"), held.c.lock_name == jobs.c.lock_name)
+    earlier = select(ahead.c.id).where(
+        ahead.c.state == literal_column("'enqueued'"), ahead.c.lock_name == jobs.c.lock_name,
+        or_(ahead.c.priority > jobs.c.priority,
+            and_(ahead.c.priority == jobs.c.priority, ahead.c.id < jobs.c.id)))
+    return or_(jobs.c.lock_name.is_(None), and_(~holder.exists(), ~earlier.exists()))
+
+
+_LOCK_FREE = _lock_free()
 
 
 def _id_list(ids: Any) -> str:

@@ -25,7 +25,9 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    inspect,
     select,
+    text,
     update,
 )
 
@@ -38,7 +40,7 @@ from ..model import (
     JobState,
 )
 from .dialects import Dialect, Listener, dialect_for
-from .schema import FETCH_ANY, SCHEMA_VERSION, counts, history, jobs, meta, metadata
+from .schema import FETCH_ANY, LOCK_HELD, LOCK_NEXT, SCHEMA_VERSION, counts, history, jobs, meta, metadata
 
 log = logging.getLogger("nbjobs.storage")
 T = TypeVar("T")
@@ -236,6 +238,12 @@ class SqlBase:
         """Bring an older schema up to date (`create_all` adds tables, not indexes of old tables)."""
         if version < 2:
             FETCH_ANY.create(conn, checkfirst=True)
+        if version < 4:
+            if "lock_name" not in {c["name"] for c in inspect(conn).get_columns(jobs.name)}:
+                column_type = jobs.c.lock_name.type.compile(conn.dialect)
+                conn.execute(text(f"ALTER TABLE {jobs.name} ADD COLUMN lock_name {column_type}"))
+            LOCK_HELD.create(conn, checkfirst=True)
+            LOCK_NEXT.create(conn, checkfirst=True)
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         log.info("database schema upgraded from %d to %d", version, SCHEMA_VERSION)
 

@@ -146,6 +146,8 @@ def _cell_parser() -> _Parser:
     p.add_argument("--retries", type=int, default=0, help="retries after a failure (default 0)")
     p.add_argument("--timeout", type=float, default=None, help="seconds before the job is cancelled")
     p.add_argument("--priority", type=int, default=0)
+    p.add_argument("--lock", default=None, metavar="NAME",
+                   help="jobs holding the same lock never run at once (cells writing one file, say)")
     p.add_argument("--no-write-back", action="store_true", help="do not assign the cell's names")
     p.add_argument("--after", default=None, metavar="JOBS",
                    help="start once these jobs succeeded: ids (12,13) or names of variables holding "
@@ -189,7 +191,7 @@ class NbJobsMagics(Magics):
 
     @line_cell_magic  # type: ignore[untyped-decorator]
     def job(self, line: str, cell: str | None = None) -> Any:
-        """`%%job [--queue Q] [--name N] [--retries R] [--timeout S]`: run the cell as a job.
+        """`%%job [--queue Q] [--name N] [--retries R] [--timeout S] [--lock L]`: run the cell as a job.
         `%job ID`: state, history, output tail and result or traceback of job ID."""
         if cell is None:
             return self._show(line)
@@ -269,7 +271,7 @@ def submit_cell(cell: str, line: str = "") -> Job:
     after = _after_ids(args.after, InteractiveShell.instance().user_ns) if args.after else None
     try:
         client = engine.options(queue=default.private_queue(args.queue), name=name, retries=args.retries,
-                                timeout=args.timeout, priority=args.priority)
+                                timeout=args.timeout, priority=args.priority, lock=args.lock)
         if after is not None:
             return client.after(after, run_cell, cell, default.PROCESS_TAG, not args.no_write_back,
                                 continue_on=args.continue_on)

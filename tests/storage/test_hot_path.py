@@ -122,12 +122,15 @@ def test_an_older_schema_is_upgraded_in_place(db_url: str) -> None:
     with store.engine.begin() as conn:
         conn.execute(text("DROP INDEX ix_nbjobs_jobs_fetch_any"))
         conn.execute(text("DROP TABLE nbjobs_dependencies"))  # schema 3
+        conn.execute(text("DROP INDEX ix_nbjobs_jobs_lock_held"))  # schema 4
+        conn.execute(text("DROP INDEX ix_nbjobs_jobs_lock_next"))
+        conn.execute(text("ALTER TABLE nbjobs_jobs DROP COLUMN lock_name"))
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="1"))
     store.close()
     upgraded = SqlStore(db_url)
     try:
         indexes = {ix["name"] for ix in inspect(upgraded.engine).get_indexes("nbjobs_jobs")}
-        assert "ix_nbjobs_jobs_fetch_any" in indexes
+        assert {"ix_nbjobs_jobs_fetch_any", "ix_nbjobs_jobs_lock_held", "ix_nbjobs_jobs_lock_next"} <= indexes
         assert "nbjobs_dependencies" in inspect(upgraded.engine).get_table_names()
         with upgraded.engine.connect() as conn:
             version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()

@@ -161,3 +161,24 @@ def test_queue_order_then_priority_then_age(store: SqlStore) -> None:
     got = store.acquire("s", ["high", "low"], 3, lease(), T0)
     assert [j.id for j in got] == [ids[2], ids[1], ids[0]]
     assert store.queue_lengths() == {"default": 1}
+
+
+def test_a_claim_takes_one_job_per_lock_and_none_while_the_lock_is_held(store: SqlStore) -> None:
+    a, b, plain, c = store.enqueue([spec(1, lock="L"), spec(2, lock="L"), spec(3), spec(4, lock="M")], T0)
+    assert {j.id for j in store.acquire("s1", ["*"], 10, lease(), T0)} == {a.id, plain.id, c.id}
+    assert store.acquire("s2", ["*"], 10, lease(), T0) == []  # b waits: a holds L
+    store.finish("s1", [Outcome(job_id=a.id, kind=OutcomeKind.SUCCEEDED, finished_at=T0)], T0)
+    assert [j.id for j in store.acquire("s2", ["*"], 10, lease(), T0)] == [b.id]
+
+
+def test_the_database_refuses_a_second_holder_of_a_lock(store: SqlStore) -> None:
+    from sqlalchemy import update
+    from sqlalchemy.exc import IntegrityError
+
+    from nbjobs.storage.schema import jobs
+
+    a, b = store.enqueue([spec(1, lock="L"), spec(2, lock="L")], T0)
+    assert [j.id for j in store.acquire("s1", ["*"], 10, lease(), T0)] == [a.id]
+    with pytest.raises(IntegrityError), store.engine.begin() as conn:  # whatever a claim got wrong
+        conn.execute(update(jobs).where(jobs.c.id == b.id).values(state="processing"))
+    assert store.get(b.id).state is S.ENQUEUED  # type: ignore[union-attr]

@@ -184,3 +184,16 @@ def test_after_names_that_are_not_jobs_are_refused_at_the_cell(shell: Interactiv
         assert shell.run_cell("%%job --after missing_name\nx = 1").error_in_exec is not None
         assert shell.run_cell("%%job --after 999999\nx = 1").error_in_exec is not None  # no such job
     assert len(engine.jobs()) == before
+
+
+def test_job_cells_holding_one_lock_run_one_after_the_other(shell: InteractiveShell) -> None:
+    run(shell, "import threading\nhold = threading.Event()")
+    first = run(shell, "%%job --lock results.csv\nhold.wait(30)\nwritten = ['first']")
+    wait_for(lambda: first.state is JobState.PROCESSING)
+    second = run(shell, "%%job --lock results.csv\nwritten = written + ['second']\nwritten")
+    other = run(shell, "%%job\nfree = 1")
+    other.wait(timeout=30)  # a worker was free all along …
+    assert second.state is JobState.ENQUEUED  # … and still the second cell waits for the lock
+    assert second.record().options.lock == "results.csv"
+    shell.user_ns["hold"].set()
+    assert second.result(timeout=30) == ["first", "second"]

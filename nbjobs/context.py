@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from .errors import JobCancelled, NbJobsError
 
@@ -54,6 +54,9 @@ class JobContext:
     )
     #: The server's pool, lent this job's slot while the job waits for other jobs (None: no lending).
     slot_lender: SlotLender | None = field(default=None, repr=False)
+    #: The Engine whose server runs this job, or a function opening one on its database (in a worker
+    #: process, on first use). Typed Any: engines sit above this module.
+    engine_source: Any = field(default=None, repr=False)
     _waits: int = field(default=0, repr=False)  #: waits in progress (threads, nested calls)
     _loans_ended: bool = field(default=False, repr=False)
 
@@ -97,6 +100,22 @@ class JobContext:
     def wait_cancelled(self, timeout: float | None) -> bool:
         """Sleep up to `timeout` s, waking early on cancellation (a cancellable time.sleep)."""
         return self._cancel.wait(timeout)
+
+    @property
+    def engine(self) -> Any:
+        """An Engine on the database this job came from (its server's own, in its process): for
+        enqueueing follow-up jobs and waiting for them. Inside a job, `nbjobs.enqueue(...)` and the
+        other module functions use it too."""
+        source = self.engine_source
+        if callable(source):  # an opener (an Engine is not callable): open it once
+            source = self.engine_source = source()
+        if source is None:
+            raise NbJobsError(f"job {self.id} runs without an engine (a context made by hand)")
+        return source
+
+    @property
+    def has_engine(self) -> bool:
+        return self.engine_source is not None
 
     def begin_wait(self) -> None:
         """The job is about to block until other jobs end: lend its slot (once, however many of its

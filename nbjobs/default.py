@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from .client import Client, Job, JobFunction, NotebookJob
+from .context import current_job_or_none
 from .engine import Engine, connect
 from .errors import ConfigurationError
 from .gather import DoneAndPending, JobsView
@@ -77,7 +78,16 @@ def _start(engine: Engine, conf: dict[str, Any]) -> None:
 
 
 def default_engine() -> Engine:
-    """The default engine, created (and its server started) on first use."""
+    """The default engine, created (and its server started) on first use.
+
+    Inside a job, the engine of the database the job came from (`current_job().engine`): a job
+    that calls `nbjobs.enqueue(...)` adds to its own database, whatever server runs it (`nbjobs
+    server --url …`, a worker process), and never opens another database or starts a server there.
+    """
+    job = current_job_or_none()
+    if job is not None and job.has_engine:
+        engine: Engine = job.engine
+        return engine
     global _engine, _owned
     with _lock:
         if _engine is None or _engine._closed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import importlib
 import logging
 import os
@@ -54,7 +55,7 @@ class Engine:
     ) -> None:
         self.url = url or default_url()
         self.clock: Clock = clock or SystemClock()
-        sync = synchronous or os.environ.get("NBJOBS_SQLITE_SYNCHRONOUS", "FULL")
+        sync = self.synchronous = synchronous or os.environ.get("NBJOBS_SQLITE_SYNCHRONOUS", "FULL")
         self.store: Store = store or SqlStore(self.url, synchronous=sync)
         key = secret.encode() if isinstance(secret, str) else secret
         self.codec = Codec(Signer(key))
@@ -102,7 +103,7 @@ class Engine:
                 store=self.store, clock=self.clock, codec=self.codec, config=config,
                 wake=self.notifier.work, schedule_changed=self.notifier.schedule_changed,
                 executors=self._executors(workers), wrappers=self._wrappers(),
-                progress_sink=self._progress_sink(), on_finished=self.notifier.finished,
+                progress_sink=self._progress_sink(), on_finished=self.notifier.finished, engine=self,
             )
             self.server.start()
             self.notifier.intake = self.server.dispatcher
@@ -115,7 +116,10 @@ class Engine:
         if self._process_pool is not None:
             self._process_pool.close()
         # Children start lazily, so a server that never runs a process job starts no process.
-        self._process_pool = ProcessExecutor(size=workers, signer=self.codec.signer, clock=self.clock)
+        self._process_pool = ProcessExecutor(
+            size=workers, signer=self.codec.signer, clock=self.clock,
+            engine_opener=functools.partial(connect, self.url, synchronous=self.synchronous),
+        )
         return {"process": self._process_pool}
 
     def _wrappers(self) -> list[Any]:

@@ -35,6 +35,7 @@ in `_Slot.run` already dispatches on the message kind.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import multiprocessing
@@ -134,9 +135,12 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
     def progress(job_id: int, fraction: float | None, message: str | None) -> None:
         conn.send(("progress", (fraction, message)))
 
+    opener = msg.get("engine_opener")
     ctx = context.JobContext(id=msg["id"], attempt=msg["attempt"], function=msg["function"],
                              queue=msg["queue"], recurring_id=msg["recurring_id"], progress_sink=progress,
-                             slot_lender=_ParentSlot(conn))
+                             slot_lender=_ParentSlot(conn),
+                             engine_source=None if opener is None else
+                             functools.partial(_engine_in_child, opener, codec.signer.key))
     token = context.activate(ctx)
     try:
         with contextlib.redirect_stdout(_Capture("stdout", output)), \
@@ -154,6 +158,20 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
     except USER_CODE_ERRORS as exc:
         return reply(failed_result(exc, started=started, finished=datetime.now(UTC), retryable=False))
     return reply(RunResult(started_at=started, finished_at=datetime.now(UTC), ok=True, result=encoded))
+
+
+#: One client engine per database in a worker process, opened by the first job that asks for it.
+_CHILD_ENGINES: dict[Any, Any] = {}
+
+
+def _engine_in_child(opener: functools.partial[Any], key: bytes) -> Any:
+    """`current_job().engine` in a worker process: a client on the server's database (no server of
+    its own: the jobs it enqueues are run by the servers, as any others)."""
+    which = (opener.func, opener.args, tuple(sorted(opener.keywords.items())))
+    engine = _CHILD_ENGINES.get(which)
+    if engine is None:
+        engine = _CHILD_ENGINES[which] = opener(secret=key)
+    return engine
 
 
 class _ParentSlot:
@@ -191,12 +209,14 @@ class _Slot:
             self.process, self.conn = proc, parent
         return self.process, self.conn
 
-    def run(self, job: ClaimedJob, ctx: context.JobContext) -> tuple[dict[str, Any] | None, str]:
+    def run(self, job: ClaimedJob, ctx: context.JobContext,
+            engine_opener: functools.partial[Any] | None = None) -> tuple[dict[str, Any] | None, str]:
         """Run one job; returns (reply, "") or (None, why it has no reply)."""
         msg = {
             "id": job.id, "attempt": job.attempts, "function": job.function, "payload": job.payload,
             "queue": job.options.queue, "recurring_id": job.recurring_id,
             "serializer": job.options.serializer, "sys_path": list(sys.path), "cwd": os.getcwd(),
+            "engine_opener": engine_opener,
         }
         proc, conn = self._ensure()
         try:
@@ -266,9 +286,13 @@ class ProcessExecutor:
     """The `process` executor: call it from a worker thread with a claimed job; it blocks until done."""
 
     def __init__(
-        self, *, size: int, signer: Signer, clock: Clock, on_output: OutputSink | None = None
+        self, *, size: int, signer: Signer, clock: Clock, on_output: OutputSink | None = None,
+        engine_opener: functools.partial[Any] | None = None,
     ) -> None:
         self._mp = _mp_context()
+        #: Opens, given `secret=`, an engine on the server's database: `current_job().engine` in a child
+        #: (a partial of a module-level function, so it travels to the child by reference).
+        self._engine_opener = engine_opener
         self._clock = clock
         self._on_output = on_output
         self._key = signer.key
@@ -297,7 +321,7 @@ class ProcessExecutor:
         try:
             if self._closed.is_set():
                 raise RuntimeError("the process pool was closed")
-            reply, why = slot.run(job, ctx)
+            reply, why = slot.run(job, ctx, self._engine_opener)
         finally:
             if extra:
                 slot.close()

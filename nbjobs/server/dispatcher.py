@@ -92,8 +92,10 @@ class Dispatcher:
         wrappers: Sequence[RunWrapper] = (),
         progress_sink: Callable[[int, float | None, str | None], None] | None = None,
         on_finished: Callable[[Sequence[int]], None] | None = None,
+        engine: Any = None,
     ) -> None:
         self.store = store
+        self.engine = engine  #: what jobs see as `current_job().engine`
         self.clock = clock
         self.codec = codec
         self.config = config
@@ -415,7 +417,7 @@ class Dispatcher:
             ctx = context.JobContext(
                 id=job.id, attempt=job.attempts, function=job.function, queue=job.options.queue,
                 recurring_id=job.recurring_id, progress_sink=self.progress_sink,
-                log_sink=self.store.append_logs, slot_lender=self,
+                log_sink=self.store.append_logs, slot_lender=self, engine_source=self.engine,
             )
             timeout = job.options.timeout
             items.append(Running(job=job, ctx=ctx, deadline=mono + timeout if timeout else None,

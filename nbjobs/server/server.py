@@ -127,6 +127,7 @@ class Server:
         wrappers: Sequence[RunWrapper] = (),
         progress_sink: Callable[[int, float | None, str | None], None] | None = None,
         on_finished: Callable[[Sequence[int]], None] | None = None,
+        engine: Any = None,
     ) -> None:
         config.validate()
         self.store = store
@@ -146,7 +147,7 @@ class Server:
             scheduler_interval = max(scheduler_interval, config.scheduler_idle_interval)
         self.dispatcher = Dispatcher(
             store=store, clock=clock, codec=codec, wake=wake, executors=executors, wrappers=wrappers,
-            progress_sink=progress_sink, on_finished=on_finished,
+            progress_sink=progress_sink, on_finished=on_finished, engine=engine,
             config=DispatcherConfig(
                 server_id=self.id, queues=tuple(config.queues), workers=config.workers,
                 lease_seconds=config.server_timeout, poll_interval=dispatcher_poll,

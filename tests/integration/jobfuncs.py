@@ -94,17 +94,26 @@ def retry_once(marker: str) -> str:
     return f"ran in {os.getpid()}"
 
 
-_ENGINES: dict[str, object] = {}
 
-
-def fan_out(url: str, n: int, executor: str) -> list[int]:
-    """Enqueue `n` jobs that report their pid and gather them: [own pid, their pids…]. Runs in a
-    worker process, which connects to the database once."""
+def fan_out(n: int, executor: str) -> list[int]:
+    """Enqueue `n` jobs that report their pid and gather them: [own pid, their pids…]. In a worker
+    process, `nbjobs.enqueue` acts on the server's database through a client engine (no server)."""
     import nbjobs
+    from nbjobs import default
 
-    nb = _ENGINES.get(url)
-    if nb is None:
-        nb = _ENGINES[url] = nbjobs.connect(url, secret="test-secret")
-    assert isinstance(nb, nbjobs.Engine)
-    kids = [nb.options(executor=executor).enqueue(whoami) for _ in range(n)]
-    return [os.getpid(), *nb.results(kids, timeout=20)]
+    kids = [nbjobs.options(executor=executor).enqueue(whoami) for _ in range(n)]
+    pids = nbjobs.results(kids, timeout=20)
+    assert default.current_default() is None  # no default engine (and no server) in the child
+    assert nbjobs.current_job().engine.server is None
+    return [os.getpid(), *pids]
+
+
+def fan_out_here(n: int) -> dict[str, object]:
+    """`fan_out` for an `nbjobs server` process: what the job's `nbjobs.enqueue` reached."""
+    import nbjobs
+    from nbjobs import default
+
+    kids = [nbjobs.enqueue(whoami) for _ in range(n)]
+    return {"pid": os.getpid(), "kids": nbjobs.results(kids, timeout=20),
+            "default_engine": default.current_default() is not None,
+            "url": nbjobs.current_job().engine.url}

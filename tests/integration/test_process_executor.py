@@ -164,7 +164,7 @@ def test_a_process_job_gathers_its_children_on_a_server_with_one_worker(
     eng = nbjobs.connect(url, secret="test-secret")
     try:
         eng.start_server(workers=1)
-        parent = eng.options(executor="process", retries=0).enqueue(jobfuncs.fan_out, url, 2, children)
+        parent = eng.options(executor="process", retries=0).enqueue(jobfuncs.fan_out, 2, children)
         parent_pid, *kid_pids = parent.result(timeout=60)
         assert parent_pid != os.getpid() and len(kid_pids) == 2
         if children == "thread":

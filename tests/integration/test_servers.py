@@ -173,6 +173,23 @@ def test_sigterm_lets_the_running_job_finish_and_unregisters(client: nbjobs.Engi
         srv.stop()
 
 
+@pytest.mark.parametrize("client", ["sqlite_url", "pg_url"], indirect=True)
+def test_a_job_on_a_server_process_enqueues_into_the_servers_database(
+    client: nbjobs.Engine, tmp_path: Path
+) -> None:
+    nb = client
+    srv = ServerProcess(nb.url, "fan-out", tmp_path, "--workers", "1", *FAST)
+    try:
+        wait_until_registered(nb.store, [srv])
+        found = nb.options(retries=0).enqueue(jobfuncs.fan_out_here, 3).result(timeout=60)
+        # its children ran on the same server, which lent them the one worker the parent waited in
+        assert found["pid"] == srv.pid and found["kids"] == [srv.pid] * 3
+        assert found["url"] == nb.url and found["default_engine"] is False  # no ./nbjobs.db opened
+        assert len(nb.jobs()) == 4
+    finally:
+        srv.stop()
+
+
 @pytest.mark.parametrize("client", ["sqlite_url"], indirect=True)
 def test_second_signal_returns_the_running_job_at_once(client: nbjobs.Engine, tmp_path: Path) -> None:
     nb = client

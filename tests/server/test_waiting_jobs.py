@@ -1,5 +1,6 @@
 """Jobs that wait for other jobs lend their worker slot meanwhile (fan out and gather inside a job),
-on real SQLite and PostgreSQL with real worker threads."""
+on real SQLite and PostgreSQL with real worker threads. The jobs use the module functions
+(`nbjobs.enqueue`, `nbjobs.results`), which inside a job act on the job's own database."""
 
 from __future__ import annotations
 
@@ -9,25 +10,22 @@ from collections.abc import Iterator
 import pytest
 
 import nbjobs
-from nbjobs import JobState
+from nbjobs import JobState, default
 
 from ..conftest import wait_for
 
-#: The engine under test, for jobs that enqueue and wait (they run in this process's worker threads).
-ENGINE: list[nbjobs.Engine] = []
 _lock = threading.Lock()
 _running = {"now": 0, "most": 0}
 _release = threading.Event()
 
 
 @pytest.fixture(autouse=True)
-def engine_for_jobs(engine: nbjobs.Engine) -> Iterator[None]:
-    ENGINE[:] = [engine]
+def _fresh() -> Iterator[None]:
     _running.update(now=0, most=0)
     _release.clear()
     yield
     _release.set()
-    ENGINE.clear()
+    assert default.current_default() is None  # the jobs' nbjobs.enqueue opened no default engine
 
 
 def square(x: int) -> int:
@@ -48,42 +46,36 @@ def counted(x: int) -> int:
 
 
 def gather_squares(n: int) -> int:
-    nb = ENGINE[0]
-    kids = [nb.enqueue(square, i) for i in range(n)]
-    return sum(nb.results(kids, timeout=15))
+    kids = [nbjobs.enqueue(square, i) for i in range(n)]
+    return sum(nbjobs.results(kids, timeout=15))
 
 
 def one_by_one(n: int) -> list[int]:
-    nb = ENGINE[0]
-    kids = [nb.enqueue(square, i) for i in range(n)]
+    kids = nbjobs.enqueue_many(square, [(i,) for i in range(n)])
     return [kid.result(timeout=15) for kid in kids]
 
 
 def first_come(n: int) -> list[int]:
-    nb = ENGINE[0]
-    kids = [nb.enqueue(square, i) for i in range(n)]
-    return sorted(kid.result() for kid in nb.as_completed(kids, timeout=15))
+    kids = [nbjobs.enqueue(square, i) for i in range(n)]
+    return sorted(kid.result() for kid in nbjobs.as_completed(kids, timeout=15))
 
 
 def two_levels(n: int) -> int:
-    nb = ENGINE[0]
-    return sum(nb.results([nb.enqueue(gather_squares, n) for _ in range(2)], timeout=15))
+    return sum(nbjobs.results([nbjobs.enqueue(gather_squares, n) for _ in range(2)], timeout=15))
 
 
 async def awaits_children(n: int) -> int:
-    nb = ENGINE[0]
+    nb = nbjobs.current_job().engine
     kids = [nb.enqueue(square, i) for i in range(n)]
     return sum([await kid for kid in kids])
 
 
 def gather_counted(n: int) -> int:
-    nb = ENGINE[0]
-    return sum(nb.results([nb.enqueue(counted, i) for i in range(n)], timeout=15))
+    return sum(nbjobs.results([nbjobs.enqueue(counted, i) for i in range(n)], timeout=15))
 
 
 def waits_for_nobody() -> None:
-    nb = ENGINE[0]
-    nb.schedule(3600, square, 1).result()  # due in an hour
+    nbjobs.schedule(3600, square, 1).result()  # due in an hour
 
 
 @pytest.mark.parametrize(("parent", "expected"), [
@@ -137,7 +129,6 @@ def test_a_waiting_job_sees_its_cancellation_and_gives_its_slot_back(engine: nbj
 def test_a_waiting_job_that_overruns_its_timeout_fails_with_it(db_url: str) -> None:
     clock = nbjobs.ManualClock()
     with nbjobs.connect(db_url, clock=clock, secret="s") as engine:
-        ENGINE[:] = [engine]
         engine.start_server(workers=1)
         dispatcher = engine.server.dispatcher  # type: ignore[union-attr]
         parent = engine.options(retries=0, timeout=10).enqueue(waits_for_nobody)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from nbjobs.context import JobContext, Waiting, activate, deactivate
-from nbjobs.errors import JobCancelled
+from nbjobs.errors import JobCancelled, NbJobsError
 
 
 def _ctx() -> JobContext:
@@ -114,3 +114,21 @@ def test_waiting_outside_a_job_does_nothing() -> None:
     with Waiting() as waiting:
         waiting.block()
         waiting.unblock()
+
+
+def test_a_context_made_by_hand_has_no_engine() -> None:
+    ctx = _ctx()
+    assert not ctx.has_engine
+    with pytest.raises(NbJobsError, match="runs without an engine"):
+        ctx.engine  # noqa: B018
+
+
+def test_an_engine_opener_is_called_once() -> None:
+    opened: list[object] = []
+
+    def opener() -> object:
+        opened.append(object())
+        return opened[-1]
+
+    ctx = JobContext(id=1, attempt=1, function="m:f", queue="default", engine_source=opener)
+    assert ctx.engine is ctx.engine is opened[0] and len(opened) == 1

@@ -34,6 +34,8 @@ def test_quickstart_tour(tmp_path: Path) -> None:
     assert "combined: 60 | the pipeline is ready" in out
     assert "pages: [0, 1, 4, 9, 16, 25] | ended: 6" in out
     assert "['retry 1 of 3 in 0.2s, as the job asked (HTTP 429)']" in out
+    assert "best: {'lr': 0.1}" in out  # a job that fanned out and gathered
+    assert "['line 0', 'line 1', 'line 2']" in out  # jobs of one lock, one after the other
     assert "stopped" in out
     view = nb.cells[22].outputs[0]["data"]  # nbjobs.watch(pages)
     assert "application/vnd.jupyter.widget-view+json" in view
@@ -46,7 +48,7 @@ def test_quickstart_tour(tmp_path: Path) -> None:
     engine = connect(f"sqlite:///{db}", secret="unused")
     try:
         assert engine.counts()["processing"] == 0
-        assert len(engine.jobs(limit=None)) == 16
+        assert len(engine.jobs(limit=None)) == 16 + 5 + 3  # … + the sweep and its runs + the writers
         assert engine.servers().empty
     finally:
         engine.close()

@@ -58,11 +58,13 @@ def demo(url: str | None) -> None:
 @click.option("--state", default=None, help="Only jobs in this state (e.g. failed).")
 @click.option("--queue", default=None, help="Only jobs in this queue.")
 @click.option("--name", default=None, help="Only jobs with this name.")
+@click.option("--lock", default=None, help="Only jobs of this lock (holding it: --state processing).")
 @click.option("--limit", default=50, show_default=True, type=int)
-def jobs_cmd(url: str | None, state: str | None, queue: str | None, name: str | None, limit: int) -> None:
+def jobs_cmd(url: str | None, state: str | None, queue: str | None, name: str | None, lock: str | None,
+             limit: int) -> None:
     """List jobs, newest first."""
     with _engine(url) as engine:
-        frame = engine.jobs(state=state, queue=queue, name=name, limit=limit)
+        frame = engine.jobs(state=state, queue=queue, name=name, limit=limit, lock=lock)
         _print_frame(frame[["id", "name", "function", "queue", "state", "attempts", "created_at",
                             "duration", "error_type"]])
 

@@ -324,13 +324,14 @@ class Engine:
     def jobs(self, state: Any = None, queue: Any = None, *, function: str | None = None,
              name: str | None = None, since: datetime | None = None, until: datetime | None = None,
              limit: int | None = 1000, args: bool = False,
-             redact: Sequence[str] = DEFAULT_PATTERNS) -> pd.DataFrame:
+             redact: Sequence[str] = DEFAULT_PATTERNS, lock: str | None = None) -> pd.DataFrame:
         """Jobs as a DataFrame, newest first; filters run in the database. `args=True` adds an `args`
         column (decoded payloads, one read per job) where arguments named like `redact` show as ***.
         `name` selects the jobs given that exact name, e.g. a sweep enqueued with
-        `options(name="sweep-3")`, to gather again after a restart: `nb.results(nb.jobs(name=…))`."""
+        `options(name="sweep-3")`, to gather again after a restart: `nb.results(nb.jobs(name=…))`.
+        `lock` selects the jobs of that lock: `nb.jobs("processing", lock="results.csv")` holds it."""
         frame = views.jobs_frame(self.store, state=state, queue=queue, function=function, name=name,
-                                 since=since, until=until, limit=limit)
+                                 since=since, until=until, limit=limit, lock=lock)
         if args:
             redactor = Redactor(redact)
             texts = []

@@ -45,6 +45,7 @@ def jobs_frame(
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int | None = 1000,
+    lock: str | None = None,
 ) -> pd.DataFrame:
     """One row a job, newest first, with UTC datetimes, categorical state and timedelta durations."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
@@ -52,7 +53,7 @@ def jobs_frame(
     queues = () if queue is None else ((queue,) if isinstance(queue, str) else tuple(queue))
     names, rows = store.query_table(JobFilter(states=_parse_states(state), queues=queues,
                                               function=function, name=name, since=since, until=until,
-                                              limit=limit))
+                                              limit=limit, lock=lock))
     # One 2-D object array from the driver's tuples, then typed columns: ~10x faster than
     # DataFrame(list_of_dicts) and no per-value Python conversion of times.
     table = np.array(rows, dtype=object) if rows else np.empty((0, len(names)), dtype=object)

@@ -73,6 +73,7 @@ class JobFilter:
     queues: tuple[str, ...] = ()
     function: str | None = None  #: substring of the function reference
     name: str | None = None  #: exactly this job name (`options(name=…)`): a sweep, a batch
+    lock: str | None = None  #: jobs holding or waiting for this lock (`options(lock=…)`)
     search: str | None = None  #: substring of function or name, or an exact id
     recurring_id: str | None = None
     since: datetime | None = None  #: created at or after

@@ -112,6 +112,8 @@ class ReadsSqlMixin(SqlBase):
             stmt = stmt.where(jobs.c.function.contains(flt.function, autoescape=True))
         if flt.name is not None:
             stmt = stmt.where(jobs.c.name == flt.name)
+        if flt.lock is not None:
+            stmt = stmt.where(jobs.c.lock_name == flt.lock)
         if flt.search:
             term = flt.search.strip()
             cond = or_(

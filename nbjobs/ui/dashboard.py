@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import ipywidgets as w
 
 from ..errors import NbJobsError
-from ..model import JobState
+from ..model import JobRecord, JobState
 from ..redact import DEFAULT_PATTERNS, Redactor
 from ..storage import JobFilter
 from . import dashboard_views as views
@@ -328,7 +328,16 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
             result=result_preview(self.engine.codec, self.redactor, record),
             children=children,
             parents=() if record.parent_id else self.store.parents(record.id),
+            lock_holder=self._lock_holder(record),
         )
+
+    def _lock_holder(self, record: JobRecord) -> int | None:
+        """The Processing job holding this job's lock (for a job waiting for it), if any."""
+        lock = record.options.lock
+        if lock is None or record.state is JobState.PROCESSING:
+            return None
+        holders = self.store.query(JobFilter(lock=lock, states=(JobState.PROCESSING,), limit=1))
+        return int(holders[0]["id"]) if holders else None
 
     def _refresh_recurring(self) -> None:
         self.recurring.refresh()

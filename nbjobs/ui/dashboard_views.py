@@ -270,6 +270,7 @@ def detail(
     result: str | None,
     children: Sequence[Mapping[str, Any]],
     parents: Sequence[int] = (),
+    lock_holder: int | None = None,
 ) -> str:
     opts = record.options
     props: list[tuple[str, str]] = [
@@ -294,6 +295,10 @@ def detail(
     elif parents:  # a continuation of several jobs
         props.append(("Parents", ", ".join(f"#{p}" for p in parents)
                       + f" (continue when all {esc(record.continue_on.value)})"))
+    if opts.lock is not None:
+        held = (" (held by this job)" if record.state is S.PROCESSING
+                else f" (held by #{lock_holder})" if lock_holder is not None else "")
+        props.append(("Lock", esc(opts.lock) + held))
     if record.recurring_id:
         props.append(("Recurring", esc(record.recurring_id)))
     if children:

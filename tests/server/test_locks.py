@@ -9,9 +9,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from click.testing import CliRunner
 
 import nbjobs
 from nbjobs import JobState
+from nbjobs.cli import cli
 from nbjobs.errors import InvalidJobError
 
 from ..conftest import wait_for
@@ -70,6 +72,9 @@ def test_a_job_waits_while_another_holds_its_lock_and_others_go_on(engine: nbjob
     assert b.result(timeout=20) == "b"
     assert b.record().started_at >= a.record().finished_at  # type: ignore[operator]
     assert b.record().options.lock == "sales-table"
+    listed = CliRunner().invoke(cli, ["jobs", "--url", engine.url, "--lock", "sales-table"])
+    assert listed.exit_code == 0 and {int(line.split()[0]) for line in listed.output.splitlines()[1:]} == {
+        a.id, b.id}
 
 
 def test_jobs_of_one_lock_run_one_at_a_time_in_order(engine: nbjobs.Engine) -> None:

@@ -386,3 +386,18 @@ def test_job_pages_show_the_parents_and_continuations_of_a_fan_in(
     assert f"#{parents[0].id}, #{parents[1].id} (continue when all succeeded)" in page
     dash.open_job(parents[1].id)
     assert f"#{child.id}" in dash.detail_html.value and "Continuations" in dash.detail_html.value
+
+
+def test_job_page_names_the_job_holding_its_lock(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    holder = engine.options(lock="results.csv").enqueue(login, "a", "pw")
+    waiting = engine.options(lock="results.csv").enqueue(login, "b", "pw")
+    now = engine.clock.now()
+    [claimed] = engine.store.acquire("srv", ["*"], 10, now + timedelta(seconds=30), now)  # as a server would
+    assert claimed.id == holder.id
+    dash = dash_factory()
+    dash.open_job(waiting.id)
+    assert f"results.csv (held by #{holder.id})" in dash.detail_html.value
+    dash.open_job(holder.id)
+    assert "results.csv (held by this job)" in dash.detail_html.value
+    assert list(engine.jobs("processing", lock="results.csv")["id"]) == [holder.id]
+    assert list(engine.jobs(lock="results.csv")["id"]) == [waiting.id, holder.id]

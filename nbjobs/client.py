@@ -317,7 +317,7 @@ class Client:
     def job_id(self, job: object) -> int:
         """`job_id_of` for this client's database: a Job of another one is refused, since its id
         would name another job here (a continuation's parent, a result argument, a requeue)."""
-        if isinstance(job, Job) and job.client.store is not self.store:
+        if isinstance(job, Job) and job.client.store.database != self.store.database:
             raise InvalidJobError(
                 f"job {job.id} belongs to another database; use a job of this one (or, as an "
                 "argument, its result: job.result())"
@@ -580,7 +580,8 @@ class Job:
         self.id = int(job_id)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Job) and other.id == self.id and other.client.store is self.client.store
+        return (isinstance(other, Job) and other.id == self.id
+                and other.client.store.database == self.client.store.database)
 
     def __copy__(self) -> Job:
         return Job(self.client, self.id)

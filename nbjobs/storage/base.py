@@ -138,6 +138,8 @@ class Store(abc.ABC):
     """What nbjobs needs from a database."""
 
     dialect_name: str
+    #: Which database: the same for two stores on one database, whatever URL each was given.
+    database: str
 
     # -- creating and claiming jobs -------------------------------------------------------
     @abc.abstractmethod

@@ -97,6 +97,15 @@ class Dialect:
     def create_engine(self) -> Engine:
         raise NotImplementedError
 
+    @property
+    def database(self) -> str:
+        """Which database this is, the same for every URL naming it (a relative and an absolute path,
+        another user or password): a Job of one engine may then be used with another."""
+        url = make_url(self.url)
+        if url.get_backend_name() == "sqlite":
+            return f"sqlite:{os.path.realpath(url.database) if url.database else ''}"
+        return f"{url.get_backend_name()}://{url.host or ''}:{url.port or ''}/{url.database or ''}"
+
     def begin_write(self, conn: Connection) -> None:
         """Start a write transaction."""
         conn.begin()

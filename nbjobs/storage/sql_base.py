@@ -112,6 +112,7 @@ class SqlBase:
         self.dialect: Dialect = dialect_for(url, synchronous=synchronous, pool_size=pool_size)
         self.dialect_name = self.dialect.name
         self.url = self.dialect.url
+        self.database = self.dialect.database
         self.engine = self.dialect.create_engine()
         #: The same pool, its connections in autocommit while checked out (one-statement writes).
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")

@@ -496,3 +496,22 @@ def test_a_job_of_another_database_is_never_taken_for_one_of_this(
         assert local.state is JobState.ENQUEUED
     finally:
         other.close()
+
+
+def test_a_job_of_another_engine_on_the_same_database_is_taken(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two engines on one database (the default one and a connect(), a relative and an absolute
+    path) share their Jobs."""
+    if db_url.startswith("sqlite"):
+        monkeypatch.chdir(tmp_path)
+        first, second = "sqlite:///jobs.db", f"sqlite:///{tmp_path / 'jobs.db'}"
+    else:
+        first = second = db_url
+    with nbjobs.connect(first, secret="s") as a, nbjobs.connect(second, secret="s") as b:
+        job = a.enqueue(add, 1, 2)
+        assert b.job(job.id) == job and len({b.job(job.id), job}) == 1
+        follow = b.after([job], add, 3, 4)  # a continuation of the other engine's Job
+        b.start_server(workers=1)
+        assert b.results([job, follow], timeout=20) == [3, 7]
+        assert b.requeue(job) is JobState.ENQUEUED

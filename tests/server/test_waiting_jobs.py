@@ -137,3 +137,20 @@ def test_a_waiting_job_that_overruns_its_timeout_fails_with_it(db_url: str) -> N
         assert parent.wait(timeout=20) is JobState.FAILED
         assert parent.record().error_type.endswith("JobTimeoutError")  # type: ignore[union-attr]
         wait_for(lambda: dispatcher._lent == 0)
+
+
+def test_parents_and_children_spread_over_two_servers_all_finish(db_url: str) -> None:
+    engines = [nbjobs.connect(db_url, secret="s") for _ in range(2)]
+    try:
+        for eng in engines:
+            eng.start_server(workers=1, poll_interval=0.02)
+        parents = [engines[0].options(retries=0).enqueue(gather_squares, 4) for _ in range(6)]
+        assert engines[1].results(parents, timeout=60) == [14] * 6
+        assert len(engines[0].jobs(limit=None)) == 6 * 5
+        for eng in engines:  # every loan paid back, no turn failed
+            dispatcher = eng.server.dispatcher  # type: ignore[union-attr]
+            wait_for(lambda d=dispatcher: d._lent == 0 and len(d._workers) == 1)  # type: ignore[misc]
+            assert dispatcher.errors == 0
+    finally:
+        for eng in engines:
+            eng.close()

@@ -285,17 +285,19 @@ def servers_cmd(url: str | None) -> None:
 @click.option("--retries", default=None, type=click.IntRange(min=0), help="Retries after a failed run.")
 @click.option("--timeout", default=None, type=float, help="Seconds the whole run may take.")
 @click.option("--cell-timeout", default=None, type=float, help="Seconds each cell may take.")
+@click.option("--lock", default=None, help="Runs holding the same lock never run at once (one report file).")
 @click.option("--kernel", "kernel_name", default=None, help="Kernel name [default: the notebook's].")
 @click.option("--cwd", default=None, help="Working folder of the kernel [default: the notebook's folder].")
 @click.option("--output-dir", default=None, help="Where runs are saved [default: nbjobs-runs/ beside it].")
 @click.option("--wait", is_flag=True, help="Wait until the run ends; exit 1 if it failed.")
 def run_notebook_cmd(url: str | None, path: str, parameters: tuple[tuple[str, str], ...], queue: str | None,
                      retries: int | None, timeout: float | None, cell_timeout: float | None,
-                     kernel_name: str | None, cwd: str | None, output_dir: str | None, wait: bool) -> None:
+                     lock: str | None, kernel_name: str | None, cwd: str | None, output_dir: str | None,
+                     wait: bool) -> None:
     """Enqueue the notebook PATH as a job (a server runs it); print its id and where it is saved."""
     from .notebooks import parse_cli_value
 
-    options = {k: v for k, v in {"queue": queue, "retries": retries, "timeout": timeout}.items()
+    options = {k: v for k, v in {"queue": queue, "retries": retries, "timeout": timeout, "lock": lock}.items()
                if v is not None}
     with _engine(url) as engine:
         run = engine.enqueue_notebook(

@@ -326,12 +326,13 @@ def test_cli_run_notebook_waits_for_the_run(nb: nbjobs.Engine, tmp_path: Path) -
     out_dir = tmp_path / "cli-runs"
     result = CliRunner().invoke(cli, [
         "run-notebook", str(SALES), "-p", "region", "APAC", "-p", "day", "2026-11-28",
-        "--output-dir", str(out_dir), "--url", nb.url, "--wait", "--timeout", "60",
+        "--lock", "apac-report", "--output-dir", str(out_dir), "--url", nb.url, "--wait", "--timeout", "60",
     ], env={"NBJOBS_SECRET": "test-secret"}, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     job_id = int(result.output.split("job ", 1)[1].split()[0])
     run = nb.job(job_id)
     assert isinstance(run, NotebookJob) and run.state is JobState.SUCCEEDED
+    assert run.record().options.lock == "apac-report"
     assert str(run.output_path) in result.output and run.output_path.parent == out_dir
     assert json.dumps(nb.codec.loads(run.record().result)["parameters"]) == json.dumps(
         {"region": "APAC", "day": "2026-11-28"})

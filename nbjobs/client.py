@@ -572,6 +572,16 @@ class JobFunction:
         return f"<nbjobs job function {function_ref(self.fn)}>"
 
 
+def refuse_waiting_for_itself(job_ids: Iterable[int], database: str) -> None:
+    """Inside a job, waiting for that same job would never end: refuse it, naming the fix."""
+    ctx = context.current_job_or_none()
+    if ctx is not None and any(ctx.is_job(job_id, database) for job_id in job_ids):
+        raise InvalidJobError(
+            f"job {ctx.id} waits for itself, which never ends; wait for the jobs it started, or return "
+            "and let a continuation (job.then(...)) run after it"
+        )
+
+
 class Job:
     """A handle on one stored job. Cheap: it holds the id and reads storage when asked."""
 
@@ -642,6 +652,7 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> JobState:
         """Block until the job reaches a final state; return it. Raises ResultTimeoutError on timeout."""
+        refuse_waiting_for_itself([self.id], self.client.store.database)
         clock = self.client.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
         delay = 0.002

@@ -57,6 +57,8 @@ class JobContext:
     #: The Engine whose server runs this job, or a function opening one on its database (in a worker
     #: process, on first use). Typed Any: engines sit above this module.
     engine_source: Any = field(default=None, repr=False)
+    #: Which database the job is in (`Store.database`), to know a Job handle of this very job.
+    database: str | None = field(default=None, repr=False)
     _waits: int = field(default=0, repr=False)  #: waits in progress (threads, nested calls)
     _loans_ended: bool = field(default=False, repr=False)
 
@@ -116,6 +118,10 @@ class JobContext:
     @property
     def has_engine(self) -> bool:
         return self.engine_source is not None
+
+    def is_job(self, job_id: int, database: str) -> bool:
+        """Whether `job_id` of `database` is this job (which waiting for would never end)."""
+        return job_id == self.id and database == self.database
 
     def begin_wait(self) -> None:
         """The job is about to block until other jobs end: lend its slot (once, however many of its

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from . import context
-from .client import Client, Job
+from .client import Client, Job, refuse_waiting_for_itself
 from .errors import InvalidJobError, JobFailedError, JobNotFoundError, ResultTimeoutError
 from .model import FINAL_STATES, JobState
 
@@ -124,8 +124,15 @@ def as_completed(
     and JobNotFoundError for a job that does not exist (or is pruned while waited for). `progress`
     shows a bar (tqdm: a widget in a notebook, text elsewhere) counting the jobs that ended.
     """
-    pending = {job.id: job for job in jobs_of(client, jobs)}
+    pending = {job.id: job for job in _to_wait_for(client, jobs)}
     return (job for seen in _rounds(client, pending, timeout, progress) for job, _ in seen)
+
+
+def _to_wait_for(client: Client, jobs: Any) -> list[Job]:
+    """`jobs_of`, refusing the job that calls (inside a job: it would wait for itself forever)."""
+    given = jobs_of(client, jobs)
+    refuse_waiting_for_itself([job.id for job in given], client.store.database)
+    return given
 
 
 #: The jobs one round saw final, each with its state.
@@ -209,7 +216,7 @@ def wait(
             f"return_when must be one of {', '.join(RETURN_WHEN)} (as in concurrent.futures), got "
             f"{return_when!r}"
         )
-    given = jobs_of(client, jobs)
+    given = _to_wait_for(client, jobs)
     pending = {job.id: job for job in given}
     finished: set[int] = set()
     try:
@@ -235,7 +242,7 @@ def results(
     others are left running); with `return_exceptions=True` the error takes its place in the list
     instead, as in `asyncio.gather`. Raises ResultTimeoutError when `timeout` passes first.
     """
-    given = jobs_of(client, jobs)
+    given = _to_wait_for(client, jobs)
     pending = {job.id: job for job in given}
     values: dict[int, Any] = {}
     with closing(_rounds(client, pending, timeout, progress)) as rounds:

@@ -138,7 +138,7 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
     opener = msg.get("engine_opener")
     ctx = context.JobContext(id=msg["id"], attempt=msg["attempt"], function=msg["function"],
                              queue=msg["queue"], recurring_id=msg["recurring_id"], progress_sink=progress,
-                             slot_lender=_ParentSlot(conn),
+                             slot_lender=_ParentSlot(conn), database=msg.get("database"),
                              engine_source=None if opener is None else
                              functools.partial(_engine_in_child, opener, codec.signer.key))
     token = context.activate(ctx)
@@ -216,7 +216,7 @@ class _Slot:
             "id": job.id, "attempt": job.attempts, "function": job.function, "payload": job.payload,
             "queue": job.options.queue, "recurring_id": job.recurring_id,
             "serializer": job.options.serializer, "sys_path": list(sys.path), "cwd": os.getcwd(),
-            "engine_opener": engine_opener,
+            "engine_opener": engine_opener, "database": ctx.database,
         }
         proc, conn = self._ensure()
         try:

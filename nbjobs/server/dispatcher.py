@@ -418,6 +418,7 @@ class Dispatcher:
                 id=job.id, attempt=job.attempts, function=job.function, queue=job.options.queue,
                 recurring_id=job.recurring_id, progress_sink=self.progress_sink,
                 log_sink=self.store.append_logs, slot_lender=self, engine_source=self.engine,
+                database=self.store.database,
             )
             timeout = job.options.timeout
             items.append(Running(job=job, ctx=ctx, deadline=mono + timeout if timeout else None,

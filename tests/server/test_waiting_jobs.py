@@ -154,3 +154,25 @@ def test_parents_and_children_spread_over_two_servers_all_finish(db_url: str) ->
     finally:
         for eng in engines:
             eng.close()
+
+
+def waits_for_itself(how: str) -> None:
+    me = nbjobs.job(nbjobs.current_job().id)
+    if how == "result":
+        me.result(timeout=10)
+    elif how == "results":
+        nbjobs.results([nbjobs.enqueue(square, 2), me], timeout=10)
+    elif how == "as_completed":
+        list(nbjobs.as_completed([me], timeout=10))
+    else:
+        nbjobs.wait([me], timeout=10)
+
+
+@pytest.mark.parametrize("how", ["result", "results", "as_completed", "wait"])
+def test_a_job_waiting_for_itself_is_refused_at_once(engine: nbjobs.Engine, how: str) -> None:
+    engine.start_server(workers=1)
+    job = engine.options(retries=0).enqueue(waits_for_itself, how)
+    assert job.wait(timeout=8) is JobState.FAILED  # not after its own 10 s timeout
+    record = job.record()
+    assert record.error_type is not None and record.error_type.endswith("InvalidJobError")
+    assert f"job {job.id} waits for itself, which never ends" in (record.error_message or "")

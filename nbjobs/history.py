@@ -19,7 +19,7 @@ TIME_DTYPE = pd.DatetimeTZDtype(unit="us", tz="UTC")
 JOB_COLUMNS = [
     "id", "name", "function", "queue", "state", "attempts", "priority", "created_at", "enqueued_at",
     "run_at", "started_at", "finished_at", "duration", "server_id", "progress", "progress_message",
-    "error_type", "error_message", "recurring_id", "fire_time", "parent_id",
+    "error_type", "error_message", "recurring_id", "fire_time", "parent_id", "lock",
 ]
 _TIME_COLUMNS = ["created_at", "enqueued_at", "run_at", "started_at", "finished_at", "fire_time"]
 

@@ -60,7 +60,7 @@ class HeartbeatReply:
 TABLE_COLUMNS = (
     "id", "name", "function", "queue", "state", "attempts", "priority", "created_at", "enqueued_at",
     "run_at", "started_at", "finished_at", "server_id", "progress", "progress_message", "error_type",
-    "error_message", "recurring_id", "fire_time", "parent_id",
+    "error_message", "recurring_id", "fire_time", "parent_id", "lock",
 )
 TIME_COLUMNS = frozenset({"created_at", "enqueued_at", "run_at", "started_at", "finished_at", "fire_time"})
 

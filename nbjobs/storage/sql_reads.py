@@ -89,7 +89,8 @@ class ReadsSqlMixin(SqlBase):
         # Bypass per-value result processing: times come back as epoch seconds computed by the
         # database, rows as the driver's own tuples. This is what makes 100,000-row frames fast.
         cols = [
-            self.dialect.epoch_seconds(jobs.c[name]).label(name) if name in TIME_COLUMNS else jobs.c[name]
+            self.dialect.epoch_seconds(jobs.c[name]).label(name) if name in TIME_COLUMNS
+            else jobs.c.lock_name.label(name) if name == "lock" else jobs.c[name]
             for name in TABLE_COLUMNS
         ]
         stmt = self._filtered(select(*cols), flt)

@@ -400,4 +400,8 @@ def test_job_page_names_the_job_holding_its_lock(engine: nbjobs.Engine, dash_fac
     dash.open_job(holder.id)
     assert "results.csv (held by this job)" in dash.detail_html.value
     assert list(engine.jobs("processing", lock="results.csv")["id"]) == [holder.id]
-    assert list(engine.jobs(lock="results.csv")["id"]) == [waiting.id, holder.id]
+    frame = engine.jobs(lock="results.csv")
+    assert list(frame["id"]) == [waiting.id, holder.id] and list(frame["lock"]) == ["results.csv"] * 2
+    plain = engine.enqueue(login, "c", "pw")
+    assert engine.jobs().set_index("id")["lock"].isna().to_dict() == {plain.id: True, waiting.id: False,
+                                                                       holder.id: False}

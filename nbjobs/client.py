@@ -476,7 +476,7 @@ class Client:
 
     # -- recurring jobs (see nbjobs.recurring_client) -------------------------------------------
     def recurring(
-        self, recurring_id: str, cron: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+        self, recurring_id: str, cron: str | timedelta, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> recurring_client.Recurring:
         """Add or update (by id) a recurring job: `fn(*args, **kwargs)` at each fire time of `cron`."""
         options = self.job_options
@@ -485,7 +485,7 @@ class Client:
     def recurring_notebook(
         self,
         recurring_id: str,
-        cron: str,
+        cron: str | timedelta,
         path: str | os.PathLike[str],
         parameters: Mapping[str, Any] | None = None,
         *,
@@ -563,7 +563,7 @@ class JobFunction:
         return JobFunction(self.fn, self.client.options(**options))
 
     def recurring(
-        self, recurring_id: str, cron: str, /, *args: Any, **kwargs: Any
+        self, recurring_id: str, cron: str | timedelta, /, *args: Any, **kwargs: Any
     ) -> recurring_client.Recurring:
         """Run this function on a cron schedule with the decorator's options (see `Client.recurring`)."""
         return self.client.recurring(recurring_id, cron, self.fn, *args, **kwargs)

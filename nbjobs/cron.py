@@ -29,6 +29,14 @@ Daylight saving (the expression is matched against the wall clock of the schedul
 
     Cronos also repeats schedules whose minute or second field is an interval (e.g. ``*/5 2 * * *``);
     we do not: a schedule that names hour 2 runs through hour 2 once.
+
+Intervals
+    ``@every 90m`` (``d``, ``h``, ``m``, ``s``, combined as in ``@every 1h30m``; or a ``timedelta``
+    given to ``recurring``) fires every so much real time, what cron cannot say (every 90 minutes,
+    every 7 seconds), as APScheduler's interval trigger and Celery beat's timedelta schedules do. The
+    fire times are the Unix epoch plus whole multiples of the interval (``@every 90m``: 00:00, 01:30,
+    03:00 … UTC), so every server computes the same ones with nothing stored, as cron steps are
+    aligned; daylight saving does not touch them, and a time zone is refused as meaningless.
 """
 
 from __future__ import annotations
@@ -85,6 +93,12 @@ _RANDOM_OR_HASHED = re.compile(r"(?<![A-Za-z])[HRhr](?![A-Za-z])")
 _ONE_SECOND = timedelta(seconds=1)
 #: A reference start for validation: any fixed date works, croniter only checks a match exists.
 _PROBE_START = datetime(2000, 1, 1)
+_EVERY = re.compile(r"@every\s+(.*)", re.IGNORECASE)
+_DURATION_PART = re.compile(r"(\d+)([dhms])")
+_UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+EVERY_MAX = 366 * 86400  #: the longest interval, in seconds (a year: longer ones are a date)
+#: Where interval fire times are counted from.
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +111,7 @@ class CronSchedule:
     has_seconds: bool  #: six fields, the first being seconds
     hourly: bool  #: the hour field matches every hour (DST rules differ, see the module docstring)
     zone: ZoneInfo = field(repr=False, compare=False)
+    every: int | None = None  #: `@every …`: the interval in seconds (then `fields` is unused)
 
     def __str__(self) -> str:
         return self.expr if self.tz == "UTC" else f"{self.expr} ({self.tz})"
@@ -140,6 +155,16 @@ def parse_schedule(expr: str, tz: str = "UTC") -> CronSchedule:
         )
     zone = parse_zone(tz)
     text = " ".join(expr.split())
+    every = _every_seconds(text)
+    if every is not None:
+        if zone.key != "UTC":
+            raise InvalidScheduleError(
+                f"{text!r} is an interval of real time, counted from 1970-01-01 00:00 UTC; a time zone "
+                f"({zone.key}) would change nothing: leave tz out, or write a cron expression for "
+                "wall-clock times"
+            )
+        return CronSchedule(expr=format_every(every), tz="UTC", fields="", has_seconds=True, hourly=True,
+                            zone=zone, every=every)
     if len(text) > CRON_MAX:
         raise InvalidScheduleError(
             f"cron expression {text[:40]!r}… is {len(text)} characters; use at most {CRON_MAX}: write "
@@ -149,7 +174,8 @@ def parse_schedule(expr: str, tz: str = "UTC") -> CronSchedule:
         fields = ALIASES.get(text.lower())
         if fields is None:
             raise InvalidScheduleError(
-                f"unknown cron alias {text!r}; use one of {', '.join(ALIASES)} or write the fields"
+                f"unknown cron alias {text!r}; use one of {', '.join(ALIASES)}, an interval such as "
+                "'@every 90m', or write the fields"
             )
     else:
         fields = text
@@ -184,6 +210,47 @@ def parse_schedule(expr: str, tz: str = "UTC") -> CronSchedule:
     return CronSchedule(
         expr=text, tz=zone.key, fields=fields, has_seconds=has_seconds, hourly=hourly, zone=zone
     )
+
+
+def _every_seconds(text: str) -> int | None:
+    """The interval of an `@every …` expression in seconds; None for any other expression."""
+    match = _EVERY.fullmatch(text)
+    if match is None:
+        return None
+    spec = match.group(1).replace(" ", "").lower()
+    parts = _DURATION_PART.findall(spec)
+    if not parts or "".join(n + unit for n, unit in parts) != spec:
+        raise InvalidScheduleError(
+            f"interval {match.group(1)!r} in {text!r} is not a duration; write whole numbers with units "
+            "d, h, m or s, e.g. '@every 90m', '@every 1h30m' or '@every 10s'"
+        )
+    seconds = sum(int(n) * _UNIT_SECONDS[unit] for n, unit in parts)
+    if not 1 <= seconds <= EVERY_MAX:
+        raise InvalidScheduleError(
+            f"interval of {text!r} is {seconds} seconds; use 1 second to 366 days (for a fixed date, "
+            "schedule() a single job)"
+        )
+    return seconds
+
+
+def format_every(seconds: int) -> str:
+    """`@every 1h30m` for 5400: the canonical text of an interval (largest units first)."""
+    out, rest = [], seconds
+    for unit, size in _UNIT_SECONDS.items():
+        count, rest = divmod(rest, size)
+        if count:
+            out.append(f"{count}{unit}")
+    return "@every " + "".join(out)
+
+
+def every_from_timedelta(interval: timedelta) -> str:
+    """A timedelta given as a schedule, as `@every …`; whole seconds only."""
+    seconds = interval.total_seconds()
+    if seconds != int(seconds) or not 1 <= seconds <= EVERY_MAX:
+        raise InvalidScheduleError(
+            f"an interval must be a whole number of seconds from 1 second to 366 days, got {interval!r}"
+        )
+    return format_every(int(seconds))
 
 
 def _field_error(text: str, parts: list[str], names: tuple[str, ...]) -> InvalidScheduleError:
@@ -257,6 +324,12 @@ def _cron(schedule: CronSchedule, start: datetime) -> croniter:
 def iter_fires(schedule: CronSchedule, after: datetime) -> Iterator[datetime]:
     """Every fire time strictly after `after`, ascending, each real instant once (endless)."""
     after = ensure_utc(after)
+    if schedule.every is not None:
+        step = timedelta(seconds=schedule.every)
+        instant = _EPOCH + ((after - _EPOCH) // step + 1) * step
+        while True:
+            yield instant
+            instant += step
     zone = schedule.zone
     local = after.astimezone(zone)
     start = local.replace(tzinfo=None, microsecond=0)
@@ -324,6 +397,9 @@ def next_fire(schedule: CronSchedule, after: datetime) -> datetime:
 def prev_fire(schedule: CronSchedule, at: datetime) -> datetime | None:
     """The latest fire time at or before `at`, or None if there is none within croniter's range."""
     at = ensure_utc(at)
+    if schedule.every is not None:
+        step = timedelta(seconds=schedule.every)
+        return _EPOCH + ((at - _EPOCH) // step) * step
     zone = schedule.zone
     local = at.astimezone(zone)
     start = local.replace(tzinfo=None, microsecond=0)

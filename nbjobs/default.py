@@ -304,13 +304,13 @@ def servers() -> pd.DataFrame:
 
 
 def recurring(
-    recurring_id: str, cron: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    recurring_id: str, cron: str | timedelta, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
 ) -> Recurring:
     """`nbjobs.recurring("nightly", "0 2 * * *", fn)`: add or update a recurring job on the default engine."""
     return default_engine().recurring(recurring_id, cron, fn, *args, **kwargs)
 
 
-def recurring_notebook(recurring_id: str, cron: str, path: str | os.PathLike[str],
+def recurring_notebook(recurring_id: str, cron: str | timedelta, path: str | os.PathLike[str],
                        parameters: dict[str, Any] | None = None, **kwargs: Any) -> Recurring:
     """`nbjobs.recurring_notebook("daily", "0 7 * * *", "report.ipynb", {...})` on the default engine."""
     return default_engine().recurring_notebook(recurring_id, cron, path, parameters, **kwargs)

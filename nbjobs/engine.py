@@ -246,7 +246,7 @@ class Engine:
         return self.client.job_function(target, **options)
 
     def recurring(
-        self, recurring_id: str, cron: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+        self, recurring_id: str, cron: str | timedelta, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> Recurring:
         """Add or update (by id) a recurring job; options (tz, misfire, overlap, queue…) via
         `nb.options(...).recurring(...)`. Checked now: a bad expression or zone stores nothing."""
@@ -255,7 +255,7 @@ class Engine:
     def recurring_notebook(
         self,
         recurring_id: str,
-        cron: str,
+        cron: str | timedelta,
         path: str | os.PathLike[str],
         parameters: Mapping[str, Any] | None = None,
         **kwargs: Any,

@@ -12,11 +12,11 @@ while `enqueue` refuses them with a clear message.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from .clock import Clock
-from .cron import next_fire, parse_schedule, parse_zone, validate_policies
+from .cron import every_from_timedelta, next_fire, parse_schedule, parse_zone, validate_policies
 from .errors import FunctionNotFoundError, InvalidJobError, InvalidScheduleError, RecurringNotFoundError
 from .model import RECURRING_ID_MAX, JobOptions, NewJob
 from .payload import Codec, unresolvable
@@ -91,7 +91,7 @@ def check_id(recurring_id: object) -> str:
 def define(
     client: RecurringClient,
     recurring_id: str,
-    cron: str,
+    cron: str | timedelta,
     fn: Callable[..., Any],
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
@@ -104,6 +104,8 @@ def define(
     """
     rid = check_id(recurring_id)
     policy = {**RECURRING_DEFAULTS, **client.recurring_defaults}
+    if isinstance(cron, timedelta):
+        cron = every_from_timedelta(cron)
     schedule = parse_schedule(cron, policy["tz"])
     validate_policies(policy["misfire"], policy["misfire_limit"], policy["overlap"])
     ref, payload = client.codec.encode(fn, args, kwargs, options.serializer)

@@ -120,6 +120,26 @@ def test_fires_on_schedule_with_recurring_id_and_fire_time(
     assert str(nb.recurring_jobs()["next_run"].dtype).endswith("UTC]")
 
 
+def test_an_interval_fires_every_so_many_seconds_of_real_time(
+    nb: nbjobs.Engine, clock: nbjobs.ManualClock
+) -> None:
+    handle = nb.recurring("seven", timedelta(seconds=7), record, "s")
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    first = epoch + timedelta(seconds=7 * ((T0 - epoch) // timedelta(seconds=7) + 1))
+    assert handle.next_fire == first and first - T0 < timedelta(seconds=7)
+    assert row(nb, "seven")["cron"] == "@every 7s"
+    nb.start_server(**SERVER)
+    settle(nb)
+    for n in range(1, 4):
+        clock.set(first + (n - 1) * timedelta(seconds=7))
+        wait_for(lambda n=n: succeeded(nb, "seven", n))  # type: ignore[misc]
+    assert fire_times(nb, "seven") == [first + k * timedelta(seconds=7) for k in range(3)]
+    again = nb.recurring("seven", "@every 7s", record, "s")  # the same schedule: the plan is kept
+    assert again.next_fire == first + 3 * timedelta(seconds=7)
+    with pytest.raises(nbjobs.InvalidScheduleError, match="leave tz out"):
+        nb.options(tz="Europe/Berlin").recurring("local", "@every 2h", record, "x")
+
+
 def test_time_zone_and_six_field_seconds(nb: nbjobs.Engine, clock: nbjobs.ManualClock) -> None:
     berlin = nb.options(tz="Europe/Berlin", queue="reports").recurring("berlin", "0 9 * * MON", record, "b")
     assert berlin.next_fire == datetime(2026, 1, 5, 8, 0, tzinfo=UTC)  # 09:00 CET

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from itertools import pairwise
 from zoneinfo import ZoneInfo
@@ -15,6 +17,7 @@ from nbjobs.cron import (
     SKIP_GRACE,
     CronSchedule,
     due_fires,
+    every_from_timedelta,
     iter_fires,
     next_fire,
     parse_schedule,
@@ -489,3 +492,56 @@ def test_runs_allowed_by_overlap_policy() -> None:
     for unfinished in (JobState.ENQUEUED, JobState.PROCESSING, JobState.SCHEDULED, JobState.AWAITING):
         assert runs_allowed("skip", 2, unfinished) == 0
     assert runs_allowed("skip", 0, None) == 0
+
+
+# -- intervals ------------------------------------------------------------------------------------------
+def test_an_interval_fires_every_so_much_real_time_counted_from_the_epoch() -> None:
+    every = parse_schedule("@every 1h 30m")
+    assert every.expr == "@every 1h30m" and every.every == 5400 and str(every) == "@every 1h30m"
+    assert parse_schedule("@EVERY 90M").expr == "@every 1h30m"
+    fires = list(_take(iter_fires(every, utc(2026, 11, 28, 16, 20)), 4))
+    assert fires == [utc(2026, 11, 28, 16, 30), utc(2026, 11, 28, 18), utc(2026, 11, 28, 19, 30),
+                     utc(2026, 11, 28, 21)]
+    assert next_fire(every, utc(2026, 11, 28, 16, 30)) == utc(2026, 11, 28, 18)  # strictly after
+    assert prev_fire(every, utc(2026, 11, 28, 16, 30)) == utc(2026, 11, 28, 16, 30)  # at or before
+    assert prev_fire(every, utc(2026, 11, 28, 17, 59, 59)) == utc(2026, 11, 28, 16, 30)
+    seven = parse_schedule("@every 7s")  # what "*/7 * * * * *" cannot say: it jumps 56 → 0
+    gaps = {b - a for a, b in pairwise(_take(iter_fires(seven, utc(2026, 3, 29, 0, 59, 50)), 20))}
+    assert gaps == {timedelta(seconds=7)}
+
+
+def test_an_interval_keeps_its_rhythm_over_daylight_saving_and_long_outages() -> None:
+    hourly = parse_schedule("@every 1h")
+    # 2026-03-29 is the spring-forward day in Europe; an interval is real time: 24 fires that day
+    day = list(_take(iter_fires(hourly, utc(2026, 3, 28, 23, 59)), 24))
+    assert day[0] == utc(2026, 3, 29) and day[-1] == utc(2026, 3, 29, 23)
+    plan = due_fires(hourly, utc(2026, 3, 29), utc(2026, 3, 29, 5, 10), misfire="all")
+    assert plan.fires == tuple(utc(2026, 3, 29, h) for h in range(6))
+    assert plan.next_fire == utc(2026, 3, 29, 6)
+    plan = due_fires(parse_schedule("@every 1s"), utc(2026, 1, 1), utc(2026, 1, 8), misfire="once")
+    assert plan.fires == (utc(2026, 1, 8),) and plan.missed_capped  # a week of seconds, counted cheaply
+    assert plan.next_fire == utc(2026, 1, 8, 0, 0, 1)
+
+
+@pytest.mark.parametrize(("expr", "tz", "message"), [
+    ("@every", "UTC", "unknown cron alias"),
+    ("@every 90", "UTC", "'90' in '@every 90' is not a duration; write whole numbers with units"),
+    ("@every 1.5h", "UTC", "is not a duration"),
+    ("@every 0s", "UTC", "is 0 seconds; use 1 second to 366 days"),
+    ("@every 400d", "UTC", "use 1 second to 366 days"),
+    ("@every 2h", "Europe/Paris", "a time zone (Europe/Paris) would change nothing: leave tz out"),
+])
+def test_bad_intervals_are_refused_naming_the_fix(expr: str, tz: str, message: str) -> None:
+    with pytest.raises(InvalidScheduleError, match=re.escape(message)):
+        parse_schedule(expr, tz)
+
+
+def test_a_timedelta_is_an_interval_of_whole_seconds() -> None:
+    assert every_from_timedelta(timedelta(minutes=90)) == "@every 1h30m"
+    assert every_from_timedelta(timedelta(days=1, seconds=5)) == "@every 1d5s"
+    with pytest.raises(InvalidScheduleError, match="whole number of seconds"):
+        every_from_timedelta(timedelta(milliseconds=1500))
+
+
+def _take(it: Iterator[datetime], n: int) -> list[datetime]:
+    return [value for value, _ in zip(it, range(n), strict=False)]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import functools
+import inspect
 import math
 import os
 import threading
@@ -21,7 +24,9 @@ from .errors import (
     JobNotFoundError,
     ResultTimeoutError,
 )
+from .executors.coroutines import complete
 from .executors.notebook import NOTEBOOK_FUNCTION, notebook_call, run_notebook
+from .executors.thread import with_results
 from .model import (
     FINAL_STATES,
     KEY_MAX,
@@ -572,6 +577,17 @@ class JobFunction:
         return f"<nbjobs job function {function_ref(self.fn)}>"
 
 
+def _awaited(awaitable: Any, ctx: context.JobContext) -> Any:
+    """Run an async job's coroutine to its end: here, or, where this thread already runs an event loop
+    (a notebook's), on a thread of its own, whose exception is re-raised here."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return complete(awaitable, ctx)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nbjobs-run-here") as pool:
+        return pool.submit(contextvars.copy_context().run, complete, awaitable, ctx).result()
+
+
 def refuse_waiting_for_itself(job_ids: Iterable[int], database: str) -> None:
     """Inside a job, waiting for that same job would never end: refuse it, naming the fix."""
     ctx = context.current_job_or_none()
@@ -724,6 +740,31 @@ class Job:
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self.result_async().__await__()
+
+    def run_here(self) -> Any:
+        """Run this job's function with its stored arguments now, in this thread, and return its value.
+
+        Its exception propagates with the function's own frames, so `%debug` (or pdb) opens where a
+        job that failed in the background went wrong, with the very arguments it had (results of jobs
+        it was given read from storage, a notebook's function as stored). Nothing is recorded: the
+        stored job, its state and history stay as they are (`requeue()` runs it again for real).
+        Inside, `current_job()` answers for this job; its progress is not stored.
+        """
+        record = self.record()
+        codec = self.client.codec
+        call = codec.decode_call(with_results(record.payload, self.client.store, codec))
+        fn = codec.load_function(record.function, call, prefer_live=True)
+        ctx = context.JobContext(id=self.id, attempt=record.attempts, function=record.function,
+                                 queue=record.queue, recurring_id=record.recurring_id,
+                                 database=self.client.store.database)
+        token = context.activate(ctx)
+        try:
+            value = fn(*call.args, **call.kwargs)
+            if inspect.isawaitable(value):
+                value = _awaited(value, ctx)
+            return value
+        finally:
+            context.deactivate(token)
 
     def logs(self, tail: int | None = None) -> str:
         """Everything the job printed or logged, as one string."""

@@ -13,9 +13,17 @@ from typing import Any
 
 from .. import context
 from ..clock import Clock
-from ..errors import USER_CODE_ERRORS, FunctionNotFoundError, JobCancelled, PayloadError, Retry
-from ..model import ClaimedJob
+from ..errors import (
+    USER_CODE_ERRORS,
+    FunctionNotFoundError,
+    JobCancelled,
+    PayloadError,
+    ResultUnavailableError,
+    Retry,
+)
+from ..model import ClaimedJob, JobState
 from ..payload import Codec
+from ..storage import Store
 from .coroutines import complete
 
 log = logging.getLogger("nbjobs.executor")
@@ -59,6 +67,30 @@ def failed_result(
         retryable=retryable,
         retry_after=exc.after if isinstance(exc, Retry) else None,
     )
+
+
+def with_results(payload: bytes, store: Store, codec: Codec) -> bytes:
+    """`payload` with the stored results of the jobs it was given as arguments in their places."""
+    if not codec.refers_results(payload):
+        return payload
+    return codec.resolve_results(payload, lambda job_id: stored_result(store, codec, job_id))
+
+
+def stored_result(store: Store, codec: Codec, job_id: int) -> Any:
+    """The return value of job `job_id`, an argument of another job; ResultUnavailableError when it
+    is gone or no longer succeeded (no retry brings it back)."""
+    record = store.results_of([job_id]).get(job_id)
+    if record is None:
+        raise ResultUnavailableError(
+            f"job {job_id}, whose result is an argument of this job, no longer exists (expired or "
+            "removed); requeue it, or enqueue this job again with the value"
+        )
+    if record.state is not JobState.SUCCEEDED:
+        raise ResultUnavailableError(
+            f"job {job_id}, whose result is an argument of this job, is {record.state.value} (it was "
+            "requeued or changed after it succeeded); wait for it, then requeue this job"
+        )
+    return None if record.result is None else codec.loads(record.result)
 
 
 def _text(exc: BaseException) -> str:

@@ -21,8 +21,8 @@ from typing import Any
 from .. import context
 from ..clock import Clock
 from ..errors import USER_CODE_ERRORS, JobTimeoutError, PayloadError, ResultUnavailableError
-from ..executors.thread import RunResult, RunWrapper, failed_result, run_in_thread
-from ..model import PRIVATE_QUEUE_MARK, ClaimedJob, JobState, NewJob, Outcome, OutcomeKind
+from ..executors.thread import RunResult, RunWrapper, failed_result, run_in_thread, with_results
+from ..model import PRIVATE_QUEUE_MARK, ClaimedJob, NewJob, Outcome, OutcomeKind
 from ..payload import Codec
 from ..rates import Rate, RateWindow
 from ..retry import decide
@@ -216,23 +216,8 @@ class Dispatcher:
 
     def _with_results(self, job: ClaimedJob) -> ClaimedJob:
         """The job with the results of the jobs it was given as arguments in their places."""
-        if not self.codec.refers_results(job.payload):
-            return job
-        return replace(job, payload=self.codec.resolve_results(job.payload, self._result_of))
-
-    def _result_of(self, job_id: int) -> Any:
-        record = self.store.results_of([job_id]).get(job_id)
-        if record is None:
-            raise ResultUnavailableError(
-                f"job {job_id}, whose result is an argument of this job, no longer exists (expired or "
-                "removed); requeue it, or enqueue this job again with the value"
-            )
-        if record.state is not JobState.SUCCEEDED:
-            raise ResultUnavailableError(
-                f"job {job_id}, whose result is an argument of this job, is {record.state.value} (it was "
-                "requeued or changed after it succeeded); wait for it, then requeue this job"
-            )
-        return None if record.result is None else self.codec.loads(record.result)
+        payload = with_results(job.payload, self.store, self.codec)
+        return job if payload is job.payload else replace(job, payload=payload)
 
     def _lease_too_old(self, item: Running) -> bool:
         """True once half of the lease passed without a heartbeat extending it."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+import traceback
+
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
@@ -197,3 +200,15 @@ def test_job_cells_holding_one_lock_run_one_after_the_other(shell: InteractiveSh
     assert second.record().options.lock == "results.csv"
     shell.user_ns["hold"].set()
     assert second.result(timeout=30) == ["first", "second"]
+
+
+def test_a_failed_job_of_a_cell_function_runs_again_in_a_cell_for_debug(shell: InteractiveShell) -> None:
+    run(shell, "def parse(text):\n    return int(text)\n")
+    job = run(shell, "job = nbjobs.options(retries=0).enqueue(parse, 'x1')\njob")
+    assert job.wait(timeout=30) is JobState.FAILED
+    with capture_output():
+        result = shell.run_cell("job.run_here()")
+    assert isinstance(result.error_in_exec, ValueError)
+    # what %debug opens: the traceback IPython keeps, whose last frame is the job's function
+    frames = [frame.f_code.co_name for frame, _ in traceback.walk_tb(sys.last_traceback)]
+    assert frames[-1] == "parse" and job.state is JobState.FAILED

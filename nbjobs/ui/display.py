@@ -135,8 +135,10 @@ def details_bundle(job: Job) -> dict[str, str]:
         parts.append(f"<b>Result</b><pre>{html.escape(shown)}</pre>")
     elif record.error_traceback or record.error_type:
         trace = record.error_traceback or f"{record.error_type}: {record.error_message}"
-        text += ["error:", trace]
-        parts.append(f'<b>Error</b><pre style="color:#dc3545">{html.escape(trace)}</pre>')
+        hint = f"nbjobs.job({job.id}).run_here() runs it again in a cell, with its arguments, for %debug"
+        text += ["error:", trace, hint]
+        parts.append(f'<b>Error</b><pre style="color:#dc3545">{html.escape(trace)}</pre>'
+                     f'<div style="color:#6c757d">{html.escape(hint)}</div>')
     return {"text/plain": "\n".join(text), "text/html": "".join(parts)}
 
 

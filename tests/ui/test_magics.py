@@ -212,3 +212,7 @@ def test_a_failed_job_of_a_cell_function_runs_again_in_a_cell_for_debug(shell: I
     # what %debug opens: the traceback IPython keeps, whose last frame is the job's function
     frames = [frame.f_code.co_name for frame, _ in traceback.walk_tb(sys.last_traceback)]
     assert frames[-1] == "parse" and job.state is JobState.FAILED
+    with capture_output() as cap:
+        run(shell, f"%job {job.id}")
+    (shown,) = cap.outputs  # %job says how to get there
+    assert f"nbjobs.job({job.id}).run_here() runs it again in a cell" in shown.data["text/plain"]

@@ -40,7 +40,7 @@ _settings: dict[str, Any] = {}
 _private_queues: set[str] = set()
 
 _SERVER_KEYS = set(ServerConfig.__dataclass_fields__) - {"duties"}  # workers, queues, timeouts, …
-KNOWN_SETTINGS = frozenset({"url", "server", "secret"} | _SERVER_KEYS)
+KNOWN_SETTINGS = frozenset({"url", "server", "secret", "max_payload"} | _SERVER_KEYS)
 
 
 def env_settings() -> dict[str, Any]:
@@ -92,7 +92,8 @@ def default_engine() -> Engine:
     with _lock:
         if _engine is None or _engine._closed:
             conf = settings()
-            _engine = connect(conf.get("url"), secret=conf.get("secret"))
+            extra = {"max_payload": conf["max_payload"]} if "max_payload" in conf else {}
+            _engine = connect(conf.get("url"), secret=conf.get("secret"), **extra)
             _owned = True
             if conf.get("server", True):
                 _start(_engine, conf)
@@ -128,7 +129,7 @@ def configure(**changes: Any) -> Engine:
         engine = _engine
         if engine is None or engine._closed:
             return default_engine()
-        if {"url", "secret"} & set(changes) and _owned:
+        if {"url", "secret", "max_payload"} & set(changes) and _owned:
             close_default()
             return default_engine()
         conf = settings()

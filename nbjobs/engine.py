@@ -21,7 +21,7 @@ from .capture import OutputCapture
 from .client import Client, Job, JobFunction, NotebookJob, Notifier
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError, NbJobsError
-from .model import ContinueOn, JobState, StateChange
+from .model import PAYLOAD_CEILING, PAYLOAD_MAX, ContinueOn, JobState, StateChange
 from .payload import Codec, Signer
 from .progress import ProgressThrottle
 from .recurring_client import Recurring
@@ -52,13 +52,20 @@ class Engine:
         synchronous: str | None = None,
         secret: str | bytes | None = None,
         store: Store | None = None,
+        max_payload: int = PAYLOAD_MAX,
     ) -> None:
+        if isinstance(max_payload, bool) or not isinstance(max_payload, int) or not (
+                1 <= max_payload <= PAYLOAD_CEILING):  # before anything is opened
+            raise ConfigurationError(
+                f"max_payload must be a number of bytes from 1 to {PAYLOAD_CEILING:,} (a database field "
+                f"holds about 1 GB), got {max_payload!r}"
+            )
         self.url = url or default_url()
         self.clock: Clock = clock or SystemClock()
         sync = self.synchronous = synchronous or os.environ.get("NBJOBS_SQLITE_SYNCHRONOUS", "FULL")
         self.store: Store = store or SqlStore(self.url, synchronous=sync)
         key = secret.encode() if isinstance(secret, str) else secret
-        self.codec = Codec(Signer(key))
+        self.codec = Codec(Signer(key), max_bytes=max_payload)
         self.notifier = Notifier()
         self.notifier.local_cancel = self._local_cancel
         self.client = Client(self.store, self.codec, self.clock, self.notifier)
@@ -117,7 +124,7 @@ class Engine:
             self._process_pool.close()
         # Children start lazily, so a server that never runs a process job starts no process.
         self._process_pool = ProcessExecutor(
-            size=workers, signer=self.codec.signer, clock=self.clock,
+            size=workers, signer=self.codec.signer, clock=self.clock, max_payload=self.codec.max_bytes,
             engine_opener=functools.partial(connect, self.url, synchronous=self.synchronous),
         )
         return {"process": self._process_pool}

@@ -56,6 +56,11 @@ KEY_MAX = 500
 FUNCTION_MAX = 1000
 RECURRING_ID_MAX = 200
 CRON_MAX = 200
+#: A job's stored arguments, or its result, at most this many bytes once serialized (`max_payload=`):
+#: a field of either database holds at most about 1 GB, and every read copies it whole.
+PAYLOAD_MAX = 512 * 2**20
+#: The most `max_payload` may be: SQLite's longest value (1,000,000,000 bytes), less the envelope.
+PAYLOAD_CEILING = 999_000_000
 SERVER_NAME_MAX = 200
 #: Exception type names are written by servers, not people: longer ones are stored cut to this.
 ERROR_TYPE_MAX = 500

@@ -26,7 +26,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import FunctionNotFoundError, InvalidJobError, PayloadError
-from .model import FUNCTION_MAX
+from .model import FUNCTION_MAX, PAYLOAD_MAX
 
 log = logging.getLogger("nbjobs.payload")
 
@@ -273,11 +273,19 @@ def _call_tag(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
     return b"C"
 
 
+def _size(n: int) -> str:
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
 class Codec:
     """Encodes calls and results with one serializer and signs them."""
 
-    def __init__(self, signer: Signer | None = None) -> None:
+    def __init__(self, signer: Signer | None = None, max_bytes: int = PAYLOAD_MAX) -> None:
         self.signer = signer or Signer()
+        self.max_bytes = max_bytes  #: the longest body `dumps` stores (arguments, a result)
 
     # pickle bodies start with b"P", json bodies with b"J"
     def dumps(self, value: Any, serializer: str = "pickle", what: str = "value") -> bytes:
@@ -298,6 +306,12 @@ class Codec:
                 ) from exc
         else:
             raise InvalidJobError(f"unknown serializer {serializer!r}; use one of {SERIALIZERS}")
+        if len(body) > self.max_bytes:
+            raise InvalidJobError(
+                f"{what}: {_size(len(body))} once serialized, more than the {_size(self.max_bytes)} "
+                "a job may store in the database (max_payload); save large data to a file (e.g. "
+                "df.to_parquet(path)) and pass or return its path"
+            )
         return self.signer.sign(body)
 
     def loads(self, data: bytes) -> Any:

@@ -53,7 +53,7 @@ from typing import Any
 from .. import context
 from ..clock import Clock
 from ..errors import USER_CODE_ERRORS, JobCancelled, WorkerCrashedError
-from ..model import ClaimedJob
+from ..model import PAYLOAD_MAX, ClaimedJob
 from ..payload import Codec, Signer
 from .coroutines import complete
 from .thread import RunResult, failed_result
@@ -109,6 +109,7 @@ def _child_main(conn: Connection, key: bytes) -> None:
 
 
 def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+    codec.max_bytes = msg.get("max_payload", codec.max_bytes)
     if msg["sys_path"] != sys.path:
         sys.path[:] = msg["sys_path"]
     with contextlib.suppress(OSError):
@@ -210,13 +211,14 @@ class _Slot:
         return self.process, self.conn
 
     def run(self, job: ClaimedJob, ctx: context.JobContext,
-            engine_opener: functools.partial[Any] | None = None) -> tuple[dict[str, Any] | None, str]:
+            engine_opener: functools.partial[Any] | None = None, max_payload: int = PAYLOAD_MAX,
+            ) -> tuple[dict[str, Any] | None, str]:
         """Run one job; returns (reply, "") or (None, why it has no reply)."""
         msg = {
             "id": job.id, "attempt": job.attempts, "function": job.function, "payload": job.payload,
             "queue": job.options.queue, "recurring_id": job.recurring_id,
             "serializer": job.options.serializer, "sys_path": list(sys.path), "cwd": os.getcwd(),
-            "engine_opener": engine_opener, "database": ctx.database,
+            "engine_opener": engine_opener, "database": ctx.database, "max_payload": max_payload,
         }
         proc, conn = self._ensure()
         try:
@@ -287,12 +289,13 @@ class ProcessExecutor:
 
     def __init__(
         self, *, size: int, signer: Signer, clock: Clock, on_output: OutputSink | None = None,
-        engine_opener: functools.partial[Any] | None = None,
+        engine_opener: functools.partial[Any] | None = None, max_payload: int = PAYLOAD_MAX,
     ) -> None:
         self._mp = _mp_context()
         #: Opens, given `secret=`, an engine on the server's database: `current_job().engine` in a child
         #: (a partial of a module-level function, so it travels to the child by reference).
         self._engine_opener = engine_opener
+        self._max_payload = max_payload
         self._clock = clock
         self._on_output = on_output
         self._key = signer.key
@@ -321,7 +324,7 @@ class ProcessExecutor:
         try:
             if self._closed.is_set():
                 raise RuntimeError("the process pool was closed")
-            reply, why = slot.run(job, ctx, self._engine_opener)
+            reply, why = slot.run(job, ctx, self._engine_opener, self._max_payload)
         finally:
             if extra:
                 slot.close()

@@ -67,6 +67,12 @@ ERROR_TYPE_MAX = 500
 #: A priority is stored in a 32-bit integer column.
 PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
 
+def storable(text: str | None) -> str | None:
+    """`text` with NUL characters written as `\\x00`: PostgreSQL text cannot hold them, and a job's
+    error message, output or progress note may (binary data printed, a C library's message)."""
+    return text.replace("\x00", "\\x00") if text and "\x00" in text else text
+
+
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DELETED})
 UNFINISHED_STATES = frozenset(JobState) - FINAL_STATES
 

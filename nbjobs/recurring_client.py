@@ -84,6 +84,10 @@ def check_id(recurring_id: object) -> str:
             f"recurring job id {recurring_id[:40]!r}… is {len(recurring_id)} characters; use at most "
             f"{MAX_ID_LENGTH}"
         )
+    if "\x00" in recurring_id:
+        raise InvalidScheduleError(
+            f"recurring job id {recurring_id!r} contains a NUL character, which the database cannot store"
+        )
     return recurring_id
 
 

@@ -42,6 +42,7 @@ from ..model import (
     NewJob,
     Outcome,
     OutcomeKind,
+    storable,
 )
 from .base import Enqueued, LocalClaim, Store
 from .schema import ENQUEUED_ROW, dependencies, history, jobs
@@ -531,9 +532,10 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
                 "error_type": None, "error_message": None, "error_traceback": None,
             }
         # A type name is the server's, not a person's: cut to the column rather than refuse the outcome.
-        error_type = o.error_type[:ERROR_TYPE_MAX] if o.error_type else o.error_type
-        error = {"error_type": error_type, "error_message": o.error_message,
-                 "error_traceback": o.error_traceback}
+        # The texts come from the job's exception: stored even with NULs, which would fail the write.
+        error_type = storable(o.error_type[:ERROR_TYPE_MAX] if o.error_type else o.error_type)
+        error = {"error_type": error_type, "error_message": storable(o.error_message),
+                 "error_traceback": storable(o.error_traceback)}
         if o.kind is OutcomeKind.FAILED and o.retry_at is not None:
             return S.SCHEDULED, {**base, **error, "state": S.SCHEDULED.value, "run_at": o.retry_at,
                                  "started_at": o.started_at or row.started_at}

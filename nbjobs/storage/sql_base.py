@@ -38,6 +38,7 @@ from ..model import (
     JobOptions,
     JobRecord,
     JobState,
+    storable,
 )
 from .dialects import Dialect, Listener, dialect_for
 from .schema import FETCH_ANY, LOCK_HELD, LOCK_NEXT, SCHEMA_VERSION, counts, history, jobs, meta, metadata
@@ -332,7 +333,7 @@ def _history_params(
             "job_id": job_id,
             "state": state.value,
             "at": now,
-            "reason": reason,
+            "reason": storable(reason),
             "server_id": server_id,
             "data": json.dumps(data[job_id]) if data and job_id in data else None,
         }

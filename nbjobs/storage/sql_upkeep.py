@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ..model import (
     ServerInfo,
+    storable,
 )
 from .base import HeartbeatReply, ReapReport
 from .schema import dependencies, history, jobs, locks, logs, servers
@@ -182,7 +183,7 @@ class UpkeepSqlMixin(SqlBase):
             self._tx(
                 lambda conn: conn.execute(
                     insert(logs),
-                    [{"job_id": job_id, "at": at, "stream": s, "text": t} for at, s, t in chunks],
+                    [{"job_id": job_id, "at": at, "stream": s, "text": storable(t)} for at, s, t in chunks],
                 )
             )
 
@@ -202,6 +203,6 @@ class UpkeepSqlMixin(SqlBase):
             lambda conn: conn.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id)
-                .values(progress=fraction, progress_message=message)
+                .values(progress=fraction, progress_message=storable(message))
             )
         )

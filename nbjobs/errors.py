@@ -81,6 +81,11 @@ class Retry(NbJobsError):
         super().__init__(self.reason or f"the job asked to be retried in {self.after:g}s")
 
 
+class UnstorableError(NbJobsError):
+    """The database refused the values written (too large for a field, a constraint): not a fault
+    of the connection, so trying the same write again cannot help."""
+
+
 class ResultUnavailableError(NbJobsError):
     """A job was given another job's result as an argument, and that result is gone when it runs."""
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import context
 from ..clock import Clock
-from ..errors import USER_CODE_ERRORS, JobTimeoutError, PayloadError, ResultUnavailableError
+from ..errors import USER_CODE_ERRORS, JobTimeoutError, PayloadError, ResultUnavailableError, UnstorableError
 from ..executors.thread import RunResult, RunWrapper, failed_result, run_in_thread, with_results
 from ..model import PRIVATE_QUEUE_MARK, ClaimedJob, NewJob, Outcome, OutcomeKind
 from ..payload import Codec
@@ -310,6 +310,14 @@ class Dispatcher:
             lost, jobs = self.store.finish_and_acquire(
                 self.config.server_id, outcomes, self.config.queues, free, lease_until, now, rooms
             )
+        except UnstorableError as exc:
+            with self._lock:
+                self._reserved -= free  # no claim this turn: the next one claims
+            if not done:
+                raise
+            log.warning("the database refused this turn's writes (%s); writing its %d outcome(s) one by "
+                        "one", exc, len(done))
+            return self._write_alone(done, outcomes, now), 0
         except Exception:
             with self._lock:  # keep them, in order, for the next turn: an outcome is never dropped
                 self._done[:0] = done
@@ -323,6 +331,47 @@ class Dispatcher:
             self._settle(done, outcomes, lost)
         self._start(jobs, reserved=free)
         return stale + len(done), len(jobs)
+
+    def _write_alone(
+        self, done: Sequence[tuple[Running, RunResult | None]], outcomes: Sequence[Outcome], now: datetime
+    ) -> int:
+        """Write each outcome in a transaction of its own, so that one the database refuses (too
+        large, a value it cannot hold) holds up no other: that one is written as a failure saying
+        why, and if even that is refused, left for its lease to run out. Returns how many were handled."""
+        written: list[tuple[Running, RunResult | None]] = []
+        kept: list[Outcome] = []
+        lost: list[int] = []
+        for (item, result), outcome in zip(done, outcomes, strict=True):
+            try:
+                lost += self._finish_or_explain(outcome, now)
+            except UnstorableError as exc:
+                log.error("job %d: its outcome cannot be stored (%s); its lease will return it", item.job.id,
+                          exc, extra={"action": "outcome_unstorable", "job_id": item.job.id})
+                with self._lock:
+                    if self.running.get(item.job.id) is item:
+                        del self.running[item.job.id]  # no longer extended: the reaper takes it back
+                continue
+            except Exception:  # the database is away: keep it for the next turn, as any outcome
+                with self._lock:
+                    self._done.append((item, result))
+                continue
+            written.append((item, result))
+            kept.append(outcome)
+        if written:
+            self._settle(written, kept, lost)
+        return len(done)
+
+    def _finish_or_explain(self, outcome: Outcome, now: datetime) -> list[int]:
+        try:
+            return self.store.finish(self.config.server_id, [outcome], now)
+        except UnstorableError as exc:
+            failure = Outcome(
+                job_id=outcome.job_id, kind=OutcomeKind.FAILED, started_at=outcome.started_at,
+                finished_at=outcome.finished_at, error_type="nbjobs.errors.UnstorableError",
+                error_message=f"the job ended, but the database refused its outcome: {exc}"[:2000],
+                reason="failed: the database refused its outcome",
+            )
+            return self.store.finish(self.config.server_id, [failure], now)
 
     def _rooms(self, done: Sequence[tuple[Running, RunResult | None]]) -> dict[str, int]:
         """Free room of each capped queue: its limit less its running jobs (those reported in this

@@ -37,7 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import TIMESTAMP
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 from ..errors import ConfigurationError
 
@@ -164,6 +164,11 @@ class Dialect:
             return True
         return isinstance(exc, OperationalError)
 
+    def is_unstorable(self, exc: BaseException) -> bool:
+        """Errors about the values written (too long, a character or constraint refused): the same
+        write fails again, whatever the connection."""
+        return isinstance(exc, DataError | IntegrityError) and not exc.connection_invalidated
+
 
 class Listener:
     """Waits for work notifications; the base one only sleeps (polling fallback)."""
@@ -261,6 +266,9 @@ class SqliteDialect(Dialect):
     def is_transient(self, exc: BaseException) -> bool:
         # A driver-level write (`driver_writes`) meets the driver's own exception, not SQLAlchemy's.
         return isinstance(exc, sqlite3.OperationalError) or super().is_transient(exc)
+
+    def is_unstorable(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.DataError | sqlite3.IntegrityError) or super().is_unstorable(exc)
 
     def write_guard(self) -> AbstractContextManager[Any]:
         # SQLite has one writer at a time. Threads of this process (client, dispatcher, heartbeat)

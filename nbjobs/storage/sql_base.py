@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 
 from .. import states
-from ..errors import SchemaVersionError
+from ..errors import SchemaVersionError, UnstorableError
 from ..model import (
     ContinueOn,
     JobOptions,
@@ -207,6 +207,9 @@ class SqlBase:
             try:
                 return once()
             except Exception as exc:
+                if self.dialect.is_unstorable(exc):
+                    cause = getattr(exc, "orig", None) or exc
+                    raise UnstorableError(f"the database refused the values written: {cause}") from exc
                 if attempt >= self._max_retries or not self.dialect.is_transient(exc):
                     raise
                 log.warning("transient database error (attempt %d): %s; retrying", attempt + 1, exc)

@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 from .errors import JobCancelled, NbJobsError
 
-#: Guards every context's cancel callbacks (registered rarely: one lock for all, none per job).
+#: Guards every context's cancel callbacks and wait count (held for a few instructions: one lock for
+#: all, none made per job).
 _callbacks_lock = threading.Lock()
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("nbjobs_job", default=None)

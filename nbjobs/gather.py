@@ -148,9 +148,13 @@ def _rounds(
         return
     from tqdm.auto import tqdm
 
-    with tqdm(total=len(pending), desc="jobs", unit="job") as bar:
+    job = context.current_job_or_none()  # inside a job, the bar is its progress too (dashboard, widget)
+    total = len(pending)
+    with tqdm(total=total, desc="jobs", unit="job") as bar:
         for seen in _seen_final(client, pending, timeout):
             bar.update(len(seen))
+            if job is not None:
+                job.set_progress(bar.n / total, f"{bar.n} of {total} jobs ended")
             yield seen
 
 

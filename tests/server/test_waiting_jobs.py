@@ -176,3 +176,16 @@ def test_a_job_waiting_for_itself_is_refused_at_once(engine: nbjobs.Engine, how:
     record = job.record()
     assert record.error_type is not None and record.error_type.endswith("InvalidJobError")
     assert f"job {job.id} waits for itself, which never ends" in (record.error_message or "")
+
+
+def gather_with_a_bar(n: int) -> int:
+    return sum(nbjobs.results(nbjobs.enqueue_many(square, [(i,) for i in range(n)]), progress=True))
+
+
+def test_a_job_gathering_with_a_bar_reports_it_as_its_progress(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)
+    parent = engine.enqueue(gather_with_a_bar, 4)
+    assert parent.result(timeout=30) == 14
+    record = parent.record()
+    assert (record.progress, record.progress_message) == (1.0, "4 of 4 jobs ended")
+    assert "jobs: 100%" in parent.logs()  # the bar itself went to the job's output

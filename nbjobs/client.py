@@ -819,7 +819,13 @@ class NotebookJob(Job):
 
     def result(self, timeout: float | None = None) -> NotebookNode:
         """The executed notebook (an nbformat NotebookNode); raises JobFailedError like `Job.result`."""
-        info = super().result(timeout)
+        notebook: NotebookNode = super().result(timeout)
+        return notebook
+
+    def value_of(self, found: JobResult) -> NotebookNode:
+        """The executed notebook, read from where the run saved it (so `nb.results(runs)` gives
+        notebooks too, as `result()` does)."""
+        info = super().value_of(found)
         return notebooks.read_notebook(info["output_path"])
 
     def notebook(self) -> NotebookNode | None:

@@ -99,6 +99,7 @@ def test_report_runs_with_parameters_saved_and_continued(engine: nbjobs.Engine, 
     assert follow.result(timeout=30) == "published 2026-11-27"
     again = engine.job(run.id)
     assert isinstance(again, NotebookJob) and again.output_path == run.output_path
+    assert engine.results([run, again]) == [executed, executed]  # notebooks, as result() gives
     assert_no_kernel_left(baseline)
 
 

@@ -158,6 +158,26 @@ def trigger(url: str | None, recurring_id: str) -> None:
         click.echo(f"recurring job {recurring_id!r}: job {engine.trigger(recurring_id).id} enqueued")
 
 
+@cli.command("pause-queue")
+@url_option
+@click.argument("queue")
+def pause_queue_cmd(url: str | None, queue: str) -> None:
+    """Stop every server from starting jobs of QUEUE (running ones go on) until `nbjobs resume-queue`."""
+    with _engine(url) as engine:
+        changed = engine.pause_queue(queue)
+        click.echo(f"queue {queue!r} {'paused' if changed else 'was paused already'}")
+
+
+@cli.command("resume-queue")
+@url_option
+@click.argument("queue")
+def resume_queue_cmd(url: str | None, queue: str) -> None:
+    """Let servers start jobs of a paused QUEUE again."""
+    with _engine(url) as engine:
+        changed = engine.resume_queue(queue)
+        click.echo(f"queue {queue!r} {'resumed' if changed else 'was not paused'}")
+
+
 @cli.command()
 @url_option
 @click.argument("recurring_id")

@@ -70,6 +70,13 @@ def _exception_names(value: Any, option: str) -> tuple[str, ...]:
     return tuple(names)
 
 
+def check_queue(queue: object) -> str:
+    """A queue name as a job's `queue` option takes it, else InvalidJobError naming the fix."""
+    build_options({}, {"queue": queue})
+    assert isinstance(queue, str)
+    return queue
+
+
 def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> JobOptions:
     """Merge and validate job options; raise InvalidJobError naming the bad one and the fix."""
     unknown = set(overrides) - JOB_OPTIONS

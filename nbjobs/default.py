@@ -329,6 +329,19 @@ def resume(recurring_id: str) -> None:
     default_engine().resume(recurring_id)
 
 
+def pause_queue(queue: str) -> bool:
+    """No server starts a job of `queue` until `resume_queue` (see `Engine.pause_queue`)."""
+    return default_engine().pause_queue(queue)
+
+
+def resume_queue(queue: str) -> bool:
+    return default_engine().resume_queue(queue)
+
+
+def paused_queues() -> dict[str, datetime]:
+    return default_engine().paused_queues()
+
+
 def remove_recurring(recurring_id: str) -> bool:
     return default_engine().remove_recurring(recurring_id)
 

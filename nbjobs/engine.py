@@ -18,7 +18,7 @@ import pandas as pd
 from . import gather
 from . import history as views  # type: ignore[no-redef]  # `nbjobs.history` is also a function
 from .capture import OutputCapture
-from .client import Client, Job, JobFunction, NotebookJob, Notifier
+from .client import Client, Job, JobFunction, NotebookJob, Notifier, check_queue
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError, NbJobsError
 from .model import PAYLOAD_CEILING, PAYLOAD_MAX, ContinueOn, JobState, StateChange
@@ -385,6 +385,23 @@ class Engine:
 
     def counts(self) -> dict[str, int]:
         return {s.value: n for s, n in self.store.counts().items()}
+
+    # -- queues ---------------------------------------------------------------------------------
+    def pause_queue(self, queue: str) -> bool:
+        """No server (on any machine) starts a job of `queue` until `resume_queue`; jobs running go on
+        and new ones wait Enqueued. False if it was paused already."""
+        return self.store.pause_queue(check_queue(queue), self.clock.now())
+
+    def resume_queue(self, queue: str) -> bool:
+        """Servers start the jobs of `queue` again (woken at once); False if it was not paused."""
+        resumed = self.store.resume_queue(check_queue(queue))
+        if resumed:
+            self.notifier.work.set()  # this process's server, which a commit of ours does not wake
+        return resumed
+
+    def paused_queues(self) -> dict[str, datetime]:
+        """The paused queues and when each was paused (UTC)."""
+        return self.store.paused_queues()
 
 
 def connect(url: str | None = None, **kwargs: Any) -> Engine:

@@ -213,6 +213,19 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
+    def pause_queue(self, queue: str, now: datetime) -> bool:
+        """No server claims from `queue` until it is resumed (jobs running go on); False if it was
+        paused already."""
+
+    @abc.abstractmethod
+    def resume_queue(self, queue: str) -> bool:
+        """Servers claim from `queue` again (and are woken); False if it was not paused."""
+
+    @abc.abstractmethod
+    def paused_queues(self) -> dict[str, datetime]:
+        """The paused queues and when each was paused."""
+
+    @abc.abstractmethod
     def promote_due(self, now: datetime, limit: int = 1000) -> int:
         """Move Scheduled jobs whose time has come to Enqueued; return how many."""
 

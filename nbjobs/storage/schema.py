@@ -44,7 +44,8 @@ from ..model import (
 #: 3: `nbjobs_dependencies` (continuations of several jobs; an older nbjobs would never run them).
 #: 4: `nbjobs_jobs.lock_name` and its two indexes (`options(lock=…)`: one job of a lock at a time;
 #:    an older nbjobs would run them side by side).
-SCHEMA_VERSION = 4
+#: 5: `nbjobs_paused_queues` (`pause_queue`: an older nbjobs would go on claiming from them).
+SCHEMA_VERSION = 5
 
 metadata = MetaData()
 
@@ -254,6 +255,14 @@ counts = Table(
     Column("state", String(16), primary_key=True),
     Column("shard", Integer, primary_key=True, autoincrement=False),
     Column("n", BigInteger, nullable=False, default=0),
+)
+
+# Queues no server claims from until resumed (`Store.pause_queue`); read by every claim statement.
+paused_queues = Table(
+    "nbjobs_paused_queues",
+    metadata,
+    Column("queue", String(QUEUE_MAX), primary_key=True),
+    Column("paused_at", UTCDateTime, nullable=False),
 )
 
 locks = Table(

@@ -20,6 +20,7 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
+    delete,
     func,
     insert,
     literal,
@@ -45,7 +46,7 @@ from ..model import (
     storable,
 )
 from .base import Enqueued, LocalClaim, Store
-from .schema import ENQUEUED_ROW, dependencies, history, jobs
+from .schema import ENQUEUED_ROW, dependencies, history, jobs, paused_queues
 from .sql_base import (
     _FINISH_STMTS,
     _INSERT_JOB,
@@ -441,7 +442,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             if exclude:  # limited queues: claimed on their own, up to their room
                 pick = pick.where(jobs.c.queue.not_in(sorted(exclude)))
         pick = self.dialect.claim_lock(
-            pick.where(_LOCK_FREE)
+            pick.where(_LOCK_FREE, jobs.c.queue.not_in(select(paused_queues.c.queue).scalar_subquery()))
             .order_by(jobs.c.priority.desc(), jobs.c.id).limit(bindparam("claim_limit", type_=Integer))
         )
         stmt = (
@@ -653,6 +654,33 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             )
 
         return self._tx(body)
+
+    def pause_queue(self, queue: str, now: datetime) -> bool:
+        def body(conn: Connection) -> bool:
+            if conn.execute(select(paused_queues.c.queue).where(paused_queues.c.queue == queue)).first():
+                return False
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(paused_queues).values(queue=queue, paused_at=now))
+            except IntegrityError:  # paused by another process between our look and our insert
+                return False
+            return True
+
+        return self._tx(body)
+
+    def resume_queue(self, queue: str) -> bool:
+        def body(conn: Connection) -> bool:
+            resumed = conn.execute(delete(paused_queues).where(paused_queues.c.queue == queue)).rowcount > 0
+            if resumed:
+                self.dialect.notify(conn, "enqueued")  # its waiting jobs are claimable again
+            return resumed
+
+        return self._tx(body)
+
+    def paused_queues(self) -> dict[str, datetime]:
+        rows = self._tx(lambda conn: conn.execute(select(paused_queues.c.queue, paused_queues.c.paused_at)
+                                                  .order_by(paused_queues.c.queue)).all(), write=False)
+        return {row.queue: row.paused_at for row in rows}
 
     def promote_due(self, now: datetime, limit: int = 1000) -> int:
         def body(conn: Connection) -> int:

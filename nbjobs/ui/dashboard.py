@@ -274,7 +274,8 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         since = self.engine.clock.now() - timedelta(seconds=buckets * width)
         self.overview_html.value = views.overview_tiles(self.store.counts(), len(self.store.list_servers()))
         self.activity_html.value = views.overview_activity(
-            self.store.queue_lengths(), self.store.finished_histogram(since, width), buckets, caption)
+            self.store.queue_lengths(), self.store.finished_histogram(since, width), buckets, caption,
+            paused=self.store.paused_queues())
 
     def _refresh_jobs(self) -> None:
         counts = self.store.counts()

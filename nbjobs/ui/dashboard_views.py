@@ -221,9 +221,15 @@ def overview_activity(
     histogram: Mapping[tuple[JobState, int], int],
     buckets: int,
     bucket_label: str,
+    paused: Mapping[str, datetime] | None = None,
 ) -> str:
-    """The succeeded/failed chart and the queue lengths."""
-    qrows = "".join(f"<tr><td>{esc(q)}</td><td>{n:,}</td></tr>" for q, n in sorted(queues.items()))
+    """The succeeded/failed chart and the queue lengths (a paused queue says so, even when empty)."""
+    paused = paused or {}
+    names = sorted(set(queues) | set(paused))
+    qrows = "".join(
+        f"<tr><td>{esc(q)}{' <b>paused</b>' if q in paused else ''}</td><td>{queues.get(q, 0):,}</td></tr>"
+        for q in names
+    )
     qtable = (f'<table class="nbjobs-table"><colgroup><col style="width:200px"><col style="width:110px">'
               f"</colgroup><tr><th>Queue</th><th>Enqueued</th></tr>"
               f"{qrows or '<tr><td colspan=2 class=nbjobs-muted>no enqueued jobs</td></tr>'}</table>")

@@ -263,6 +263,11 @@ def test_overview_servers_and_retries_pages(engine: nbjobs.Engine, dash_factory:
     engine.start_server(workers=1, queues=["nothing-here"])
     dash.refresh()
     assert "nothing-here" in dash.servers.value
+    engine.pause_queue("io")
+    engine.pause_queue("empty")
+    dash.show("Overview")
+    assert "<td>io <b>paused</b></td><td>1</td>" in dash.activity_html.value
+    assert "<td>empty <b>paused</b></td><td>0</td>" in dash.activity_html.value  # shown though empty
 
 
 def turn(dash: Dashboard) -> None:

@@ -117,3 +117,10 @@ def fan_out_here(n: int) -> dict[str, object]:
     return {"pid": os.getpid(), "kids": nbjobs.results(kids, timeout=20),
             "default_engine": default.current_default() is not None,
             "url": nbjobs.current_job().engine.url}
+
+
+def gather_noops(n: int) -> int:
+    """Fan out `n` no-op jobs from inside a job and wait for them all (benchmarks/fan_out.py)."""
+    import nbjobs
+
+    return len(nbjobs.results(nbjobs.enqueue_many(noop, [()] * n)))

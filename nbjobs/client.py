@@ -711,9 +711,15 @@ class Job:
         return self.value_of(found)
 
     def value_of(self, found: JobResult) -> Any:
-        """The return value in `found` (this job's final result, read in a batch), or its error."""
+        """The return value in `found` (this job's final result, read in a batch), or its error; for
+        a notebook run, the executed notebook, however the handle was made (an id, a frame row)."""
         if found.state is JobState.SUCCEEDED:
-            return None if found.result is None else self.client.codec.loads(found.result)
+            if found.result is None:
+                return None
+            value = self.client.codec.loads(found.result)
+            if found.function == NOTEBOOK_FUNCTION:
+                return notebooks.read_notebook(value["output_path"])
+            return value
         raise JobFailedError(self.id, found.error_type, found.error_message, found.error_traceback,
                              state=found.state.value)
 
@@ -828,12 +834,6 @@ class NotebookJob(Job):
         """The executed notebook (an nbformat NotebookNode); raises JobFailedError like `Job.result`."""
         notebook: NotebookNode = super().result(timeout)
         return notebook
-
-    def value_of(self, found: JobResult) -> NotebookNode:
-        """The executed notebook, read from where the run saved it (so `nb.results(runs)` gives
-        notebooks too, as `result()` does)."""
-        info = super().value_of(found)
-        return notebooks.read_notebook(info["output_path"])
 
     def notebook(self) -> NotebookNode | None:
         """The saved run as it is now (also a failed run's partial notebook); None before it ran."""

@@ -164,6 +164,7 @@ class JobResult:
     error_type: str | None = None
     error_message: str | None = None
     error_traceback: str | None = None
+    function: str | None = None  #: the job's function reference (a notebook run's result is its notebook)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -38,7 +38,7 @@ _IDS: BindParameter[int] = bindparam("ids", expanding=True)
 _STATES_OF = select(jobs.c.id, jobs.c.state).where(jobs.c.id.in_(_IDS))
 _STATE_COUNTS = select(jobs.c.state, func.count()).where(jobs.c.id.in_(_IDS)).group_by(jobs.c.state)
 _RESULTS_OF = select(jobs.c.id, jobs.c.state, jobs.c.result, jobs.c.error_type, jobs.c.error_message,
-                     jobs.c.error_traceback).where(jobs.c.id.in_(_IDS))
+                     jobs.c.error_traceback, jobs.c.function).where(jobs.c.id.in_(_IDS))
 
 
 class ReadsSqlMixin(SqlBase):
@@ -75,7 +75,8 @@ class ReadsSqlMixin(SqlBase):
         return self._tx(
             lambda conn: {
                 r.id: JobResult(state=JobState(r.state), result=r.result, error_type=r.error_type,
-                                error_message=r.error_message, error_traceback=r.error_traceback)
+                                error_message=r.error_message, error_traceback=r.error_traceback,
+                                function=r.function)
                 for r in conn.execute(_RESULTS_OF, ids)
             },
             write=False,

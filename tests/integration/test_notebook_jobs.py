@@ -99,7 +99,9 @@ def test_report_runs_with_parameters_saved_and_continued(engine: nbjobs.Engine, 
     assert follow.result(timeout=30) == "published 2026-11-27"
     again = engine.job(run.id)
     assert isinstance(again, NotebookJob) and again.output_path == run.output_path
-    assert engine.results([run, again]) == [executed, executed]  # notebooks, as result() gives
+    # notebooks, as result() gives, also for plain handles made from ids (a jobs() frame)
+    assert engine.results([run, again, run.id]) == [executed] * 3
+    assert engine.results(engine.jobs(name="sales.ipynb")) == [executed]
     assert_no_kernel_left(baseline)
 
 

@@ -189,3 +189,17 @@ def test_a_job_gathering_with_a_bar_reports_it_as_its_progress(engine: nbjobs.En
     record = parent.record()
     assert (record.progress, record.progress_message) == (1.0, "4 of 4 jobs ended")
     assert "jobs: 100%" in parent.logs()  # the bar itself went to the job's output
+
+
+def test_stopping_a_server_while_a_job_waits_returns_the_job_and_ends_every_thread(
+    engine: nbjobs.Engine,
+) -> None:
+    server = engine.start_server(workers=1, shutdown_timeout=0.5)
+    dispatcher = server.dispatcher
+    parent = engine.options(retries=0).enqueue(waits_for_nobody)
+    wait_for(lambda: dispatcher._lent == 1)
+    threads = list(dispatcher._workers)
+    assert len(threads) == 2  # its own and the one its wait lent
+    engine.stop_server()
+    assert parent.state is JobState.ENQUEUED  # returned to its queue for the next server
+    assert not any(t.is_alive() for t in threads)

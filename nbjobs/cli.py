@@ -163,9 +163,7 @@ def trigger(url: str | None, recurring_id: str) -> None:
 @click.argument("queue")
 def pause_queue_cmd(url: str | None, queue: str) -> None:
     """Stop every server from starting jobs of QUEUE (running ones go on) until `nbjobs resume-queue`."""
-    with _engine(url) as engine:
-        changed = engine.pause_queue(queue)
-        click.echo(f"queue {queue!r} {'paused' if changed else 'was paused already'}")
+    _pause_or_resume(url, queue, pause=True)
 
 
 @cli.command("resume-queue")
@@ -173,9 +171,14 @@ def pause_queue_cmd(url: str | None, queue: str) -> None:
 @click.argument("queue")
 def resume_queue_cmd(url: str | None, queue: str) -> None:
     """Let servers start jobs of a paused QUEUE again."""
+    _pause_or_resume(url, queue, pause=False)
+
+
+def _pause_or_resume(url: str | None, queue: str, *, pause: bool) -> None:
     with _engine(url) as engine:
-        changed = engine.resume_queue(queue)
-        click.echo(f"queue {queue!r} {'resumed' if changed else 'was not paused'}")
+        changed = engine.pause_queue(queue) if pause else engine.resume_queue(queue)
+    done, already = ("paused", "was paused already") if pause else ("resumed", "was not paused")
+    click.echo(f"queue {queue!r} {done if changed else already}")
 
 
 @cli.command()

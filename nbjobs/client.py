@@ -598,6 +598,23 @@ def _awaited(awaitable: Any, ctx: context.JobContext) -> Any:
         return pool.submit(contextvars.copy_context().run, complete, awaitable, ctx).result()
 
 
+def html_via(hooks: Mapping[str, Callable[[Any], Any]], obj: object) -> str | None:
+    """`obj`'s HTML from the hook `nbjobs.ui.display` installs (None without the ui layer)."""
+    render = hooks.get("html")
+    return render(obj) if render is not None else None  # type: ignore[no-any-return]
+
+
+def display_via(hooks: Mapping[str, Callable[[Any], Any]], obj: object) -> None:
+    """Show `obj` with the installed widget hook, else as its text."""
+    show = hooks.get("display")
+    if show is not None:
+        show(obj)
+        return
+    from IPython.display import display
+
+    display({"text/plain": repr(obj)}, raw=True)  # type: ignore[no-untyped-call]
+
+
 def refuse_waiting_for_itself(job_ids: Iterable[int], database: str) -> None:
     """Inside a job, waiting for that same job would never end: refuse it, naming the fix."""
     ctx = context.current_job_or_none()
@@ -642,18 +659,11 @@ class Job:
         return f"<Job {self.id} {name} [{record.queue}] {record.state.value}>"
 
     def _repr_html_(self) -> str | None:
-        render = DISPLAY_HOOKS.get("html")
-        return render(self) if render is not None else None  # type: ignore[no-any-return]
+        return html_via(DISPLAY_HOOKS, self)
 
     def _ipython_display_(self) -> None:
         """In a notebook: a widget that updates while the job runs (HTML and text elsewhere)."""
-        show = DISPLAY_HOOKS.get("display")
-        if show is not None:
-            show(self)
-            return
-        from IPython.display import display
-
-        display({"text/plain": repr(self)}, raw=True)  # type: ignore[no-untyped-call]
+        display_via(DISPLAY_HOOKS, self)
 
     # -- reading --------------------------------------------------------------------------------
     def record(self) -> JobRecord:

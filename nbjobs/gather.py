@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from . import context
-from .client import Client, Job, refuse_waiting_for_itself
+from .client import Client, Job, display_via, html_via, refuse_waiting_for_itself
 from .errors import InvalidJobError, JobFailedError, JobNotFoundError, ResultTimeoutError
 from .model import FINAL_STATES, JobState
 
@@ -96,17 +96,10 @@ class JobsView:
         return f"<{len({job.id for job in self.jobs})} jobs: {counts or 'none'}>"
 
     def _repr_html_(self) -> str | None:
-        render = VIEW_HOOKS.get("html")
-        return render(self) if render is not None else None
+        return html_via(VIEW_HOOKS, self)
 
     def _ipython_display_(self) -> None:
-        show = VIEW_HOOKS.get("display")
-        if show is not None:
-            show(self)
-            return
-        from IPython.display import display
-
-        display({"text/plain": repr(self)}, raw=True)  # type: ignore[no-untyped-call]
+        display_via(VIEW_HOOKS, self)
 
 
 def watch(client: Client, jobs: Any) -> JobsView:

@@ -50,11 +50,12 @@ class FunctionNotFoundError(NbJobsError):
     """A stored function reference no longer resolves (renamed or removed in code)."""
 
 
-#: What user code (a job, a done-callback) may raise that must not end the thread running it.
-#: SystemExit too (`sys.exit()`, argparse on bad arguments): uncaught, it would end a worker thread and
-#: leave its job Processing, its lease kept alive by the heartbeat. KeyboardInterrupt too: a kernel
-#: interrupt reaches the main thread only, so in a worker it can only be the code's own.
-USER_CODE_ERRORS: tuple[type[BaseException], ...] = (Exception, SystemExit, KeyboardInterrupt)
+#: What user code (a job, a done-callback) may raise that must not end the thread running it: any
+#: exception at all. Uncaught, one would end a worker thread and leave its job Processing, its lease
+#: kept alive by the heartbeat. `sys.exit()` (argparse on bad arguments), KeyboardInterrupt (a kernel
+#: interrupt reaches the main thread only, so in a worker it is the code's own), GeneratorExit,
+#: `asyncio.CancelledError` of the job's own tasks and libraries' own BaseException subclasses alike.
+USER_CODE_ERRORS: tuple[type[BaseException], ...] = (BaseException,)
 
 
 class JobCancelled(NbJobsError):

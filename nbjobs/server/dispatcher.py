@@ -196,9 +196,11 @@ class Dispatcher:
             else:
                 try:
                     result = executor(job, item.ctx)
-                except USER_CODE_ERRORS:  # nothing may end a worker; the attempt fails instead
+                except USER_CODE_ERRORS as exc:  # nothing may end a worker; the attempt fails instead,
+                    # saying why (a worker process that cannot start: the script lacks a main guard)
                     log.exception("executor failed for job %d", item.job.id)
-                    result = None
+                    now = self.clock.now()
+                    result = failed_result(exc, started=now, finished=now)
                 item.ctx.end_loans()
             finish_progress = getattr(self.progress_sink, "finish", None)
             if finish_progress is not None:  # a rate-limited sink may hold the last value: store it first

@@ -84,6 +84,14 @@ def exits(code: int) -> None:
     sys.exit(code)
 
 
+class LibraryAbort(BaseException):
+    """A library's own BaseException, not an Exception."""
+
+
+def aborts() -> None:
+    raise LibraryAbort("abort in a worker process")
+
+
 def retry_once(marker: str) -> str:
     """Ask to be retried the first time (leaving `marker`), succeed the next (from a worker process)."""
     import nbjobs

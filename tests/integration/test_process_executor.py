@@ -151,6 +151,8 @@ def test_sys_exit_in_a_process_job_fails_the_job_not_the_worker_process(nb: nbjo
     proc = nb.options(executor="process", retries=0)
     with pytest.raises(JobFailedError, match="SystemExit: 4"):
         proc.enqueue(jobfuncs.exits, 4).result(timeout=30)
+    with pytest.raises(JobFailedError, match="LibraryAbort: abort in a worker process"):
+        proc.enqueue(jobfuncs.aborts).result(timeout=30)
     assert proc.enqueue(jobfuncs.async_whoami, 1).result(timeout=30)[0] == 2
 
 

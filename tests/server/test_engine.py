@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -429,6 +430,22 @@ def interrupts() -> None:
     raise KeyboardInterrupt
 
 
+class LibraryAbort(BaseException):
+    """A library's own BaseException (as trio's or gevent's are), not an Exception."""
+
+
+def aborts() -> None:
+    raise LibraryAbort("abort from a library")
+
+
+def generator_exit() -> None:
+    raise GeneratorExit
+
+
+async def aborts_async() -> None:
+    raise LibraryAbort("abort from an async library")
+
+
 def test_a_job_calling_sys_exit_fails_and_its_worker_goes_on(engine: nbjobs.Engine) -> None:
     engine.start_server(workers=1)  # one worker: had it died, nothing else would run
     exited = engine.options(retries=0).enqueue(exits, 3)
@@ -438,6 +455,26 @@ def test_a_job_calling_sys_exit_fails_and_its_worker_goes_on(engine: nbjobs.Engi
     with pytest.raises(JobFailedError, match="KeyboardInterrupt"):
         interrupted.result(timeout=10)
     assert engine.enqueue(add, 2, 3).result(timeout=10) == 5
+
+
+@pytest.mark.parametrize(("fn", "error"), [
+    (aborts, "LibraryAbort: abort from a library"),
+    (generator_exit, "GeneratorExit"),
+    (aborts_async, "LibraryAbort: abort from an async library"),
+])
+def test_any_base_exception_fails_its_job_and_the_worker_goes_on(
+    engine: nbjobs.Engine, fn: Any, error: str
+) -> None:
+    # Such an exception used to end the worker thread: its job stayed Processing for good (the
+    # heartbeat kept its lease) and the server had one worker less.
+    engine.start_server(workers=1)
+    failing = engine.options(retries=1, retry_base=0.01).enqueue(fn)
+    with pytest.raises(JobFailedError, match=error):
+        failing.result(timeout=10)
+    assert failing.record().attempts == 2  # retried like any failure
+    assert engine.enqueue(add, 2, 3).result(timeout=10) == 5
+    assert engine.server is not None
+    assert [t.is_alive() for t in engine.server.dispatcher._workers] == [True]
 
 
 class _StrFails(Exception):
@@ -515,3 +552,20 @@ def test_a_job_of_another_engine_on_the_same_database_is_taken(
         b.start_server(workers=1)
         assert b.results([job, follow], timeout=20) == [3, 7]
         assert b.requeue(job) is JobState.ENQUEUED
+
+
+def test_an_executor_that_fails_fails_the_attempt_saying_why(engine: nbjobs.Engine) -> None:
+    # E.g. worker processes that cannot start (a script without `if __name__ == "__main__":` under
+    # forkserver): the job's error is that cause, not a bare "executor failed".
+    engine.start_server(workers=1)
+    assert engine.server is not None
+
+    def cannot_start(job: object, ctx: object) -> object:
+        raise RuntimeError("worker processes cannot start here")
+
+    engine.server.dispatcher.executors["process"] = cannot_start  # type: ignore[assignment]
+    job = engine.options(executor="process", retries=0).enqueue(add, 1, 2)
+    with pytest.raises(JobFailedError, match="RuntimeError: worker processes cannot start here"):
+        job.result(timeout=10)
+    assert "cannot_start" in (job.record().error_traceback or "")
+    assert engine.enqueue(add, 2, 3).result(timeout=10) == 5

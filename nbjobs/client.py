@@ -42,6 +42,7 @@ from .model import (
     JobState,
     NewJob,
     StateChange,
+    unstorable_character,
 )
 from .payload import SERIALIZERS, Codec, ResultOf, function_ref
 from .storage import LocalClaim, Store
@@ -126,9 +127,10 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
         value = merged.get(name)
         if value is not None and not isinstance(value, str):
             raise InvalidJobError(f"{name} must be a string, got {value!r}")
-        if value is not None and "\x00" in value:
-            raise InvalidJobError(f"{name} {value!r} contains a NUL character, which the database cannot "
-                                  "store; remove it")
+        bad = None if value is None else unstorable_character(value)
+        if bad is not None:
+            raise InvalidJobError(f"{name} {value!r} contains {bad}, which the database cannot store; "
+                                  "remove it")
         if value is not None and len(value) > longest:
             raise InvalidJobError(
                 f"{name} {value[:40]!r}… is {len(value)} characters; use at most {longest}"

@@ -68,9 +68,37 @@ ERROR_TYPE_MAX = 500
 PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
 
 def storable(text: str | None) -> str | None:
-    """`text` with NUL characters written as `\\x00`: PostgreSQL text cannot hold them, and a job's
-    error message, output or progress note may (binary data printed, a C library's message)."""
-    return text.replace("\x00", "\\x00") if text and "\x00" in text else text
+    """`text` as the database can hold it: NUL characters written as `\\x00` (PostgreSQL text cannot
+    hold them) and lone surrogates as `\\udce9` (no database's UTF-8 can; a file name decoded with
+    `errors="surrogateescape"`, as `os.listdir` does, carries them). A job's error message, output or
+    progress note may hold either (binary data printed, a C library's message, a bad file name)."""
+    if not text:
+        return text
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if unencodable(text):
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def unencodable(text: str) -> bool:
+    """Whether `text` holds a lone surrogate, which UTF-8 cannot encode (cheap for ASCII text)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def unstorable_character(text: str) -> str | None:
+    """What in a name or key the database cannot store, described for an error message; else None."""
+    if "\x00" in text:
+        return "a NUL character"
+    if unencodable(text):
+        return "a lone surrogate (from text decoded with errors='surrogateescape', such as a file name)"
+    return None
 
 
 FINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.DELETED})

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from .clock import Clock
 from .cron import every_from_timedelta, next_fire, parse_schedule, parse_zone, validate_policies
 from .errors import FunctionNotFoundError, InvalidJobError, InvalidScheduleError, RecurringNotFoundError
-from .model import RECURRING_ID_MAX, JobOptions, NewJob
+from .model import RECURRING_ID_MAX, JobOptions, NewJob, unstorable_character
 from .payload import Codec, unresolvable
 from .storage import Store
 from .storage.base import RecurringRecord, RecurringSpec
@@ -84,9 +84,10 @@ def check_id(recurring_id: object) -> str:
             f"recurring job id {recurring_id[:40]!r}… is {len(recurring_id)} characters; use at most "
             f"{MAX_ID_LENGTH}"
         )
-    if "\x00" in recurring_id:
+    bad = unstorable_character(recurring_id)
+    if bad is not None:
         raise InvalidScheduleError(
-            f"recurring job id {recurring_id!r} contains a NUL character, which the database cannot store"
+            f"recurring job id {recurring_id!r} contains {bad}, which the database cannot store; remove it"
         )
     return recurring_id
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..executors.thread import RunWrapper
-from ..model import PRIVATE_QUEUE_MARK, SERVER_NAME_MAX, ServerInfo
+from ..model import PRIVATE_QUEUE_MARK, SERVER_NAME_MAX, ServerInfo, unstorable_character
 from ..payload import Codec
 from ..rates import Rate, parse_rate
 from ..storage import Store
@@ -72,6 +72,11 @@ class ServerConfig:
             )
         if not self.queues:
             raise ConfigurationError("queues must name at least one queue (or '*' for all)")
+        for what, text in [("server name", self.name), *(("queue", q) for q in self.queues)]:
+            bad = unstorable_character(text) if isinstance(text, str) else None
+            if bad is not None:
+                raise ConfigurationError(f"{what} {text!r} contains {bad}, which the database cannot store; "
+                                         "remove it")
         running_at_once = "the most jobs of each running at once, e.g. {'gpu': 1}"
         for queue, most in self._per_queue("limits", running_at_once):
             if isinstance(most, bool) or not isinstance(most, int) or most < 1:

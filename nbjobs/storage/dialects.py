@@ -167,6 +167,8 @@ class Dialect:
     def is_unstorable(self, exc: BaseException) -> bool:
         """Errors about the values written (too long, a character or constraint refused): the same
         write fails again, whatever the connection."""
+        if isinstance(getattr(exc, "orig", exc), UnicodeError):
+            return True  # text the database's encoding cannot hold (a lone surrogate `storable` missed)
         return isinstance(exc, DataError | IntegrityError) and not exc.connection_invalidated
 
 

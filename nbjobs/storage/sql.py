@@ -75,6 +75,19 @@ def _with_history(written: Any, name: str, state: Any, at: Any, reason: Any, ser
     return select(written).add_cte(hist)
 
 
+#: The unfinished job holding a unique key.
+_KEYED = select(jobs.c.id, jobs.c.state).where(jobs.c.active_key == bindparam("key"))
+#: A new continuation's parents and their states, in id order (the order a finishing server locks them).
+_PARENT_STATES = (
+    select(jobs.c.id, jobs.c.state).where(jobs.c.id.in_(bindparam("ids", expanding=True))).order_by(jobs.c.id)
+)
+#: Marks unfinished parents as having continuations; rows marked already are not rewritten.
+_MARK_PARENTS = (
+    update(jobs)
+    .where(jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.has_children.is_(False))
+    .values(has_children=True)
+)
+
 #: The earliest due time of a Scheduled job.
 _NEXT_DUE = select(func.min(jobs.c.run_at)).where(jobs.c.state == S.SCHEDULED.value).scalar_subquery()
 
@@ -201,30 +214,41 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
     def _enqueue_one(self, conn: Connection, spec: NewJob, now: datetime) -> Enqueued:
         key = spec.options.key
         if key is not None:
-            found = conn.execute(
-                self.dialect.row_lock(select(jobs.c.id, jobs.c.state).where(jobs.c.active_key == key))
-            ).first()
+            if self._keyed_stmt is None:
+                self._keyed_stmt = self.dialect.row_lock(_KEYED)
+            found = conn.execute(self._keyed_stmt, {"key": key}).first()
             if found is not None:
                 return Enqueued(id=found.id, state=JobState(found.state), created=False)
         state = self._initial_state(spec, now)
         if spec.continues:
             state = self._continuation_state(conn, spec) or S.AWAITING
-        try:
-            with conn.begin_nested():
-                job_id = conn.execute(
-                    insert(jobs).values(**self._row_for(spec, state, now)).returning(jobs.c.id)
-                ).scalar_one()
-        except IntegrityError:
-            # Another process stored the same unique key between our check and insert.
-            found = conn.execute(select(jobs.c.id, jobs.c.state).where(jobs.c.active_key == key)).first()
-            if found is None:
-                raise
-            return Enqueued(id=found.id, state=JobState(found.state), created=False)
+        row = self._row_for(spec, state, now)
+        if key is None:  # no unique key to race for: no savepoint (two statements fewer)
+            job_id = conn.execute(_INSERT_JOB, row).scalar_one()
+        else:
+            inserted = self._insert_keyed(conn, row, key)
+            if isinstance(inserted, Enqueued):
+                return inserted
+            job_id = inserted
         if spec.parent_ids:
             conn.execute(
                 insert(dependencies), [{"parent_id": p, "child_id": job_id} for p in spec.parent_ids]
             )
         return Enqueued(id=job_id, state=state, created=True)
+
+    @staticmethod
+    def _insert_keyed(conn: Connection, row: dict[str, Any], key: str) -> int | Enqueued:
+        """Insert a job with a unique key: its id, or the job another process stored with the same
+        key between our check and this insert (the savepoint keeps the transaction usable)."""
+        try:
+            with conn.begin_nested():
+                job_id: int = conn.execute(_INSERT_JOB, row).scalar_one()
+                return job_id
+        except IntegrityError:
+            found = conn.execute(select(jobs.c.id, jobs.c.state).where(jobs.c.active_key == key)).first()
+            if found is None:
+                raise
+            return Enqueued(id=found.id, state=JobState(found.state), created=False)
 
     def _continuation_state(self, conn: Connection, spec: NewJob) -> JobState | None:
         """A new continuation's state if its parents already decide it, else None (it awaits them,
@@ -232,14 +256,9 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         ids = sorted(set(spec.parent_ids)) if spec.parent_ids else [spec.parent_id or 0]
         # Locked (in id order, as a finishing server locks them): a parent finishing now either
         # committed before we read it, or waits for us and then sees its `has_children`.
-        parents = {
-            r.id: JobState(r.state)
-            for r in conn.execute(
-                self.dialect.row_lock(
-                    select(jobs.c.id, jobs.c.state).where(jobs.c.id.in_(ids)).order_by(jobs.c.id)
-                )
-            )
-        }
+        if self._parent_states_stmt is None:  # built once: a fan of continuations pays no compile
+            self._parent_states_stmt = self.dialect.row_lock(_PARENT_STATES)
+        parents = {r.id: JobState(r.state) for r in conn.execute(self._parent_states_stmt, {"ids": ids})}
         missing = [i for i in ids if i not in parents]
         if missing:
             raise JobNotFoundError(
@@ -250,7 +269,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         if decided is not None:
             return decided
         waiting = [i for i, s in parents.items() if s not in FINAL_STATES]
-        conn.execute(update(jobs).where(jobs.c.id.in_(waiting)).values(has_children=True))
+        conn.execute(_MARK_PARENTS, {"ids": waiting})
         if any(parents[i] is S.ENQUEUED for i in waiting):
             # We held the parents' row locks, so a concurrent claim (SKIP LOCKED) may have passed
             # them by: tell the servers to look again once we commit.

@@ -120,6 +120,8 @@ class SqlBase:
         self._max_retries = max_retries
         self._claim_stmts: dict[tuple[str, frozenset[str]], Any] = {}
         self._enqueue_stmt: Any = None
+        self._parent_states_stmt: Any = None  #: these two: `dialect.row_lock` of a module statement
+        self._keyed_stmt: Any = None
         #: `_executemany`'s compiled statements by statement and columns (a handful of shapes).
         self._driver_batches: dict[tuple[Any, tuple[str, ...]], _DriverBatch | None] = {}
         #: The pooled connection kept for `_driver_tx` (used only under the write guard, so by one

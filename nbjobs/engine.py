@@ -15,7 +15,7 @@ from typing import Any, overload
 
 import pandas as pd
 
-from . import gather
+from . import context, gather
 from . import history as views  # type: ignore[no-redef]  # `nbjobs.history` is also a function
 from .capture import OutputCapture
 from .client import Client, Job, JobFunction, NotebookJob, Notifier, check_queue
@@ -138,6 +138,7 @@ class Engine:
 
     def stop_server(self, timeout: float | None = None) -> None:
         """Stop the in-process server: running jobs get `timeout` s, then return to their queue."""
+        self._refuse_stopping_from_own_job()
         with self._lock:
             server, self.server = self.server, None
             self.notifier.intake = None
@@ -146,6 +147,19 @@ class Engine:
         pool, self._process_pool = self._process_pool, None
         if pool is not None:
             pool.close()
+
+    def _refuse_stopping_from_own_job(self) -> None:
+        """A job of this server stopping it would wait for itself until the shutdown timeout, then be
+        put back in its queue, unfinished, to stop the next server that runs it: refuse at once."""
+        ctx, server = context.current_job_or_none(), self.server
+        if ctx is None or server is None:
+            return
+        if any(ctx.is_job(job_id, self.store.database) for job_id in server.dispatcher.running_ids()):
+            raise ConfigurationError(
+                f"job {ctx.id} runs on this engine's server, so stopping that server from inside it would "
+                "wait for the job itself (and then put it back in its queue); stop the server from "
+                "outside its jobs, or pause the queue from the job (nbjobs.pause_queue(...))"
+            )
 
     def _local_cancel(self, job_id: int, reason: str) -> bool:
         server = self.server

@@ -569,3 +569,19 @@ def test_an_executor_that_fails_fails_the_attempt_saying_why(engine: nbjobs.Engi
         job.result(timeout=10)
     assert "cannot_start" in (job.record().error_traceback or "")
     assert engine.enqueue(add, 2, 3).result(timeout=10) == 5
+
+
+def stops_its_server() -> str:
+    nbjobs.current_job().engine.stop_server()
+    return "stopped"
+
+
+def test_a_job_stopping_its_own_server_is_refused_at_once(engine: nbjobs.Engine) -> None:
+    # It used to wait for itself until the shutdown timeout, then be put back in its queue
+    # unfinished, to stop the next server that ran it.
+    engine.start_server(workers=1)
+    job = engine.options(retries=0).enqueue(stops_its_server)
+    with pytest.raises(JobFailedError, match="stopping that server from inside it would wait for the job"):
+        job.result(timeout=10)
+    assert engine.server is not None and engine.server.running
+    assert engine.enqueue(add, 2, 3).result(timeout=10) == 5

@@ -486,7 +486,7 @@ class Client:
         number = self.job_id(job_id)
         record = self.store.get(number)
         if record is None:
-            raise JobNotFoundError(f"job {number} does not exist (it may have expired or been removed)")
+            raise JobNotFoundError.of(number)
         if record.function == NOTEBOOK_FUNCTION:
             return NotebookJob(self, number)
         return Job(self, number)
@@ -671,14 +671,14 @@ class Job:
     def record(self) -> JobRecord:
         record = self.client.store.get(self.id)
         if record is None:
-            raise JobNotFoundError(f"job {self.id} does not exist (it may have expired or been removed)")
+            raise JobNotFoundError.of(self.id)
         return record
 
     @property
     def state(self) -> JobState:
         states = self.client.store.states_of([self.id])
         if self.id not in states:
-            raise JobNotFoundError(f"job {self.id} does not exist (it may have expired or been removed)")
+            raise JobNotFoundError.of(self.id)
         return states[self.id]
 
     @property
@@ -717,7 +717,7 @@ class Job:
         is waited for, as `result` would)."""
         found = self.client.store.results_of([self.id]).get(self.id)
         if found is None:
-            raise JobNotFoundError(f"job {self.id} does not exist (it may have expired or been removed)")
+            raise JobNotFoundError.of(self.id)
         if found.state not in FINAL_STATES:
             return self.result()
         return self.value_of(found)

@@ -33,6 +33,11 @@ class IllegalTransitionError(NbJobsError):
 class JobNotFoundError(NbJobsError, LookupError):
     """No job with this id exists (it may have expired or been removed)."""
 
+    @classmethod
+    def of(cls, job_id: int) -> JobNotFoundError:
+        """The error for a job id that names no stored job."""
+        return cls(f"job {job_id} does not exist (it may have expired or been removed)")
+
 
 class RecurringNotFoundError(NbJobsError, LookupError):
     """No recurring job with this id exists (`nb.recurring_jobs()` lists them)."""

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from .clock import utcnow
-from .errors import ConfigurationError, InvalidJobError
+from .errors import ConfigurationError, InvalidJobError, JobNotFoundError
 from .model import JobState
 from .storage import JobFilter, Store
 
@@ -80,6 +80,8 @@ def jobs_frame(
 
 def history_frame(store: Store, job_id: int) -> pd.DataFrame:
     changes = store.history(job_id)
+    if not changes:  # every stored job has at least the row of its creation
+        raise JobNotFoundError.of(job_id)
     frame = pd.DataFrame(
         [{"job_id": c.job_id, "state": c.state.value, "at": c.at, "reason": c.reason,
           "server_id": c.server_id, "data": c.data} for c in changes],

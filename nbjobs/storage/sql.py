@@ -609,7 +609,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             )
         ).first()
         if row is None:
-            raise JobNotFoundError(f"job {job_id} does not exist (it may have expired or been removed)")
+            raise JobNotFoundError.of(job_id)
         current = JobState(row.state)
         new = states.transition(current, event)
         if new is S.ENQUEUED:
@@ -650,7 +650,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         def body(conn: Connection) -> JobState:
             current = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
             if current is None:
-                raise JobNotFoundError(f"job {job_id} does not exist (it may have expired or been removed)")
+                raise JobNotFoundError.of(job_id)
             state = JobState(current)
             if state is S.PROCESSING:
                 conn.execute(

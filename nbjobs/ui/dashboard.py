@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
-from ..errors import NbJobsError
+from ..errors import JobNotFoundError, NbJobsError
 from ..model import JobRecord, JobState
 from ..redact import DEFAULT_PATTERNS, Redactor
 from ..storage import JobFilter
@@ -315,8 +315,7 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
             b.disabled = action not in allowed
         if record is None:
             if self.detail_id is not None:
-                self.detail_html.value = views.status(
-                    f"job {self.detail_id} does not exist (it may have expired or been removed)", ok=False)
+                self.detail_html.value = views.status(str(JobNotFoundError.of(self.detail_id)), ok=False)
             return
         tail = None if self.show_all.value else OUTPUT_TAIL
         chunks = self.store.read_logs(record.id, tail=tail if tail is not None else OUTPUT_ALL)

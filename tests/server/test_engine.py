@@ -279,7 +279,8 @@ def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.E
                  lambda: engine.client.then("abc", add)):
         with pytest.raises(InvalidJobError, match="a job id is a whole number such as 42"):
             call()
-    for call in (lambda: engine.job(2**70), lambda: engine.requeue(2**70), lambda: engine.history(-1)):
+    for call in (lambda: engine.job(2**70), lambda: engine.requeue(2**70), lambda: engine.history(-1),
+                 lambda: engine.history(999_999)):  # not an empty table: a typo'd id says so
         with pytest.raises(JobNotFoundError, match="does not exist"):
             call()
     with pytest.raises(InvalidJobError, match="limit must be a whole number"):

@@ -617,13 +617,27 @@ def display_via(hooks: Mapping[str, Callable[[Any], Any]], obj: object) -> None:
     display({"text/plain": repr(obj)}, raw=True)  # type: ignore[no-untyped-call]
 
 
-def refuse_waiting_for_itself(job_ids: Iterable[int], database: str) -> None:
-    """Inside a job, waiting for that same job would never end: refuse it, naming the fix."""
+def refuse_waiting_for_itself(job_ids: Iterable[int], store: Store) -> None:
+    """Inside a job, waiting for that same job, or for a continuation of it (which starts only once
+    the job ends), would never end: refuse it, naming the fix."""
     ctx = context.current_job_or_none()
-    if ctx is not None and any(ctx.is_job(job_id, database) for job_id in job_ids):
+    if ctx is None:
+        return
+    wanted = list(job_ids)
+    if any(ctx.is_job(job_id, store.database) for job_id in wanted):
         raise InvalidJobError(
             f"job {ctx.id} waits for itself, which never ends; wait for the jobs it started, or return "
             "and let a continuation (job.then(...)) run after it"
+        )
+    if ctx.database != store.database:
+        return
+    after_it = store.awaiting_descendants(ctx.id).intersection(wanted)
+    if after_it:
+        first = min(after_it)
+        raise InvalidJobError(
+            f"job {ctx.id} waits for job {first}, which starts only after job {ctx.id} ends (a "
+            f"continuation of it), so the wait would never end; return instead, and let job {first} "
+            "run after it"
         )
 
 
@@ -690,7 +704,7 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> JobState:
         """Block until the job reaches a final state; return it. Raises ResultTimeoutError on timeout."""
-        refuse_waiting_for_itself([self.id], self.client.store.database)
+        refuse_waiting_for_itself([self.id], self.client.store)
         clock = self.client.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
         delay = 0.002

@@ -124,7 +124,7 @@ def as_completed(
 def _to_wait_for(client: Client, jobs: Any) -> list[Job]:
     """`jobs_of`, refusing the job that calls (inside a job: it would wait for itself forever)."""
     given = jobs_of(client, jobs)
-    refuse_waiting_for_itself([job.id for job in given], client.store.database)
+    refuse_waiting_for_itself([job.id for job in given], client.store)
     return given
 
 

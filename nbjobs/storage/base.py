@@ -279,6 +279,11 @@ class Store(abc.ABC):
         """The jobs a continuation waits for (or waited for), in id order; [] for other jobs."""
 
     @abc.abstractmethod
+    def awaiting_descendants(self, job_id: int) -> set[int]:
+        """The Awaiting jobs that start only after `job_id` ends: its continuations, theirs, and so
+        on (jobs of `after` and jobs given it as an argument included)."""
+
+    @abc.abstractmethod
     def counts(self) -> dict[JobState, int]:
         """Number of jobs per state."""
 

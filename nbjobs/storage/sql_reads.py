@@ -41,6 +41,19 @@ _RESULTS_OF = select(jobs.c.id, jobs.c.state, jobs.c.result, jobs.c.error_type, 
                      jobs.c.error_traceback, jobs.c.function).where(jobs.c.id.in_(_IDS))
 
 
+
+#: Awaiting continuations of some jobs (`then`), and Awaiting jobs among whose parents they are
+#: (`after`, a Job given as an argument): `awaiting_descendants` a level at a time.
+_AWAITING_CHILDREN = select(jobs.c.id).where(
+    jobs.c.parent_id.in_(bindparam("ids", expanding=True)), jobs.c.state == JobState.AWAITING.value
+)
+_AWAITING_FAN_INS = select(jobs.c.id).where(
+    jobs.c.id.in_(
+        select(dependencies.c.child_id).where(dependencies.c.parent_id.in_(bindparam("ids", expanding=True)))
+    ),
+    jobs.c.state == JobState.AWAITING.value,
+)
+
 class ReadsSqlMixin(SqlBase):
     """Read-only methods of `SqlStore` (see `Store` for what each guarantees)."""
 
@@ -153,6 +166,20 @@ class ReadsSqlMixin(SqlBase):
                 .where(dependencies.c.child_id == job_id)
                 .order_by(dependencies.c.parent_id)
             ).scalars())
+
+        return self._tx(body, write=False)
+
+    def awaiting_descendants(self, job_id: int) -> set[int]:
+        def body(conn: Connection) -> set[int]:
+            found: set[int] = set()
+            frontier = {job_id}
+            while frontier:  # a level at a time: usually one empty read
+                ids = sorted(frontier)
+                level = set(conn.execute(_AWAITING_CHILDREN, {"ids": ids}).scalars())
+                level |= set(conn.execute(_AWAITING_FAN_INS, {"ids": ids}).scalars())
+                frontier = level - found
+                found |= frontier
+            return found
 
         return self._tx(body, write=False)
 

@@ -178,6 +178,45 @@ def test_a_job_waiting_for_itself_is_refused_at_once(engine: nbjobs.Engine, how:
     assert f"job {job.id} waits for itself, which never ends" in (record.error_message or "")
 
 
+def waits_for_what_runs_after_it(how: str) -> None:
+    me = nbjobs.job(nbjobs.current_job().id)
+    if how == "then":
+        waited = me.then(square, 3)
+    elif how == "grandchild":
+        waited = me.then(square, 3).then(square, 4)
+    elif how == "after":
+        waited = nbjobs.after([nbjobs.enqueue(square, 2), me], square, 5)
+    else:  # this job given as an argument: the new job waits for its result
+        waited = nbjobs.enqueue(square, me)
+    nbjobs.results([nbjobs.enqueue(square, 1), waited], timeout=10)
+
+
+@pytest.mark.parametrize("how", ["then", "grandchild", "after", "argument"])
+def test_a_job_waiting_for_a_job_that_starts_after_it_is_refused_at_once(
+    engine: nbjobs.Engine, how: str
+) -> None:
+    engine.start_server(workers=1)
+    job = engine.options(retries=0).enqueue(waits_for_what_runs_after_it, how)
+    assert job.wait(timeout=8) is JobState.FAILED  # not after its own 10 s timeout
+    record = job.record()
+    assert record.error_type is not None and record.error_type.endswith("InvalidJobError")
+    assert f"which starts only after job {job.id} ends" in (record.error_message or "")
+    # the continuation then goes as continuations of a failed job do
+    assert engine.jobs(state="awaiting").empty
+
+
+def gathers_its_earlier_continuation_parent(n: int) -> int:
+    # Waiting for jobs that are continuations of *other* jobs is fine, even while Awaiting.
+    first = nbjobs.enqueue(square, n)
+    return int(nbjobs.results([first.then(square, n + 1)], timeout=20)[0])
+
+
+def test_a_job_may_wait_for_continuations_of_other_jobs(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)
+    job = engine.options(retries=0).enqueue(gathers_its_earlier_continuation_parent, 3)
+    assert job.result(timeout=20) == 16
+
+
 def gather_with_a_bar(n: int) -> int:
     return sum(nbjobs.results(nbjobs.enqueue_many(square, [(i,) for i in range(n)]), progress=True))
 

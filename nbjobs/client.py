@@ -30,6 +30,7 @@ from .executors.thread import with_results
 from .model import (
     FINAL_STATES,
     KEY_MAX,
+    LONGEST_SECONDS,
     NAME_MAX,
     PRIORITY_MAX,
     PRIORITY_MIN,
@@ -107,18 +108,21 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
         if isinstance(seconds, timedelta):
             seconds = seconds.total_seconds()
         if (not isinstance(seconds, int | float) or isinstance(seconds, bool)
-                or not math.isfinite(seconds) or seconds <= 0):
+                or not math.isfinite(seconds) or not 0 < seconds <= LONGEST_SECONDS):
             raise InvalidJobError(
-                f"{name} must be a positive number of seconds or a timedelta, got {merged[name]!r}; "
-                "leave it out for no limit"
+                f"{name} must be a positive number of seconds (at most {LONGEST_SECONDS:,.0f}, 100 years) "
+                f"or a timedelta, got {merged[name]!r}; leave it out for no limit"
             )
         merged[name] = float(seconds)
     for name in ("retry_base", "retry_cap"):
         value = merged.get(name)
         if value is not None and (
                 not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
-                or value < 0):
-            raise InvalidJobError(f"{name} must be a number of seconds ≥ 0, got {value!r}")
+                or not 0 <= value <= LONGEST_SECONDS):
+            raise InvalidJobError(
+                f"{name} must be a number of seconds from 0 to {LONGEST_SECONDS:,.0f} (100 years), "
+                f"got {value!r}"
+            )
     if merged.get("executor", "thread") not in EXECUTORS:
         raise InvalidJobError(f"executor must be one of {EXECUTORS}, got {merged['executor']!r}")
     if merged.get("serializer", "pickle") not in SERIALIZERS:

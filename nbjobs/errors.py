@@ -5,6 +5,10 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
+#: The longest duration a job option or `Retry(after=…)` takes (a timeout, an expiry, a retry delay),
+#: 100 years: nothing waits longer, and now plus it stays a date (datetime ends at year 9999).
+LONGEST_SECONDS = 100 * 365 * 86400.0
+
 
 class NbJobsError(Exception):
     """Root of every error nbjobs raises on purpose."""
@@ -78,9 +82,10 @@ class Retry(NbJobsError):
     def __init__(self, after: float | timedelta = 0.0, reason: str = "") -> None:
         seconds = after.total_seconds() if isinstance(after, timedelta) else after
         if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds) \
-                or seconds < 0:
+                or not 0 <= seconds <= LONGEST_SECONDS:
             raise InvalidJobError(
-                f"Retry(after=…) takes a number of seconds or a timedelta of at least 0, got {after!r}"
+                f"Retry(after=…) takes a number of seconds from 0 to {LONGEST_SECONDS:,.0f} (100 years) or a "
+                f"timedelta, got {after!r}"
             )
         self.after = float(seconds)
         self.reason = str(reason)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from .errors import LONGEST_SECONDS as LONGEST_SECONDS  # re-exported: options are checked against it
 from .errors import UnknownStateError
 
 

@@ -305,7 +305,7 @@ class Dispatcher:
             return stale, 0
         started = time.monotonic()
         now = self.clock.now()
-        outcomes = [self._outcome(item, result, now) for item, result in done]
+        outcomes = [self._outcome_or_failure(item, result, now) for item, result in done]
         lease_until = now + timedelta(seconds=self.config.lease_seconds)
         rooms = self._rooms(done) if self._capped and free > 0 else None
         try:
@@ -537,6 +537,21 @@ class Dispatcher:
         avg = self._stats.avg_duration
         self._stats.avg_duration = seconds if avg is None else 0.8 * avg + 0.2 * seconds
         self._stats.executed += 1
+
+    def _outcome_or_failure(self, item: Running, result: RunResult | None, now: object) -> Outcome:
+        """`_outcome`, or, when a job's own values break its computation (options stored by hand or
+        by another version, a retry date past the calendar), a failure of that job saying why: one
+        job fails instead of every turn, which would run nothing else."""
+        try:
+            return self._outcome(item, result, now)
+        except Exception as exc:
+            log.exception("the outcome of job %d could not be computed; failing it", item.job.id)
+            kind = type(exc).__name__
+            return Outcome(
+                job_id=item.job.id, kind=OutcomeKind.FAILED, finished_at=self.clock.now(), error_type=kind,
+                error_message=f"nbjobs could not record this attempt: {kind}: {exc}",
+                reason=f"failed: its outcome could not be computed ({kind}; not retried)",
+            )
 
     def _outcome(self, item: Running, result: RunResult | None, now: object) -> Outcome:
         job = item.job

@@ -23,7 +23,15 @@ from nbjobs.errors import (
     SchemaVersionError,
     UnknownStateError,
 )
-from nbjobs.model import ERROR_TYPE_MAX, KEY_MAX, NAME_MAX, PRIORITY_MAX, PRIORITY_MIN, QUEUE_MAX
+from nbjobs.model import (
+    ERROR_TYPE_MAX,
+    KEY_MAX,
+    LONGEST_SECONDS,
+    NAME_MAX,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    QUEUE_MAX,
+)
 from nbjobs.storage import SqlStore
 from nbjobs.storage.schema import meta
 
@@ -253,6 +261,13 @@ def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.E
             engine.options(timeout=not_finite)
         with pytest.raises(InvalidJobError, match="retry_cap must be a number of seconds"):
             engine.options(retry_cap=not_finite)
+    # Finite but past the calendar: a claim computing the expiry, or a turn computing the retry date,
+    # overflowed (the job stuck claimed, the server running nothing else).
+    for name in ("timeout", "expires", "retry_base", "retry_cap"):
+        with pytest.raises(InvalidJobError, match=rf"{name} must be .*3,153,600,000"):
+            engine.options(**{name: 1e300})
+    engine.options(timeout=LONGEST_SECONDS, expires=LONGEST_SECONDS, retry_base=LONGEST_SECONDS,
+                   retry_cap=LONGEST_SECONDS)  # the longest is taken
     with pytest.raises(UnknownStateError, match="use one of"):
         engine.jobs(state="done")
     # What one database would store and the other refuse is refused on both, with the limit.

@@ -83,3 +83,31 @@ def test_an_outcome_refused_even_as_a_failure_is_left_to_its_lease(db_url: str) 
         wait_for(lambda: gate.record().attempts == 1 and gate.id not in dispatcher.running)
         assert gate.state is JobState.PROCESSING  # until its lease runs out and a reaper returns it
         assert engine.enqueue(blob, 3).result(timeout=30) == b"xxx"  # the server goes on
+
+
+def fails_to_be_retried() -> None:
+    raise ValueError("to be retried")
+
+
+def test_a_job_whose_stored_options_break_its_retry_date_fails_alone(engine: nbjobs.Engine) -> None:
+    # Options are checked at the call; a row written by hand or by another version is not. A retry
+    # date past the calendar (a backoff of 1e300 s) failed every turn, and no other job ran.
+    import json
+
+    from sqlalchemy import select, update
+
+    from nbjobs.storage.schema import jobs
+
+    job = engine.options(retries=3).enqueue(fails_to_be_retried)
+    store: Any = engine.store
+    with store.engine.begin() as conn:
+        stored = conn.execute(select(jobs.c.options).where(jobs.c.id == job.id)).scalar_one()
+        options = {**json.loads(stored), "retry_base": 1e300, "retry_cap": 1e300}
+        conn.execute(update(jobs).where(jobs.c.id == job.id).values(options=json.dumps(options)))
+    engine.start_server(workers=1)
+    assert job.wait(timeout=10) is JobState.FAILED
+    record = job.record()
+    assert record.attempts == 1 and record.error_type == "OverflowError"
+    assert "nbjobs could not record this attempt: OverflowError" in (record.error_message or "")
+    assert engine.enqueue(blob, 3).result(timeout=10) == b"xxx"  # the server went on
+    assert engine.server is not None and engine.server.dispatcher.errors == 0

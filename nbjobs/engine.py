@@ -394,7 +394,7 @@ class Engine:
         module = importlib.import_module("nbjobs.ui.dashboard")
         kwargs: dict[str, Any] = {"read_only": read_only, "authorize": authorize, "refresh": refresh}
         if redact is not None:
-            kwargs["redact"] = tuple(redact)
+            kwargs["redact"] = redact
         return module.Dashboard(self, **kwargs, **options)
 
     def counts(self) -> dict[str, int]:

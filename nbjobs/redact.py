@@ -12,6 +12,8 @@ import reprlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .errors import ConfigurationError
+
 if TYPE_CHECKING:
     from .payload import Codec
 
@@ -29,7 +31,16 @@ class Redactor:
     """Decides which names are secret and renders argument values with secrets masked."""
 
     def __init__(self, patterns: Iterable[str] = DEFAULT_PATTERNS) -> None:
-        self.patterns = tuple(patterns)
+        # One string is one pattern (redact="password"), not the patterns "p", "a", "s", …
+        self.patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+        for pattern in self.patterns:
+            try:
+                re.compile(pattern)
+            except (re.error, TypeError) as exc:
+                raise ConfigurationError(
+                    f"redact pattern {pattern!r} is not a regular expression ({exc}); escape it with "
+                    "re.escape(...) to match it literally"
+                ) from None
         joined = "|".join(f"(?:{p})" for p in self.patterns)
         self._regex = re.compile(joined, re.IGNORECASE) if self.patterns else None
 

@@ -9,6 +9,7 @@ through the client, so every action is one of the client's guarded transitions w
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
-from ..errors import JobNotFoundError, NbJobsError
+from ..errors import ConfigurationError, JobNotFoundError, NbJobsError
 from ..model import JobRecord, JobState
 from ..redact import DEFAULT_PATTERNS, Redactor
 from ..storage import JobFilter
@@ -74,6 +75,20 @@ class _Row:
         self.box.layout.display = None
 
 
+def _check_settings(refresh: float | None, authorize: Authorize | None) -> None:
+    """Refuse settings that would misbehave later: a negative refresh spun the timer in a tight loop."""
+    if refresh is not None and (isinstance(refresh, bool) or not isinstance(refresh, int | float)
+                                or not (refresh == 0 or 0 < refresh < math.inf)):
+        raise ConfigurationError(
+            f"refresh must be a number of seconds > 0 (e.g. 2), or 0 or None for no timer; got {refresh!r}"
+        )
+    if authorize is not None and not callable(authorize):
+        raise ConfigurationError(
+            f"authorize must be a function (action, job) -> bool, or None; got {authorize!r} "
+            "(read_only=True hides every action)"
+        )
+
+
 class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
     """`engine.dashboard()`: Overview, Jobs, Job, Recurring, Servers and Retries pages."""
 
@@ -87,14 +102,18 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         redact: Iterable[str] = DEFAULT_PATTERNS,
         page_size: int = 20,
     ) -> None:
+        # Settings are checked before the widget exists, which then needs no closing.
+        _check_settings(refresh, authorize)
+        redactor = Redactor(redact)
+        page = JobsPage()
+        page.reset(page_size=page_size)
         super().__init__()
         self.engine = engine
         self.store = engine.store
         self.read_only = read_only
         self.authorize = authorize
-        self.redactor = Redactor(redact)
-        self.page = JobsPage()
-        self.page.reset(page_size=page_size)
+        self.redactor = redactor
+        self.page = page
         self.selected: set[int] = set()
         self.detail_id: int | None = None
         self.last_refresh_ms = 0.0
@@ -381,9 +400,11 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
 
     def close(self) -> None:
         """Stop the timer and close the widgets (also what the frontend's close does)."""
+        if "_stop" not in self.__dict__:  # refused settings: never built (the collector calls this too)
+            return
         self._stop.set()
         self._wake.set()
-        thread = self._thread
+        thread = getattr(self, "_thread", None)
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=10)
         super().close()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import states
+from ..errors import ConfigurationError
 from ..model import JobState
 from ..storage import JobFilter
 
@@ -66,7 +67,7 @@ class JobsPage:
         for name, value in changes.items():
             setattr(self, name, value)
         if "page_size" in changes and self.page_size not in PAGE_SIZES:
-            raise ValueError(f"page size must be one of {PAGE_SIZES}, got {self.page_size}")
+            raise ConfigurationError(f"page size must be one of {PAGE_SIZES}, got {self.page_size}")
         self.cursors = [None]
         self.has_next = False
         self.last_id = None

@@ -191,6 +191,24 @@ def test_secret_arguments_are_masked(engine: nbjobs.Engine, dash_factory: Any) -
     custom = dash_factory(redact=("user",))
     custom.open_job(job_id)
     assert "alice" not in custom.detail_html.value and "hunter2" in custom.detail_html.value
+    # one string is one pattern, not its letters (which masked every argument with an "s" in its name)
+    single = dash_factory(redact="user")
+    single.open_job(job_id)
+    assert "alice" not in single.detail_html.value and "hunter2" in single.detail_html.value
+
+
+def test_settings_that_would_misbehave_are_refused_at_the_call(engine: nbjobs.Engine) -> None:
+    for refresh in (-1, float("nan"), float("inf"), "2", True):  # -1 spun the timer in a tight loop
+        with pytest.raises(nbjobs.ConfigurationError, match="refresh must be a number of seconds > 0"):
+            engine.dashboard(refresh=refresh)
+    with pytest.raises(nbjobs.ConfigurationError, match="authorize must be a function"):
+        engine.dashboard(authorize="yes")
+    with pytest.raises(nbjobs.ConfigurationError, match=r"redact pattern 'pass\(word' is not a regular"):
+        engine.dashboard(redact=["pass(word"])
+    with pytest.raises(nbjobs.ConfigurationError, match="redact pattern"):
+        engine.jobs(args=True, redact=["pass(word"])
+    with pytest.raises(nbjobs.ConfigurationError, match=r"page size must be one of \(10, 20, 50, 100\)"):
+        engine.dashboard(page_size=7)
 
 
 def test_failed_action_says_why_and_changes_nothing(engine: nbjobs.Engine, dash_factory: Any) -> None:
@@ -370,6 +388,8 @@ def test_jobs_frame_args_column_masks_secrets_too(engine: nbjobs.Engine) -> None
     assert text == "user='alice', password=***, api_token=***"
     assert "args" not in engine.jobs().columns  # opt-in: a plain listing reads no payloads
     assert "alice" not in engine.jobs(args=True, redact=("user",))["args"].iloc[0]
+    one_pattern = engine.jobs(args=True, redact="user")["args"].iloc[0]
+    assert one_pattern == "user=***, password='hunter2', api_token='tok-123'"
 
 
 def test_timer_stops_when_the_engine_is_closed(engine: nbjobs.Engine, dash_factory: Any) -> None:

@@ -350,5 +350,5 @@ def recurring_jobs() -> pd.DataFrame:
     return default_engine().recurring_jobs()
 
 
-def stats(freq: str = "1min", since: datetime | None = None) -> pd.DataFrame:
+def stats(freq: str = "1min", since: Any = None) -> pd.DataFrame:
     return default_engine().stats(freq=freq, since=since)

@@ -343,14 +343,16 @@ class Engine:
 
     # -- views ----------------------------------------------------------------------------------
     def jobs(self, state: Any = None, queue: Any = None, *, function: str | None = None,
-             name: str | None = None, since: datetime | None = None, until: datetime | None = None,
+             name: str | None = None, since: views.TimeFilter = None, until: views.TimeFilter = None,
              limit: int | None = 1000, args: bool = False,
              redact: Sequence[str] = DEFAULT_PATTERNS, lock: str | None = None) -> pd.DataFrame:
         """Jobs as a DataFrame, newest first; filters run in the database. `args=True` adds an `args`
         column (decoded payloads, one read per job) where arguments named like `redact` show as ***.
         `name` selects the jobs given that exact name, e.g. a sweep enqueued with
         `options(name="sweep-3")`, to gather again after a restart: `nb.results(nb.jobs(name=…))`.
-        `lock` selects the jobs of that lock: `nb.jobs("processing", lock="results.csv")` holds it."""
+        `lock` selects the jobs of that lock: `nb.jobs("processing", lock="results.csv")` holds it.
+        `since`/`until` (creation time) take a datetime (naive = local time), a date, an ISO string or
+        a timedelta: `nb.jobs(since=timedelta(hours=1))` lists the last hour's."""
         frame = views.jobs_frame(self.store, state=state, queue=queue, function=function, name=name,
                                  since=since, until=until, limit=limit, lock=lock)
         if args:
@@ -377,7 +379,7 @@ class Engine:
         """Recurring definitions: schedule, next and last run, last job and its state, pause, error."""
         return views.recurring_frame(self.store)
 
-    def stats(self, freq: str = "1min", since: datetime | None = None) -> pd.DataFrame:
+    def stats(self, freq: str = "1min", since: views.TimeFilter = None) -> pd.DataFrame:
         return views.stats_frame(self.store, freq=freq, since=since)
 
     def dashboard(

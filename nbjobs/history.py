@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .clock import utcnow
+from .clock import ensure_utc, utcnow
 from .errors import ConfigurationError, InvalidJobError, JobNotFoundError
 from .model import JobState
 from .storage import JobFilter, Store
@@ -21,6 +21,8 @@ JOB_COLUMNS = [
     "run_at", "started_at", "finished_at", "duration", "server_id", "progress", "progress_message",
     "error_type", "error_message", "recurring_id", "fire_time", "parent_id", "lock",
 ]
+#: What a time filter takes (`as_utc_time`).
+TimeFilter = datetime | date | str | timedelta | None
 _TIME_COLUMNS = ["created_at", "enqueued_at", "run_at", "started_at", "finished_at", "fire_time"]
 
 
@@ -29,6 +31,40 @@ def _parse_states(state: str | JobState | Sequence[str | JobState] | None) -> tu
         return ()
     items = [state] if isinstance(state, str | JobState) else list(state)
     return tuple(JobState.parse(s) for s in items)
+
+
+def as_utc_time(value: Any, what: str, now: datetime) -> datetime | None:
+    """A time filter as an aware UTC datetime: a datetime or pandas Timestamp (naive = local time, as
+    `schedule` reads it), a date (its local midnight), an ISO string, or a timedelta (that long ago)."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return now - value
+    found: Any = value
+    if isinstance(value, str):
+        try:
+            found = pd.Timestamp(value).to_pydatetime()
+        except ValueError:
+            found = None  # refused below
+    if isinstance(found, date) and not isinstance(found, datetime):
+        found = datetime.combine(found, time())
+    if not isinstance(found, datetime):
+        raise ConfigurationError(
+            f"{what} must be a time: a datetime, a date, an ISO string such as '2026-11-28 09:00', or a "
+            f"timedelta such as timedelta(hours=1) for the last hour; got {value!r}"
+        )
+    return ensure_utc(found.astimezone() if found.tzinfo is None else found)
+
+
+def _queues(queue: Any) -> tuple[str, ...]:
+    items = () if queue is None else (queue,) if isinstance(queue, str) else queue
+    try:
+        queues = tuple(items)
+    except TypeError:
+        queues = (None,)  # type: ignore[assignment]  # named below
+    if not all(isinstance(q, str) for q in queues):
+        raise ConfigurationError(f"queue must be a queue name or a list of them, got {queue!r}")
+    return queues
 
 
 def _utc(series: pd.Series[Any]) -> pd.Series[Any]:
@@ -42,18 +78,20 @@ def jobs_frame(
     queue: str | Sequence[str] | None = None,
     function: str | None = None,
     name: str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: TimeFilter = None,
+    until: TimeFilter = None,
     limit: int | None = 1000,
     lock: str | None = None,
 ) -> pd.DataFrame:
     """One row a job, newest first, with UTC datetimes, categorical state and timedelta durations."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise InvalidJobError(f"limit must be a whole number ≥ 0, or None for every job; got {limit!r}")
-    queues = () if queue is None else ((queue,) if isinstance(queue, str) else tuple(queue))
-    names, rows = store.query_table(JobFilter(states=_parse_states(state), queues=queues,
-                                              function=function, name=name, since=since, until=until,
-                                              limit=limit, lock=lock))
+    now = utcnow()
+    names, rows = store.query_table(JobFilter(
+        states=_parse_states(state), queues=_queues(queue), function=function, name=name,
+        since=as_utc_time(since, "since", now), until=as_utc_time(until, "until", now), limit=limit,
+        lock=lock,
+    ))
     # One 2-D object array from the driver's tuples, then typed columns: ~10x faster than
     # DataFrame(list_of_dicts) and no per-value Python conversion of times.
     table = np.array(rows, dtype=object) if rows else np.empty((0, len(names)), dtype=object)
@@ -106,7 +144,7 @@ def servers_frame(store: Store) -> pd.DataFrame:
 
 
 def stats_frame(
-    store: Store, *, freq: str = "1min", since: datetime | None = None, now: datetime | None = None
+    store: Store, *, freq: str = "1min", since: TimeFilter = None, now: datetime | None = None
 ) -> pd.DataFrame:
     """Succeeded and failed jobs per `freq` interval by finish time (zeros included), for plotting.
 
@@ -122,6 +160,7 @@ def stats_frame(
     if width <= 0:
         raise ConfigurationError(f"freq must be a positive interval, got {freq!r}")
     end = pd.Timestamp(now or utcnow())
+    since = as_utc_time(since, "since", end.to_pydatetime())
     if since is None:
         oldest = store.query(JobFilter(states=(JobState.SUCCEEDED, JobState.FAILED), newest_first=False,
                                        limit=1))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import re
+from datetime import date, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -71,6 +72,28 @@ def test_filters_run_in_the_database(finished: nbjobs.Engine) -> None:
     assert (finished.jobs(since=middle)["created_at"] >= middle).all()
     assert (finished.jobs(until=middle)["created_at"] < middle).all()
     assert len(finished.jobs(since=middle)) + len(finished.jobs(until=middle)) == len(everything)
+
+
+def test_time_filters_take_what_a_notebook_has_at_hand(finished: nbjobs.Engine) -> None:
+    everything = finished.jobs(limit=None)
+    middle = everything["created_at"].sort_values().iloc[3]
+    later = len(finished.jobs(since=middle.to_pydatetime()))
+    assert len(finished.jobs(since=middle)) == later  # a pandas Timestamp, as the frame gives
+    assert len(finished.jobs(since=middle.isoformat())) == later  # an ISO string
+    local_zone = datetime.now().astimezone().tzinfo
+    local = middle.tz_convert(local_zone).tz_localize(None).to_pydatetime()
+    assert len(finished.jobs(since=local)) == later  # naive: local time, as schedule() reads it
+    assert len(finished.jobs(since=timedelta(hours=1))) == len(everything)  # the last hour
+    assert finished.jobs(since=date.today() + timedelta(days=1)).empty  # a date: its midnight
+    assert finished.jobs(until="2020-01-01").empty
+    assert finished.stats(since=timedelta(hours=2), freq="1h")["succeeded"].sum() == 4
+    first = everything["created_at"].min().tz_convert(local_zone).tz_localize(None).to_pydatetime()
+    assert finished.stats(since=first, freq="1h")["failed"].sum() == 1  # naive, local, as above
+    for bad in ("yesterday", 5, [middle]):
+        with pytest.raises(ConfigurationError, match=f"since must be a time: .* got {re.escape(repr(bad))}"):
+            finished.jobs(since=bad)
+    with pytest.raises(ConfigurationError, match="queue must be a queue name or a list of them, got 5"):
+        finished.jobs(queue=5)
 
 
 def test_empty_frames_keep_their_dtypes(engine: nbjobs.Engine) -> None:

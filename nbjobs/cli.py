@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import timedelta
 
 import click
 import pandas as pd
@@ -59,14 +60,26 @@ def demo(url: str | None) -> None:
 @click.option("--queue", default=None, help="Only jobs in this queue.")
 @click.option("--name", default=None, help="Only jobs with this name.")
 @click.option("--lock", default=None, help="Only jobs of this lock (holding it: --state processing).")
+@click.option("--since", default=None, help="Only jobs created since: a time ('2026-11-28 09:00', local) "
+              "or a duration ago ('90m', '1h', '2d').")
 @click.option("--limit", default=50, show_default=True, type=int)
 def jobs_cmd(url: str | None, state: str | None, queue: str | None, name: str | None, lock: str | None,
-             limit: int) -> None:
+             since: str | None, limit: int) -> None:
     """List jobs, newest first."""
     with _engine(url) as engine:
-        frame = engine.jobs(state=state, queue=queue, name=name, limit=limit, lock=lock)
+        frame = engine.jobs(state=state, queue=queue, name=name, limit=limit, lock=lock, since=_ago(since))
         _print_frame(frame[["id", "name", "function", "queue", "state", "attempts", "created_at",
                             "duration", "error_type"]])
+
+
+def _ago(text: str | None) -> str | timedelta | None:
+    """`--since` as a duration ago when it reads as one ('90m', '1h'), else the time as given."""
+    if text is None:
+        return None
+    try:
+        return pd.Timedelta(text).to_pytimedelta()
+    except ValueError:
+        return text
 
 
 @cli.command()

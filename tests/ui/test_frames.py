@@ -7,9 +7,11 @@ from datetime import date, datetime, timedelta
 
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
 import nbjobs
 from nbjobs import JobState
+from nbjobs.cli import cli
 from nbjobs.errors import ConfigurationError
 from nbjobs.history import JOB_COLUMNS
 
@@ -94,6 +96,20 @@ def test_time_filters_take_what_a_notebook_has_at_hand(finished: nbjobs.Engine) 
             finished.jobs(since=bad)
     with pytest.raises(ConfigurationError, match="queue must be a queue name or a list of them, got 5"):
         finished.jobs(queue=5)
+
+
+def test_jobs_command_lists_the_jobs_since_a_time_or_a_duration_ago(finished: nbjobs.Engine) -> None:
+    def listed(since: str) -> list[str]:
+        result = CliRunner().invoke(cli, ["jobs", "--url", finished.url, "--since", since])
+        assert result.exit_code == 0, result.output
+        return [line for line in result.output.splitlines()[1:] if line.strip() and line != "(none)"]
+
+    everything = len(finished.jobs(limit=None))
+    assert len(listed("1h")) == len(listed("90m")) == everything
+    assert listed("2999-01-01") == []
+    refused = CliRunner().invoke(cli, ["jobs", "--url", finished.url, "--since", "soon"])
+    assert isinstance(refused.exception, ConfigurationError)  # `nbjobs` prints it and exits 2
+    assert "since must be a time" in str(refused.exception)
 
 
 def test_empty_frames_keep_their_dtypes(engine: nbjobs.Engine) -> None:

@@ -252,10 +252,18 @@ def notebook_call(
     bad_number = isinstance(cell_timeout, bool) or not isinstance(cell_timeout, int | float)
     if cell_timeout is not None and (bad_number or cell_timeout <= 0):
         raise InvalidJobError(f"cell_timeout must be a positive number of seconds, got {cell_timeout!r}")
+    folder = Path(cwd).expanduser().absolute() if cwd is not None else None
+    if folder is not None and not folder.is_dir():
+        raise InvalidJobError(f"cwd {folder} is not a folder; give the folder the notebook should run in "
+                              "(by default, the notebook's own)")
+    runs = Path(output_dir).expanduser().absolute() if output_dir is not None else None
+    if runs is not None and runs.exists() and not runs.is_dir():
+        raise InvalidJobError(f"output_dir {runs} is a file; give a folder for the executed notebooks "
+                              "(created if missing)")
     kwargs: dict[str, Any] = {
         "kernel_name": kernel_name,
-        "cwd": str(Path(cwd).expanduser().absolute()) if cwd is not None else None,
-        "output_dir": str(Path(output_dir).expanduser().absolute()) if output_dir is not None else None,
+        "cwd": str(folder) if folder is not None else None,
+        "output_dir": str(runs) if runs is not None else None,
         "cell_timeout": float(cell_timeout) if cell_timeout is not None else None,
     }
     return (str(source), params), kwargs

@@ -574,6 +574,17 @@ class JobFunction:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
+    def __get__(self, instance: Any, owner: type | None = None) -> JobFunction:
+        """A decorated method: `model.fit` is the method bound to `model`, to call or enqueue (the
+        instance is stored with the arguments), as the undecorated method would be."""
+        if instance is None:
+            return self
+        return self._with_function(self.fn.__get__(instance, owner))
+
+    def _with_function(self, fn: Callable[..., Any]) -> JobFunction:
+        """This job function's settings around another callable (the method bound to an instance)."""
+        return JobFunction(fn, self.client)
+
     def enqueue(self, *args: Any, **kwargs: Any) -> Job:
         return self.client.enqueue(self.fn, *args, **kwargs)
 

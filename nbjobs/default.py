@@ -256,6 +256,9 @@ class _LazyJobFunction(JobFunction):
     def client(self, value: Client | None) -> None:
         pass  # the default engine is looked up at each use
 
+    def _with_function(self, fn: Callable[..., Any]) -> JobFunction:
+        return _LazyJobFunction(fn, self._opts)  # a method called directly opens no engine
+
 
 def job(target: Any = None, /, **opts: Any) -> Any:
     """`nbjobs.job(42)` → that Job; `@nbjobs.job` / `@nbjobs.job(queue=…)` → a job function."""

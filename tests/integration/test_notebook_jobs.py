@@ -120,9 +120,9 @@ def test_bad_notebook_jobs_are_refused_at_enqueue(nb: nbjobs.Engine, tmp_path: P
         nb.enqueue_notebook(SALES, cell_timeout=0)
     with pytest.raises(InvalidJobError, match="unknown job option"):
         nb.enqueue_notebook(SALES, colour="red")
-    with pytest.raises(InvalidJobError, match="cwd .*missing-folder is not a folder"):
+    with pytest.raises(InvalidJobError, match=r"cwd .*missing-folder is not a folder"):
         nb.enqueue_notebook(SALES, cwd=tmp_path / "missing-folder")  # failed in the worker
-    with pytest.raises(InvalidJobError, match="output_dir .*broken.ipynb is a file"):
+    with pytest.raises(InvalidJobError, match=r"output_dir .*broken\.ipynb is a file"):
         nb.enqueue_notebook(SALES, output_dir=broken)
     previous = nbjobs.set_default_engine(nb)
     try:

@@ -354,6 +354,28 @@ def test_job_decorator(engine: nbjobs.Engine) -> None:
     assert tripled.schedule(0, 5).result(timeout=10) == 5
 
 
+class Doubler:
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    def twice(self, x: int) -> int:
+        return 2 * x + self.offset
+
+
+def test_a_decorated_method_is_bound_to_its_instance(engine: nbjobs.Engine) -> None:
+    decorated = engine.job(Doubler.twice, retries=0)
+    try:
+        Doubler.twice_job = decorated  # type: ignore[attr-defined]  # as `@engine.job()` in the class
+        doubler: Any = Doubler(1)
+        assert doubler.twice_job(3) == 7  # called without its instance, it used to miss an argument
+        engine.start_server(workers=1)
+        assert doubler.twice_job.enqueue(4).result(timeout=10) == 9
+        assert doubler.twice_job.options(executor="process").enqueue(5).result(timeout=30) == 11
+        assert Doubler.twice_job is decorated  # on the class: the job function itself
+    finally:
+        del Doubler.twice_job  # type: ignore[attr-defined]
+
+
 def test_jobs_and_history_frames(engine: nbjobs.Engine) -> None:
     engine.start_server(workers=2)
     ok = engine.enqueue(add, 1)

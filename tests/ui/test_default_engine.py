@@ -22,6 +22,15 @@ def triple(x: int) -> int:
     return 3 * x
 
 
+class Scaler:
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    @nbjobs.job(retries=0)
+    def scale(self, x: int) -> int:  # a decorated method: bound like the method it decorates
+        return self.factor * x
+
+
 @pytest.fixture
 def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     db = tmp_path / "default.db"
@@ -53,6 +62,16 @@ def test_a_decorated_function_binds_to_the_default_engine_when_used(env: Path) -
     assert job.result(timeout=30) == 10
     record = job.record()
     assert (record.queue, record.options.retries) == ("io", 1)
+
+
+def test_a_decorated_method_is_bound_to_its_instance(env: Path) -> None:
+    scaler = Scaler(5)
+    assert scaler.scale(2) == 10  # it called the function without its instance
+    assert default.current_default() is None  # calling it directly opened no engine
+    job = scaler.scale.enqueue(3)  # the instance is stored with the arguments
+    assert job.result(timeout=10) == 15
+    assert Scaler(7).scale.options(queue="default").enqueue(1).result(timeout=10) == 7
+    assert repr(Scaler.scale) == f"<nbjobs job function {__name__}:Scaler.scale>"
 
 
 def test_set_default_engine_replaces_it_and_returns_the_previous(env: Path, tmp_path: Path) -> None:

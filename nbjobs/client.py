@@ -632,6 +632,19 @@ def display_via(hooks: Mapping[str, Callable[[Any], Any]], obj: object) -> None:
     display({"text/plain": repr(obj)}, raw=True)  # type: ignore[no-untyped-call]
 
 
+def check_timeout(timeout: Any) -> float | None:
+    """A wait's `timeout` in seconds: None (or infinity) waits as long as it takes. A NaN waited
+    forever and a string failed mid-wait; both, and a negative one, are refused at the call."""
+    if timeout is None:
+        return None
+    if (isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout)
+            or timeout < 0):
+        raise InvalidJobError(
+            f"timeout must be a number of seconds ≥ 0, or None to wait as long as it takes; got {timeout!r}"
+        )
+    return None if math.isinf(timeout) else timeout  # as given: messages say "after 5s"
+
+
 def refuse_waiting_for_itself(job_ids: Iterable[int], store: Store) -> None:
     """Inside a job, waiting for that same job, or for a continuation of it (which starts only once
     the job ends), would never end: refuse it, naming the fix."""
@@ -719,6 +732,7 @@ class Job:
 
     def wait(self, timeout: float | None = None) -> JobState:
         """Block until the job reaches a final state; return it. Raises ResultTimeoutError on timeout."""
+        timeout = check_timeout(timeout)
         refuse_waiting_for_itself([self.id], self.client.store)
         clock = self.client.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
@@ -776,6 +790,7 @@ class Job:
         The waiting happens in short rounds on a worker thread, so cancelling the awaiting task
         leaves at most one round (0.25 s) behind.
         """
+        timeout = check_timeout(timeout)
         clock = self.client.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
         # One loan for all rounds (each round's thread sees this job's context and lends nothing more).

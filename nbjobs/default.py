@@ -262,7 +262,7 @@ class _LazyJobFunction(JobFunction):
 
 def job(target: Any = None, /, **opts: Any) -> Any:
     """`nbjobs.job(42)` → that Job; `@nbjobs.job` / `@nbjobs.job(queue=…)` → a job function."""
-    if isinstance(target, int) and not isinstance(target, bool):
+    if target is not None and not callable(target):  # 42 or "42"; "abc" or 4.2 is refused as an id
         return default_engine().job(target)
     if target is None:
         return lambda fn: _LazyJobFunction(fn, opts)

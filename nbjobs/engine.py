@@ -260,7 +260,7 @@ class Engine:
 
     def job(self, target: Any = None, /, **options: Any) -> Any:
         """`nb.job(42)` → the Job with id 42; `@nb.job` or `@nb.job(queue=…)` → a job function."""
-        if isinstance(target, int | str) and not isinstance(target, bool):  # "42" too; "abc" is refused
+        if target is not None and not callable(target):  # 42 or "42"; "abc" or 4.2 is refused as an id
             return self.client.job(target)
         if target is None:
             return lambda fn: self.client.job_function(fn, **options)

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import pandas as pd
 
 from . import context
-from .client import Client, Job, display_via, html_via, refuse_waiting_for_itself
+from .client import Client, Job, check_timeout, display_via, html_via, refuse_waiting_for_itself
 from .errors import InvalidJobError, JobFailedError, JobNotFoundError, ResultTimeoutError
 from .model import FINAL_STATES, JobState
 
@@ -117,6 +117,7 @@ def as_completed(
     and JobNotFoundError for a job that does not exist (or is pruned while waited for). `progress`
     shows a bar (tqdm: a widget in a notebook, text elsewhere) counting the jobs that ended.
     """
+    timeout = check_timeout(timeout)
     pending = {job.id: job for job in _to_wait_for(client, jobs)}
     return (job for seen in _rounds(client, pending, timeout, progress) for job, _ in seen)
 
@@ -213,6 +214,7 @@ def wait(
             f"return_when must be one of {', '.join(RETURN_WHEN)} (as in concurrent.futures), got "
             f"{return_when!r}"
         )
+    timeout = check_timeout(timeout)
     given = _to_wait_for(client, jobs)
     pending = {job.id: job for job in given}
     finished: set[int] = set()
@@ -239,6 +241,7 @@ def results(
     others are left running); with `return_exceptions=True` the error takes its place in the list
     instead, as in `asyncio.gather`. Raises ResultTimeoutError when `timeout` passes first.
     """
+    timeout = check_timeout(timeout)
     given = _to_wait_for(client, jobs)
     pending = {job.id: job for job in given}
     values: dict[int, Any] = {}

@@ -160,6 +160,17 @@ def test_a_sweep_is_gathered_again_by_name_after_a_restart(db_url: str) -> None:
 
 def test_bad_input_is_refused_at_the_call(engine: nbjobs.Engine, tmp_path: Path) -> None:
     job = engine.enqueue(square, 2)
+    # A NaN timeout waited forever, a string failed mid-wait, a negative one timed out at once.
+    waits = (job.result, job.wait, lambda timeout: engine.results([job], timeout=timeout),
+             lambda timeout: engine.wait([job], timeout=timeout),
+             lambda timeout: engine.as_completed([job], timeout=timeout))
+    for bad in (float("nan"), -1, "5", True):
+        for wait in waits:
+            with pytest.raises(InvalidJobError, match=r"timeout must be a number of seconds ≥ 0, or None"):
+                wait(timeout=bad)
+    for not_an_id in (4.2, True, [1]):
+        with pytest.raises(InvalidJobError, match="a job id is a whole number such as 42"):
+            engine.job(not_an_id)  # it said "is not callable", as if a decorator
     with pytest.raises(InvalidJobError, match=r"expected several jobs .* for one job use job\.wait\(\)"):
         engine.wait(job)  # type: ignore[arg-type]
     with pytest.raises(InvalidJobError, match="return_when must be one of ALL_COMPLETED, FIRST_COMPLETED"):

@@ -8,6 +8,7 @@ import importlib
 import logging
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -60,6 +61,18 @@ class Engine:
                 f"max_payload must be a number of bytes from 1 to {PAYLOAD_CEILING:,} (a database field "
                 f"holds about 1 GB), got {max_payload!r}"
             )
+        if isinstance(url, os.PathLike):
+            url = os.fspath(url)  # a path to a SQLite file, as a plain string path is taken
+        if url is not None and not isinstance(url, str):
+            raise ConfigurationError(
+                f"url must be a database URL such as 'sqlite:///jobs.db' or 'postgresql://user@host/db', "
+                f"or None for NBJOBS_URL or ./nbjobs.db; got {url!r}"
+            )
+        if secret is not None and (not isinstance(secret, str | bytes) or not secret):
+            raise ConfigurationError(
+                f"secret must be a non-empty string or bytes (every server of this database is given the "
+                f"same), or None for NBJOBS_SECRET or the key file; got {secret!r}"
+            )
         self.url = url or default_url()
         self.clock: Clock = clock or SystemClock()
         sync = self.synchronous = synchronous or os.environ.get("NBJOBS_SQLITE_SYNCHRONOUS", "FULL")
@@ -84,17 +97,20 @@ class Engine:
     # -- server ---------------------------------------------------------------------------------
     def start_server(
         self,
-        workers: int = 4,
+        workers: int | None = None,
         queues: Sequence[str] | None = None,
         **settings: Any,
     ) -> Server:
-        """Start a server in background threads of this process (idempotent while one runs)."""
+        """Start a server in background threads of this process: `workers` threads (4 by default)
+        serving `queues` (all by default). While one runs, returns it (warning about any setting
+        given that it does not have)."""
         if isinstance(queues, str):  # tuple("default") would serve queues "d", "e", "f", …
             raise ConfigurationError(
                 f"queues takes a list of queue names, e.g. queues=[{queues!r}]; got the string {queues!r}"
             )
         with self._lock:
             if self.server is not None and self.server.running:
+                self._warn_if_other_settings(workers, queues, settings)
                 return self.server
             known = set(ServerConfig.__dataclass_fields__) - {"workers", "queues"}
             unknown = set(settings) - known
@@ -102,6 +118,7 @@ class Engine:
                 raise ConfigurationError(
                     f"unknown server setting(s) {sorted(unknown)}; known: {sorted(known)}"
                 )
+            workers = 4 if workers is None else workers
             config = ServerConfig(workers=workers, queues=tuple(queues or ("*",)), **settings)
             config.validate()  # before the executors are sized from it
             # Every server fires recurring jobs; the storage claim keeps each fire time to one job.
@@ -132,6 +149,23 @@ class Engine:
     def _wrappers(self) -> list[Any]:
         """Around every run in a worker thread: per-job output capture, then the last progress write."""
         return [self.output.wrap, self.progress_throttle.wrap]
+
+    def _warn_if_other_settings(
+        self, workers: int | None, queues: Sequence[str] | None, settings: dict[str, Any]
+    ) -> None:
+        """`start_server` while one runs returns it; settings given that it does not have would be
+        ignored silently, so say so."""
+        assert self.server is not None
+        running = self.server.config
+        asked = {**settings, **({} if workers is None else {"workers": workers}),
+                 **({} if queues is None else {"queues": tuple(queues)})}
+        differ = sorted(name for name, value in asked.items() if getattr(running, name, value) != value)
+        if differ:
+            now = ", ".join(f"{name}={getattr(running, name)!r}" for name in differ)
+            warnings.warn(
+                f"a server already runs in this engine ({now}); it goes on as it is. To change "
+                f"{', '.join(differ)}, call stop_server() first", stacklevel=3,
+            )
 
     def _progress_sink(self) -> Callable[[int, float | None, str | None], None] | None:
         return self.progress_throttle

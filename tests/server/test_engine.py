@@ -484,6 +484,26 @@ async def aborts_async() -> None:
     raise LibraryAbort("abort from an async library")
 
 
+def test_connect_refuses_what_it_cannot_use(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="url must be a database URL"):
+        nbjobs.connect(5)  # type: ignore[arg-type]  # it failed with "argument of type 'int' is not iterable"
+    for secret in ("", b"", 123):  # an empty key signs nothing worth checking
+        with pytest.raises(ConfigurationError, match="secret must be a non-empty string or bytes"):
+            nbjobs.connect(f"sqlite:///{tmp_path / 'x.db'}", secret=secret)  # type: ignore[arg-type]
+    with nbjobs.connect(tmp_path / "path.db", secret="s") as by_path:  # a pathlib.Path is a SQLite file
+        assert by_path.enqueue(add, 1, 2).id == 1 and (tmp_path / "path.db").exists()
+
+
+def test_starting_a_running_server_again_says_what_it_ignores(engine: nbjobs.Engine) -> None:
+    server = engine.start_server(workers=1)
+    assert engine.start_server() is server  # nothing asked: nothing to say
+    assert engine.start_server(workers=1) is server
+    already = r"a server already runs in this engine \(queues=\('\*',\), workers=1\)"
+    with pytest.warns(UserWarning, match=already):
+        assert engine.start_server(workers=2, queues=["io"]) is server
+    assert server.config.workers == 1
+
+
 def test_a_job_calling_sys_exit_fails_and_its_worker_goes_on(engine: nbjobs.Engine) -> None:
     engine.start_server(workers=1)  # one worker: had it died, nothing else would run
     exited = engine.options(retries=0).enqueue(exits, 3)

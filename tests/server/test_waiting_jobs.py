@@ -5,7 +5,7 @@ on real SQLite and PostgreSQL with real worker threads. The jobs use the module 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -170,12 +170,18 @@ def waits_for_itself(how: str) -> None:
 
 @pytest.mark.parametrize("how", ["result", "results", "as_completed", "wait"])
 def test_a_job_waiting_for_itself_is_refused_at_once(engine: nbjobs.Engine, how: str) -> None:
+    job = _refused_at_once(engine, waits_for_itself, how)
+    assert f"job {job.id} waits for itself, which never ends" in (job.record().error_message or "")
+
+
+def _refused_at_once(engine: nbjobs.Engine, fn: Callable[[str], None], how: str) -> nbjobs.Job:
+    """Run `fn(how)` as a job on one worker: it fails with InvalidJobError before its own 10 s wait."""
     engine.start_server(workers=1)
-    job = engine.options(retries=0).enqueue(waits_for_itself, how)
+    job = engine.options(retries=0).enqueue(fn, how)
     assert job.wait(timeout=8) is JobState.FAILED  # not after its own 10 s timeout
-    record = job.record()
-    assert record.error_type is not None and record.error_type.endswith("InvalidJobError")
-    assert f"job {job.id} waits for itself, which never ends" in (record.error_message or "")
+    error_type = job.record().error_type
+    assert error_type is not None and error_type.endswith("InvalidJobError")
+    return job
 
 
 def waits_for_what_runs_after_it(how: str) -> None:
@@ -195,12 +201,8 @@ def waits_for_what_runs_after_it(how: str) -> None:
 def test_a_job_waiting_for_a_job_that_starts_after_it_is_refused_at_once(
     engine: nbjobs.Engine, how: str
 ) -> None:
-    engine.start_server(workers=1)
-    job = engine.options(retries=0).enqueue(waits_for_what_runs_after_it, how)
-    assert job.wait(timeout=8) is JobState.FAILED  # not after its own 10 s timeout
-    record = job.record()
-    assert record.error_type is not None and record.error_type.endswith("InvalidJobError")
-    assert f"which starts only after job {job.id} ends" in (record.error_message or "")
+    job = _refused_at_once(engine, waits_for_what_runs_after_it, how)
+    assert f"which starts only after job {job.id} ends" in (job.record().error_message or "")
     # the continuation then goes as continuations of a failed job do
     assert engine.jobs(state="awaiting").empty
 

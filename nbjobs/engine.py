@@ -6,7 +6,9 @@ import atexit
 import functools
 import importlib
 import logging
+import multiprocessing.util  # noqa: F401  # registers its exit handler before ours (see _close_process_pools)
 import os
+import sys
 import threading
 import warnings
 import weakref
@@ -457,6 +459,16 @@ class Engine:
 def connect(url: str | None = None, **kwargs: Any) -> Engine:
     """Open (and create on first use) a job database: NBJOBS_URL, else ./nbjobs.db."""
     return Engine(url, **kwargs)
+
+
+@atexit.register
+def _close_process_pools() -> None:
+    """Run after `_close_all` (registered before it) and before multiprocessing's exit handler
+    (registered before this, by the import of multiprocessing.util above), which would wait for
+    worker processes left open (they are not daemonic) for as long as they live."""
+    process = sys.modules.get("nbjobs.executors.process")
+    if process is not None:
+        process.close_open_pools()
 
 
 @atexit.register

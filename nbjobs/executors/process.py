@@ -18,6 +18,10 @@ How:
 - Timeout and cancellation: the dispatcher sets the job's cancel flag (on timeout, cancel, shutdown);
   the waiting worker thread sees it and terminates the child (SIGTERM, then SIGKILL). The slot's next
   job starts a new child.
+- Children are not daemonic, so a job may start processes of its own (a multiprocessing Pool, a
+  ProcessPoolExecutor, joblib), which a daemonic process may not. Each child leads a process group of
+  its own, and terminating it signals the group: what the job started goes with it. Open pools are
+  closed at exit before multiprocessing's exit handler, which waits for non-daemonic processes.
 - A child that dies mid-job (killed, out of memory, segfault) fails the attempt with
   `WorkerCrashedError`; the job's retry policy applies. Nothing hangs: the parent waits on the pipe
   and the process sentinel together.
@@ -45,6 +49,7 @@ import queue
 import signal
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from multiprocessing.connection import Connection, wait
@@ -97,6 +102,10 @@ def _child_main(conn: Connection, key: bytes) -> None:
     """The loop of one worker process: run jobs sent by the parent until told to stop."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A group of its own: the processes a job starts (a multiprocessing Pool, joblib) are stopped
+    # with it when it is terminated (timeout, cancellation), not left behind.
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpgid(0, 0)
     codec = Codec(Signer(key))
     while True:
         try:
@@ -203,8 +212,10 @@ class _Slot:
         if self.process is None or not self.process.is_alive() or self.conn is None:
             self.kill()
             parent, child = self._mp.Pipe(duplex=True)
+            # Not daemonic: a job may start processes of its own (a daemonic one may not). Pools are
+            # closed at exit before multiprocessing waits for what is left (`close_open_pools`).
             proc = self._mp.Process(target=_child_main, args=(child, self._key),
-                                    name="nbjobs-process-worker", daemon=True)
+                                    name="nbjobs-process-worker", daemon=False)
             proc.start()
             child.close()
             self.process, self.conn = proc, parent
@@ -268,11 +279,12 @@ class _Slot:
             with contextlib.suppress(Exception):
                 conn.close()
         if proc is not None and proc.is_alive():
-            proc.terminate()
+            _signal_group(proc, signal.SIGTERM)
             proc.join(_TERMINATE_GRACE)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(_TERMINATE_GRACE)
+            _signal_group(proc, signal.SIGKILL)  # what the job started too, even once the child is gone
+            proc.join(_TERMINATE_GRACE)
+        elif proc is not None:
+            _signal_group(proc, signal.SIGKILL)  # the child died: processes its job left behind
 
     def close(self) -> None:
         """Ask an idle child to exit; kill it if it does not."""
@@ -282,6 +294,28 @@ class _Slot:
                 conn.send(None)
             proc.join(_TERMINATE_GRACE)
         self.kill()
+
+
+def _signal_group(proc: Any, signum: int) -> None:
+    """Signal the child's process group (itself and the processes its job started), or the child
+    alone if it has not made its group yet."""
+    try:
+        os.killpg(proc.pid, signum)
+    except (ProcessLookupError, PermissionError, AttributeError):
+        with contextlib.suppress(Exception):
+            if proc.is_alive():
+                os.kill(proc.pid, signum)
+
+
+#: Pools not closed yet: `close_open_pools` at exit, before multiprocessing's own exit handler
+#: waits for the (non-daemonic) worker processes (see `engine._close_process_pools`).
+_open_pools: weakref.WeakSet[ProcessExecutor] = weakref.WeakSet()
+
+
+def close_open_pools() -> None:
+    for pool in list(_open_pools):
+        with contextlib.suppress(Exception):
+            pool.close()
 
 
 class ProcessExecutor:
@@ -306,6 +340,7 @@ class ProcessExecutor:
         self._extra: set[_Slot] = set()
         self._extra_lock = threading.Lock()
         self._closed = threading.Event()
+        _open_pools.add(self)
 
     def _take_slot(self) -> tuple[_Slot, bool]:
         """An idle slot; a one-off extra one when a waiting job lent its worker (more worker threads

@@ -58,6 +58,35 @@ def write_pid_and_sleep(path: str, seconds: float) -> None:
     time.sleep(seconds)
 
 
+def _square(x: int) -> int:
+    return x * x
+
+
+def pool_sum(n: int) -> int:
+    """Sum of squares computed by a multiprocessing Pool and a ProcessPoolExecutor of the job's own."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with multiprocessing.Pool(2) as pool:
+        by_pool = sum(pool.map(_square, range(n)))
+    with ProcessPoolExecutor(2) as executor:
+        by_executor = sum(executor.map(_square, range(n)))
+    assert by_pool == by_executor
+    return by_pool
+
+
+def pool_pids_then_sleep(path: str, seconds: float) -> None:
+    """Keep a Pool's two workers busy sleeping (busy: they do not notice this process die, as idle
+    ones do), write their pids to `path`, and sleep too (to be stopped by a timeout)."""
+    import multiprocessing
+
+    pool = multiprocessing.Pool(2)
+    pool.map_async(time.sleep, [seconds, seconds], chunksize=1)
+    Path(path).write_text(" ".join(str(p.pid) for p in multiprocessing.active_children()))
+    time.sleep(seconds)
+    pool.terminate()
+
+
 def hog_gil(path: str, n: int) -> int:
     """Signal the start in `path`, then hold the GIL in one C call (`sum(range(n))`)."""
     Path(path).write_text("started")

@@ -67,6 +67,34 @@ def test_timeout_terminates_the_process(nb: nbjobs.Engine, tmp_path: Path) -> No
     assert next_pid != int(pidfile.read_text())
 
 
+def _running(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def test_a_process_job_may_start_processes_of_its_own(nb: nbjobs.Engine) -> None:
+    # Worker processes were daemonic, and a daemonic process may have no children: a job using a
+    # multiprocessing Pool or a ProcessPoolExecutor failed ("daemonic processes are not allowed to
+    # have children").
+    assert nb.options(executor="process").enqueue(jobfuncs.pool_sum, 10).result(timeout=60) == 285
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_a_timed_out_process_job_takes_the_processes_it_started_with_it(
+    nb: nbjobs.Engine, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pids"
+    job = nb.options(executor="process", timeout=2, retries=0).enqueue(
+        jobfuncs.pool_pids_then_sleep, str(pidfile), 60)
+    assert job.wait(timeout=30) is JobState.FAILED
+    pool_pids = [int(pid) for pid in pidfile.read_text().split()]
+    assert len(pool_pids) == 2
+    wait_for(lambda: not any(_running(pid) for pid in pool_pids), timeout=10)
+
+
 def test_crashed_process_fails_the_attempt_and_retries_apply(nb: nbjobs.Engine) -> None:
     job = nb.options(executor="process", retries=1, retry_base=0).enqueue(jobfuncs.kill_self)
     assert job.wait(timeout=30) is JobState.FAILED

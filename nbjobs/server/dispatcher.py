@@ -192,7 +192,7 @@ class Dispatcher:
                 # database unreachable a moment) the attempt fails and retries as any other would
                 now = self.clock.now()
                 retryable = not isinstance(exc, ResultUnavailableError | PayloadError)
-                result: RunResult | None = failed_result(exc, started=now, finished=now, retryable=retryable)
+                result = failed_result(exc, started=now, finished=now, retryable=retryable)
             else:
                 try:
                     result = executor(job, item.ctx)
@@ -562,11 +562,8 @@ class Dispatcher:
         if item.expired is not None:
             return Outcome(job_id=job.id, kind=OutcomeKind.CANCELLED, finished_at=finished,
                            reason=item.expired)
-        if result is None:
-            result = RunResult(
-                started_at=finished, finished_at=finished, ok=False, error_type="ExecutorError",
-                error_message="the executor failed before reporting a result", retryable=True,
-            )
+        # Only returned and expired items come without a result (an executor's own failure is one).
+        assert result is not None, f"job {job.id} ended without a result"
         if result.ok:
             return Outcome(job_id=job.id, kind=OutcomeKind.SUCCEEDED, started_at=result.started_at,
                            finished_at=result.finished_at, result=result.result)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
@@ -58,11 +58,8 @@ def as_utc_time(value: Any, what: str, now: datetime) -> datetime | None:
 
 def _queues(queue: Any) -> tuple[str, ...]:
     items = () if queue is None else (queue,) if isinstance(queue, str) else queue
-    try:
-        queues = tuple(items)
-    except TypeError:
-        queues = (None,)  # type: ignore[assignment]  # named below
-    if not all(isinstance(q, str) for q in queues):
+    queues = tuple(items) if isinstance(items, Iterable) else None
+    if queues is None or not all(isinstance(q, str) for q in queues):
         raise ConfigurationError(f"queue must be a queue name or a list of them, got {queue!r}")
     return queues
 

@@ -458,6 +458,13 @@ class Engine:
 
 def connect(url: str | None = None, **kwargs: Any) -> Engine:
     """Open (and create on first use) a job database: NBJOBS_URL, else ./nbjobs.db."""
+    server_settings = sorted(set(kwargs) & {"workers", "queues", *ServerConfig.__dataclass_fields__})
+    if server_settings:  # a common slip: connect(url, workers=4)
+        raise ConfigurationError(
+            f"{', '.join(server_settings)} {'is a setting' if len(server_settings) == 1 else 'are settings'} "
+            f"of the server, not of the database: nb = nbjobs.connect(url); "
+            f"nb.start_server({', '.join(f'{k}=…' for k in server_settings)})"
+        )
     return Engine(url, **kwargs)
 
 

@@ -490,6 +490,9 @@ def test_connect_refuses_what_it_cannot_use(tmp_path: Path) -> None:
     for secret in ("", b"", 123):  # an empty key signs nothing worth checking
         with pytest.raises(ConfigurationError, match="secret must be a non-empty string or bytes"):
             nbjobs.connect(f"sqlite:///{tmp_path / 'x.db'}", secret=secret)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"workers is a setting of the server, not of the database: "
+                       r"nb = nbjobs.connect\(url\); nb.start_server\(workers=…\)"):
+        nbjobs.connect(f"sqlite:///{tmp_path / 'x.db'}", workers=4)  # it was Engine's bare TypeError
     with nbjobs.connect(tmp_path / "path.db", secret="s") as by_path:  # a pathlib.Path is a SQLite file
         assert by_path.enqueue(add, 1, 2).id == 1 and (tmp_path / "path.db").exists()
 

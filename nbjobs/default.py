@@ -24,6 +24,7 @@ from .context import current_job_or_none
 from .engine import Engine, connect
 from .errors import ConfigurationError
 from .gather import DoneAndPending, JobsView
+from .history import TimeFilter
 from .model import PRIVATE_QUEUE_MARK, ContinueOn, JobState
 from .recurring_client import Recurring
 from .server import ServerConfig
@@ -353,5 +354,5 @@ def recurring_jobs() -> pd.DataFrame:
     return default_engine().recurring_jobs()
 
 
-def stats(freq: str = "1min", since: Any = None) -> pd.DataFrame:
+def stats(freq: str = "1min", since: TimeFilter = None) -> pd.DataFrame:
     return default_engine().stats(freq=freq, since=since)

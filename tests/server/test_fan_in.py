@@ -101,9 +101,13 @@ def test_parents_finishing_together_release_the_continuation_exactly_once(
         other.start_server(workers=3)
         takers: Counter[str | None] = Counter()
         for round_ in range(8):
+            # Held until the continuation exists: on a fast server all 30 parents could otherwise end
+            # before `after` reads them, and the continuation would be born Enqueued (seen once in CI).
+            engine.pause_queue("default")
             parents = [engine.enqueue(square, i) for i in range(30)]
             tag = f"round-{round_}-{engine.store.dialect_name}"
             child = engine.after(parents, record, tag)
+            engine.resume_queue("default")
             assert child.result(timeout=30) == tag
             assert RUNS[tag] == 1
             assert [h.state for h in child.history()] == [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from datetime import timedelta
 
@@ -37,6 +38,16 @@ def _print_frame(frame: pd.DataFrame) -> None:
 @click.version_option(__version__, prog_name="nbjobs")
 def cli() -> None:
     """nbjobs: background jobs for notebooks and Python."""
+    importable_here()
+
+
+def importable_here() -> None:
+    """Put the working folder first on `sys.path`, as `python -m nbjobs` does: a server started in a
+    project folder runs (and `show` loads results of) the modules there, as Celery and RQ workers do.
+    The console script's own `sys.path` starts at its bin folder, where no job's module lives."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
 
 
 @cli.command()

@@ -528,8 +528,15 @@ class Dispatcher:
                 if result is not None:
                     self._record_duration((result.finished_at - result.started_at).total_seconds())
         for o in outcomes:
-            log.info("job %d %s", o.job_id, o.kind.value if o.retry_at is None else "failed; retry scheduled",
-                     extra={"action": "job_end", "job_id": o.job_id})
+            extra = {"action": "job_end", "job_id": o.job_id}
+            if o.error_type is None:
+                log.info("job %d %s", o.job_id, o.kind.value, extra=extra)
+            elif o.retry_at is not None:
+                log.info("job %d failed, retry at %s UTC: %s: %s", o.job_id, f"{o.retry_at:%H:%M:%S}",
+                         o.error_type, _first_line(o.error_message), extra=extra)
+            else:  # INFO, as every job's end: a notebook prints WARNING from any thread into a cell
+                log.info("job %d %s: %s: %s", o.job_id, o.kind.value, o.error_type,
+                         _first_line(o.error_message), extra=extra)
         if self.on_finished is not None:
             self.on_finished([o.job_id for o in outcomes])
 
@@ -706,3 +713,9 @@ class Dispatcher:
             log.exception("could not record finished jobs while stopping; their leases will expire and "
                           "the reaper returns them to their queues")
             return 0
+
+
+def _first_line(message: str | None, limit: int = 200) -> str:
+    """A message as one log line: its first line, cut at `limit` characters."""
+    line = (message or "").strip().split("\n", 1)[0]
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 
 import click
 import pandas as pd
 
 from . import __version__
 from .engine import Engine, default_url
-from .errors import NbJobsError, ResultTimeoutError
+from .errors import FunctionNotFoundError, JobFailedError, NbJobsError, ResultTimeoutError
 from .model import JobState
 
 url_option = click.option(
@@ -87,10 +89,33 @@ def _ago(text: str | None) -> str | timedelta | None:
     """`--since` as a duration ago when it reads as one ('90m', '1h'), else the time as given."""
     if text is None:
         return None
+    found = _duration(text)
+    return text if found is None else found
+
+
+#: '90m', '1.5h', '2d': the short forms (pandas warns on a lower-case 'd' and reads a bare '10' as ns).
+_SHORT_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _duration(text: str) -> timedelta | None:
+    """A duration written on the command line: seconds ('600'), a short form ('90m', '2d'), or what
+    pandas reads ('1h30m', '1 day', '00:10:00'); None if the text is none of these."""
+    text = text.strip()
+    short = _SHORT_DURATION.fullmatch(text.lower())
     try:
-        return pd.Timedelta(text).to_pytimedelta()
-    except ValueError:
-        return text
+        if short:
+            return timedelta(**{_UNITS[short[2]]: float(short[1])})
+        return timedelta(seconds=float(text))
+    except OverflowError:  # beyond datetime's calendar: no duration
+        return None
+    except ValueError:  # not a number (nan included)
+        pass
+    try:
+        found = pd.Timedelta(text)
+    except (ValueError, OverflowError):
+        return None
+    return None if pd.isna(found) else found.to_pytimedelta()
 
 
 @cli.command()
@@ -163,6 +188,144 @@ def history(url: str | None, job_id: int) -> None:
     """A job's state transitions."""
     with _engine(url) as engine:
         _print_frame(engine.history(job_id))
+
+
+@cli.command()
+@url_option
+@click.argument("job_id", type=int)
+def show(url: str | None, job_id: int) -> None:
+    """One job in full: its call, history, output tail, and result or traceback (as `%job ID`)."""
+    from .ui.display import details_bundle
+
+    with _engine(url) as engine:
+        click.echo(details_bundle(engine.job(job_id))["text/plain"])
+
+
+@cli.command()
+@url_option
+@click.argument("job_id", type=int)
+@click.option("--tail", "tail_lines", default=None, type=click.IntRange(min=1),
+              help="Only the last N lines [default: all].")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing new output until the job ends; exit 0 if it succeeded, else 1.")
+@click.option("--interval", default=0.5, show_default=True, type=click.FloatRange(min=0.01),
+              help="Seconds between reads while following.")
+def logs(url: str | None, job_id: int, tail_lines: int | None, follow: bool, interval: float) -> None:
+    """What job JOB_ID printed and logged (stdout, stderr, logging)."""
+    with _engine(url) as engine:
+        job = engine.job(job_id)
+        state = job.state  # before the first read: a job final now has all its output stored
+        entries = engine.store.read_log_entries(job_id)
+        if tail_lines is not None:
+            entries = _last_lines(entries, tail_lines)
+        last = _echo_entries(entries, 0)
+        while follow and not state.is_final:
+            time.sleep(interval)
+            state = job.state
+            last = _echo_entries(engine.store.read_log_entries(job_id, after=last), last)
+        if follow:
+            click.echo(f"job {job_id} {state.value}", err=True)
+            if state is not JobState.SUCCEEDED:
+                sys.exit(1)
+
+
+def _last_lines(entries: list[tuple[int, str]], count: int) -> list[tuple[int, str]]:
+    """The entries holding the last `count` lines (the first of them cut to its last lines)."""
+    kept: list[tuple[int, str]] = []
+    for entry_id, text in reversed(entries):
+        lines = text.splitlines(keepends=True)
+        if len(lines) >= count:
+            kept.append((entry_id, "".join(lines[-count:])))
+            break
+        kept.append((entry_id, text))
+        count -= len(lines)
+    return kept[::-1]
+
+
+def _echo_entries(entries: list[tuple[int, str]], last: int) -> int:
+    """Print the entries as written (chunks, not lines); the id of the last one printed."""
+    for entry_id, text in entries:
+        click.echo(text, nl=False)
+        last = entry_id
+    sys.stdout.flush()
+    return last
+
+
+@cli.command()
+@url_option
+@click.argument("function")
+@click.argument("args", nargs=-1)
+@click.option("-k", "--kw", "kwargs", type=(str, str), multiple=True, metavar="NAME VALUE",
+              help="A keyword argument (repeatable).")
+@click.option("--queue", default=None, help="Queue to run in [default: default].")
+@click.option("--priority", default=None, type=int, help="Higher runs first within its queue.")
+@click.option("--retries", default=None, type=click.IntRange(min=0), help="Retries after a failed attempt.")
+@click.option("--timeout", default=None, type=float, help="Seconds an attempt may take.")
+@click.option("--key", default=None, help="Unique key: an unfinished job with it is returned instead.")
+@click.option("--lock", default=None, help="Jobs holding the same lock never run at once.")
+@click.option("--name", default=None, help="Name shown in listings and the dashboard.")
+@click.option("--at", "when", default=None,
+              help="Run later: a time ('2026-11-29 09:00', local) or a delay ('10m', '2h').")
+@click.option("--wait", is_flag=True, help="Wait until it ends; print its result, or exit 1 with its error.")
+def enqueue(url: str | None, function: str, args: tuple[str, ...], kwargs: tuple[tuple[str, str], ...],
+            queue: str | None, priority: int | None, retries: int | None, timeout: float | None,
+            key: str | None, lock: str | None, name: str | None, when: str | None, wait: bool) -> None:
+    """Enqueue FUNCTION (module:function, importable here and where servers run) with ARGS.
+
+    Each ARG and VALUE is read as a Python literal if it is one (3, 1.5, True, None, [1, 2],
+    "'quoted'"), else taken as a string: `nbjobs enqueue reports:build 2026-11 -k pages 3`.
+    """
+    from .notebooks import parse_cli_value
+    from .payload import resolve_function
+
+    ref = _function_ref(function)
+    try:
+        fn = resolve_function(ref)
+    except FunctionNotFoundError as exc:
+        fix = ("run this in the folder of its module, or put that folder on PYTHONPATH"
+               if isinstance(exc.__cause__, ImportError) else "check the function's name")
+        raise click.BadParameter(f"{ref} cannot be imported here ({exc.__cause__ or exc}); {fix}",
+                                 param_hint="FUNCTION") from None
+    options = {k: v for k, v in {"queue": queue, "priority": priority, "retries": retries, "timeout": timeout,
+                                 "key": key, "lock": lock, "name": name}.items() if v is not None}
+    call_args = [parse_cli_value(a) for a in args]
+    call_kwargs = {k: parse_cli_value(v) for k, v in kwargs}
+    with _engine(url) as engine:
+        client = engine.options(**options)
+        job = (client.enqueue(fn, *call_args, **call_kwargs) if when is None
+               else client.schedule(_when(when), fn, *call_args, **call_kwargs))
+        click.echo(f"job {job.id} {job.state.value}")
+        if not wait:
+            return
+        try:
+            click.echo(repr(job.result()))
+        except JobFailedError as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(1)
+
+
+def _function_ref(text: str) -> str:
+    """`module:function`, also written `module.function`."""
+    if ":" in text:
+        return text
+    module, dot, attribute = text.rpartition(".")
+    if not dot or not module or not attribute:
+        raise click.BadParameter(f"write the function as module:function (e.g. reports:build), not {text!r}",
+                                 param_hint="FUNCTION")
+    return f"{module}:{attribute}"
+
+
+def _when(text: str) -> timedelta | datetime:
+    """`--at` as a delay when it reads as one ('10m', or seconds), else a time (naive = local, as
+    `schedule` reads it)."""
+    delay = _duration(text)
+    if delay is not None:
+        return delay
+    try:
+        return pd.Timestamp(text).to_pydatetime()
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is neither a time ('2026-11-29 09:00') nor a delay ('10m', '2h')",
+                                 param_hint="--at") from None
 
 
 @cli.command("recurring")

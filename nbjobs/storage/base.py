@@ -345,6 +345,11 @@ class Store(abc.ABC):
     def read_logs(self, job_id: int, tail: int | None = None) -> list[tuple[datetime, str, str]]: ...
 
     @abc.abstractmethod
+    def read_log_entries(self, job_id: int, after: int = 0) -> list[tuple[int, str]]:
+        """(entry id, text) of a job's output entries with an id above `after`, in order: a reader
+        following a running job reads each entry once."""
+
+    @abc.abstractmethod
     def set_progress(self, job_id: int, fraction: float | None, message: str | None) -> None: ...
 
     # -- wake-ups -----------------------------------------------------------------------------

@@ -198,6 +198,11 @@ class UpkeepSqlMixin(SqlBase):
 
         return self._tx(body, write=False)
 
+    def read_log_entries(self, job_id: int, after: int = 0) -> list[tuple[int, str]]:
+        stmt = (select(logs.c.id, logs.c.text).where(logs.c.job_id == job_id, logs.c.id > after)
+                .order_by(logs.c.id))
+        return self._tx(lambda conn: [(r.id, r.text) for r in conn.execute(stmt)], write=False)
+
     def set_progress(self, job_id: int, fraction: float | None, message: str | None) -> None:
         self._tx(
             lambda conn: conn.execute(

@@ -20,6 +20,7 @@ from ..client import Job
 from ..clock import utcnow
 from ..gather import JobsView
 from ..model import FINAL_STATES, JobRecord, JobState
+from ..redact import Redactor, arguments_text, call_arguments
 
 log = logging.getLogger("nbjobs.ui")
 
@@ -117,11 +118,14 @@ def details_bundle(job: Job) -> dict[str, str]:
         f"<tr><td>{c.at:%Y-%m-%d %H:%M:%S}</td><td>{badge(c.state)}</td>"
         f"<td>{html.escape(c.reason)}</td></tr>" for c in history
     )
-    text = [repr(job), f"elapsed: {elapsed(record, utcnow())}"]
+    call = call_text(job, record)
+    text = [repr(job), f"call: {call}", f"attempts: {record.attempts} · elapsed: {elapsed(record, utcnow())}"]
     if record.progress is not None or record.progress_message:
         text.append(f"progress: {progress_text(record)}")
-    text += ["history:"] + [f"  {c.at:%H:%M:%S} {c.state.value:<10} {c.reason}" for c in history]
+    text += ["history (UTC):"]
+    text += [f"  {c.at:%Y-%m-%d %H:%M:%S} {c.state.value:<10} {c.reason}" for c in history]
     parts = [f"<div>{title_html(record)} · {html.escape(elapsed(record, utcnow()))}</div>",
+             f"<div><code>{html.escape(call)}</code></div>",
              f"<table><tr><th>at (UTC)</th><th>state</th><th>reason</th></tr>{rows}</table>"]
     if output:
         text += ["output (tail):", output]
@@ -140,6 +144,14 @@ def details_bundle(job: Job) -> dict[str, str]:
         parts.append(f'<b>Error</b><pre style="color:#dc3545">{html.escape(trace)}</pre>'
                      f'<div style="color:#6c757d">{html.escape(hint)}</div>')
     return {"text/plain": "\n".join(text), "text/html": "".join(parts)}
+
+
+def call_text(job: Job, record: JobRecord) -> str:
+    """`module:function(a=1, password=***)`: the stored call, secrets masked (the dashboard's rules)."""
+    arguments = call_arguments(job.client.codec, Redactor(), record.function, record.payload)
+    if isinstance(arguments, str):  # why they cannot be shown (another secret, a damaged payload)
+        return f"{record.function}(…)  [{arguments}]"
+    return f"{record.function}({arguments_text(arguments)})"
 
 
 # -- the live widget ------------------------------------------------------------------------------

@@ -77,8 +77,8 @@ def test_bad_options_and_syntax_errors_are_refused_at_the_cell(shell: Interactiv
 
 
 def test_job_line_magic_shows_state_history_output_and_result(shell: InteractiveShell) -> None:
-    run(shell, "def shout(word):\n    print(word.upper())\n    return word * 2\n")
-    job = run(shell, "nbjobs.enqueue(shout, 'hey')")
+    run(shell, "def shout(word, api_key=None):\n    print(word.upper())\n    return word * 2\n")
+    job = run(shell, "nbjobs.enqueue(shout, 'hey', api_key='s3cret')")
     job.result(timeout=30)
     with capture_output() as cap:
         run(shell, f"%job {job.id}")
@@ -86,6 +86,10 @@ def test_job_line_magic_shows_state_history_output_and_result(shell: Interactive
     assert "succeeded" in shown.data["text/html"]
     assert "HEY" in shown.data["text/plain"] and "'heyhey'" in shown.data["text/plain"]
     assert "claimed (attempt 1)" in shown.data["text/plain"]
+    # The call as stored, its secrets masked as the dashboard masks them.
+    assert "call: __main__:shout(word='hey', api_key=***)" in shown.data["text/plain"]
+    assert "shout(word=&#x27;hey&#x27;, api_key=***)" in shown.data["text/html"]
+    assert "s3cret" not in shown.data["text/plain"] + shown.data["text/html"]
 
 
 def test_magics_answer_mistakes_with_a_usage_message(shell: InteractiveShell) -> None:

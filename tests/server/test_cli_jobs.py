@@ -1,0 +1,173 @@
+"""`nbjobs enqueue`, `nbjobs show` and `nbjobs logs`: a job's whole life from a terminal."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from datetime import timedelta
+
+import pytest
+from click.testing import CliRunner
+
+import nbjobs
+from nbjobs.cli import _duration, cli
+
+from ..conftest import wait_for
+
+SECRET = "test-secret"
+HERE = f"{__name__}"
+GATE = threading.Event()
+
+
+def add(a: object, b: object = 0, *, scale: int = 1) -> object:
+    print(f"adding {a!r} and {b!r}")
+    return (a + b) * scale  # type: ignore[operator]
+
+
+def login(user: str, password: str) -> str:
+    return f"{user} in"
+
+
+def chatty(lines: int) -> str:
+    """Prints a line, holds until the test opens the gate, prints the rest."""
+    print("line 0", flush=True)
+    GATE.wait(30)
+    for i in range(1, lines):
+        print(f"line {i}")
+    return "done"
+
+
+def invoke(*args: str) -> tuple[int, str, str]:
+    result = CliRunner(env={"NBJOBS_SECRET": SECRET}).invoke(cli, list(args))
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_enqueue_reads_arguments_as_literals_and_takes_options(engine: nbjobs.Engine) -> None:
+    code, out, _ = invoke("enqueue", "--url", engine.url, f"{HERE}.add", "2", "3", "-k", "scale", "10",
+                          "--queue", "cli", "--priority", "5", "--retries", "1", "--name", "sum",
+                          "--key", "sum-2-3")
+    assert code == 0
+    job = engine.job(int(out.split()[1]))
+    assert out == f"job {job.id} enqueued\n"
+    record = job.record()
+    assert (record.function, record.queue, record.name) == (f"{HERE}:add", "cli", "sum")
+    assert (record.options.priority, record.options.retries, record.options.key) == (5, 1, "sum-2-3")
+    # The same key again returns the unfinished job instead of storing a second one.
+    code, again, _ = invoke("enqueue", "--url", engine.url, f"{HERE}:add", "2", "--key", "sum-2-3")
+    assert code == 0 and again == out
+    # Not literals are strings; quoted literals are strings too.
+    code, out, _ = invoke("enqueue", "--url", engine.url, f"{HERE}:add", "ab", "'12'", "--queue", "cli")
+    words = engine.job(int(out.split()[1]))
+    engine.start_server(workers=1, queues=["cli"])
+    assert job.result(timeout=30) == 50
+    assert words.result(timeout=30) == "ab12"
+
+
+def test_enqueue_at_a_delay_or_a_time_schedules_the_job(engine: nbjobs.Engine) -> None:
+    before = engine.clock.now()
+    code, out, _ = invoke("enqueue", "--url", engine.url, f"{HERE}:add", "1", "--at", "10m")
+    assert code == 0 and out.endswith("scheduled\n")
+    run_at = engine.job(int(out.split()[1])).record().run_at
+    assert run_at is not None and timedelta(minutes=9) < run_at - before < timedelta(minutes=11)
+    code, out, _ = invoke("enqueue", "--url", engine.url, f"{HERE}:add", "1", "--at", "2999-01-02 03:04")
+    run_at = engine.job(int(out.split()[1])).record().run_at
+    assert run_at is not None and run_at.year == 2999
+
+
+def test_enqueue_refuses_what_it_cannot_store_before_storing_anything(engine: nbjobs.Engine) -> None:
+    for args, message in [
+        ([f"{HERE}:no_such_function"], "check the function's name"),
+        (["no_such_module_here:f"], "run this in the folder of its module, or put that folder on PYTHONPATH"),
+        (["justaname"], "write the function as module:function"),
+        ([f"{HERE}:add", "1", "--at", "someday"], "'someday' is neither a time"),
+        ([f"{HERE}:add", "1", "--at", "-5m"], "negative"),
+        ([f"{HERE}:add", "1", "--queue", "a\udce9b"], "queue"),
+    ]:
+        result = CliRunner(env={"NBJOBS_SECRET": SECRET}).invoke(cli, ["enqueue", "--url", engine.url, *args])
+        assert result.exit_code != 0, args
+        shown = result.output + str(result.exception or "")
+        assert message in shown, (args, shown)
+    assert engine.jobs().empty
+
+
+def test_enqueue_wait_prints_the_result_or_exits_1_with_the_remote_traceback(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)
+    code, out, _ = invoke("enqueue", "--url", engine.url, f"{HERE}:add", "[1]", "[2]", "--wait")
+    assert code == 0 and out.splitlines()[-1] == "[1, 2]"
+    code, out, err = invoke("enqueue", "--url", engine.url, f"{HERE}:add", "1", "'x'", "--retries", "0",
+                            "--wait")
+    assert code == 1
+    assert "failed: TypeError: unsupported operand" in err and "Remote traceback" in err
+    assert "return (a + b) * scale" in err
+
+
+def test_show_prints_the_call_history_output_and_result_or_traceback(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)
+    good = engine.enqueue(add, 2, b=3)
+    secret = engine.enqueue(login, "ann", "hunter2")
+    bad = engine.options(retries=0).enqueue(add, 1, "x")
+    engine.wait([good, secret, bad], timeout=30)
+    code, out, _ = invoke("show", "--url", engine.url, str(good.id))
+    assert code == 0
+    assert f"call: {HERE}:add(a=2, b=3)" in out
+    assert "claimed (attempt 1)" in out and "adding 2 and 3" in out
+    assert out.rstrip().endswith("result:\n5")
+    code, out, _ = invoke("show", "--url", engine.url, str(secret.id))
+    assert f"call: {HERE}:login(user='ann', password=***)" in out and "hunter2" not in out
+    code, out, _ = invoke("show", "--url", engine.url, str(bad.id))
+    assert code == 0
+    assert "failed" in out and "TypeError: unsupported operand" in out and "return (a + b) * scale" in out
+    result = CliRunner().invoke(cli, ["show", "--url", engine.url, "999999"])
+    assert result.exit_code != 0 and "job 999999 does not exist" in str(result.exception)
+
+
+def test_logs_prints_all_or_the_tail(engine: nbjobs.Engine) -> None:
+    GATE.set()
+    engine.start_server(workers=1)
+    job = engine.enqueue(chatty, 5)
+    job.result(timeout=30)
+    code, out, _ = invoke("logs", "--url", engine.url, str(job.id))
+    assert code == 0 and out == "".join(f"line {i}\n" for i in range(5))
+    code, out, _ = invoke("logs", "--url", engine.url, str(job.id), "--tail", "2")
+    assert out == "line 3\nline 4\n"
+    code, out, _ = invoke("logs", "--url", engine.url, str(job.id), "--tail", "50")
+    assert out == "".join(f"line {i}\n" for i in range(5))
+
+
+def test_logs_follow_prints_output_while_the_job_runs_and_exits_with_its_outcome(
+    engine: nbjobs.Engine,
+) -> None:
+    GATE.clear()
+    engine.start_server(workers=1)
+    job = engine.enqueue(chatty, 3)
+    wait_for(lambda: engine.store.read_log_entries(job.id), timeout=30)
+    env = {**os.environ, "NBJOBS_SECRET": SECRET}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nbjobs", "logs", "--url", engine.url, str(job.id), "--follow",
+         "--interval", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "line 0\n"
+        assert job.state is nbjobs.JobState.PROCESSING  # it printed while the job was running
+        GATE.set()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        GATE.set()
+        proc.kill()
+        proc.wait(10)
+    assert out == "line 1\nline 2\n"
+    assert err == f"job {job.id} succeeded\n" and proc.returncode == 0
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("600", timedelta(seconds=600)), ("90m", timedelta(minutes=90)), ("1.5h", timedelta(hours=1.5)),
+    ("2d", timedelta(days=2)), ("2D", timedelta(days=2)), ("1w", timedelta(weeks=1)),
+    ("1h30m", timedelta(minutes=90)), ("00:10:00", timedelta(minutes=10)), ("0", timedelta(0)),
+    ("2026-11-29", None), ("soon", None), ("nan", None), ("inf", None), ("1e30", None),
+])
+def test_command_line_durations(text: str, expected: timedelta | None) -> None:
+    assert _duration(text) == expected

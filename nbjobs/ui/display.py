@@ -25,6 +25,7 @@ from ..redact import Redactor, arguments_text, call_arguments
 log = logging.getLogger("nbjobs.ui")
 
 TAIL_LINES = 12
+RESULT_CHARS = 4000  #: `%job` cuts a longer result repr or output tail (`job.result()`, `logs()` have all)
 WAITING_EVERY = 4  #: refresh waiting (not running) jobs every 4th tick of the updater
 VIEW_REST = 10.0  #: a view of many jobs rests this many times its last refresh's duration
 COLORS = {
@@ -113,6 +114,8 @@ def details_bundle(job: Job) -> dict[str, str]:
     """`%job ID`: state, history, output tail, and the result or the traceback (HTML and text)."""
     record = job.record()
     output = tail(_output(job, 40), 40)
+    if len(output) > RESULT_CHARS:  # a few very long lines (a progress bar redrawn with \r)
+        output = "…" + output[-RESULT_CHARS:]
     history = job.history()
     rows = "".join(
         f"<tr><td>{c.at:%Y-%m-%d %H:%M:%S}</td><td>{badge(c.state)}</td>"
@@ -131,10 +134,7 @@ def details_bundle(job: Job) -> dict[str, str]:
         text += ["output (tail):", output]
         parts.append(f"<b>Output</b><pre>{html.escape(output)}</pre>")
     if record.state is JobState.SUCCEEDED:
-        try:
-            shown = repr(job.result(timeout=0))
-        except Exception as exc:  # a result this process cannot load (missing class, other key)
-            shown = f"<result cannot be loaded here: {exc}>"
+        shown = result_text(job)
         text += ["result:", shown]
         parts.append(f"<b>Result</b><pre>{html.escape(shown)}</pre>")
     elif record.error_traceback or record.error_type:
@@ -144,6 +144,21 @@ def details_bundle(job: Job) -> dict[str, str]:
         parts.append(f'<b>Error</b><pre style="color:#dc3545">{html.escape(trace)}</pre>'
                      f'<div style="color:#6c757d">{html.escape(hint)}</div>')
     return {"text/plain": "\n".join(text), "text/html": "".join(parts)}
+
+
+def result_text(job: Job) -> str:
+    """A succeeded job's result as `%job` and `nbjobs show` print it: a notebook run by where it is
+    saved (not its JSON), anything else by its repr, cut at `RESULT_CHARS`."""
+    if isinstance(job, client.NotebookJob):
+        return f"the executed notebook, saved at {job.output_path}"
+    try:
+        shown = repr(job.result(timeout=0))
+    except Exception as exc:  # a result this process cannot load (missing class, other key)
+        return f"<result cannot be loaded here: {exc}>"
+    if len(shown) > RESULT_CHARS:
+        shown = (f"{shown[:RESULT_CHARS]}… ({len(shown):,} characters in all; "
+                 f"nbjobs.job({job.id}).result() is the value)")
+    return shown
 
 
 def call_text(job: Job, record: JobRecord) -> str:

@@ -343,4 +343,8 @@ def test_cli_run_notebook_waits_for_the_run(nb: nbjobs.Engine, tmp_path: Path) -
     assert str(run.output_path) in result.output and run.output_path.parent == out_dir
     assert json.dumps(nb.codec.loads(run.record().result)["parameters"]) == json.dumps(
         {"region": "APAC", "day": "2026-11-28"})
+    shown = CliRunner().invoke(cli, ["show", "--url", nb.url, str(job_id)],
+                               env={"NBJOBS_SECRET": "test-secret"}, catch_exceptions=False).output
+    assert f"result:\nthe executed notebook, saved at {run.output_path}" in shown
+    assert "'cells'" not in shown  # not its JSON
     assert_no_kernel_left(baseline)

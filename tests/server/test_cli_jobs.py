@@ -121,6 +121,11 @@ def test_show_prints_the_call_history_output_and_result_or_traceback(engine: nbj
     code, out, _ = invoke("show", "--url", engine.url, str(bad.id))
     assert code == 0
     assert "failed" in out and "TypeError: unsupported operand" in out and "return (a + b) * scale" in out
+    long = engine.enqueue(add, "x" * 5_000, "y" * 5_000)
+    long.result(timeout=30)
+    code, out, _ = invoke("show", "--url", engine.url, str(long.id))
+    assert f"… (10,002 characters in all; nbjobs.job({long.id}).result() is the value)" in out
+    assert len(out) < 10_000  # its output tail (one 10,000-character line printed) is cut too
     result = CliRunner().invoke(cli, ["show", "--url", engine.url, "999999"])
     assert result.exit_code != 0 and "job 999999 does not exist" in str(result.exception)
 

@@ -470,16 +470,18 @@ class Client:
         cwd: str | os.PathLike[str] | None = None,
         output_dir: str | os.PathLike[str] | None = None,
         cell_timeout: float | None = None,
+        export: str | Sequence[str] | None = None,
         **options: Any,
     ) -> NotebookJob:
         """Run a notebook with `parameters` as a job (fresh kernel); checked now, saved when it runs.
 
         `options` are job options (queue, retries, timeout, name, …); `timeout` bounds the whole run,
         `cell_timeout` each cell. The run is saved to `<output_dir>/<name>.<job id>.ipynb`
-        (default output_dir: `nbjobs-runs/` beside the notebook).
+        (default output_dir: `nbjobs-runs/` beside the notebook), and with `export="html"` (or
+        ["html", "pdf"], any nbconvert format) also as `<name>.<job id>.html` beside it.
         """
         args, kwargs = notebook_call(path, parameters, kernel_name=kernel_name, cwd=cwd,
-                                     output_dir=output_dir, cell_timeout=cell_timeout)
+                                     output_dir=output_dir, cell_timeout=cell_timeout, export=export)
         if "name" not in options and self.defaults.get("name") is None:
             options["name"] = Path(args[0]).name
         job = self.submit([self.new_job(run_notebook, args, kwargs, options=options)])[0]
@@ -514,6 +516,7 @@ class Client:
         cwd: str | os.PathLike[str] | None = None,
         output_dir: str | os.PathLike[str] | None = None,
         cell_timeout: float | None = None,
+        export: str | Sequence[str] | None = None,
         **options: Any,
     ) -> recurring_client.Recurring:
         """Add or update (by id) a recurring notebook run: `path` with `parameters` at each fire of `cron`.
@@ -521,7 +524,7 @@ class Client:
         Checked now like `enqueue_notebook`; each fire is a notebook job saved under its own job id.
         """
         args, kwargs = notebook_call(path, parameters, kernel_name=kernel_name, cwd=cwd,
-                                     output_dir=output_dir, cell_timeout=cell_timeout)
+                                     output_dir=output_dir, cell_timeout=cell_timeout, export=export)
         if "name" not in options and self.defaults.get("name") is None:
             options["name"] = Path(args[0]).name
         client = self.options(**options) if options else self
@@ -885,6 +888,13 @@ class NotebookJob(Job):
         """Where this run is (or will be) saved; a failed or cancelled run leaves its partial run there."""
         call = self.client.codec.decode_call(self.record().payload)
         return notebooks.output_path(call.args[0], call.kwargs.get("output_dir"), self.id)
+
+    @property
+    def exports(self) -> dict[str, Path]:
+        """Where this run's reports (`export=`) are, or will be, written, by format."""
+        call = self.client.codec.decode_call(self.record().payload)
+        run = notebooks.output_path(call.args[0], call.kwargs.get("output_dir"), self.id)
+        return {name: notebooks.export_path(run, name) for name in call.kwargs.get("export", ())}
 
     def result(self, timeout: float | None = None) -> NotebookNode:
         """The executed notebook (an nbformat NotebookNode); raises JobFailedError like `Job.result`."""

@@ -277,11 +277,14 @@ class Engine:
         cwd: str | os.PathLike[str] | None = None,
         output_dir: str | os.PathLike[str] | None = None,
         cell_timeout: float | None = None,
+        export: str | Sequence[str] | None = None,
         **options: Any,
     ) -> NotebookJob:
-        """Run a notebook with `parameters` as a job in a fresh kernel; `result()` is the executed run."""
+        """Run a notebook with `parameters` as a job in a fresh kernel; `result()` is the executed run.
+        `export="html"` (any nbconvert format, or a list) also writes the run as a report beside it."""
         return self.client.enqueue_notebook(path, parameters, kernel_name=kernel_name, cwd=cwd,
-                                            output_dir=output_dir, cell_timeout=cell_timeout, **options)
+                                            output_dir=output_dir, cell_timeout=cell_timeout, export=export,
+                                            **options)
 
     def options(self, **options: Any) -> Client:
         """A client with these job options: queue, priority, retries, timeout, key, name, …"""

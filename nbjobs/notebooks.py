@@ -11,7 +11,7 @@ import copy
 import keyword
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -160,6 +160,37 @@ def kernel_name(nb: NotebookNode, override: str | None = None) -> str:
     spec = nb.get("metadata", {}).get("kernelspec") or {}
     name = spec.get("name")
     return name if isinstance(name, str) and name else DEFAULT_KERNEL
+
+
+#: The nbconvert formats a run can be exported to, and the file each writes beside the run. (Not
+#: `script`, whose extension depends on the kernel's language, nor the Qt ones, which need a display.)
+EXPORT_EXTENSIONS = {
+    "html": ".html", "slides": ".slides.html", "pdf": ".pdf", "webpdf": ".pdf", "markdown": ".md",
+    "latex": ".tex", "rst": ".rst", "asciidoc": ".asciidoc", "python": ".py",
+}
+
+
+def check_export(export: str | Iterable[str] | None) -> tuple[str, ...]:
+    """`export=` of a notebook job as nbconvert format names ("html", "pdf", …), checked at enqueue."""
+    if export is None:
+        return ()
+    names = (export,) if isinstance(export, str) else tuple(export) if isinstance(export, Iterable) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise InvalidJobError(f"export must be a format name such as 'html' or a list of them, "
+                              f"got {export!r}")
+    unknown = [n for n in names if n not in EXPORT_EXTENSIONS]
+    if unknown:
+        raise InvalidJobError(f"cannot export a notebook run as {', '.join(map(repr, unknown))}; "
+                              f"the formats are {', '.join(EXPORT_EXTENSIONS)}")
+    if {"pdf", "webpdf"} <= set(names):
+        raise InvalidJobError("export 'pdf' (LaTeX) or 'webpdf' (Chromium), not both: they write the "
+                              "same file")
+    return tuple(dict.fromkeys(names))
+
+
+def export_path(run: Path, export: str) -> Path:
+    """Where a run's export is written: beside it, `report.12.ipynb` → `report.12.html`."""
+    return run.with_name(run.stem + EXPORT_EXTENSIONS[export])
 
 
 def output_path(notebook: str | Path, output_dir: str | Path | None, job_id: int | str) -> Path:

@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,14 +174,18 @@ class _Run:
 
 
 def _save(nb: NotebookNode, path: Path) -> None:
-    """Write atomically, so a reader never sees half a notebook."""
     import nbformat
 
+    _write(path, nbformat.writes(nb).encode("utf-8"))  # type: ignore[no-untyped-call]
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write atomically, so a reader never sees half a notebook or report."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            nbformat.write(nb, fh)  # type: ignore[no-untyped-call]
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -231,6 +235,7 @@ def notebook_call(
     cwd: str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
     cell_timeout: float | None = None,
+    export: str | Sequence[str] | None = None,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Check a notebook job at enqueue and return the arguments of its `run_notebook` call.
 
@@ -260,12 +265,15 @@ def notebook_call(
     if runs is not None and runs.exists() and not runs.is_dir():
         raise InvalidJobError(f"output_dir {runs} is a file; give a folder for the executed notebooks "
                               "(created if missing)")
+    formats = notebooks.check_export(export)
     kwargs: dict[str, Any] = {
         "kernel_name": kernel_name,
         "cwd": str(folder) if folder is not None else None,
         "output_dir": str(runs) if runs is not None else None,
         "cell_timeout": float(cell_timeout) if cell_timeout is not None else None,
     }
+    if formats:  # only when given: runs stored by versions without `export` read the same
+        kwargs["export"] = list(formats)
     return (str(source), params), kwargs
 
 
@@ -277,11 +285,14 @@ def run_notebook(
     cwd: str | None = None,
     output_dir: str | None = None,
     cell_timeout: float | None = None,
+    export: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Execute the notebook at `path` with `parameters` in a fresh kernel and save the run.
+    """Execute the notebook at `path` with `parameters` in a fresh kernel and save the run, and its
+    exports (`export=["html"]`: `report.12.html` beside `report.12.ipynb`), failed runs included.
 
-    Returns `{"output_path", "kernel_name", "parameters", "cells"}`; raises NotebookCellError for a
-    failing cell and JobCancelled when the job was cancelled (or timed out) while running.
+    Returns `{"output_path", "kernel_name", "parameters", "cells", "exports"}`; raises
+    NotebookCellError for a failing cell and JobCancelled when the job was cancelled (or timed out)
+    while running. An export that fails after a successful run fails the job, naming the saved run.
     """
     ctx = context.current_job_or_none()
     source = Path(path)
@@ -300,6 +311,7 @@ def run_notebook(
     }
     run = _Run(nb, kernel_name=kernel, cwd=folder, cell_timeout=cell_timeout, ctx=ctx, output=output)
     status = "failed"
+    exports: dict[str, str] = {}
     try:
         run.execute()
         status = "succeeded"
@@ -314,7 +326,31 @@ def run_notebook(
         nb.metadata["nbjobs"].update(status=status, finished_at=_clock.now().isoformat())
         output.flush()
         _save(nb, out)
+        if export and status != "succeeded":  # a failed run's report shows where it failed
+            try:
+                _export(nb, out, export)
+            except Exception:  # the run's own error is the job's
+                log.exception("could not export the failed run %s", out)
+    if export:
+        exports = _export(nb, out, export)
     log.info("notebook %s ran in kernel %s; saved to %s", source, kernel, out,
              extra={"action": "notebook_done", "job_id": ctx.id if ctx else None})
     return {"output_path": str(out), "kernel_name": kernel, "parameters": params,
-            "cells": len(nb.cells)}
+            "cells": len(nb.cells), "exports": exports}
+
+
+def _export(nb: NotebookNode, run: Path, formats: Sequence[str]) -> dict[str, str]:
+    """Write the run in each format beside it (nbconvert); the files written, by format."""
+    from nbconvert.exporters import get_exporter
+
+    written: dict[str, str] = {}
+    for name in formats:
+        try:
+            target = notebooks.export_path(run, name)
+            body, _ = get_exporter(name)().from_notebook_node(nb)  # type: ignore[no-untyped-call]
+            _write(target, body.encode("utf-8") if isinstance(body, str) else body)
+        except Exception as exc:
+            raise NotebookError(f"the run is saved at {run}, but exporting it as {name} failed: "
+                                f"{type(exc).__name__}: {exc}") from exc
+        written[name] = str(target)
+    return written

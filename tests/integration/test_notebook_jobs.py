@@ -70,11 +70,12 @@ def test_report_runs_with_parameters_saved_and_continued(engine: nbjobs.Engine, 
     engine.start_server(workers=2, queues=["reports"], scheduler_interval=0.05)
     out_dir = tmp_path / "runs"
     run = engine.options(queue="reports", retries=0).enqueue_notebook(
-        SALES, {"region": "AMER", "day": "2026-11-27"}, output_dir=out_dir,
+        SALES, {"region": "AMER", "day": "2026-11-27"}, output_dir=out_dir, export=["html", "markdown"],
     )
     assert isinstance(run, NotebookJob)
     follow = run.then(after_report, "2026-11-27")
     assert run.output_path == out_dir / f"sales.{run.id}.ipynb"
+    assert run.exports == {"html": out_dir / f"sales.{run.id}.html", "markdown": out_dir / f"sales.{run.id}.md"}
 
     executed = run.result(timeout=60)
     assert isinstance(executed, nbformat.NotebookNode)
@@ -94,6 +95,11 @@ def test_report_runs_with_parameters_saved_and_continued(engine: nbjobs.Engine, 
     assert stored["output_path"] == str(run.output_path)
     assert stored["parameters"] == {"region": "AMER", "day": "2026-11-27"}
     assert "AMER 2026-11-27: 50 orders" in run.logs()
+    # The reports asked for, written beside the run from the executed notebook (outputs included).
+    assert stored["exports"] == {name: str(p) for name, p in run.exports.items()}
+    html = run.exports["html"].read_text()
+    assert html.lstrip().lower().startswith("<!doctype html>") and "AMER 2026-11-27: 50 orders" in html
+    assert "AMER 2026-11-27: 50 orders" in run.exports["markdown"].read_text()
     # An ordinary job: named, in its queue, continued, found again as a NotebookJob.
     assert run.record().options.name == "sales.ipynb" and run.record().queue == "reports"
     assert follow.result(timeout=30) == "published 2026-11-27"
@@ -124,6 +130,12 @@ def test_bad_notebook_jobs_are_refused_at_enqueue(nb: nbjobs.Engine, tmp_path: P
         nb.enqueue_notebook(SALES, cwd=tmp_path / "missing-folder")  # failed in the worker
     with pytest.raises(InvalidJobError, match=r"output_dir .*broken\.ipynb is a file"):
         nb.enqueue_notebook(SALES, output_dir=broken)
+    with pytest.raises(InvalidJobError, match="cannot export a notebook run as 'htm'; the formats are html, "):
+        nb.enqueue_notebook(SALES, export="htm")
+    with pytest.raises(InvalidJobError, match="export must be a format name"):
+        nb.enqueue_notebook(SALES, export=5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidJobError, match="not both"):
+        nb.enqueue_notebook(SALES, export=["pdf", "webpdf"])
     previous = nbjobs.set_default_engine(nb)
     try:
         with pytest.raises(InvalidJobError, match="parameter 'x'"):  # the module-level API checks too
@@ -153,11 +165,13 @@ def test_failing_cell_fails_the_job_with_cell_and_traceback(nb: nbjobs.Engine, t
         "x = 1\nraise ValueError(f'bad input {x}')",
         "print('never runs')",
     )
-    run = nb.options(retries=0).enqueue_notebook(path)
+    run = nb.options(retries=0).enqueue_notebook(path, export="html")
     with pytest.raises(JobFailedError) as info:
         run.result(timeout=60)
     err = info.value
     assert run.state is JobState.FAILED
+    # A failed run's report is written too: it shows where the run stopped.
+    assert "bad input 1" in run.exports["html"].read_text()
     assert err.exc_type == "nbjobs.errors.NotebookCellError"
     assert err.remote_message is not None
     assert err.remote_message.startswith("cell 2 of fails.ipynb raised ValueError: bad input 1")
@@ -173,6 +187,22 @@ def test_failing_cell_fails_the_job_with_cell_and_traceback(nb: nbjobs.Engine, t
     assert partial.cells[3].outputs == []
     assert "before the failure" in run.logs() and "ValueError: bad input 1" in run.logs()
     assert_no_kernel_left(baseline)
+
+
+def test_an_export_that_fails_after_the_run_fails_the_job_naming_the_saved_run(
+    nb: nbjobs.Engine, tmp_path: Path
+) -> None:
+    path = make_notebook(tmp_path / "r.ipynb", "print('ran')")
+    nb.pause_queue("default")  # the job's id is known before it runs
+    run = nb.options(retries=0).enqueue_notebook(path, export="html")
+    run.exports["html"].mkdir(parents=True)  # where the report goes is taken by a folder
+    nb.resume_queue("default")
+    with pytest.raises(JobFailedError) as info:
+        run.result(timeout=60)
+    assert info.value.exc_type == "nbjobs.errors.NotebookError"
+    assert (f"the run is saved at {run.output_path}, but exporting it as html failed: IsADirectoryError"
+            in str(info.value.remote_message))
+    assert run.notebook().metadata["nbjobs"]["status"] == "succeeded"  # type: ignore[union-attr]
 
 
 def test_failed_run_is_retried_by_the_normal_policy(nb: nbjobs.Engine, tmp_path: Path) -> None:
@@ -334,11 +364,14 @@ def test_cli_run_notebook_waits_for_the_run(nb: nbjobs.Engine, tmp_path: Path) -
     result = CliRunner().invoke(cli, [
         "run-notebook", str(SALES), "-p", "region", "APAC", "-p", "day", "2026-11-28",
         "--lock", "apac-report", "--output-dir", str(out_dir), "--url", nb.url, "--wait", "--timeout", "60",
+        "--export", "html",
     ], env={"NBJOBS_SECRET": "test-secret"}, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     job_id = int(result.output.split("job ", 1)[1].split()[0])
     run = nb.job(job_id)
     assert isinstance(run, NotebookJob) and run.state is JobState.SUCCEEDED
+    assert f"job {job_id} succeeded: {run.output_path}, {run.exports['html']}" in result.output
+    assert "APAC" in run.exports["html"].read_text()
     assert run.record().options.lock == "apac-report"
     assert str(run.output_path) in result.output and run.output_path.parent == out_dir
     assert json.dumps(nb.codec.loads(run.record().result)["parameters"]) == json.dumps(

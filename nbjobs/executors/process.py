@@ -28,12 +28,12 @@ How:
 - Inside the child, `nbjobs.current_job()` works; `set_progress()` is forwarded to the parent (and so
   to storage); `check_cancelled()` never fires there, because cancellation terminates the process.
 
-Output capture hook (for the job-output feature): the child records what the job writes to
-`sys.stdout`/`sys.stderr` as `(time, stream, text)` chunks and sends them back with the result; the
-parent hands them to `on_output(ctx, chunks)` if one was given, else to `ctx.append_logs(chunks)`
-(the job's captured output in storage). A job killed for its timeout sends no output. To stream output live
-instead, the child could send `("output", chunks)` messages the way it sends progress; the parent loop
-in `_Slot.run` already dispatches on the message kind.
+Output: the child buffers what the job writes to `sys.stdout`/`sys.stderr` (a `capture.JobOutput`,
+merged and capped as a thread job's) and a flusher thread sends it as `("output", chunks)` messages at
+most every `OUTPUT_FLUSH_SECONDS` while the job runs; the rest goes with the result, under the same lock,
+so no output can arrive after it. The parent stores each batch as it comes (`on_output(ctx, chunks)`
+if one was given, else `ctx.append_logs`): a long job's prints can be followed while it runs, and
+what a job printed before it was terminated for its timeout or cancelled is kept.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -56,7 +57,8 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .. import context
-from ..clock import Clock
+from ..capture import JobOutput
+from ..clock import Clock, SystemClock
 from ..errors import USER_CODE_ERRORS, JobCancelled, WorkerCrashedError
 from ..model import PAYLOAD_MAX, ClaimedJob
 from ..payload import Codec, Signer
@@ -69,6 +71,7 @@ log = logging.getLogger("nbjobs.executor")
 OutputSink = Callable[[context.JobContext, Sequence[tuple[datetime, str, str]]], None]
 
 _TERMINATE_GRACE = 1.0  #: seconds between SIGTERM and SIGKILL of a child that must stop
+OUTPUT_FLUSH_SECONDS = 0.5  #: a running job's output reaches the parent at most this often
 
 
 def _mp_context() -> Any:
@@ -83,19 +86,66 @@ def _mp_context() -> Any:
 
 # -- child side ---------------------------------------------------------------------------------
 class _Capture(io.TextIOBase):
-    """A text stream that records writes as timestamped chunks."""
+    """A text stream whose writes go to the running job's output buffer."""
 
-    def __init__(self, name: str, sink: list[tuple[datetime, str, str]]) -> None:
+    def __init__(self, name: str, output: JobOutput) -> None:
         self.name_ = name
-        self.sink = sink
+        self.output = output
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        if text:
-            self.sink.append((datetime.now(UTC), self.name_, text))
+        self.output.write(self.name_, text)
         return len(text)
+
+
+class _Channel:
+    """The child's end of the pipe. Every message goes through `send` under one lock, since the job's
+    own threads (progress, waits) and the output flusher send too; the running job's output is sent
+    as it is written, at most every OUTPUT_FLUSH_SECONDS, so a long job's prints reach storage while
+    it runs and what a job printed before it was terminated (timeout, cancellation) is kept."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.output: JobOutput | None = None
+        self._dirty = threading.Event()
+        self._flusher: threading.Thread | None = None
+
+    def send(self, kind: str, body: Any) -> None:
+        with self.lock:
+            self.conn.send((kind, body))
+
+    def begin_job(self, job_id: int) -> JobOutput:
+        """A fresh output buffer for the job about to run (capped as a thread job's is)."""
+        output = JobOutput(job_id, SystemClock(), on_dirty=self._dirty.set)
+        with self.lock:
+            self.output = output
+        if self._flusher is None:
+            self._flusher = threading.Thread(target=self._flush_loop, name="nbjobs-output", daemon=True)
+            self._flusher.start()
+        return output
+
+    def _flush_loop(self) -> None:
+        while True:
+            self._dirty.wait()
+            time.sleep(OUTPUT_FLUSH_SECONDS)  # let writes gather: bounded messages and store writes
+            self._dirty.clear()
+            with self.lock:
+                chunks = self.output.take() if self.output is not None else []
+                if chunks:
+                    try:
+                        self.conn.send(("output", chunks))
+                    except OSError:  # the parent is gone: so is the job
+                        return
+
+    def finish(self, reply: dict[str, Any]) -> None:
+        """Send the job's result with the rest of its output: none of it can follow the result."""
+        with self.lock:
+            output, self.output = self.output, None
+            reply["output"] = output.take() if output is not None else []
+            self.conn.send(("result", reply))
 
 
 def _child_main(conn: Connection, key: bytes) -> None:
@@ -107,6 +157,7 @@ def _child_main(conn: Connection, key: bytes) -> None:
     with contextlib.suppress(OSError, AttributeError):
         os.setpgid(0, 0)
     codec = Codec(Signer(key))
+    channel = _Channel(conn)
     while True:
         try:
             msg = conn.recv()
@@ -114,10 +165,10 @@ def _child_main(conn: Connection, key: bytes) -> None:
             return
         if msg is None:
             return
-        conn.send(("result", _child_run(codec, conn, msg)))
+        channel.finish(_child_run(codec, channel, msg))
 
 
-def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str, Any]:
+def _child_run(codec: Codec, channel: _Channel, msg: dict[str, Any]) -> dict[str, Any]:
     codec.max_bytes = msg.get("max_payload", codec.max_bytes)
     if msg["sys_path"] != sys.path:
         sys.path[:] = msg["sys_path"]
@@ -125,7 +176,7 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
         if os.getcwd() != msg["cwd"]:
             os.chdir(msg["cwd"])
     started = datetime.now(UTC)
-    output: list[tuple[datetime, str, str]] = []
+    output = channel.begin_job(msg["id"])
 
     def reply(result: RunResult) -> dict[str, Any]:
         out = {k: v for k, v in result.__dict__.items() if k != "exc_type"}
@@ -133,7 +184,6 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
             out["exc_type"] = pickle.dumps(result.exc_type) if result.exc_type else None
         except Exception:  # a class defined somewhere the parent cannot import
             out["exc_type"] = None
-        out["output"] = output
         return out
 
     try:
@@ -143,12 +193,12 @@ def _child_run(codec: Codec, conn: Connection, msg: dict[str, Any]) -> dict[str,
         return reply(failed_result(exc, started=started, finished=datetime.now(UTC), retryable=False))
 
     def progress(job_id: int, fraction: float | None, message: str | None) -> None:
-        conn.send(("progress", (fraction, message)))
+        channel.send("progress", (fraction, message))
 
     opener = msg.get("engine_opener")
     ctx = context.JobContext(id=msg["id"], attempt=msg["attempt"], function=msg["function"],
                              queue=msg["queue"], recurring_id=msg["recurring_id"], progress_sink=progress,
-                             slot_lender=_ParentSlot(conn), database=msg.get("database"),
+                             slot_lender=_ParentSlot(channel), database=msg.get("database"),
                              engine_source=None if opener is None else
                              functools.partial(_engine_in_child, opener, codec.signer.key))
     token = context.activate(ctx)
@@ -188,14 +238,14 @@ class _ParentSlot:
     """The child's side of lending: the parent's worker thread waits on our pipe, so it is the parent
     that lends and reclaims the job's slot (`_Slot.run`)."""
 
-    def __init__(self, conn: Connection) -> None:
-        self._conn = conn
+    def __init__(self, channel: _Channel) -> None:
+        self._channel = channel
 
     def lend(self) -> None:
-        self._conn.send(("wait", True))
+        self._channel.send("wait", True)
 
     def reclaim(self) -> None:
-        self._conn.send(("wait", False))
+        self._channel.send("wait", False)
 
 
 # -- parent side --------------------------------------------------------------------------------
@@ -221,10 +271,11 @@ class _Slot:
             self.process, self.conn = proc, parent
         return self.process, self.conn
 
-    def run(self, job: ClaimedJob, ctx: context.JobContext,
+    def run(self, job: ClaimedJob, ctx: context.JobContext, store_output: Callable[[Any], None],
             engine_opener: functools.partial[Any] | None = None, max_payload: int = PAYLOAD_MAX,
             ) -> tuple[dict[str, Any] | None, str]:
-        """Run one job; returns (reply, "") or (None, why it has no reply)."""
+        """Run one job, storing its output as it comes; returns (reply, "") or (None, why it has no
+        reply)."""
         msg = {
             "id": job.id, "attempt": job.attempts, "function": job.function, "payload": job.payload,
             "queue": job.options.queue, "recurring_id": job.recurring_id,
@@ -251,7 +302,9 @@ class _Slot:
                 else:
                     if kind == "result":
                         return body, ""
-                    if kind == "progress" and ctx.progress_sink is not None:
+                    if kind == "output":
+                        store_output(body)
+                    elif kind == "progress" and ctx.progress_sink is not None:
                         try:
                             ctx.set_progress(*body)
                         except Exception:
@@ -359,7 +412,8 @@ class ProcessExecutor:
         try:
             if self._closed.is_set():
                 raise RuntimeError("the process pool was closed")
-            reply, why = slot.run(job, ctx, self._engine_opener, self._max_payload)
+            reply, why = slot.run(job, ctx, functools.partial(self._store_output, ctx), self._engine_opener,
+                                  self._max_payload)
         finally:
             if extra:
                 slot.close()
@@ -379,21 +433,24 @@ class ProcessExecutor:
                 "it may have run out of memory or crashed in native code"
             )
             return failed_result(crash, started=started, finished=finished)
-        output = reply.pop("output", [])
-        if output:
-            try:
-                if self._on_output is not None:
-                    self._on_output(ctx, output)
-                else:
-                    ctx.append_logs(output)
-            except Exception:
-                log.exception("storing the output of job %d failed", job.id)
+        self._store_output(ctx, reply.pop("output", []))
         exc_blob = reply.pop("exc_type", None)
         exc_type = None
         if exc_blob is not None:
             with contextlib.suppress(Exception):
                 exc_type = pickle.loads(exc_blob)  # written by our own child
         return RunResult(**reply, exc_type=exc_type)
+
+    def _store_output(self, ctx: context.JobContext, chunks: Sequence[tuple[datetime, str, str]]) -> None:
+        if not chunks:
+            return
+        try:
+            if self._on_output is not None:
+                self._on_output(ctx, chunks)
+            else:
+                ctx.append_logs(chunks)
+        except Exception:  # losing output must not fail the job
+            log.exception("storing the output of job %d failed", ctx.id)
 
     def close(self) -> None:
         """Stop every worker process (idle ones exit, busy ones are terminated)."""

@@ -38,6 +38,18 @@ def hold(path: str, release: str, tag: int, limit: float = 60.0) -> int:
     return tag
 
 
+def print_then_hold(release: str, limit: float = 60.0) -> str:
+    """Print a line, wait until `release` exists (or sleep out `limit` for a timeout to end it),
+    then print another."""
+    print("working on it")
+    print("a warning", file=sys.stderr)
+    deadline = time.monotonic() + limit
+    while not Path(release).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print("done")
+    return "held"
+
+
 def whoami() -> int:
     return os.getpid()
 

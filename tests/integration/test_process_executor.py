@@ -34,9 +34,30 @@ def test_runs_in_another_process_and_captures_output(nb: nbjobs.Engine) -> None:
     job = proc.enqueue(jobfuncs.shout, "hello")
     assert job.result(timeout=30) == "HELLO"
     logs = nb.store.read_logs(job.id)
-    assert [(stream, text) for _, stream, text in logs if text.strip()] == [
-        ("stdout", "hello"), ("stderr", "to stderr"),
-    ]
+    assert [(stream, text) for _, stream, text in logs] == [("stdout", "hello\n"), ("stderr", "to stderr\n")]
+
+
+def test_a_process_job_output_is_stored_while_it_runs(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    job = nb.options(executor="process").enqueue(jobfuncs.print_then_hold, str(release))
+
+    def printed() -> list[tuple[str, str]]:
+        return [(stream, text) for _, stream, text in nb.store.read_logs(job.id)]
+
+    wait_for(lambda: ("stderr", "a warning\n") in printed(), timeout=30)
+    assert job.state is JobState.PROCESSING and printed() == [
+        ("stdout", "working on it\n"), ("stderr", "a warning\n")]
+    release.touch()
+    assert job.result(timeout=30) == "held"
+    assert "".join(text for _, text in printed()) == "working on it\na warning\ndone\n"  # nothing twice
+
+
+def test_a_timed_out_process_job_keeps_what_it_printed(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    job = nb.options(executor="process", timeout=1, retries=0).enqueue(
+        jobfuncs.print_then_hold, str(tmp_path / "never"))
+    assert job.wait(timeout=30) is JobState.FAILED
+    assert job.record().error_type == "nbjobs.errors.JobTimeoutError"
+    assert "working on it\na warning\n" in job.logs()  # what it printed before it was terminated
 
 
 def test_notebook_function_is_shipped_by_value(nb: nbjobs.Engine) -> None:

@@ -443,12 +443,15 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d %(threadName)s] %(
               help="Grace seconds for running jobs on SIGTERM/SIGINT before they return to the queue.")
 @click.option("--poll-interval", default=0.25, show_default=True, type=float,
               help="Seconds between checks for work from other processes when no notification exists.")
+@click.option("--burst", is_flag=True,
+              help="Stop (exit 0) once nothing it could run is left: jobs scheduled later are left.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def server(url: str | None, workers: int, queues: str, limits: tuple[str, ...], rates: tuple[str, ...],
            name: str | None, heartbeat_interval: float, server_timeout: float, shutdown_timeout: float,
-           poll_interval: float, log_level: str) -> None:
-    """Run a job server in the foreground until SIGTERM/SIGINT (a second signal stops at once)."""
+           poll_interval: float, burst: bool, log_level: str) -> None:
+    """Run a job server in the foreground until SIGTERM/SIGINT (a second signal stops at once), or
+    with --burst until the jobs ready to run (and those they lead to) are done."""
     from .server import ServerConfig
     from .server.runner import run_until_stopped
 
@@ -467,7 +470,7 @@ def server(url: str | None, workers: int, queues: str, limits: tuple[str, ...], 
             workers=workers, queues=queue_list, name=name, heartbeat_interval=heartbeat_interval,
             server_timeout=server_timeout, shutdown_timeout=shutdown_timeout, poll_interval=poll_interval,
             limits=limit_map, rates=rate_map,
-        ))
+        ), burst=burst, check_every=min(0.5, poll_interval) if burst else 0.5)
     finally:
         engine.close()
     sys.exit(code)

@@ -1,4 +1,5 @@
-"""Run one server in the foreground until a signal stops it (what `nbjobs server` does).
+"""Run one server in the foreground until a signal stops it (what `nbjobs server` does), or, in a
+burst (`--burst`, for cron lines and CI), until nothing it could run is left.
 
 The first SIGTERM or SIGINT drains gracefully through `Server.stop()`: no new claims, prefetched
 jobs go back at once, running jobs get the shutdown timeout, whatever still runs then returns to its
@@ -25,8 +26,11 @@ HANDLED = (signal.SIGTERM, signal.SIGINT)
 class Runner:
     """Owns the signal handlers and the main thread's wait for one server."""
 
-    def __init__(self, start: Callable[[], Server]) -> None:
+    def __init__(self, start: Callable[[], Server], *, burst: bool = False, check_every: float = 0.5) -> None:
         self._start = start
+        #: Stop (gracefully, exit 0) once the server has nothing left to run (`nbjobs server --burst`).
+        self.burst = burst
+        self.check_every = check_every
         self.server: Server | None = None
         self.signals = 0
         self._stop_requested = threading.Event()
@@ -68,6 +72,14 @@ class Runner:
             signal.signal(sig, handler)
         self._previous.clear()
 
+    @staticmethod
+    def _has_work(server: Server) -> bool:
+        try:
+            return server.store.has_work(server.id, server.config.queues, server.clock.now())
+        except Exception:  # the database away a moment: go on serving, ask again next time
+            log.exception("burst: could not tell whether work is left")
+            return True
+
     def _drain(self, server: Server) -> None:
         try:
             server.stop()
@@ -79,11 +91,15 @@ class Runner:
         self.install()
         try:
             server = self.server = self._start()
-            # Wake twice a second so signal handlers run promptly and a dead server is noticed.
-            while not self._stop_requested.wait(0.5):
+            # Wake twice a second (or as often as a burst checks) so signal handlers run promptly and
+            # a dead server is noticed.
+            while not self._stop_requested.wait(self.check_every):
                 if not server.running:
                     log.error("server stopped on its own (a loop died); exiting")
                     return 1
+                if self.burst and not self._has_work(server):
+                    log.info("burst: nothing left to run; stopping", extra={"action": "server_burst_done"})
+                    break
             threading.Thread(target=self._drain, args=(server,), name="nbjobs-drain", daemon=True).start()
             while not self._drained.wait(0.5):
                 pass
@@ -92,6 +108,7 @@ class Runner:
             self.uninstall()
 
 
-def run_until_stopped(start: Callable[[], Server]) -> int:
-    """Start a server with `start()` and block this (main) thread until SIGTERM/SIGINT stop it."""
-    return Runner(start).run()
+def run_until_stopped(start: Callable[[], Server], *, burst: bool = False, check_every: float = 0.5) -> int:
+    """Start a server with `start()` and block this (main) thread until SIGTERM/SIGINT stop it, or,
+    with `burst`, until it has nothing left to run (jobs scheduled later are left for later)."""
+    return Runner(start, burst=burst, check_every=check_every).run()

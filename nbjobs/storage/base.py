@@ -318,6 +318,12 @@ class Store(abc.ABC):
     def running_by_server(self) -> dict[str, list[int]]: ...
 
     @abc.abstractmethod
+    def has_work(self, server_id: str, queues: Sequence[str], now: datetime) -> bool:
+        """Whether a server serving `queues` ("*": every shared queue) has anything left to do: a job
+        it holds (its outcome not yet written), or one it could claim now (Enqueued in a queue it
+        serves that is not paused, or Scheduled there and due). What `nbjobs server --burst` waits for."""
+
+    @abc.abstractmethod
     def reap(
         self,
         now: datetime,

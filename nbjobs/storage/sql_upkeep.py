@@ -19,11 +19,12 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from ..model import (
+    PRIVATE_QUEUE_MARK,
     ServerInfo,
     storable,
 )
 from .base import HeartbeatReply, ReapReport
-from .schema import dependencies, history, jobs, locks, logs, servers
+from .schema import dependencies, history, jobs, locks, logs, paused_queues, servers
 from .sql_base import (
     _RELEASE,
     S,
@@ -101,6 +102,21 @@ class UpkeepSqlMixin(SqlBase):
             for sid, jid in rows:
                 out.setdefault(sid, []).append(jid)
             return out
+
+        return self._tx(body, write=False)
+
+    def has_work(self, server_id: str, queues: Sequence[str], now: datetime) -> bool:
+        served = or_(*(~jobs.c.queue.contains(PRIVATE_QUEUE_MARK, autoescape=True) if q == "*"
+                       else jobs.c.queue == q for q in queues or ["*"]))
+        held = select(jobs.c.id).where(jobs.c.state == S.PROCESSING.value, jobs.c.server_id == server_id)
+        ready = select(jobs.c.id).where(
+            jobs.c.state == S.ENQUEUED.value, served,
+            jobs.c.queue.not_in(select(paused_queues.c.queue).scalar_subquery()),
+        )
+        due = select(jobs.c.id).where(jobs.c.state == S.SCHEDULED.value, jobs.c.run_at <= now, served)
+
+        def body(conn: Connection) -> bool:
+            return any(conn.execute(stmt.limit(1)).first() is not None for stmt in (held, ready, due))
 
         return self._tx(body, write=False)
 

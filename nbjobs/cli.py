@@ -7,6 +7,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import click
@@ -118,22 +119,64 @@ def _duration(text: str) -> timedelta | None:
     return None if pd.isna(found) else found.to_pytimedelta()
 
 
-@cli.command()
-@url_option
-@click.argument("job_ids", nargs=-1, type=int, required=True)
-def requeue(url: str | None, job_ids: tuple[int, ...]) -> None:
-    """Put finished jobs back in their queue."""
-    with _engine(url) as engine:
-        _report(engine.requeue(list(job_ids)), "requeued")
+def _selection(command: Callable[..., None]) -> Callable[..., None]:
+    """JOB_IDS, or filters choosing every matching job (after a confirmation, or --yes)."""
+    for option in reversed([
+        click.argument("job_ids", nargs=-1, type=int),
+        click.option("--state", default=None, help="Every job in this state (e.g. failed) instead of ids."),
+        click.option("--queue", default=None, help="Every job in this queue (with --state: in both)."),
+        click.option("--name", default=None, help="Every job with this name."),
+        click.option("--since", default=None, help="Only jobs created since a time, or a duration ago."),
+        click.option("-y", "--yes", is_flag=True, help="Do not ask before changing the jobs filters chose."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _selected(engine: Engine, verb: str, job_ids: tuple[int, ...], state: str | None, queue: str | None,
+              name: str | None, since: str | None, yes: bool) -> list[int]:
+    """The ids given, or those of every job the filters match, once confirmed."""
+    filters = {"state": state, "queue": queue, "name": name, "since": since}
+    if job_ids and any(v is not None for v in filters.values()):
+        raise click.UsageError("give job ids or filters (--state, --queue, --name, --since), not both")
+    if job_ids:
+        return list(job_ids)
+    if all(v is None for v in filters.values()):
+        raise click.UsageError(f"give the ids of the jobs to {verb}, or filters such as --state failed")
+    frame = engine.jobs(state=state, queue=queue, name=name, since=_ago(since), limit=None)
+    ids = [int(i) for i in frame["id"]]
+    chosen = ", ".join(f"{k} {v}" for k, v in filters.items() if v is not None)
+    if not ids:
+        click.echo(f"no job matches ({chosen})")
+        return []
+    if not yes:
+        click.confirm(f"{verb} {len(ids)} job(s) ({chosen})?", abort=True)
+    return ids
 
 
 @cli.command()
 @url_option
-@click.argument("job_ids", nargs=-1, type=int, required=True)
-def delete(url: str | None, job_ids: tuple[int, ...]) -> None:
-    """Delete jobs (running ones are asked to stop)."""
+@_selection
+def requeue(url: str | None, job_ids: tuple[int, ...], state: str | None, queue: str | None,
+            name: str | None, since: str | None, yes: bool) -> None:
+    """Put finished jobs back in their queue: JOB_IDS, or every job the filters choose
+    (`nbjobs requeue --state failed --queue etl`)."""
     with _engine(url) as engine:
-        _report(engine.delete(list(job_ids)), "deleted")
+        ids = _selected(engine, "requeue", job_ids, state, queue, name, since, yes)
+        if ids:
+            _report(engine.requeue(ids), "requeued")
+
+
+@cli.command()
+@url_option
+@_selection
+def delete(url: str | None, job_ids: tuple[int, ...], state: str | None, queue: str | None,
+           name: str | None, since: str | None, yes: bool) -> None:
+    """Delete jobs (running ones are asked to stop): JOB_IDS, or every job the filters choose."""
+    with _engine(url) as engine:
+        ids = _selected(engine, "delete", job_ids, state, queue, name, since, yes)
+        if ids:
+            _report(engine.delete(ids), "deleted")
 
 
 #: `nbjobs wait` exits with this when the timeout passed first (as `timeout(1)` does).

@@ -75,7 +75,8 @@ def test_report_runs_with_parameters_saved_and_continued(engine: nbjobs.Engine, 
     assert isinstance(run, NotebookJob)
     follow = run.then(after_report, "2026-11-27")
     assert run.output_path == out_dir / f"sales.{run.id}.ipynb"
-    assert run.exports == {"html": out_dir / f"sales.{run.id}.html", "markdown": out_dir / f"sales.{run.id}.md"}
+    assert run.exports == {"html": out_dir / f"sales.{run.id}.html",
+                           "markdown": out_dir / f"sales.{run.id}.md"}
 
     executed = run.result(timeout=60)
     assert isinstance(executed, nbformat.NotebookNode)
@@ -130,7 +131,7 @@ def test_bad_notebook_jobs_are_refused_at_enqueue(nb: nbjobs.Engine, tmp_path: P
         nb.enqueue_notebook(SALES, cwd=tmp_path / "missing-folder")  # failed in the worker
     with pytest.raises(InvalidJobError, match=r"output_dir .*broken\.ipynb is a file"):
         nb.enqueue_notebook(SALES, output_dir=broken)
-    with pytest.raises(InvalidJobError, match="cannot export a notebook run as 'htm'; the formats are html, "):
+    with pytest.raises(InvalidJobError, match="cannot export a notebook run as 'htm'; the formats are html"):
         nb.enqueue_notebook(SALES, export="htm")
     with pytest.raises(InvalidJobError, match="export must be a format name"):
         nb.enqueue_notebook(SALES, export=5)  # type: ignore[arg-type]

@@ -176,3 +176,34 @@ def test_logs_follow_prints_output_while_the_job_runs_and_exits_with_its_outcome
 ])
 def test_command_line_durations(text: str, expected: timedelta | None) -> None:
     assert _duration(text) == expected
+
+
+def fails() -> None:
+    raise ValueError("no")
+
+
+def test_requeue_and_delete_take_filters_and_ask_first(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=2)
+    failed = [engine.options(retries=0, queue=q).enqueue(fails) for q in ("etl", "etl", "web")]
+    good = engine.options(queue="etl").enqueue(add, 1)
+    engine.wait([*failed, good], timeout=30)
+    engine.stop_server()
+    runner = CliRunner(env={"NBJOBS_SECRET": SECRET})
+    # Asked first; "no" changes nothing.
+    etl_failed = ["requeue", "--url", engine.url, "--state", "failed", "--queue", "etl"]
+    result = runner.invoke(cli, etl_failed, input="n\n")
+    assert "requeue 2 job(s) (state failed, queue etl)?" in result.output and result.exit_code == 1
+    assert all(job.state is nbjobs.JobState.FAILED for job in failed)
+    result = runner.invoke(cli, etl_failed, input="y\n")
+    assert result.exit_code == 0, result.output
+    assert [job.state for job in failed] == [nbjobs.JobState.ENQUEUED] * 2 + [nbjobs.JobState.FAILED]
+    assert good.state is nbjobs.JobState.SUCCEEDED
+    code, out, _ = invoke("delete", "--url", engine.url, "--queue", "etl", "--since", "1h", "--yes")
+    assert code == 0 and sorted(out.splitlines()) == sorted(
+        [f"job {failed[0].id} deleted", f"job {failed[1].id} deleted", f"job {good.id} deleted"])
+    code, out, _ = invoke("requeue", "--url", engine.url, "--state", "failed", "--queue", "nowhere")
+    assert code == 0 and out == "no job matches (state failed, queue nowhere)\n"
+    for args, message in [([], "give the ids of the jobs to requeue, or filters such as --state failed"),
+                          (["5", "--state", "failed"], "give job ids or filters")]:
+        result = runner.invoke(cli, ["requeue", "--url", engine.url, *args])
+        assert result.exit_code == 2 and message in result.output

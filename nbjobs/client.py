@@ -57,6 +57,9 @@ JOB_OPTIONS = frozenset(JobOptions.__dataclass_fields__)
 #: Rich display of a Job ("html" → str, "display" → shows it), installed by `nbjobs.ui.display`
 #: (a higher layer) when nbjobs is imported.
 DISPLAY_HOOKS: dict[str, Callable[[Job], Any]] = {}
+#: Called with the jobs of every `submit` in this process, in the submitting thread, once stored:
+#: `ui.cells` notes which notebook cell each was enqueued from.
+SUBMIT_HOOKS: list[Callable[[Sequence[Job]], None]] = []
 
 
 def _exception_names(value: Any, option: str) -> tuple[str, ...]:
@@ -388,7 +391,10 @@ class Client:
             self.notifier.work.set()
         if any(s.state is JobState.SCHEDULED for s in stored):
             self.notifier.schedule_changed.set()
-        return [Job(self, s.id) for s in stored]
+        made = [Job(self, s.id) for s in stored]
+        for hook in SUBMIT_HOOKS:
+            hook(made)
+        return made
 
     def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
         """Run `fn(*args, **kwargs)` in the background as soon as a worker is free."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -26,6 +27,11 @@ from .errors import JobCancelled, NbJobsError
 _callbacks_lock = threading.Lock()
 
 _current: contextvars.ContextVar[JobContext | None] = contextvars.ContextVar("nbjobs_job", default=None)
+
+#: Context managers entered around every job a worker thread of this process runs, after the
+#: server's own wrappers: how a layer above (the notebook's `ui.cells`) takes part without the
+#: servers knowing it.
+RUN_HOOKS: list[Callable[[JobContext], AbstractContextManager[None]]] = []
 
 
 class SlotLender(Protocol):

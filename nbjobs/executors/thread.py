@@ -106,6 +106,8 @@ def _wrapped(wrappers: Sequence[RunWrapper], ctx: context.JobContext) -> Iterato
     with contextlib.ExitStack() as stack:
         for wrap in wrappers:
             stack.enter_context(wrap(ctx))
+        for hook in context.RUN_HOOKS:
+            stack.enter_context(hook(ctx))
         yield
 
 

@@ -302,8 +302,9 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
     global _atexit_registered
     import nbjobs
 
-    from . import display  # noqa: F401 - installs the Job rich display
+    from . import cells, display  # noqa: F401 - display installs the Job rich display
 
+    cells.install()
     default.default_engine()
     if id(ipython) in _loaded:
         return
@@ -318,7 +319,10 @@ def load_ipython_extension(ipython: InteractiveShell) -> None:
 
 def unload_ipython_extension(ipython: InteractiveShell) -> None:
     """`%unload_ext nbjobs`: stop the default engine gracefully and remove the magics."""
+    from . import cells
+
     default.close_default()
+    cells.uninstall()
     manager: Any = ipython.magics_manager
     magics = manager.magics
     for kind, names in (("line", ("job", "jobs", "nbjobs")), ("cell", ("job",))):

@@ -10,9 +10,10 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 import nbjobs
-from nbjobs import JobState, default
+from nbjobs import JobState, client, context, default
 from nbjobs.errors import JobFailedError
 from nbjobs.rates import Rate
+from nbjobs.ui import cells
 from tests.conftest import wait_for
 
 
@@ -130,8 +131,10 @@ def test_unload_stops_the_server_and_leaves_nothing_processing(shell: Interactiv
     waiting = run(shell, "%%job\n2 + 2")
     engine = default.current_default()
     assert engine is not None
+    assert cells.note_cells in client.SUBMIT_HOOKS and cells.in_its_cell in context.RUN_HOOKS
     wait_for(lambda: running.state is JobState.PROCESSING)
     run(shell, "%unload_ext nbjobs")
+    assert cells.note_cells not in client.SUBMIT_HOOKS and cells.in_its_cell not in context.RUN_HOOKS
     assert default.current_default() is None
     assert engine.server is None
     states = {running.state, waiting.state}

@@ -1,0 +1,72 @@
+"""In a real kernel: what a job displays goes to the cell that enqueued it, not the cell running now."""
+
+from __future__ import annotations
+
+import os
+import queue
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from jupyter_client.blocking.client import BlockingKernelClient
+from jupyter_client.manager import KernelManager, start_new_kernel
+
+from ..conftest import wait_for
+from .execute import children
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture
+def kernel(tmp_path: Path) -> Iterator[BlockingKernelClient]:
+    baseline = children()
+    env = {**os.environ, "NBJOBS_URL": f"sqlite:///{tmp_path / 'displays.db'}",
+           "NBJOBS_HOME": str(tmp_path / "home")}
+    km: KernelManager
+    km, kc = start_new_kernel(kernel_name="python3", env=env, cwd=str(tmp_path))
+    try:
+        yield kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+        wait_for(lambda: not children() - baseline, timeout=20)
+
+
+def run(kc: BlockingKernelClient, code: str, seen: list[dict[str, Any]]) -> str:
+    """Execute `code`, collect every iopub message until it is idle; its msg_id."""
+    msg_id = kc.execute(code)
+    while True:
+        try:
+            msg = kc.get_iopub_msg(timeout=60)
+        except queue.Empty:
+            raise AssertionError(f"no idle status for {code!r}") from None
+        seen.append(msg)
+        if (msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle"
+                and msg["parent_header"].get("msg_id") == msg_id):
+            reply = kc.get_shell_msg(timeout=60)
+            assert reply["content"]["status"] == "ok", reply["content"]
+            return msg_id
+
+
+def displays_of(seen: list[dict[str, Any]], marker: str) -> list[str]:
+    """The parent msg_ids of display_data messages whose text holds `marker`."""
+    return [m["parent_header"].get("msg_id") for m in seen
+            if m["msg_type"] == "display_data" and marker in m["content"]["data"].get("text/plain", "")]
+
+
+def test_a_job_display_goes_to_the_cell_that_enqueued_it(kernel: BlockingKernelClient) -> None:
+    seen: list[dict[str, Any]] = []
+    run(kernel, "%load_ext nbjobs\nimport threading\nfrom IPython.display import display\n"
+                "go = threading.Event()\n"
+                "def show_later(text):\n"
+                "    go.wait(30)\n"
+                "    display(text)\n"
+                "    return text", seen)
+    by_enqueue = run(kernel, "job = nbjobs.enqueue(show_later, 'shown by an enqueued job')", seen)
+    by_cell_job = run(kernel, "%%job\ngo.wait(30)\ndisplay('shown by a cell job')", seen)
+    # The jobs display while this later cell runs: before, their output landed here.
+    later = run(kernel, "go.set()\nnbjobs.wait(nbjobs.jobs()['id'], timeout=30)", seen)
+    assert displays_of(seen, "shown by an enqueued job") == [by_enqueue]
+    assert displays_of(seen, "shown by a cell job") == [by_cell_job]
+    assert later not in displays_of(seen, "shown by")

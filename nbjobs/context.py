@@ -51,7 +51,10 @@ class JobContext:
     function: str
     queue: str
     recurring_id: str | None = None
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _cancelled: bool = field(default=False, repr=False)
+    #: Made by the first `wait_cancelled` only: most jobs never wait for a cancellation, and an Event
+    #: (a Condition and its locks) per job was a measurable part of a server's work per short job.
+    _cancel_event: threading.Event | None = field(default=None, repr=False)
     cancel_reason: str | None = None
     _on_cancel: list[Callable[[], None]] | None = field(default=None, repr=False)
     progress_sink: Callable[[int, float | None, str | None], None] | None = field(default=None, repr=False)
@@ -72,22 +75,25 @@ class JobContext:
     @property
     def cancelled(self) -> bool:
         """True once someone cancelled this job or its timeout passed; stop soon."""
-        return self._cancel.is_set()
+        return self._cancelled
 
     def request_cancel(self, reason: str) -> None:
-        if not self._cancel.is_set():
+        with _callbacks_lock:
+            if self._cancelled:
+                return
             self.cancel_reason = reason
-            self._cancel.set()
-            with _callbacks_lock:
-                callbacks, self._on_cancel = self._on_cancel or [], None
-            for callback in callbacks:
-                callback()
+            self._cancelled = True
+            event, callbacks, self._on_cancel = self._cancel_event, self._on_cancel or [], None
+        if event is not None:
+            event.set()
+        for callback in callbacks:
+            callback()
 
     def on_cancel(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` (in the cancelling thread) when the job is cancelled, at once if it already
         was; returns a function that unregisters it. How an async job's task gets cancelled."""
         with _callbacks_lock:
-            if not self._cancel.is_set():
+            if not self._cancelled:
                 if self._on_cancel is None:
                     self._on_cancel = []
                 self._on_cancel.append(callback)
@@ -103,12 +109,18 @@ class JobContext:
 
     def check_cancelled(self) -> None:
         """Raise JobCancelled if the job was cancelled; call it in loops of long jobs."""
-        if self._cancel.is_set():
+        if self._cancelled:
             raise JobCancelled(f"job {self.id} was cancelled ({self.cancel_reason})")
 
     def wait_cancelled(self, timeout: float | None) -> bool:
         """Sleep up to `timeout` s, waking early on cancellation (a cancellable time.sleep)."""
-        return self._cancel.wait(timeout)
+        with _callbacks_lock:
+            if self._cancelled:
+                return True
+            if self._cancel_event is None:
+                self._cancel_event = threading.Event()
+            event = self._cancel_event
+        return event.wait(timeout)
 
     @property
     def engine(self) -> Any:

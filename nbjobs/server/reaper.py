@@ -21,13 +21,25 @@ HOST = socket.gethostname()
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether process `pid` of this host still runs. A zombie does not: a killed kernel stays one
+    until its parent collects it, which a busy or careless parent may not do for long."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        pass
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+    except OSError:  # no /proc (macOS), or the process is gone meanwhile: the signal said it exists
+        return False
+    # "pid (comm) state …": the name may hold spaces and parentheses, so read after the last ")".
+    return stat[stat.rfind(b")") + 2:][:1] == b"Z"
 
 
 class Reaper:
@@ -68,17 +80,27 @@ class Reaper:
 
     def reap_once(self) -> ReapReport | None:
         now = self.clock.now()
-        if not self.store.try_lock("reaper", self.server_id, now + timedelta(seconds=self.interval * 2), now):
+        dead = self.dead_local_servers()
+        # A dead server's lock is taken at once: its pass would otherwise hold the others off for up
+        # to two intervals, and with them the return of its jobs that "at once" promises.
+        until = now + timedelta(seconds=self.interval * 2)
+        if not self.store.try_lock("reaper", self.server_id, until, now, taking_from=dead):
             return None
         if self.refresh_own is not None:
             # Beat for our own server first: after a pause (a suspended laptop) every thread wakes at
             # once, and a reaper that ran before its own heartbeat would return its own running jobs.
             self.refresh_own()
-        report = self.store.reap(now, server_timeout=self.server_timeout,
-                                 dead_server_ids=self.dead_local_servers())
+        report = self.store.reap(now, server_timeout=self.server_timeout, dead_server_ids=dead)
         if report.dead_servers or report.returned_jobs:
             log.warning("reaped servers %s; returned jobs %s to their queues",
                         list(report.dead_servers), list(report.returned_jobs))
+        for queue in report.orphaned_queues:
+            # Its process is gone (its kernel crashed or was killed): `%%job` cells run only there.
+            gone = self.store.discard_queues(
+                [queue], now, f"the process that owned private queue {queue} is gone; its jobs "
+                "(cells run with %%job) could only run there")
+            if gone:
+                log.warning("deleted jobs %s of private queue %s: its process is gone", gone, queue)
         pruned = 0
         if self._last_prune is not None and (now - self._last_prune).total_seconds() < self.prune_interval:
             return ReapReport(dead_servers=report.dead_servers, returned_jobs=report.returned_jobs)

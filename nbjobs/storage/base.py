@@ -89,6 +89,9 @@ class JobFilter:
 class ReapReport:
     dead_servers: tuple[str, ...] = ()
     returned_jobs: tuple[int, ...] = ()
+    #: Private queues of the servers removed as known dead (their process is gone): no one else can
+    #: ever run their jobs (`discard_queues`).
+    orphaned_queues: tuple[str, ...] = ()
     pruned_jobs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -332,15 +335,23 @@ class Store(abc.ABC):
         dead_server_ids: Sequence[str] = (),
     ) -> ReapReport:
         """Remove servers silent for `server_timeout` s (or known dead) and return their and any
-        lease-expired jobs to their queues, each with a history row saying why."""
+        lease-expired jobs to their queues, each with a history row saying why. The private queues of
+        the known dead ones are reported (`orphaned_queues`); a silent one may only be paused."""
+
+    @abc.abstractmethod
+    def discard_queues(self, queues: Sequence[str], now: datetime, reason: str) -> list[int]:
+        """Delete the unfinished jobs of `queues` (Enqueued, Scheduled, Awaiting), each with `reason`;
+        their continuations follow as those of any deleted job. The ids deleted."""
 
     @abc.abstractmethod
     def prune(self, now: datetime, *, keep_succeeded: float, keep_deleted: float, batch: int) -> int:
         """Delete up to `batch` finished jobs older than their keep time, with history and logs."""
 
     @abc.abstractmethod
-    def try_lock(self, name: str, owner: str, until: datetime, now: datetime) -> bool:
-        """Take or renew a named lease-lock; True if `owner` holds it until `until`."""
+    def try_lock(self, name: str, owner: str, until: datetime, now: datetime,
+                 taking_from: Sequence[str] = ()) -> bool:
+        """Take or renew a named lease-lock; True if `owner` holds it until `until`. A lock held by
+        one of `taking_from` (owners known dead) is taken at once, without waiting for it to expire."""
 
     # -- output and progress ------------------------------------------------------------------
     @abc.abstractmethod

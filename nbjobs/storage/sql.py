@@ -674,6 +674,28 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
 
         return self._tx(body)
 
+    def discard_queues(self, queues: Sequence[str], now: datetime, reason: str) -> list[int]:
+        if not queues:
+            return []
+        unfinished = [S.ENQUEUED.value, S.SCHEDULED.value, S.AWAITING.value]
+
+        def body(conn: Connection) -> list[int]:
+            ids = conn.execute(
+                select(jobs.c.id).where(jobs.c.queue.in_(list(queues)), jobs.c.state.in_(unfinished))
+                .order_by(jobs.c.id)
+            ).scalars().all()
+            deleted = []
+            for job_id in ids:
+                try:
+                    self._change(conn, job_id, E.DELETE, now, reason,
+                                 {"finished_at": now, "active_key": None, **_RELEASE})
+                except IllegalTransitionError:  # deleted above with its parent, as its continuation
+                    continue
+                deleted.append(job_id)
+            return deleted
+
+        return self._tx(body)
+
     def pause_queue(self, queue: str, now: datetime) -> bool:
         def body(conn: Connection) -> bool:
             if conn.execute(select(paused_queues.c.queue).where(paused_queues.c.queue == queue)).first():

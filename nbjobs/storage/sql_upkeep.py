@@ -129,11 +129,15 @@ class UpkeepSqlMixin(SqlBase):
     ) -> ReapReport:
         def body(conn: Connection) -> ReapReport:
             stale = now - timedelta(seconds=server_timeout)
-            dead = conn.execute(
+            removed = conn.execute(
                 delete(servers)
                 .where(or_(servers.c.heartbeat_at < stale, servers.c.id.in_(list(dead_server_ids))))
-                .returning(servers.c.id)
-            ).scalars().all()
+                .returning(servers.c.id, servers.c.queues)
+            ).all()
+            dead = [r.id for r in removed]
+            gone = set(dead_server_ids)
+            orphaned = sorted({q for r in removed if r.id in gone for q in json.loads(r.queues)
+                               if PRIVATE_QUEUE_MARK in q})
             cond = jobs.c.lease_until < now
             if dead:
                 cond = or_(cond, jobs.c.server_id.in_(list(dead)))
@@ -151,7 +155,8 @@ class UpkeepSqlMixin(SqlBase):
             self._history_rows(conn, ((r.id, S.ENQUEUED, reason) for r in rows), now, None)
             if rows:
                 self.dialect.notify(conn, "reaped")
-            return ReapReport(dead_servers=tuple(dead), returned_jobs=tuple(r.id for r in rows))
+            return ReapReport(dead_servers=tuple(dead), returned_jobs=tuple(r.id for r in rows),
+                              orphaned_queues=tuple(orphaned))
 
         return self._tx(body)
 
@@ -175,12 +180,15 @@ class UpkeepSqlMixin(SqlBase):
 
         return self._tx(body)
 
-    def try_lock(self, name: str, owner: str, until: datetime, now: datetime) -> bool:
+    def try_lock(self, name: str, owner: str, until: datetime, now: datetime,
+                 taking_from: Sequence[str] = ()) -> bool:
+        free = or_(locks.c.owner == owner, locks.c.expires_at < now)
+        if taking_from:
+            free = or_(free, locks.c.owner.in_(list(taking_from)))
+
         def body(conn: Connection) -> bool:
             taken = conn.execute(
-                update(locks)
-                .where(locks.c.name == name, or_(locks.c.owner == owner, locks.c.expires_at < now))
-                .values(owner=owner, expires_at=until)
+                update(locks).where(locks.c.name == name, free).values(owner=owner, expires_at=until)
             ).rowcount
             if taken:
                 return True

@@ -153,6 +153,42 @@ def test_lease_lock_has_one_owner_at_a_time(store: SqlStore) -> None:
     assert not store.try_lock("reaper", "b", T0 + timedelta(seconds=10), T0 + timedelta(seconds=5))
     assert store.try_lock("reaper", "a", T0 + timedelta(seconds=20), T0 + timedelta(seconds=5))
     assert store.try_lock("reaper", "b", T0 + timedelta(seconds=40), T0 + timedelta(seconds=21))
+    # An owner known dead gives it up at once.
+    assert not store.try_lock("reaper", "c", T0 + timedelta(seconds=50), T0 + timedelta(seconds=22),
+                              taking_from=["a"])
+    assert store.try_lock("reaper", "c", T0 + timedelta(seconds=50), T0 + timedelta(seconds=22),
+                          taking_from=["b"])
+
+
+def server(server_id: str, *queues: str) -> ServerInfo:
+    return ServerInfo(id=server_id, name=server_id, host="h", pid=1, workers=1, queues=queues,
+                      started_at=T0, heartbeat_at=T0)
+
+
+def test_private_queues_of_servers_known_dead_are_reported_and_their_jobs_discarded(store: SqlStore) -> None:
+    store.register_server(server("gone", "default@kernel-1", "*"))
+    store.register_server(server("silent", "default@kernel-2", "*"))
+    store.register_server(server("live", "default@kernel-3", "*"))
+    store.heartbeat("live", [], T0 + timedelta(seconds=60), T0 + timedelta(seconds=40))
+    ran, waiting, later, public = (e.id for e in store.enqueue(
+        [spec(0, queue="default@kernel-1"), spec(1, queue="default@kernel-1"),
+         NewJob(function="tests.fake:fn", payload=b"x", options=JobOptions(queue="default@kernel-1"),
+                run_at=T0 + timedelta(hours=1)), spec(3)], T0))
+    (claimed,) = store.acquire("gone", ["default@kernel-1"], 1, T0 + timedelta(seconds=30), T0)
+    assert claimed.id == ran
+    follow = store.enqueue([NewJob(function="tests.fake:fn", payload=b"x", options=JobOptions(),
+                                   parent_id=ran)], T0)[0].id
+    report = store.reap(T0 + timedelta(seconds=40), server_timeout=30, dead_server_ids=["gone"])
+    # "silent" timed out (it may only be paused, so its queue is left); "gone" is known dead.
+    assert set(report.dead_servers) == {"gone", "silent"} and report.returned_jobs == (ran,)
+    assert report.orphaned_queues == ("default@kernel-1",)
+    now = T0 + timedelta(seconds=41)
+    assert store.discard_queues(report.orphaned_queues, now, "its process is gone") == [ran, waiting, later]
+    states = store.states_of([ran, waiting, later, public, follow])
+    assert states == {ran: JobState.DELETED, waiting: JobState.DELETED, later: JobState.DELETED,
+                      public: JobState.ENQUEUED, follow: JobState.DELETED}  # the continuation follows
+    assert store.history(waiting)[-1].reason == "its process is gone"
+    assert store.discard_queues([], now, "x") == []
 
 
 def test_queue_order_then_priority_then_age(store: SqlStore) -> None:

@@ -22,6 +22,11 @@ How:
   ProcessPoolExecutor, joblib), which a daemonic process may not. Each child leads a process group of
   its own, and terminating it signals the group: what the job started goes with it. Open pools are
   closed at exit before multiprocessing's exit handler, which waits for non-daemonic processes.
+- A child outlives no server: a thread in it checks every `SERVER_CHECK_SECONDS` that the server
+  process (and its own parent, the forkserver) still exists, and when not (the server was killed
+  with -9 or by the out-of-memory killer) kills its process group and exits. The reaper gives the
+  job to another server; left running, it would run twice at once (the pipe closing tells the child
+  only between jobs).
 - A child that dies mid-job (killed, out of memory, segfault) fails the attempt with
   `WorkerCrashedError`; the job's retry policy applies. Nothing hangs: the parent waits on the pipe
   and the process sentinel together.
@@ -62,6 +67,7 @@ from ..clock import Clock, SystemClock
 from ..errors import USER_CODE_ERRORS, JobCancelled, WorkerCrashedError
 from ..model import PAYLOAD_MAX, ClaimedJob
 from ..payload import Codec, Signer
+from ..processes import pid_alive
 from .coroutines import complete
 from .thread import RunResult, failed_result
 
@@ -72,6 +78,7 @@ OutputSink = Callable[[context.JobContext, Sequence[tuple[datetime, str, str]]],
 
 _TERMINATE_GRACE = 1.0  #: seconds between SIGTERM and SIGKILL of a child that must stop
 OUTPUT_FLUSH_SECONDS = 0.5  #: a running job's output reaches the parent at most this often
+SERVER_CHECK_SECONDS = 1.0  #: how soon a worker process notices that its server died
 
 
 def _mp_context() -> Any:
@@ -148,7 +155,7 @@ class _Channel:
             self.conn.send(("result", reply))
 
 
-def _child_main(conn: Connection, key: bytes) -> None:
+def _child_main(conn: Connection, key: bytes, server_pid: int | None = None) -> None:
     """The loop of one worker process: run jobs sent by the parent until told to stop."""
     # Ctrl-C in a terminal reaches the whole process group; the parent decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -156,6 +163,9 @@ def _child_main(conn: Connection, key: bytes) -> None:
     # with it when it is terminated (timeout, cancellation), not left behind.
     with contextlib.suppress(OSError, AttributeError):
         os.setpgid(0, 0)
+    if server_pid is not None:
+        threading.Thread(target=_die_with_server, args=(server_pid, os.getppid()), daemon=True,
+                         name="nbjobs-watch-server").start()
     codec = Codec(Signer(key))
     channel = _Channel(conn)
     while True:
@@ -166,6 +176,18 @@ def _child_main(conn: Connection, key: bytes) -> None:
         if msg is None:
             return
         channel.finish(_child_run(codec, channel, msg))
+
+
+def _die_with_server(server_pid: int, parent_pid: int) -> None:
+    """End this worker, and what its job started, once the server is gone (kill -9, out of memory):
+    the reaper returns the job to its queue for another server, and a job still running here would
+    run twice at once. A pipe closing tells only between jobs; a job may run for hours."""
+    while True:
+        time.sleep(SERVER_CHECK_SECONDS)
+        if os.getppid() != parent_pid or not pid_alive(server_pid):
+            with contextlib.suppress(OSError, AttributeError):
+                os.killpg(os.getpgid(0), signal.SIGKILL)  # our group: we lead it
+            os._exit(1)
 
 
 def _child_run(codec: Codec, channel: _Channel, msg: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +286,7 @@ class _Slot:
             parent, child = self._mp.Pipe(duplex=True)
             # Not daemonic: a job may start processes of its own (a daemonic one may not). Pools are
             # closed at exit before multiprocessing waits for what is left (`close_open_pools`).
-            proc = self._mp.Process(target=_child_main, args=(child, self._key),
+            proc = self._mp.Process(target=_child_main, args=(child, self._key, os.getpid()),
                                     name="nbjobs-process-worker", daemon=False)
             proc.start()
             child.close()

@@ -6,40 +6,18 @@ Every server runs one; a lease-lock in storage lets only one act at a time.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from ..clock import Clock
+from ..processes import pid_alive
 from ..storage import ReapReport, Store
 
 log = logging.getLogger("nbjobs.server")
 
 HOST = socket.gethostname()
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` of this host still runs. A zombie does not: a killed kernel stays one
-    until its parent collects it, which a busy or careless parent may not do for long."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        pass
-    return not _zombie(pid)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:  # no /proc (macOS), or the process is gone meanwhile: the signal said it exists
-        return False
-    # "pid (comm) state …": the name may hold spaces and parentheses, so read after the last ")".
-    return stat[stat.rfind(b")") + 2:][:1] == b"Z"
 
 
 class Reaper:

@@ -15,7 +15,7 @@ import pytest
 import nbjobs
 from nbjobs import JobState
 from nbjobs.errors import JobFailedError
-from nbjobs.server.reaper import pid_alive
+from nbjobs.processes import pid_alive
 
 from ..conftest import wait_for
 from . import jobfuncs

@@ -9,11 +9,13 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 
 import nbjobs
 from nbjobs import JobState
+from nbjobs.processes import pid_alive
 
 from ..conftest import _reset_pg, wait_for
 from . import jobfuncs
@@ -122,6 +124,28 @@ def test_kill_9_while_a_job_runs_a_second_server_completes_it(client: nbjobs.Eng
         victim.stop()
         if rescuer is not None:
             rescuer.stop()
+
+
+@pytest.mark.parametrize("client", ["sqlite_url"], indirect=True)
+def test_a_killed_servers_worker_processes_stop_with_what_their_job_started(
+    client: nbjobs.Engine, tmp_path: Path
+) -> None:
+    """Its job goes back to the queue for another server: left running, it would run twice at once."""
+    nb = client
+    victim = ServerProcess(nb.url, "victim", tmp_path, "--workers", "1", *FAST)
+    try:
+        wait_until_registered(nb.store, [victim])
+        pids = tmp_path / "pids"
+        nb.options(executor="process").enqueue(jobfuncs.pool_pids_then_sleep, str(pids), 120)
+        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, timeout=60)
+        pool = [int(p) for p in pids.read_text().split()]
+        worker = psutil.Process(pool[0]).ppid()  # the worker process running the job
+        assert all(pid_alive(p) for p in [worker, *pool])
+        victim.signal(signal.SIGKILL)
+        victim.wait(10)
+        wait_for(lambda: not any(pid_alive(p) for p in [worker, *pool]), timeout=15)
+    finally:
+        victim.stop()
 
 
 @pytest.mark.slow

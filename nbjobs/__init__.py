@@ -69,6 +69,7 @@ from .errors import (
     ResultUnavailableError,
     Retry,
     SchemaVersionError,
+    StorageFullError,
     UnknownStateError,
 )
 from .gather import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, DoneAndPending, JobsView
@@ -128,6 +129,7 @@ __all__ = [
     "ResultUnavailableError",
     "Retry",
     "SchemaVersionError",
+    "StorageFullError",
     "SystemClock",
     "UnknownStateError",
     "__version__",

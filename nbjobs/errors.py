@@ -97,6 +97,11 @@ class UnstorableError(NbJobsError):
     of the connection, so trying the same write again cannot help."""
 
 
+class StorageFullError(NbJobsError):
+    """The database has no room for the write (its disk, or the PostgreSQL server's, is full): waiting
+    a moment does not help, so it is not retried; the write was rolled back whole."""
+
+
 class ResultUnavailableError(NbJobsError):
     """A job was given another job's result as an argument, and that result is gone when it runs."""
 

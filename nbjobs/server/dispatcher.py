@@ -20,7 +20,14 @@ from typing import Any
 
 from .. import context
 from ..clock import Clock
-from ..errors import USER_CODE_ERRORS, JobTimeoutError, PayloadError, ResultUnavailableError, UnstorableError
+from ..errors import (
+    USER_CODE_ERRORS,
+    JobTimeoutError,
+    PayloadError,
+    ResultUnavailableError,
+    StorageFullError,
+    UnstorableError,
+)
 from ..executors.thread import RunResult, RunWrapper, failed_result, run_in_thread, with_results
 from ..model import PRIVATE_QUEUE_MARK, ClaimedJob, NewJob, Outcome, OutcomeKind
 from ..payload import Codec
@@ -258,10 +265,14 @@ class Dispatcher:
                 try:
                     self._check_timeouts()
                     flushed, claimed = self._turn()
-                except Exception:
+                except Exception as exc:
                     backoff = min(max(backoff * 2, 0.05), self.config.max_backoff)
-                    log.exception("dispatcher turn failed; retrying in %.2fs", backoff,
+                    if isinstance(exc, StorageFullError):  # said in a line: no traceback every turn
+                        log.error("dispatcher turn failed: %s; retrying in %.2fs", exc, backoff,
                                   extra={"action": "dispatcher_retry"})
+                    else:
+                        log.exception("dispatcher turn failed; retrying in %.2fs", backoff,
+                                      extra={"action": "dispatcher_retry"})
                     self.errors += 1
                     # Wait on the stop flag, not `wake`: finishing workers must not cut the backoff short.
                     if self.clock.wait(self._stop, backoff):

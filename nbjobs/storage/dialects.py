@@ -164,6 +164,10 @@ class Dialect:
             return True
         return isinstance(exc, OperationalError)
 
+    def is_full(self, exc: BaseException) -> bool:
+        """The database has no room left (a full disk): retrying at once would fail the same way."""
+        return False
+
     def is_unstorable(self, exc: BaseException) -> bool:
         """Errors about the values written (too long, a character or constraint refused): the same
         write fails again, whatever the connection."""
@@ -271,6 +275,10 @@ class SqliteDialect(Dialect):
 
     def is_unstorable(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.DataError | sqlite3.IntegrityError) or super().is_unstorable(exc)
+
+    def is_full(self, exc: BaseException) -> bool:
+        cause = getattr(exc, "orig", None) or exc
+        return getattr(cause, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
 
     def write_guard(self) -> AbstractContextManager[Any]:
         # SQLite has one writer at a time. Threads of this process (client, dispatcher, heartbeat)
@@ -515,6 +523,11 @@ class _WakePipe:
 class PostgresDialect(Dialect):
     name = "postgresql"
     one_statement_writes = True
+
+    def is_full(self, exc: BaseException) -> bool:
+        # SQLSTATE class 53, insufficient resources: disk_full (53100), out_of_memory (53200), …
+        cause = getattr(exc, "orig", None) or exc
+        return str(getattr(cause, "sqlstate", "") or "").startswith("53")
 
     def create_engine(self) -> Engine:
         try:

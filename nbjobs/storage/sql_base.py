@@ -32,7 +32,7 @@ from sqlalchemy import (
 )
 
 from .. import states
-from ..errors import SchemaVersionError, UnstorableError
+from ..errors import SchemaVersionError, StorageFullError, UnstorableError
 from ..model import (
     ContinueOn,
     JobOptions,
@@ -212,6 +212,13 @@ class SqlBase:
                 if self.dialect.is_unstorable(exc):
                     cause = getattr(exc, "orig", None) or exc
                     raise UnstorableError(f"the database refused the values written: {cause}") from exc
+                if self.dialect.is_full(exc):
+                    cause = getattr(exc, "orig", None) or exc
+                    raise StorageFullError(
+                        f"the database {self.database} is full ({cause}); nothing of this call was "
+                        "stored. Free space where it is kept (its disk, or the PostgreSQL server's), or "
+                        "keep finished jobs for less time (start_server(keep_succeeded=…))"
+                    ) from exc
                 if attempt >= self._max_retries or not self.dialect.is_transient(exc):
                     raise
                 log.warning("transient database error (attempt %d): %s; retrying", attempt + 1, exc)

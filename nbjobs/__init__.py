@@ -51,6 +51,7 @@ from .default import (
 from .engine import Engine, connect, default_url
 from .errors import (
     ConfigurationError,
+    DatabaseUnavailableError,
     FunctionNotFoundError,
     IllegalTransitionError,
     InvalidJobError,
@@ -101,6 +102,7 @@ __all__ = [
     "Client",
     "ConfigurationError",
     "ContinueOn",
+    "DatabaseUnavailableError",
     "DoneAndPending",
     "Engine",
     "FunctionNotFoundError",

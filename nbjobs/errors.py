@@ -97,6 +97,10 @@ class UnstorableError(NbJobsError):
     of the connection, so trying the same write again cannot help."""
 
 
+class DatabaseUnavailableError(NbJobsError):
+    """`connect()` could not reach the database (its server down or unreachable) in its tries."""
+
+
 class StorageFullError(NbJobsError):
     """The database has no room for the write (its disk, or the PostgreSQL server's, is full): waiting
     a moment does not help, so it is not retried; the write was rolled back whole."""

@@ -168,6 +168,16 @@ class Dialect:
         """The database has no room left (a full disk): retrying at once would fail the same way."""
         return False
 
+    #: What the driver says when the URL names what does not exist or may not connect: no retry helps.
+    misconfigured_messages: tuple[str, ...] = ()
+
+    def is_misconfigured(self, exc: BaseException) -> bool:
+        """A connection refused for what the URL says (no such database, user or host; a password
+        refused), not for a passing fault."""
+        text = str(getattr(exc, "orig", None) or exc)
+        return isinstance(exc, OperationalError | sqlite3.OperationalError) and any(
+            m in text for m in self.misconfigured_messages)
+
     def is_unstorable(self, exc: BaseException) -> bool:
         """Errors about the values written (too long, a character or constraint refused): the same
         write fails again, whatever the connection."""
@@ -523,6 +533,9 @@ class _WakePipe:
 class PostgresDialect(Dialect):
     name = "postgresql"
     one_statement_writes = True
+
+    misconfigured_messages = ("does not exist", "password authentication failed", "failed to resolve host",
+                              "no pg_hba.conf entry", "authentication failed")
 
     def is_full(self, exc: BaseException) -> bool:
         # SQLSTATE class 53, insufficient resources: disk_full (53100), out_of_memory (53200), …

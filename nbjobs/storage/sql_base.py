@@ -32,7 +32,13 @@ from sqlalchemy import (
 )
 
 from .. import states
-from ..errors import SchemaVersionError, StorageFullError, UnstorableError
+from ..errors import (
+    ConfigurationError,
+    DatabaseUnavailableError,
+    SchemaVersionError,
+    StorageFullError,
+    UnstorableError,
+)
 from ..model import (
     ContinueOn,
     JobOptions,
@@ -138,8 +144,14 @@ class SqlBase:
         )
         try:
             self._ensure_schema()
-        except BaseException:  # e.g. a newer schema: release the pool rather than leak its connection
+        except BaseException as exc:  # e.g. a newer schema: release the pool rather than leak its connection
             self.engine.dispose()
+            if isinstance(exc, Exception) and self.dialect.is_transient(exc):  # tried, in vain
+                raise DatabaseUnavailableError(
+                    f"cannot reach the database {self.database} ({_first_line(exc)}) after "
+                    f"{self._max_retries + 1} tries; check that its server runs and that the URL "
+                    "(NBJOBS_URL, or connect(url)) names it"
+                ) from exc
             raise
 
     # -- transactions ---------------------------------------------------------------------------
@@ -219,9 +231,15 @@ class SqlBase:
                         "stored. Free space where it is kept (its disk, or the PostgreSQL server's), or "
                         "keep finished jobs for less time (start_server(keep_succeeded=…))"
                     ) from exc
+                if self.dialect.is_misconfigured(exc):
+                    raise ConfigurationError(
+                        f"cannot use the database {self.database}: {_first_line(exc)}. Check the URL "
+                        "(NBJOBS_URL, or connect(url)): the host, database and user it names must exist"
+                    ) from exc
                 if attempt >= self._max_retries or not self.dialect.is_transient(exc):
                     raise
-                log.warning("transient database error (attempt %d): %s; retrying", attempt + 1, exc)
+                log.warning("transient database error (attempt %d): %s; retrying", attempt + 1,
+                            _first_line(exc))
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
@@ -437,3 +455,9 @@ def _record(row: Row[Any]) -> JobRecord:
         progress_message=row.progress_message,
         cancel_requested=bool(row.cancel_requested),
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    """A driver's error as one line: its own message, without SQLAlchemy's wrapping and links."""
+    cause = getattr(exc, "orig", None) or exc
+    return (str(cause).strip().splitlines() or [type(cause).__name__])[0]

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import re
+import socket
 import threading
+import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import make_url, update
 
 import nbjobs
 from nbjobs import JobState
 from nbjobs.errors import (
     ConfigurationError,
+    DatabaseUnavailableError,
     IllegalTransitionError,
     InvalidJobError,
     JobFailedError,
@@ -495,6 +499,29 @@ def test_connect_refuses_what_it_cannot_use(tmp_path: Path) -> None:
         nbjobs.connect(f"sqlite:///{tmp_path / 'x.db'}", workers=4)  # it was Engine's bare TypeError
     with nbjobs.connect(tmp_path / "path.db", secret="s") as by_path:  # a pathlib.Path is a SQLite file
         assert by_path.enqueue(add, 1, 2).id == 1 and (tmp_path / "path.db").exists()
+
+
+def test_connect_says_why_it_cannot_reach_the_database(pg_server_url: str, tmp_path: Path) -> None:
+    server = make_url(pg_server_url)
+    # What the URL names does not exist: said at once, not retried as a passing fault.
+    for url, named in [
+        (server.set(database="nbjobs_no_such_db"), 'database "nbjobs_no_such_db" does not exist'),
+        (server.set(username="nbjobs_no_such_role"), 'role "nbjobs_no_such_role" does not exist'),
+    ]:
+        started = time.monotonic()
+        with pytest.raises(ConfigurationError, match=r"cannot use the database postgresql://.*Check the URL"):
+            nbjobs.connect(url.render_as_string(hide_password=False))
+        assert time.monotonic() - started < 2
+        with pytest.raises(ConfigurationError, match=re.escape(named)):
+            nbjobs.connect(url.render_as_string(hide_password=False))
+    # Nothing listens there: tried (a server may be starting), then said in one error.
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(DatabaseUnavailableError, match=rf"cannot reach the database postgresql://127.0.0.1:{port}/"
+                       r".* after 2 tries; check that its server runs"):  # (the store connect() opens,
+        SqlStore(server.set(host="127.0.0.1", port=port).render_as_string(hide_password=False),
+                 max_retries=1)  # with fewer tries to keep the test short)
 
 
 def test_starting_a_running_server_again_says_what_it_ignores(engine: nbjobs.Engine) -> None:

@@ -486,13 +486,19 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d %(threadName)s] %(
               help="Grace seconds for running jobs on SIGTERM/SIGINT before they return to the queue.")
 @click.option("--poll-interval", default=0.25, show_default=True, type=float,
               help="Seconds between checks for work from other processes when no notification exists.")
+@click.option("--process-max-jobs", default=None, type=click.IntRange(min=1), metavar="N",
+              help="Replace a worker process (executor='process') after N jobs.")
+@click.option("--process-max-memory", "process_max_memory_mb", default=None,
+              type=click.FloatRange(min=0, min_open=True), metavar="MB",
+              help="Replace a worker process that holds more than MB after a job.")
 @click.option("--burst", is_flag=True,
               help="Stop (exit 0) once nothing it could run is left: jobs scheduled later are left.")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def server(url: str | None, workers: int, queues: str, limits: tuple[str, ...], rates: tuple[str, ...],
            name: str | None, heartbeat_interval: float, server_timeout: float, shutdown_timeout: float,
-           poll_interval: float, burst: bool, log_level: str) -> None:
+           poll_interval: float, process_max_jobs: int | None, process_max_memory_mb: float | None,
+           burst: bool, log_level: str) -> None:
     """Run a job server in the foreground until SIGTERM/SIGINT (a second signal stops at once), or
     with --burst until the jobs ready to run (and those they lead to) are done."""
     from .server import ServerConfig
@@ -512,7 +518,8 @@ def server(url: str | None, workers: int, queues: str, limits: tuple[str, ...], 
         code = run_until_stopped(lambda: engine.start_server(
             workers=workers, queues=queue_list, name=name, heartbeat_interval=heartbeat_interval,
             server_timeout=server_timeout, shutdown_timeout=shutdown_timeout, poll_interval=poll_interval,
-            limits=limit_map, rates=rate_map,
+            limits=limit_map, rates=rate_map, process_max_jobs=process_max_jobs,
+            process_max_memory_mb=process_max_memory_mb,
         ), burst=burst, check_every=min(0.5, poll_interval) if burst else 0.5)
     finally:
         engine.close()

@@ -128,14 +128,14 @@ class Engine:
             self.server = Server(
                 store=self.store, clock=self.clock, codec=self.codec, config=config,
                 wake=self.notifier.work, schedule_changed=self.notifier.schedule_changed,
-                executors=self._executors(workers), wrappers=self._wrappers(),
+                executors=self._executors(config), wrappers=self._wrappers(),
                 progress_sink=self._progress_sink(), on_finished=self.notifier.finished, engine=self,
             )
             self.server.start()
             self.notifier.intake = self.server.dispatcher
             return self.server
 
-    def _executors(self, workers: int = 4) -> dict[str, Any]:
+    def _executors(self, config: ServerConfig) -> dict[str, Any]:
         """Extra executors by name (process, notebook); filled in by their modules when present."""
         from .executors.process import ProcessExecutor
 
@@ -143,8 +143,9 @@ class Engine:
             self._process_pool.close()
         # Children start lazily, so a server that never runs a process job starts no process.
         self._process_pool = ProcessExecutor(
-            size=workers, signer=self.codec.signer, clock=self.clock, max_payload=self.codec.max_bytes,
+            size=config.workers, signer=self.codec.signer, clock=self.clock, max_payload=self.codec.max_bytes,
             engine_opener=functools.partial(connect, self.url, synchronous=self.synchronous),
+            max_jobs=config.process_max_jobs, max_memory_mb=config.process_max_memory_mb,
         )
         return {"process": self._process_pool}
 

@@ -152,7 +152,18 @@ class _Channel:
         with self.lock:
             output, self.output = self.output, None
             reply["output"] = output.take() if output is not None else []
+            reply["resident_mb"] = _resident_mb()
             self.conn.send(("result", reply))
+
+
+def _resident_mb() -> float | None:
+    """This process's resident memory now, in MB (Linux's /proc); None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", "rb") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 def _child_main(conn: Connection, key: bytes, server_pid: int | None = None) -> None:
@@ -279,6 +290,7 @@ class _Slot:
         self._key = key
         self.process: Any = None
         self.conn: Connection | None = None
+        self.jobs_run = 0  #: by the current child
 
     def _ensure(self) -> tuple[Any, Connection]:
         if self.process is None or not self.process.is_alive() or self.conn is None:
@@ -291,6 +303,7 @@ class _Slot:
             proc.start()
             child.close()
             self.process, self.conn = proc, parent
+            self.jobs_run = 0
         return self.process, self.conn
 
     def run(self, job: ClaimedJob, ctx: context.JobContext, store_output: Callable[[Any], None],
@@ -323,6 +336,7 @@ class _Slot:
                     pass  # the child died after or while writing: fall through to the crash report
                 else:
                     if kind == "result":
+                        self.jobs_run += 1
                         return body, ""
                     if kind == "output":
                         store_output(body)
@@ -399,8 +413,12 @@ class ProcessExecutor:
     def __init__(
         self, *, size: int, signer: Signer, clock: Clock, on_output: OutputSink | None = None,
         engine_opener: functools.partial[Any] | None = None, max_payload: int = PAYLOAD_MAX,
+        max_jobs: int | None = None, max_memory_mb: float | None = None,
     ) -> None:
         self._mp = _mp_context()
+        #: A child is replaced after this many jobs, or after a job that leaves it above this memory.
+        self._max_jobs = max_jobs
+        self._max_memory_mb = max_memory_mb
         #: Opens, given `secret=`, an engine on the server's database: `current_job().engine` in a child
         #: (a partial of a module-level function, so it travels to the child by reference).
         self._engine_opener = engine_opener
@@ -436,6 +454,8 @@ class ProcessExecutor:
                 raise RuntimeError("the process pool was closed")
             reply, why = slot.run(job, ctx, functools.partial(self._store_output, ctx), self._engine_opener,
                                   self._max_payload)
+            if reply is not None:
+                self._retire_if_spent(slot, job.id, reply.pop("resident_mb", None))
         finally:
             if extra:
                 slot.close()
@@ -462,6 +482,20 @@ class ProcessExecutor:
             with contextlib.suppress(Exception):
                 exc_type = pickle.loads(exc_blob)  # written by our own child
         return RunResult(**reply, exc_type=exc_type)
+
+    def _retire_if_spent(self, slot: _Slot, job_id: int, resident_mb: float | None) -> None:
+        """Replace the slot's child (its next job starts a fresh one) once it ran `max_jobs` jobs or
+        holds more than `max_memory_mb` after one."""
+        if self._max_jobs is not None and slot.jobs_run >= self._max_jobs:
+            why = f"it ran {slot.jobs_run} jobs"
+        elif (self._max_memory_mb is not None and resident_mb is not None
+              and resident_mb > self._max_memory_mb):
+            why = f"job {job_id} left it holding {resident_mb:,.0f} MB"
+        else:
+            return
+        log.info("replacing worker process %s: %s", slot.process.pid if slot.process else "?", why,
+                 extra={"action": "process_recycled", "job_id": job_id})
+        slot.close()
 
     def _store_output(self, ctx: context.JobContext, chunks: Sequence[tuple[datetime, str, str]]) -> None:
         if not chunks:

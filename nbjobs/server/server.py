@@ -57,6 +57,10 @@ class ServerConfig:
     #: quota); "N/s", "N/m", "N/h", "N/d" or "N/30s". Per server, as `limits`.
     rates: Mapping[str, str | Rate] = field(default_factory=dict)
     duties: list[Duty] = field(default_factory=list)
+    #: Worker processes (`executor="process"`) are replaced after this many jobs, or once a job leaves
+    #: one holding more than this many MB: memory a library keeps (caches, leaks) goes with it.
+    process_max_jobs: int | None = None
+    process_max_memory_mb: float | None = None
 
     def validate(self) -> None:
         from ..errors import ConfigurationError
@@ -65,6 +69,15 @@ class ServerConfig:
             raise ConfigurationError(f"workers must be a whole number such as 4, got {self.workers!r}")
         if self.workers < 1:
             raise ConfigurationError(f"workers must be at least 1, got {self.workers}")
+        jobs = self.process_max_jobs
+        if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
+            raise ConfigurationError(f"process_max_jobs must be a whole number of at least 1 (or None), "
+                                     f"got {jobs!r}")
+        memory = self.process_max_memory_mb
+        if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int | float)
+                                   or not 0 < memory < float("inf")):
+            raise ConfigurationError(f"process_max_memory_mb must be a positive number of MB (or None), "
+                                     f"got {memory!r}")
         if self.name is not None and len(self.name) > SERVER_NAME_MAX:
             raise ConfigurationError(
                 f"server name {self.name[:40]!r}… is {len(self.name)} characters; "

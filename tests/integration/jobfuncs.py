@@ -173,3 +173,12 @@ def gather_noops(n: int) -> int:
     import nbjobs
 
     return len(nbjobs.results(nbjobs.enqueue_many(noop, [()] * n)))
+
+
+_KEPT: list[bytes] = []  #: what `keep_memory` leaves behind in its worker process, as a leak would
+
+
+def keep_memory(mb: int) -> int:
+    """Leave `mb` MB allocated (and touched) in this process; its pid."""
+    _KEPT.append(b"x" * (mb * 1_000_000))
+    return os.getpid()

@@ -229,3 +229,26 @@ def test_a_process_job_gathers_its_children_on_a_server_with_one_worker(
         wait_for(lambda: dispatcher._lent == 0 and len(dispatcher._workers) == 1)
     finally:
         eng.close()
+
+
+def test_worker_processes_are_replaced_after_max_jobs_or_above_max_memory(tmp_path: Path) -> None:
+    with nbjobs.connect(f"sqlite:///{tmp_path / 'jobs.db'}", secret="test-secret") as nb:
+        nb.start_server(workers=1, process_max_jobs=2)
+        proc = nb.options(executor="process")
+        pids = [proc.enqueue(jobfuncs.whoami).result(timeout=30) for _ in range(5)]
+        assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+        nb.stop_server()
+        nb.start_server(workers=1, process_max_memory_mb=250)  # a child holds ~80 MB
+        small = [proc.enqueue(jobfuncs.keep_memory, 10).result(timeout=30) for _ in range(2)]
+        assert small[0] == small[1]  # well below: kept
+        leaky = proc.enqueue(jobfuncs.keep_memory, 300).result(timeout=30)
+        assert leaky == small[0]
+        after = proc.enqueue(jobfuncs.whoami).result(timeout=30)
+        assert after != leaky and not pid_alive(leaky)  # it held 300 MB more after its job: replaced
+    for bad in (0, 1.5, True):
+        with nbjobs.connect(f"sqlite:///{tmp_path / 'jobs.db'}") as nb, \
+                pytest.raises(nbjobs.ConfigurationError, match="process_max_jobs must be a whole number"):
+            nb.start_server(process_max_jobs=bad)
+    with nbjobs.connect(f"sqlite:///{tmp_path / 'jobs.db'}") as nb, \
+            pytest.raises(nbjobs.ConfigurationError, match="process_max_memory_mb must be a positive number"):
+        nb.start_server(process_max_memory_mb=float("nan"))

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from typing import TypeVar
 
 import click
 import pandas as pd
 
 from . import __version__
+from . import cli_values as values
 from .engine import Engine, default_url
 from .errors import FunctionNotFoundError, JobFailedError, NbJobsError, ResultTimeoutError
 from .model import JobState
+
+T = TypeVar("T")
 
 url_option = click.option(
     "--url", default=None, envvar="NBJOBS_URL", show_default="NBJOBS_URL or ./nbjobs.db",
@@ -81,42 +83,18 @@ def jobs_cmd(url: str | None, state: str | None, queue: str | None, name: str | 
              since: str | None, limit: int) -> None:
     """List jobs, newest first."""
     with _engine(url) as engine:
-        frame = engine.jobs(state=state, queue=queue, name=name, limit=limit, lock=lock, since=_ago(since))
+        frame = engine.jobs(state=state, queue=queue, name=name, limit=limit, lock=lock,
+                            since=values.ago(since))
         _print_frame(frame[["id", "name", "function", "queue", "state", "attempts", "created_at",
                             "duration", "error_type"]])
 
 
-def _ago(text: str | None) -> str | timedelta | None:
-    """`--since` as a duration ago when it reads as one ('90m', '1h'), else the time as given."""
-    if text is None:
-        return None
-    found = _duration(text)
-    return text if found is None else found
-
-
-#: '90m', '1.5h', '2d': the short forms (pandas warns on a lower-case 'd' and reads a bare '10' as ns).
-_SHORT_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def _duration(text: str) -> timedelta | None:
-    """A duration written on the command line: seconds ('600'), a short form ('90m', '2d'), or what
-    pandas reads ('1h30m', '1 day', '00:10:00'); None if the text is none of these."""
-    text = text.strip()
-    short = _SHORT_DURATION.fullmatch(text.lower())
+def _parsed(parse: Callable[[str], T], text: str, param: str) -> T:
+    """A command-line value read by `cli_values`, its ValueError shown as click's usage error."""
     try:
-        if short:
-            return timedelta(**{_UNITS[short[2]]: float(short[1])})
-        return timedelta(seconds=float(text))
-    except OverflowError:  # beyond datetime's calendar: no duration
-        return None
-    except ValueError:  # not a number (nan included)
-        pass
-    try:
-        found = pd.Timedelta(text)
-    except (ValueError, OverflowError):
-        return None
-    return None if pd.isna(found) else found.to_pytimedelta()
+        return parse(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=param) from None
 
 
 def _selection(command: Callable[..., None]) -> Callable[..., None]:
@@ -143,7 +121,7 @@ def _selected(engine: Engine, verb: str, job_ids: tuple[int, ...], state: str | 
         return list(job_ids)
     if all(v is None for v in filters.values()):
         raise click.UsageError(f"give the ids of the jobs to {verb}, or filters such as --state failed")
-    frame = engine.jobs(state=state, queue=queue, name=name, since=_ago(since), limit=None)
+    frame = engine.jobs(state=state, queue=queue, name=name, since=values.ago(since), limit=None)
     ids = [int(i) for i in frame["id"]]
     chosen = ", ".join(f"{k} {v}" for k, v in filters.items() if v is not None)
     if not ids:
@@ -321,7 +299,7 @@ def enqueue(url: str | None, function: str, args: tuple[str, ...], kwargs: tuple
     from .notebooks import parse_cli_value
     from .payload import resolve_function
 
-    ref = _function_ref(function)
+    ref = _parsed(values.function_ref, function, "FUNCTION")
     try:
         fn = resolve_function(ref)
     except FunctionNotFoundError as exc:
@@ -336,7 +314,7 @@ def enqueue(url: str | None, function: str, args: tuple[str, ...], kwargs: tuple
     with _engine(url) as engine:
         client = engine.options(**options)
         job = (client.enqueue(fn, *call_args, **call_kwargs) if when is None
-               else client.schedule(_when(when), fn, *call_args, **call_kwargs))
+               else client.schedule(_parsed(values.when, when, "--at"), fn, *call_args, **call_kwargs))
         click.echo(f"job {job.id} {job.state.value}")
         if not wait:
             return
@@ -345,30 +323,6 @@ def enqueue(url: str | None, function: str, args: tuple[str, ...], kwargs: tuple
         except JobFailedError as exc:
             click.echo(str(exc), err=True)
             sys.exit(1)
-
-
-def _function_ref(text: str) -> str:
-    """`module:function`, also written `module.function`."""
-    if ":" in text:
-        return text
-    module, dot, attribute = text.rpartition(".")
-    if not dot or not module or not attribute:
-        raise click.BadParameter(f"write the function as module:function (e.g. reports:build), not {text!r}",
-                                 param_hint="FUNCTION")
-    return f"{module}:{attribute}"
-
-
-def _when(text: str) -> timedelta | datetime:
-    """`--at` as a delay when it reads as one ('10m', or seconds), else a time (naive = local, as
-    `schedule` reads it)."""
-    delay = _duration(text)
-    if delay is not None:
-        return delay
-    try:
-        return pd.Timestamp(text).to_pydatetime()
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is neither a time ('2026-11-29 09:00') nor a delay ('10m', '2h')",
-                                 param_hint="--at") from None
 
 
 @cli.command("recurring")

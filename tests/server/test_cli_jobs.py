@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 import nbjobs
-from nbjobs.cli import _duration, cli
+from nbjobs.cli import cli
+from nbjobs.cli_values import duration
 
 from ..conftest import wait_for
 
@@ -175,7 +176,7 @@ def test_logs_follow_prints_output_while_the_job_runs_and_exits_with_its_outcome
     ("2026-11-29", None), ("soon", None), ("nan", None), ("inf", None), ("1e30", None),
 ])
 def test_command_line_durations(text: str, expected: timedelta | None) -> None:
-    assert _duration(text) == expected
+    assert duration(text) == expected
 
 
 def fails() -> None:

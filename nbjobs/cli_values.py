@@ -1,0 +1,67 @@
+"""Values written on the command line: durations ('90m'), times or delays (`--at`), function names.
+
+Pure functions (no click, no database): `cli.py` shows their ValueError as a usage error.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+import pandas as pd
+
+#: '90m', '1.5h', '2d': the short forms (pandas warns on a lower-case 'd' and reads a bare '10' as ns).
+_SHORT_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def duration(text: str) -> timedelta | None:
+    """A duration: seconds ('600'), a short form ('90m', '2d'), or what pandas reads ('1h30m',
+    '1 day', '00:10:00'); None if the text is none of these."""
+    text = text.strip()
+    short = _SHORT_DURATION.fullmatch(text.lower())
+    try:
+        if short:
+            return timedelta(**{_UNITS[short[2]]: float(short[1])})
+        return timedelta(seconds=float(text))
+    except OverflowError:  # beyond datetime's calendar: no duration
+        return None
+    except ValueError:  # not a number (nan included)
+        pass
+    try:
+        found = pd.Timedelta(text)
+    except (ValueError, OverflowError):
+        return None
+    return None if pd.isna(found) else found.to_pytimedelta()
+
+
+def ago(text: str | None) -> str | timedelta | None:
+    """`--since` as a duration ago when it reads as one ('90m', '1h'), else the time as given (the
+    engine reads and checks it)."""
+    if text is None:
+        return None
+    found = duration(text)
+    return text if found is None else found
+
+
+def when(text: str) -> timedelta | datetime:
+    """`--at` as a delay when it reads as one ('10m', or seconds), else a time (naive = local, as
+    `schedule` reads it)."""
+    delay = duration(text)
+    if delay is not None:
+        return delay
+    try:
+        return pd.Timestamp(text).to_pydatetime()
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a time ('2026-11-29 09:00') nor a delay ('10m', '2h')"
+                         ) from None
+
+
+def function_ref(text: str) -> str:
+    """`module:function`, also written `module.function`."""
+    if ":" in text:
+        return text
+    module, dot, attribute = text.rpartition(".")
+    if not dot or not module or not attribute:
+        raise ValueError(f"write the function as module:function (e.g. reports:build), not {text!r}")
+    return f"{module}:{attribute}"

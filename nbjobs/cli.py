@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -30,13 +31,32 @@ def _engine(url: str | None) -> Engine:
     return Engine(url or default_url())
 
 
-def _print_frame(frame: pd.DataFrame) -> None:
+format_option = click.option(
+    "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+    help="table for people; csv or json (every column, durations in seconds) for scripts.",
+)
+
+
+def _print_frame(frame: pd.DataFrame, fmt: str = "table", table_columns: list[str] | None = None) -> None:
+    """A frame as a table (of `table_columns`, if given), or whole as CSV or JSON records."""
+    if fmt != "table":
+        out = frame.copy()
+        for column in out.columns:
+            if pd.api.types.is_timedelta64_dtype(out[column]):
+                out[column] = out[column].dt.total_seconds()
+            elif fmt == "csv" and pd.api.types.is_object_dtype(out[column]):  # history's data: JSON text
+                out[column] = out[column].map(lambda v: json.dumps(v) if isinstance(v, dict | list) else v)
+        if fmt == "csv":
+            click.echo(out.to_csv(index=False), nl=False)
+        else:
+            click.echo(out.to_json(orient="records", date_format="iso", date_unit="us", force_ascii=False))
+        return
     if frame.empty:
         click.echo("(none)")
         return
     with pd.option_context("display.max_columns", None, "display.width", 200,
                            "display.max_colwidth", 60):
-        click.echo(frame.to_string(index=False))
+        click.echo(frame[table_columns or list(frame.columns)].to_string(index=False))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -79,14 +99,15 @@ def demo(url: str | None) -> None:
 @click.option("--since", default=None, help="Only jobs created since: a time ('2026-11-28 09:00', local) "
               "or a duration ago ('90m', '1h', '2d').")
 @click.option("--limit", default=50, show_default=True, type=int)
+@format_option
 def jobs_cmd(url: str | None, state: str | None, queue: str | None, name: str | None, lock: str | None,
-             since: str | None, limit: int) -> None:
+             since: str | None, limit: int, fmt: str) -> None:
     """List jobs, newest first."""
     with _engine(url) as engine:
         frame = engine.jobs(state=state, queue=queue, name=name, limit=limit, lock=lock,
                             since=values.ago(since))
-        _print_frame(frame[["id", "name", "function", "queue", "state", "attempts", "created_at",
-                            "duration", "error_type"]])
+        _print_frame(frame, fmt, ["id", "name", "function", "queue", "state", "attempts", "created_at",
+                                  "duration", "error_type"])
 
 
 def _parsed(parse: Callable[[str], T], text: str, param: str) -> T:
@@ -205,10 +226,11 @@ def _report(outcome: pd.DataFrame, done: str) -> None:
 @cli.command()
 @url_option
 @click.argument("job_id", type=int)
-def history(url: str | None, job_id: int) -> None:
+@format_option
+def history(url: str | None, job_id: int, fmt: str) -> None:
     """A job's state transitions."""
     with _engine(url) as engine:
-        _print_frame(engine.history(job_id))
+        _print_frame(engine.history(job_id), fmt)
 
 
 @cli.command()
@@ -327,10 +349,12 @@ def enqueue(url: str | None, function: str, args: tuple[str, ...], kwargs: tuple
 
 @cli.command("recurring")
 @url_option
-def recurring_cmd(url: str | None) -> None:
+@format_option
+def recurring_cmd(url: str | None, fmt: str) -> None:
     """List recurring jobs: schedule, next and last run, last job, paused, error."""
     with _engine(url) as engine:
-        _print_frame(engine.recurring_jobs().drop(columns=["last_skip"]))
+        frame = engine.recurring_jobs()
+        _print_frame(frame, fmt, [c for c in frame.columns if c != "last_skip"])
 
 
 @cli.command()
@@ -482,15 +506,19 @@ def server(url: str | None, workers: int, queues: str, limits: tuple[str, ...], 
 
 @cli.command("servers")
 @url_option
-def servers_cmd(url: str | None) -> None:
+@format_option
+def servers_cmd(url: str | None, fmt: str) -> None:
     """List live servers: heartbeats and running jobs."""
     with _engine(url) as engine:
         frame = engine.servers()
         running = engine.store.running_by_server()
         if not frame.empty:
-            frame["job_ids"] = [",".join(map(str, sorted(running.get(sid, []))[:10])) for sid in frame["id"]]
-            frame["id"] = frame["id"].str[:12]
-        _print_frame(frame)
+            most = 10 if fmt == "table" else None
+            frame["job_ids"] = [",".join(map(str, sorted(running.get(sid, []))[:most]))
+                                for sid in frame["id"]]
+            if fmt == "table":
+                frame["id"] = frame["id"].str[:12]
+        _print_frame(frame, fmt)
 
 
 @cli.command("run-notebook")

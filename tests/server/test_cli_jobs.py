@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import os
 import subprocess
 import sys
@@ -208,3 +211,27 @@ def test_requeue_and_delete_take_filters_and_ask_first(engine: nbjobs.Engine) ->
                           (["5", "--state", "failed"], "give job ids or filters")]:
         result = runner.invoke(cli, ["requeue", "--url", engine.url, *args])
         assert result.exit_code == 2 and message in result.output
+
+
+def test_listings_print_csv_and_json_for_scripts(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1, name="scripted")
+    job = engine.enqueue(add, 2, 3)
+    job.result(timeout=30)
+    code, out, _ = invoke("jobs", "--url", engine.url, "--format", "json")
+    (row,) = json.loads(out)
+    assert row["id"] == job.id and row["state"] == "succeeded" and row["priority"] == 0  # every column
+    assert isinstance(row["duration"], float) and row["created_at"].endswith("Z")  # seconds, ISO times
+    code, out, _ = invoke("jobs", "--url", engine.url, "--format", "csv")
+    (parsed,) = list(csv.DictReader(io.StringIO(out)))
+    assert parsed["id"] == str(job.id) and float(parsed["duration"]) >= 0
+    code, out, _ = invoke("history", "--url", engine.url, str(job.id), "--format", "json")
+    changes = json.loads(out)
+    assert [c["state"] for c in changes] == ["enqueued", "processing", "succeeded"]
+    assert isinstance(changes[-1]["data"]["duration"], float)  # an object, not text in text
+    code, out, _ = invoke("history", "--url", engine.url, str(job.id), "--format", "csv")
+    assert json.loads(list(csv.DictReader(io.StringIO(out)))[-1]["data"])["duration"] >= 0
+    code, out, _ = invoke("servers", "--url", engine.url, "--format", "json")
+    (server,) = json.loads(out)
+    assert server["name"] == "scripted" and len(server["id"]) == 32  # whole ids for scripts
+    code, out, _ = invoke("recurring", "--url", engine.url, "--format", "json")
+    assert code == 0 and json.loads(out) == []

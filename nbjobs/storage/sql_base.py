@@ -148,7 +148,7 @@ class SqlBase:
             self.engine.dispose()
             if isinstance(exc, Exception) and self.dialect.is_transient(exc):  # tried, in vain
                 raise DatabaseUnavailableError(
-                    f"cannot reach the database {self.database} ({_first_line(exc)}) after "
+                    f"cannot reach the database {self.database} ({_driver_message(exc)}) after "
                     f"{self._max_retries + 1} tries; check that its server runs and that the URL "
                     "(NBJOBS_URL, or connect(url)) names it"
                 ) from exc
@@ -233,13 +233,13 @@ class SqlBase:
                     ) from exc
                 if self.dialect.is_misconfigured(exc):
                     raise ConfigurationError(
-                        f"cannot use the database {self.database}: {_first_line(exc)}. Check the URL "
+                        f"cannot use the database {self.database}: {_driver_message(exc)}. Check the URL "
                         "(NBJOBS_URL, or connect(url)): the host, database and user it names must exist"
                     ) from exc
                 if attempt >= self._max_retries or not self.dialect.is_transient(exc):
                     raise
                 log.warning("transient database error (attempt %d): %s; retrying", attempt + 1,
-                            _first_line(exc))
+                            _driver_message(exc))
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")
@@ -457,7 +457,7 @@ def _record(row: Row[Any]) -> JobRecord:
     )
 
 
-def _first_line(exc: BaseException) -> str:
+def _driver_message(exc: BaseException) -> str:
     """A driver's error as one line: its own message, without SQLAlchemy's wrapping and links."""
     cause = getattr(exc, "orig", None) or exc
     return (str(cause).strip().splitlines() or [type(cause).__name__])[0]

@@ -47,7 +47,8 @@ def test_a_killed_kernels_private_jobs_are_deleted_by_the_next_server_at_once(tm
         assert kernel.stdout is not None
         ids = [int(i) for i in kernel.stdout.readline().split()]
         assert kernel.stdout.readline() == "running\n"
-        kernel.send_signal(signal.SIGKILL)  # not waited for: a zombie until the end of the test
+        kernel.send_signal(signal.SIGKILL)
+        os.waitid(os.P_PID, kernel.pid, os.WEXITED | os.WNOWAIT)  # dead, not collected: a zombie
         with nbjobs.connect(url, secret=SECRET) as nb:
             nb.start_server(workers=1)  # its first reap, before it takes work: no waiting for a lock
             assert [nb.job(i).state for i in ids] == [JobState.DELETED] * 4

@@ -20,8 +20,10 @@ def test_notebook_jobs_tour(tmp_path: Path) -> None:
     out = text(nb)
     assert "<Job 1 sales.ipynb [default]" in out  # the Job shown right after enqueue
     run_files = sorted(p.name for p in (tmp_path / "reports" / "nbjobs-runs").iterdir())
-    assert run_files == ["sales.1.ipynb", "sales.3.ipynb"]  # job 2 is the continuation
+    assert run_files == ["sales.1.html", "sales.1.ipynb", "sales.3.ipynb"]  # job 2 is the continuation
     assert "reports/nbjobs-runs/sales.1.ipynb" in out
+    assert "reports/nbjobs-runs/sales.1.html True" in out  # the HTML report beside it
+    assert "EMEA 2026-11-27: 50 orders" in (tmp_path / "reports" / "nbjobs-runs" / "sales.1.html").read_text()
     assert "region = 'EMEA'\nday = '2026-11-27'" in out  # the injected cell
     assert "'region': 'EMEA', 'day': '2026-11-27', 'orders': 50" in out  # the report's summary
     assert "EMEA 2026-11-27: 50 orders, total" in out  # its captured output

@@ -1,10 +1,11 @@
 """Run one server in the foreground until a signal stops it (what `nbjobs server` does), or, in a
 burst (`--burst`, for cron lines and CI), until nothing it could run is left.
 
-The first SIGTERM or SIGINT drains gracefully through `Server.stop()`: no new claims, prefetched
-jobs go back at once, running jobs get the shutdown timeout, whatever still runs then returns to its
-queue, and the server unregisters. A second signal while draining stops at once: running jobs are
-returned to their queues immediately (their threads are abandoned; the process exits).
+The first SIGTERM, SIGINT or SIGHUP (a terminal closing; unless `nohup` ignores it) drains gracefully
+through `Server.stop()`: no new claims, prefetched jobs go back at once, running jobs get the shutdown
+timeout, whatever still runs then returns to its queue, and the server unregisters. A second signal
+while draining stops at once: running jobs are returned to their queues immediately (their threads
+are abandoned; the process exits).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from .server import Server
 log = logging.getLogger("nbjobs.server")
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
+#: Drained for too (a terminal closing), unless ignored when the server started: `nohup` ignores it
+#: so that the server outlives the terminal, and it must go on doing so.
+HANGUP = getattr(signal, "SIGHUP", None)
 
 
 class Runner:
@@ -66,6 +70,8 @@ class Runner:
     def install(self) -> None:
         for sig in HANDLED:
             self._previous[sig] = signal.signal(sig, self._on_signal)
+        if HANGUP is not None and signal.getsignal(HANGUP) is not signal.SIG_IGN:
+            self._previous[HANGUP] = signal.signal(HANGUP, self._on_signal)
 
     def uninstall(self) -> None:
         for sig, handler in self._previous.items():

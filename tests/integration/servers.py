@@ -18,10 +18,14 @@ ROOT = Path(__file__).resolve().parents[2]  #: the repository, so `tests.integra
 SECRET = "test-secret"
 
 
+def _ignore_hangup() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 class ServerProcess:
     """One `python -m nbjobs server` child with its log in a file."""
 
-    def __init__(self, url: str, name: str, log_dir: Path, *args: str) -> None:
+    def __init__(self, url: str, name: str, log_dir: Path, *args: str, ignore_hangup: bool = False) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
@@ -30,6 +34,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nbjobs", "server", "--url", url, "--name", name, *args],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(ROOT),
+            preexec_fn=_ignore_hangup if ignore_hangup else None,  # as `nohup` starts it
         )
 
     @property

@@ -176,7 +176,10 @@ def test_pg_terminate_backend_on_server_connections_loses_nothing(
 
 
 @pytest.mark.parametrize("client", ["sqlite_url"], indirect=True)
-def test_sigterm_lets_the_running_job_finish_and_unregisters(client: nbjobs.Engine, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])  # SIGHUP: the terminal was closed
+def test_sigterm_lets_the_running_job_finish_and_unregisters(
+    client: nbjobs.Engine, tmp_path: Path, sig: signal.Signals
+) -> None:
     nb = client
     out, release = tmp_path / "starts.txt", tmp_path / "release"
     srv = ServerProcess(nb.url, "graceful", tmp_path, "--workers", "1", "--shutdown-timeout", "30", *FAST)
@@ -185,7 +188,7 @@ def test_sigterm_lets_the_running_job_finish_and_unregisters(client: nbjobs.Engi
         job = nb.enqueue(jobfuncs.hold, str(out), str(release), 1)
         waiting = nb.enqueue(jobfuncs.record, str(out), 2)
         wait_for(lambda: lines(out), timeout=30)
-        srv.signal(signal.SIGTERM)
+        srv.signal(sig)
         wait_for(lambda: "draining" in srv.log(), timeout=10)
         assert srv.proc.poll() is None  # still draining: the job runs on
         release.touch()
@@ -193,6 +196,19 @@ def test_sigterm_lets_the_running_job_finish_and_unregisters(client: nbjobs.Engi
         assert job.state is JobState.SUCCEEDED
         assert waiting.state is JobState.ENQUEUED  # never started here; left for the next server
         assert nb.store.list_servers() == []
+    finally:
+        srv.stop()
+
+
+@pytest.mark.parametrize("client", ["sqlite_url"], indirect=True)
+def test_a_server_started_under_nohup_outlives_the_hangup(client: nbjobs.Engine, tmp_path: Path) -> None:
+    nb = client
+    srv = ServerProcess(nb.url, "nohup", tmp_path, "--workers", "1", *FAST, ignore_hangup=True)
+    try:
+        wait_until_registered(nb.store, [srv])
+        srv.signal(signal.SIGHUP)
+        assert nb.enqueue(jobfuncs.whoami).result(timeout=30) == srv.pid  # served after the hangup
+        assert srv.proc.poll() is None and "draining" not in srv.log()
     finally:
         srv.stop()
 

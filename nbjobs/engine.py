@@ -32,6 +32,7 @@ from .redact import DEFAULT_PATTERNS, Redactor, arguments_text, call_arguments
 from .server import Server, ServerConfig
 from .server.recurring import RecurringDuty
 from .storage import SqlStore, Store
+from .storage.dialects import absolute_sqlite
 
 log = logging.getLogger("nbjobs")
 
@@ -75,7 +76,7 @@ class Engine:
                 f"secret must be a non-empty string or bytes (every server of this database is given the "
                 f"same), or None for NBJOBS_SECRET or the key file; got {secret!r}"
             )
-        self.url = url or default_url()
+        self.url = absolute_sqlite(url or default_url())  # a relative path: this folder's file, for good
         self.clock: Clock = clock or SystemClock()
         sync = self.synchronous = synchronous or os.environ.get("NBJOBS_SQLITE_SYNCHRONOUS", "FULL")
         self.store: Store = store or SqlStore(self.url, synchronous=sync)

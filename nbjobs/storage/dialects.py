@@ -62,10 +62,25 @@ def _new_locks_after_fork() -> None:
 os.register_at_fork(after_in_child=_new_locks_after_fork)
 
 
-def normalize_url(url: str) -> str:
-    """Accept `postgresql://` and `postgres://` and use psycopg 3; accept a bare path for SQLite."""
+def absolute_sqlite(url: str) -> str:
+    """A SQLite URL (or a bare path, made one) with its file path made absolute; others as given.
+    Whatever opens the database again by this URL later (a worker process, after the notebook
+    changed folder) must open this file, not one of that name in its own folder."""
     if "://" not in url:
-        return f"sqlite:///{url}"
+        url = f"sqlite:///{url}"
+    scheme, sep, rest = url.partition(":///")
+    if not sep or not scheme.startswith("sqlite"):
+        return url
+    path, mark, query = rest.partition("?")
+    if path and path != ":memory:" and not path.startswith("file:") and not os.path.isabs(path):
+        path = os.path.abspath(path)
+    return f"{scheme}:///{path}{mark}{query}"
+
+
+def normalize_url(url: str) -> str:
+    """Accept `postgresql://` and `postgres://` and use psycopg 3; accept a bare path for SQLite, made
+    absolute (`absolute_sqlite`)."""
+    url = absolute_sqlite(url)
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
     if url.startswith("postgresql://"):

@@ -182,3 +182,14 @@ def keep_memory(mb: int) -> int:
     """Leave `mb` MB allocated (and touched) in this process; its pid."""
     _KEPT.append(b"x" * (mb * 1_000_000))
     return os.getpid()
+
+
+def echo(value: object) -> object:
+    return value
+
+
+def enqueue_echo(value: object) -> int:
+    """Enqueue `echo(value)` from inside a job (on its server's database); the new job's id."""
+    import nbjobs
+
+    return nbjobs.enqueue(echo, value).id

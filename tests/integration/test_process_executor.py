@@ -252,3 +252,19 @@ def test_worker_processes_are_replaced_after_max_jobs_or_above_max_memory(tmp_pa
     with nbjobs.connect(f"sqlite:///{tmp_path / 'jobs.db'}") as nb, \
             pytest.raises(nbjobs.ConfigurationError, match="process_max_memory_mb must be a positive number"):
         nb.start_server(process_max_memory_mb=float("nan"))
+
+
+def test_a_process_job_enqueues_into_its_servers_database_after_the_notebook_changed_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative SQLite URL names this folder's file for good: a worker process reopening the
+    database by URL, from the folder the notebook moved to since (`%cd`), used to create another."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with nbjobs.connect("sqlite:///rel.db", secret="test-secret") as nb:
+        assert nb.url == f"sqlite:///{tmp_path / 'rel.db'}"
+        nb.start_server(workers=2)
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        child = nb.options(executor="process").enqueue(jobfuncs.enqueue_echo, 5).result(timeout=30)
+        assert nb.job(child).result(timeout=30) == 5
+    assert not (tmp_path / "elsewhere" / "rel.db").exists()

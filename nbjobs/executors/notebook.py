@@ -128,7 +128,8 @@ class _Run:
         asyncio.run(self._main())
 
     async def _main(self) -> None:
-        task = asyncio.ensure_future(self.client.async_execute(cleanup_kc=True, cwd=str(self.cwd)))
+        task = asyncio.ensure_future(self.client.async_execute(cleanup_kc=True, cwd=str(self.cwd),
+                                                               env=_kernel_env(self.ctx)))
         try:
             while not task.done():
                 await asyncio.wait({task}, timeout=WATCH_SECONDS)
@@ -171,6 +172,18 @@ class _Run:
                 await self.km._kill_kernel()  # jupyter_client has no public "kill now, ask nothing"
             except Exception:
                 log.exception("could not kill the kernel")
+
+
+def _kernel_env(ctx: context.JobContext | None) -> dict[str, str]:
+    """The kernel's environment: this process's, with the job's database as NBJOBS_URL, so that
+    `nbjobs.enqueue` in the notebook adds jobs where this one came from (not to an `nbjobs.db` beside
+    the notebook), through a client engine (NBJOBS_SERVER=0: the kernel ends with the run, and the
+    servers run what it enqueues). The signing key is found as any client finds it (NBJOBS_SECRET or
+    the key file), never put in the environment here."""
+    env = dict(os.environ)
+    if ctx is not None and ctx.has_engine:
+        env.update(NBJOBS_URL=ctx.engine.url, NBJOBS_SERVER="0")
+    return env
 
 
 def _save(nb: NotebookNode, path: Path) -> None:

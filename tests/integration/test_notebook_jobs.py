@@ -206,6 +206,21 @@ def test_an_export_that_fails_after_the_run_fails_the_job_naming_the_saved_run(
     assert run.notebook().metadata["nbjobs"]["status"] == "succeeded"  # type: ignore[union-attr]
 
 
+def test_a_notebook_job_enqueues_into_its_servers_database(
+    nb: nbjobs.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not into an nbjobs.db beside the notebook (its kernel's default), where nothing would run it."""
+    monkeypatch.setenv("NBJOBS_SECRET", "test-secret")  # how a client finds the key (as any would)
+    monkeypatch.delenv("NBJOBS_URL", raising=False)
+    path = make_notebook(tmp_path / "fan.ipynb", "import nbjobs\nchild = nbjobs.enqueue(len, 'abcd')\n"
+                         "print(child.id, child.result(timeout=60))")
+    run = nb.options(retries=0).enqueue_notebook(path)
+    run.result(timeout=120)
+    child_id, length = run.logs().split()
+    assert length == "4" and nb.job(int(child_id)).state is JobState.SUCCEEDED
+    assert not (tmp_path / "nbjobs.db").exists()
+
+
 def test_failed_run_is_retried_by_the_normal_policy(nb: nbjobs.Engine, tmp_path: Path) -> None:
     """The first attempt fails (and leaves a marker); the retry succeeds. Two kernels."""
     baseline = children()

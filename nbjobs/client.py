@@ -892,15 +892,19 @@ class NotebookJob(Job):
     @property
     def output_path(self) -> Path:
         """Where this run is (or will be) saved; a failed or cancelled run leaves its partial run there."""
-        call = self.client.codec.decode_call(self.record().payload)
-        return notebooks.output_path(call.args[0], call.kwargs.get("output_dir"), self.id)
+        return self._saved_at()[0]
 
     @property
     def exports(self) -> dict[str, Path]:
         """Where this run's reports (`export=`) are, or will be, written, by format."""
+        run, formats = self._saved_at()
+        return {name: notebooks.export_path(run, name) for name in formats}
+
+    def _saved_at(self) -> tuple[Path, Sequence[str]]:
+        """The run's path and its export formats, from the stored call."""
         call = self.client.codec.decode_call(self.record().payload)
         run = notebooks.output_path(call.args[0], call.kwargs.get("output_dir"), self.id)
-        return {name: notebooks.export_path(run, name) for name in call.kwargs.get("export", ())}
+        return run, call.kwargs.get("export", ())
 
     def result(self, timeout: float | None = None) -> NotebookNode:
         """The executed notebook (an nbformat NotebookNode); raises JobFailedError like `Job.result`."""

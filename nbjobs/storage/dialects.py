@@ -549,8 +549,8 @@ class PostgresDialect(Dialect):
     name = "postgresql"
     one_statement_writes = True
 
-    misconfigured_messages = ("does not exist", "password authentication failed", "failed to resolve host",
-                              "no pg_hba.conf entry", "authentication failed")
+    misconfigured_messages = ("does not exist", "authentication failed", "failed to resolve host",
+                              "no pg_hba.conf entry")
 
     def is_full(self, exc: BaseException) -> bool:
         # SQLSTATE class 53, insufficient resources: disk_full (53100), out_of_memory (53200), …

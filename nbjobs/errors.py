@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import sys
 from datetime import timedelta
+from types import FrameType
 
 #: The longest duration a job option or `Retry(after=…)` takes (a timeout, an expiry, a retry delay),
 #: 100 years: nothing waits longer, and now plus it stays a date (datetime ends at year 9999).
@@ -184,3 +187,14 @@ class JobFailedError(NbJobsError):
 
 class ResultTimeoutError(NbJobsError, TimeoutError):
     """`Job.result(timeout=…)` / `Job.wait(timeout=…)` expired before the job finished."""
+
+
+def caller_stacklevel() -> int:
+    """The `stacklevel` of `warnings.warn` that names the first frame outside nbjobs: the user's call,
+    however many of our layers (module function, Engine, Client) lie between."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame: FrameType | None = sys._getframe(1)
+    level = 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level

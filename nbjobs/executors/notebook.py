@@ -15,13 +15,21 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import context, notebooks
 from ..clock import SystemClock
-from ..errors import InvalidJobError, JobCancelled, NotebookCellError, NotebookCellTimeoutError, NotebookError
+from ..errors import (
+    InvalidJobError,
+    JobCancelled,
+    NotebookCellError,
+    NotebookCellTimeoutError,
+    NotebookError,
+    caller_stacklevel,
+)
 
 if TYPE_CHECKING:
     from nbformat import NotebookNode
@@ -263,10 +271,11 @@ def notebook_call(
                               f"at {Path.cwd()})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidJobError(f"notebook {source} cannot be read: {exc}") from None
-    notebooks.parse_notebook(text, str(source))
+    parsed = notebooks.parse_notebook(text, str(source))
     params = notebooks.check_parameters(parameters)
     if kernel_name is not None and (not isinstance(kernel_name, str) or not kernel_name):
         raise InvalidJobError(f"kernel_name must be a kernel's name such as 'python3', got {kernel_name!r}")
+    _warn_if_kernel_missing(notebooks.kernel_name(parsed, kernel_name), source)
     bad_number = isinstance(cell_timeout, bool) or not isinstance(cell_timeout, int | float)
     if cell_timeout is not None and (bad_number or cell_timeout <= 0):
         raise InvalidJobError(f"cell_timeout must be a positive number of seconds, got {cell_timeout!r}")
@@ -288,6 +297,23 @@ def notebook_call(
     if formats:  # only when given: runs stored by versions without `export` read the same
         kwargs["export"] = list(formats)
     return (str(source), params), kwargs
+
+
+def _warn_if_kernel_missing(name: str, source: Path) -> None:
+    """Say at enqueue that the run's kernel is not installed here, where a run would fail: a warning,
+    not an error, since the server that runs it may be another machine, which has it."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    try:
+        installed = KernelSpecManager().find_kernel_specs()
+    except Exception:  # a broken kernelspec folder: the run will say what is wrong
+        return
+    if name not in installed:
+        here = ", ".join(sorted(installed)) or "none"
+        warnings.warn(
+            f"kernel {name!r} for {source.name} is not installed here ({here} are): a server on this "
+            "machine would fail the run. Pass kernel_name=, install the kernel, or make sure the servers "
+            "that run it have it", UserWarning, stacklevel=caller_stacklevel())
 
 
 def run_notebook(

@@ -18,6 +18,7 @@ from . import cli_values as values
 from .engine import Engine, default_url
 from .errors import FunctionNotFoundError, JobFailedError, NbJobsError, ResultTimeoutError
 from .model import JobState
+from .ui.display import format_seconds
 
 T = TypeVar("T")
 
@@ -54,9 +55,20 @@ def _print_frame(frame: pd.DataFrame, fmt: str = "table", table_columns: list[st
     if frame.empty:
         click.echo("(none)")
         return
+    shown = frame[table_columns or list(frame.columns)].copy()
+    for column in shown.columns:
+        if pd.api.types.is_timedelta64_dtype(shown[column]):  # "1h19m09s", "2.3s", "0.2ms"
+            shown[column] = shown[column].map(_human_duration)
     with pd.option_context("display.max_columns", None, "display.width", 200,
                            "display.max_colwidth", 60):
-        click.echo(frame[table_columns or list(frame.columns)].to_string(index=False))
+        click.echo(shown.to_string(index=False))
+
+
+def _human_duration(value: pd.Timedelta) -> str:
+    if pd.isna(value):
+        return ""
+    seconds = value.total_seconds()
+    return f"{seconds * 1000:.1f}ms" if seconds < 1 else format_seconds(seconds)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -502,6 +514,15 @@ def server(url: str | None, workers: int, queues: str, limits: tuple[str, ...], 
     finally:
         engine.close()
     sys.exit(code)
+
+
+@cli.command("queues")
+@url_option
+@format_option
+def queues_cmd(url: str | None, fmt: str) -> None:
+    """Queues with unfinished jobs: counts by state, the oldest waiting job's wait, paused or not."""
+    with _engine(url) as engine:
+        _print_frame(engine.queues(), fmt)
 
 
 @cli.command("servers")

@@ -416,6 +416,11 @@ class Engine:
     def servers(self) -> pd.DataFrame:
         return views.servers_frame(self.store)
 
+    def queues(self) -> pd.DataFrame:
+        """Queues with unfinished jobs (or paused): counts by state, how long the oldest Enqueued job
+        has waited (`longest_wait`: is the queue keeping up?), paused or not."""
+        return views.queues_frame(self.store, self.clock.now())
+
     def recurring_jobs(self) -> pd.DataFrame:
         """Recurring definitions: schedule, next and last run, last job and its state, pause, error."""
         return views.recurring_frame(self.store)

@@ -140,6 +140,29 @@ def servers_frame(store: Store) -> pd.DataFrame:
     return frame
 
 
+QUEUE_COLUMNS = ["queue", "enqueued", "scheduled", "awaiting", "processing", "longest_wait", "paused"]
+
+
+def queues_frame(store: Store, now: datetime) -> pd.DataFrame:
+    """One row a queue with unfinished jobs (or paused): how many wait in each state, how long the
+    oldest Enqueued one has waited (is the queue keeping up?), and whether it is paused."""
+    counts: dict[str, dict[str, Any]] = {}
+    for queue, state, n, oldest in store.queue_overview():
+        row = counts.setdefault(queue, {"queue": queue})
+        row[state.value] = n
+        if state is JobState.ENQUEUED and oldest is not None:
+            row["longest_wait"] = now - oldest
+    paused = store.paused_queues()
+    for queue in paused:
+        counts.setdefault(queue, {"queue": queue})
+    frame = pd.DataFrame([counts[q] for q in sorted(counts)], columns=QUEUE_COLUMNS)
+    for column in ("enqueued", "scheduled", "awaiting", "processing"):
+        frame[column] = frame[column].fillna(0).astype("int64")
+    frame["longest_wait"] = pd.to_timedelta(frame["longest_wait"])
+    frame["paused"] = frame["queue"].isin(list(paused))
+    return frame
+
+
 def stats_frame(
     store: Store, *, freq: str = "1min", since: TimeFilter = None, now: datetime | None = None
 ) -> pd.DataFrame:

@@ -301,6 +301,11 @@ class Store(abc.ABC):
     def queue_lengths(self) -> dict[str, int]:
         """Enqueued jobs per queue."""
 
+    @abc.abstractmethod
+    def queue_overview(self) -> list[tuple[str, JobState, int, datetime | None]]:
+        """Per queue and unfinished state (Scheduled, Awaiting, Enqueued, Processing): how many jobs,
+        and the oldest `enqueued_at` among them (for Enqueued: the longest a job there has waited)."""
+
     # -- servers, leases, maintenance ---------------------------------------------------------
     @abc.abstractmethod
     def register_server(self, info: ServerInfo) -> None: ...

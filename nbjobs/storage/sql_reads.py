@@ -219,6 +219,15 @@ class ReadsSqlMixin(SqlBase):
             lambda conn: {(JobState(s), int(b)): int(n) for s, b, n in conn.execute(stmt)}, write=False
         )
 
+    def queue_overview(self) -> list[tuple[str, JobState, int, datetime | None]]:
+        unfinished = [S.SCHEDULED.value, S.AWAITING.value, S.ENQUEUED.value, S.PROCESSING.value]
+        stmt = (select(jobs.c.queue, jobs.c.state, func.count(), func.min(jobs.c.enqueued_at))
+                .where(jobs.c.state.in_(unfinished)).group_by(jobs.c.queue, jobs.c.state))
+        return self._tx(
+            lambda conn: [(q, JobState(st), int(n), oldest) for q, st, n, oldest in conn.execute(stmt)],
+            write=False,
+        )
+
     def queue_lengths(self) -> dict[str, int]:
         return self._tx(
             lambda conn: {

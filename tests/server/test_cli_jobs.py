@@ -11,6 +11,7 @@ import sys
 import threading
 from datetime import timedelta
 
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -235,3 +236,28 @@ def test_listings_print_csv_and_json_for_scripts(engine: nbjobs.Engine) -> None:
     assert server["name"] == "scripted" and len(server["id"]) == 32  # whole ids for scripts
     code, out, _ = invoke("recurring", "--url", engine.url, "--format", "json")
     assert code == 0 and json.loads(out) == []
+
+
+def test_queues_show_what_waits_where_and_for_how_long(engine: nbjobs.Engine) -> None:
+    clock = engine.clock
+    for _ in range(3):
+        engine.enqueue(add, 1)
+    engine.options(queue="etl").schedule(3600, add, 1)
+    first = engine.options(queue="etl").enqueue(add, 1)
+    first.then(add, 2)  # awaiting, in its parent's queue
+    engine.pause_queue("reports")
+    frame = engine.queues()
+    assert list(frame["queue"]) == ["default", "etl", "reports"]
+    rows = frame.set_index("queue")
+    assert rows.loc["default", ["enqueued", "scheduled", "awaiting", "processing"]].tolist() == [3, 0, 0, 0]
+    assert rows.loc["etl", ["enqueued", "scheduled", "awaiting", "processing"]].tolist() == [1, 1, 1, 0]
+    oldest = engine.jobs("enqueued", queue="default")["enqueued_at"].min()
+    wait = rows.loc["default", "longest_wait"]
+    assert pd.Timedelta(0) <= wait <= clock.now() - oldest.to_pydatetime()
+    assert pd.isna(rows.loc["reports", "longest_wait"]) and bool(rows.loc["reports", "paused"])
+    assert not bool(rows.loc["default", "paused"])
+    code, out, _ = invoke("queues", "--url", engine.url)
+    assert code == 0 and out.splitlines()[0].split() == [
+        "queue", "enqueued", "scheduled", "awaiting", "processing", "longest_wait", "paused"]
+    code, out, _ = invoke("queues", "--url", engine.url, "--format", "json")
+    assert {q["queue"]: q["enqueued"] for q in json.loads(out)} == {"default": 3, "etl": 1, "reports": 0}

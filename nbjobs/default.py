@@ -308,6 +308,11 @@ def servers() -> pd.DataFrame:
     return default_engine().servers()
 
 
+def queues() -> pd.DataFrame:
+    """Per queue: unfinished jobs by state, the longest wait, paused (default engine)."""
+    return default_engine().queues()
+
+
 def recurring(
     recurring_id: str, cron: str | timedelta, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
 ) -> Recurring:

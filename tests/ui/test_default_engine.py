@@ -54,6 +54,7 @@ def test_first_use_creates_the_engine_from_the_environment_with_a_server(env: Pa
     assert nbjobs.options(queue="io").enqueue(triple, 2).result(timeout=30) == 6
     assert len(nbjobs.jobs()) == 3 and len(nbjobs.history(job)) == 3
     assert len(nbjobs.servers()) == 1 and nbjobs.stats()["succeeded"].sum() == 3
+    assert list(nbjobs.queues().columns)[:2] == ["queue", "enqueued"]
 
 
 def test_a_decorated_function_binds_to_the_default_engine_when_used(env: Path) -> None:

@@ -98,8 +98,10 @@ def demo(url: str | None) -> None:
         click.echo(f"nbjobs {__version__} demo on {engine.url}")
         frame = run_demo(engine)
         _print_frame(frame)
-        click.echo(f"\n{len(frame)} jobs in {frame.attrs['elapsed']:.1f}s; "
-                   "`nbjobs jobs` lists them again, `nbjobs requeue ID` retries the failed one.")
+        failed = ", ".join(str(i) for i in frame.loc[frame["state"] == "failed", "id"]) or "ID"
+        click.echo(f"\n{len(frame)} jobs in {frame.attrs['elapsed']:.1f}s; `nbjobs jobs` lists them again, "
+                   f"`nbjobs show {failed}` shows the failed one's traceback, `nbjobs requeue {failed}` "
+                   "retries it.")
 
 
 @cli.command("jobs")

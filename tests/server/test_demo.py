@@ -30,3 +30,4 @@ def test_demo_runs_every_kind_of_job_and_prints_their_table(tmp_path: Path) -> N
     assert "summary (results of 1 and 4)" in lines["6"] and "succeeded" in lines["6"]
     assert "async fetch" in lines["7"] and "succeeded" in lines["7"]
     assert "demo-tick" in lines["8"] and "succeeded" in lines["8"]
+    assert "`nbjobs show 5` shows the failed one's traceback, `nbjobs requeue 5` retries it." in out

@@ -124,6 +124,11 @@ def jobs_cmd(url: str | None, state: str | None, queue: str | None, name: str | 
                                   "duration", "error_type"])
 
 
+def _given(**options: object) -> dict[str, object]:
+    """The job options given on the command line (the others are left to the job's defaults)."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
 def _parsed(parse: Callable[[str], T], text: str, param: str) -> T:
     """A command-line value read by `cli_values`, its ValueError shown as click's usage error."""
     try:
@@ -343,8 +348,8 @@ def enqueue(url: str | None, function: str, args: tuple[str, ...], kwargs: tuple
                if isinstance(exc.__cause__, ImportError) else "check the function's name")
         raise click.BadParameter(f"{ref} cannot be imported here ({exc.__cause__ or exc}); {fix}",
                                  param_hint="FUNCTION") from None
-    options = {k: v for k, v in {"queue": queue, "priority": priority, "retries": retries, "timeout": timeout,
-                                 "key": key, "lock": lock, "name": name}.items() if v is not None}
+    options = _given(queue=queue, priority=priority, retries=retries, timeout=timeout, key=key, lock=lock,
+                     name=name)
     call_args = [parse_cli_value(a) for a in args]
     call_kwargs = {k: parse_cli_value(v) for k, v in kwargs}
     with _engine(url) as engine:
@@ -567,8 +572,7 @@ def run_notebook_cmd(url: str | None, path: str, parameters: tuple[tuple[str, st
     """Enqueue the notebook PATH as a job (a server runs it); print its id and where it is saved."""
     from .notebooks import parse_cli_value
 
-    options = {k: v for k, v in {"queue": queue, "retries": retries, "timeout": timeout, "lock": lock}.items()
-               if v is not None}
+    options = _given(queue=queue, retries=retries, timeout=timeout, lock=lock)
     with _engine(url) as engine:
         run = engine.enqueue_notebook(
             path, {name: parse_cli_value(value) for name, value in parameters}, kernel_name=kernel_name,

@@ -23,6 +23,7 @@ from .errors import (
     JobFailedError,
     JobNotFoundError,
     ResultTimeoutError,
+    is_seconds,
 )
 from .executors.coroutines import complete
 from .executors.notebook import NOTEBOOK_FUNCTION, notebook_call, run_notebook
@@ -110,8 +111,7 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
             continue
         if isinstance(seconds, timedelta):
             seconds = seconds.total_seconds()
-        if (not isinstance(seconds, int | float) or isinstance(seconds, bool)
-                or not math.isfinite(seconds) or not 0 < seconds <= LONGEST_SECONDS):
+        if not is_seconds(seconds, zero=False):
             raise InvalidJobError(
                 f"{name} must be a positive number of seconds (at most {LONGEST_SECONDS:,.0f}, 100 years) "
                 f"or a timedelta, got {merged[name]!r}; leave it out for no limit"
@@ -119,9 +119,7 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
         merged[name] = float(seconds)
     for name in ("retry_base", "retry_cap"):
         value = merged.get(name)
-        if value is not None and (
-                not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value)
-                or not 0 <= value <= LONGEST_SECONDS):
+        if value is not None and not is_seconds(value):
             raise InvalidJobError(
                 f"{name} must be a number of seconds from 0 to {LONGEST_SECONDS:,.0f} (100 years), "
                 f"got {value!r}"
@@ -641,7 +639,7 @@ def display_via(hooks: Mapping[str, Callable[[Any], Any]], obj: object) -> None:
     display({"text/plain": repr(obj)}, raw=True)  # type: ignore[no-untyped-call]
 
 
-def check_timeout(timeout: Any) -> float | None:
+def check_timeout(timeout: Any, none_means: str = "to wait as long as it takes") -> float | None:
     """A wait's `timeout` in seconds: None (or infinity) waits as long as it takes. A NaN waited
     forever and a string failed mid-wait; both, and a negative one, are refused at the call."""
     if timeout is None:
@@ -649,7 +647,7 @@ def check_timeout(timeout: Any) -> float | None:
     if (isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout)
             or timeout < 0):
         raise InvalidJobError(
-            f"timeout must be a number of seconds ≥ 0, or None to wait as long as it takes; got {timeout!r}"
+            f"timeout must be a number of seconds ≥ 0, or None {none_means}; got {timeout!r}"
         )
     return None if math.isinf(timeout) else timeout  # as given: messages say "after 5s"
 

@@ -68,14 +68,33 @@ def settings() -> dict[str, Any]:
     return {**env_settings(), **_settings}
 
 
-def _start(engine: Engine, conf: dict[str, Any]) -> None:
+def _server_settings(conf: dict[str, Any]) -> dict[str, Any]:
+    """The server's share of `conf`, queues as a list with this process's private queues first."""
     server_conf = {k: v for k, v in conf.items() if k in _SERVER_KEYS}
     queues = server_conf.pop("queues", None) or ["*"]
     if isinstance(queues, str):
         queues = [q.strip() for q in queues.split(",") if q.strip()]
-    server = engine.start_server(queues=[*sorted(_private_queues), *queues], **server_conf)
+    server_conf["queues"] = [*sorted(_private_queues), *queues]
+    return server_conf
+
+
+def _check(conf: dict[str, Any]) -> None:
+    """Refuse settings a server cannot start with, before anything running is stopped."""
+    server_conf = _server_settings(conf)
+    workers = server_conf.pop("workers", 4)
+    queues = tuple(server_conf.pop("queues"))
+    ServerConfig(workers=workers, queues=queues, **server_conf).validate()
+
+
+def _start(engine: Engine, conf: dict[str, Any]) -> None:
+    server = engine.start_server(**_server_settings(conf))
     log.info("default engine %s: server %s started", engine.url, server.name,
              extra={"action": "default_engine_start"})
+
+
+def _connect(conf: dict[str, Any]) -> Engine:
+    extra = {"max_payload": conf["max_payload"]} if "max_payload" in conf else {}
+    return connect(conf.get("url"), secret=conf.get("secret"), **extra)
 
 
 def default_engine() -> Engine:
@@ -93,8 +112,7 @@ def default_engine() -> Engine:
     with _lock:
         if _engine is None or _engine._closed:
             conf = settings()
-            extra = {"max_payload": conf["max_payload"]} if "max_payload" in conf else {}
-            _engine = connect(conf.get("url"), secret=conf.get("secret"), **extra)
+            _engine = _connect(conf)
             _owned = True
             if conf.get("server", True):
                 _start(_engine, conf)
@@ -118,27 +136,39 @@ def current_default() -> Engine | None:
 
 
 def configure(**changes: Any) -> Engine:
-    """Change default-engine settings (`%nbjobs config key=value`); restarts what they affect."""
+    """Change default-engine settings (`%nbjobs config key=value`); restarts what they affect.
+
+    Settings that cannot work are refused before anything changes: the running server and engine
+    stay as they were, and the refused values are not kept for the next start.
+    """
     unknown = set(changes) - KNOWN_SETTINGS
     if unknown:
         raise ConfigurationError(
             f"unknown nbjobs setting(s) {sorted(unknown)}; known: {sorted(KNOWN_SETTINGS)}"
         )
-    global _engine
+    global _engine, _owned
     with _lock:
-        _settings.update(changes)
+        conf = {**settings(), **changes}
+        if conf.get("server", True):
+            _check(conf)
         engine = _engine
         if engine is None or engine._closed:
-            return default_engine()
-        if {"url", "secret", "max_payload"} & set(changes) and _owned:
+            fresh = _connect(conf)
+        elif {"url", "secret", "max_payload"} & set(changes) and _owned:
+            fresh = _connect(conf)  # a URL that cannot work fails here, the old engine still running
             close_default()
-            return default_engine()
-        conf = settings()
-        if engine.server is not None:
-            engine.stop_server()
+        else:
+            _settings.update(changes)
+            if engine.server is not None:
+                engine.stop_server()
+            if conf.get("server", True):
+                _start(engine, conf)
+            return engine
+        _settings.update(changes)
+        _engine, _owned = fresh, True
         if conf.get("server", True):
-            _start(engine, conf)
-        return engine
+            _start(fresh, conf)
+        return fresh
 
 
 def close_default(timeout: float | None = None) -> None:

@@ -21,7 +21,7 @@ import pandas as pd
 from . import context, gather
 from . import history as views  # type: ignore[no-redef]  # `nbjobs.history` is also a function
 from .capture import OutputCapture
-from .client import Client, Job, JobFunction, NotebookJob, Notifier, check_queue
+from .client import Client, Job, JobFunction, NotebookJob, Notifier, check_queue, check_timeout
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError, NbJobsError
 from .model import PAYLOAD_CEILING, PAYLOAD_MAX, ContinueOn, JobState, StateChange
@@ -175,7 +175,10 @@ class Engine:
         return self.progress_throttle
 
     def stop_server(self, timeout: float | None = None) -> None:
-        """Stop the in-process server: running jobs get `timeout` s, then return to their queue."""
+        """Stop the in-process server: running jobs get `timeout` s (None: the server's
+        `shutdown_timeout`), then return to their queue."""
+        # Checked before anything stops: "5" failed half-way through, and NaN waited as for ever.
+        check_timeout(timeout, "for the server's shutdown_timeout")
         self._refuse_stopping_from_own_job()
         with self._lock:
             server, self.server = self.server, None

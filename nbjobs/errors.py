@@ -13,6 +13,14 @@ from types import FrameType
 LONGEST_SECONDS = 100 * 365 * 86400.0
 
 
+def is_seconds(value: object, *, zero: bool = True) -> bool:
+    """Whether `value` is a number of seconds nbjobs can wait: finite, from 0 (or above 0 when
+    `zero` is False) to LONGEST_SECONDS, and not a bool (`True` is no duration)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return False
+    return (value >= 0 if zero else value > 0) and value <= LONGEST_SECONDS
+
+
 class NbJobsError(Exception):
     """Root of every error nbjobs raises on purpose."""
 

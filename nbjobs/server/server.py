@@ -31,6 +31,14 @@ log = logging.getLogger("nbjobs.server")
 
 DAY = 86400.0
 
+#: Settings in seconds, and whether 0 is meaningful for each (keep nothing, wait for nothing); none
+#: may be negative, NaN or beyond LONGEST_SECONDS, which overflowed or spun the loops that wait on them.
+_DURATIONS = (
+    ("heartbeat_interval", False), ("server_timeout", False), ("shutdown_timeout", True),
+    ("poll_interval", False), ("scheduler_interval", False), ("scheduler_idle_interval", False),
+    ("keep_succeeded", True), ("keep_deleted", True),
+)
+
 
 @dataclass
 class ServerConfig:
@@ -63,7 +71,7 @@ class ServerConfig:
     process_max_memory_mb: float | None = None
 
     def validate(self) -> None:
-        from ..errors import ConfigurationError
+        from ..errors import LONGEST_SECONDS, ConfigurationError, is_seconds
 
         if isinstance(self.workers, bool) or not isinstance(self.workers, int):
             raise ConfigurationError(f"workers must be a whole number such as 4, got {self.workers!r}")
@@ -100,7 +108,18 @@ class ServerConfig:
         for queue, rate in self._per_queue("rates", "the most jobs of each started in a period, e.g. "
                                            "{'openai': '60/m'}"):
             parse_rate(rate, queue)
-        if self.heartbeat_interval <= 0 or self.server_timeout <= self.heartbeat_interval:
+        for setting, zero in _DURATIONS:
+            if not is_seconds(getattr(self, setting), zero=zero):
+                least = "from 0" if zero else "above 0"
+                raise ConfigurationError(
+                    f"{setting} must be a number of seconds {least} to {LONGEST_SECONDS:,.0f} (100 years), "
+                    f"got {getattr(self, setting)!r}; leave it out for the default "
+                    f"({getattr(ServerConfig, setting):g})"
+                )
+        batch = self.max_batch
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ConfigurationError(f"max_batch must be a whole number of jobs of at least 1, got {batch!r}")
+        if self.server_timeout <= self.heartbeat_interval:
             raise ConfigurationError(
                 "server_timeout must be longer than heartbeat_interval (e.g. 30 and 5 seconds)"
             )

@@ -308,6 +308,19 @@ def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.E
         engine.start_server(queues="default")  # not the queues "d", "e", "f", …
     with pytest.raises(ConfigurationError, match="workers must be a whole number"):
         engine.start_server(workers="4")  # type: ignore[arg-type]
+    # Durations that overflowed a loop's wait (inf, 1e300), spun it (0) or never let a job run
+    # (server_timeout=1e300: no lease could be written); max_batch=0 would claim nothing.
+    refused = {"poll_interval": 0, "scheduler_interval": float("nan"), "server_timeout": 1e300,
+               "keep_succeeded": float("inf"), "shutdown_timeout": -5, "heartbeat_interval": True,
+               "scheduler_idle_interval": "30"}
+    for setting, value in refused.items():
+        with pytest.raises(ConfigurationError, match=f"{setting} must be a number of seconds"):
+            engine.start_server(**{setting: value})
+    with pytest.raises(ConfigurationError, match="max_batch must be a whole number of jobs of at least 1"):
+        engine.start_server(max_batch=0)
+    for grace in (-1, float("nan"), "5"):
+        with pytest.raises(InvalidJobError, match="timeout must be a number of seconds ≥ 0, or None for the"):
+            engine.stop_server(grace)  # type: ignore[arg-type]
     assert engine.server is None
     assert engine.jobs().empty and engine.recurring_jobs().empty
 

@@ -118,6 +118,14 @@ def test_config_magic_restarts_the_server_with_new_settings(shell: InteractiveSh
     assert engine is not None and engine.server is not None
     assert engine.server.config.workers == 1
     assert shell.run_cell("%nbjobs config no_such_setting=1").error_in_exec is not None
+    server, before = engine.server, default.settings()
+    # Refused settings change nothing: the running server and engine stay, and the values are not
+    # kept for the next start (a mistyped value used to stop the server and leave none).
+    for bad in ("workers=abc", "poll_interval=-1", "url=sqlite:////no/such/folder/x.db", "secret=''"):
+        assert shell.run_cell(f"%nbjobs config {bad}").error_in_exec is not None, bad
+        assert default.current_default() is engine and engine.server is server and server.running, bad
+    assert default.settings() == before
+    assert run(shell, "nbjobs.enqueue(abs, -3).result(timeout=10)") == 3
     run(shell, "%nbjobs config workers=2 \"limits={'gpu': 1}\" \"rates={'api': '60/m'}\"")
     assert engine.server.config.limits == {"gpu": 1}
     assert engine.server.dispatcher.config.limits == {"gpu": 1}

@@ -2,7 +2,9 @@
 
 A tight loop may report progress millions of times; storage sees at most one write per job per
 `interval` (the first report at once, later ones coalesced into a single delayed write), and the last
-value is always written when the job ends. Outside a job `progress()` just iterates.
+value is always written when the job ends. Each step is also a cancellation point (the loop raises
+`JobCancelled` before the next item once the job is cancelled or timed out), so the usual way to
+write a long loop is the cancellable one. Outside a job `progress()` just iterates.
 """
 
 from __future__ import annotations
@@ -130,6 +132,9 @@ class Progress(Generic[T]):
         self._ctx = ctx
         self._report()
         for item in self.iterable:
+            # A cancellation point: a loop written with progress() stops at the next item when the
+            # job is cancelled, deleted or times out, without calling check_cancelled() itself.
+            ctx.check_cancelled()
             yield item
             self.update()
         self._report()

@@ -648,7 +648,10 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
 
     def delete(self, job_id: int, now: datetime, reason: str, *, cancel_only: bool = False) -> JobState:
         def body(conn: Connection) -> JobState:
-            current = conn.execute(select(jobs.c.state).where(jobs.c.id == job_id)).scalar()
+            # Read under the row lock: a claim committing between an unlocked read and _change's
+            # lock made a delete of a job just starting fail with "cannot delete … processing".
+            locked = self.dialect.row_lock(select(jobs.c.state).where(jobs.c.id == job_id))
+            current = conn.execute(locked).scalar()
             if current is None:
                 raise JobNotFoundError.of(job_id)
             state = JobState(current)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
 
 from nbjobs.errors import IllegalTransitionError, JobNotFoundError
 from nbjobs.model import JobOptions, JobState, NewJob, Outcome, OutcomeKind, ServerInfo
 from nbjobs.storage import JobFilter, SqlStore
+from tests.conftest import wait_for
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 S = JobState
@@ -98,6 +101,42 @@ def test_user_changes_follow_the_state_machine(store: SqlStore) -> None:
     assert reply.cancel_requested == {a.id}
     with pytest.raises(JobNotFoundError):
         store.requeue(999_999, T0, "test")
+
+
+def test_deleting_a_job_as_a_server_claims_it_asks_the_running_job_to_stop(store: SqlStore) -> None:
+    """A delete that read Enqueued just before a claim committed raised "cannot delete a job that is
+    processing" on PostgreSQL (its row lock came after the read); it now reads under the lock."""
+    job_id = store.enqueue([spec()], T0)[0].id
+    claim = store.engine.connect().execution_options(nbjobs_write=True)
+    outcome: list[object] = []
+    try:
+        with claim.begin():  # a server's claim, committed only once the delete is waiting behind it
+            claim.execute(text("UPDATE nbjobs_jobs SET state = 'processing' WHERE id = :id"), {"id": job_id})
+            deleter = threading.Thread(target=lambda: outcome.append(
+                _or_error(lambda: store.delete(job_id, T0, "deleted by user"))))
+            deleter.start()
+            if store.dialect.name == "postgresql":
+                wait_for(lambda: _waiting_on_a_lock(store) > 0)
+    finally:
+        claim.close()
+    deleter.join(10)
+    assert outcome == [S.PROCESSING]
+    assert store.get(job_id).state is S.PROCESSING and store.get(job_id).cancel_requested
+
+
+def _or_error(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except Exception as exc:  # the test shows which
+        return exc
+
+
+def _waiting_on_a_lock(store: SqlStore) -> int:
+    with store.engine.connect() as conn:
+        return int(conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )).scalar_one())
 
 
 def test_heartbeat_reports_lost_jobs_and_reaper_returns_expired_leases(store: SqlStore) -> None:

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import sys
+import threading
+import time
+
+import pytest
 
 import nbjobs
-from nbjobs import capture
+from nbjobs import JobState, capture
 
 
 def chatty(i: int, lines: int) -> int:
@@ -62,6 +67,32 @@ def test_progress_is_stored_with_the_job_and_shown_in_jobs(engine: nbjobs.Engine
     assert (record.progress, record.progress_message) == (1.0, "all done")
     frame = engine.jobs()
     assert frame.loc[frame["id"] == job.id, "progress"].item() == 1.0
+
+
+STEPPING = threading.Event()
+
+
+def endless(step: float) -> None:
+    for _ in nbjobs.progress(itertools.count(), desc="forever"):
+        STEPPING.set()
+        time.sleep(step)  # work that never calls check_cancelled() itself
+
+
+@pytest.mark.parametrize("stop", ["cancel", "delete", "timeout"])
+def test_a_loop_over_progress_stops_when_its_job_is_cancelled_or_times_out(
+        engine: nbjobs.Engine, stop: str) -> None:
+    engine.start_server(workers=1)
+    STEPPING.clear()
+    job = engine.options(timeout=0.5 if stop == "timeout" else None, retries=0).enqueue(endless, 0.01)
+    assert STEPPING.wait(10)
+    if stop == "cancel":
+        job.cancel()
+    elif stop == "delete":
+        job.delete()
+    expected = JobState.FAILED if stop == "timeout" else JobState.DELETED
+    assert job.wait(timeout=10) is expected
+    if stop == "timeout":
+        assert job.record().error_type == "nbjobs.errors.JobTimeoutError"
 
 
 def in_a_process(n: int) -> int:

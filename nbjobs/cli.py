@@ -16,8 +16,9 @@ import pandas as pd
 from . import __version__
 from . import cli_values as values
 from .engine import Engine, default_url
-from .errors import FunctionNotFoundError, JobFailedError, NbJobsError, ResultTimeoutError
+from .errors import ConfigurationError, FunctionNotFoundError, JobFailedError, NbJobsError, ResultTimeoutError
 from .model import JobState
+from .storage.dialects import sqlite_file
 from .ui.display import format_seconds
 
 T = TypeVar("T")
@@ -28,8 +29,22 @@ url_option = click.option(
 )
 
 
-def _engine(url: str | None) -> Engine:
-    return Engine(url or default_url())
+def _engine(url: str | None, *, create: bool = False) -> Engine:
+    return Engine(_database(url, create=create))
+
+
+def _database(url: str | None, *, create: bool = False) -> str:
+    """`url`, or the default. Commands that read or change existing jobs refuse a SQLite file that
+    does not exist (`create=False`): opening it would create an empty database and answer "(none)",
+    where the user mistyped the path or ran the command outside the notebook's folder."""
+    url = url or default_url()
+    path = sqlite_file(url)
+    if not create and path is not None and not os.path.exists(path):
+        raise ConfigurationError(
+            f"there is no nbjobs database at {path} (nothing was created); give --url (or NBJOBS_URL), "
+            "or run this in the folder holding the notebook's nbjobs.db"
+        )
+    return url
 
 
 format_option = click.option(
@@ -94,7 +109,7 @@ def demo(url: str | None) -> None:
     from .demo import run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    with _engine(url) as engine:
+    with _engine(url, create=True) as engine:
         click.echo(f"nbjobs {__version__} demo on {engine.url}")
         frame = run_demo(engine)
         _print_frame(frame)
@@ -352,7 +367,7 @@ def enqueue(url: str | None, function: str, args: tuple[str, ...], kwargs: tuple
                      name=name)
     call_args = [parse_cli_value(a) for a in args]
     call_kwargs = {k: parse_cli_value(v) for k, v in kwargs}
-    with _engine(url) as engine:
+    with _engine(url, create=True) as engine:
         client = engine.options(**options)
         job = (client.enqueue(fn, *call_args, **call_kwargs) if when is None
                else client.schedule(_parsed(values.when, when, "--at"), fn, *call_args, **call_kwargs))
@@ -510,7 +525,7 @@ def server(url: str | None, workers: int, queues: str, limits: tuple[str, ...], 
     ServerConfig(workers=workers, queues=tuple(queue_list), heartbeat_interval=heartbeat_interval,
                  server_timeout=server_timeout, limits=limit_map, rates=rate_map).validate()
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT, force=True)
-    engine = _engine(url)
+    engine = _engine(url, create=True)
     try:
         code = run_until_stopped(lambda: engine.start_server(
             workers=workers, queues=queue_list, name=name, heartbeat_interval=heartbeat_interval,
@@ -573,7 +588,7 @@ def run_notebook_cmd(url: str | None, path: str, parameters: tuple[tuple[str, st
     from .notebooks import parse_cli_value
 
     options = _given(queue=queue, retries=retries, timeout=timeout, lock=lock)
-    with _engine(url) as engine:
+    with _engine(url, create=True) as engine:
         run = engine.enqueue_notebook(
             path, {name: parse_cli_value(value) for name, value in parameters}, kernel_name=kernel_name,
             cwd=cwd, output_dir=output_dir, cell_timeout=cell_timeout, export=exports or None, **options,
@@ -605,7 +620,7 @@ def dashboard_cmd(url: str | None, port: int, ip: str, allow_actions: bool, toke
     """Serve the dashboard as a web page (Voilà) for people outside a notebook."""
     from .ui.serve import ServeOptions, check, serve
 
-    options = ServeOptions(url=url or default_url(), port=port, ip=ip, allow_actions=allow_actions,
+    options = ServeOptions(url=_database(url), port=port, ip=ip, allow_actions=allow_actions,
                            token=token, refresh=refresh)
     check(options)
     mode = "actions allowed" if allow_actions else "read-only"

@@ -77,6 +77,16 @@ def absolute_sqlite(url: str) -> str:
     return f"{scheme}:///{path}{mark}{query}"
 
 
+def sqlite_file(url: str) -> str | None:
+    """The file a SQLite URL (or bare path) names, absolute; None for other databases, `:memory:`
+    and `file:` URIs."""
+    scheme, sep, rest = absolute_sqlite(url).partition(":///")
+    if not sep or not scheme.startswith("sqlite"):
+        return None
+    path = rest.partition("?")[0]
+    return None if not path or path == ":memory:" or path.startswith("file:") else path
+
+
 def normalize_url(url: str) -> str:
     """Accept `postgresql://` and `postgres://` and use psycopg 3; accept a bare path for SQLite, made
     absolute (`absolute_sqlite`)."""

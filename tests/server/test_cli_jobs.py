@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,6 +19,8 @@ from click.testing import CliRunner
 import nbjobs
 from nbjobs.cli import cli
 from nbjobs.cli_values import duration
+from nbjobs.errors import ConfigurationError
+from nbjobs.storage.dialects import sqlite_file
 
 from ..conftest import wait_for
 
@@ -261,3 +264,41 @@ def test_queues_show_what_waits_where_and_for_how_long(engine: nbjobs.Engine) ->
         "queue", "enqueued", "scheduled", "awaiting", "processing", "longest_wait", "paused"]
     code, out, _ = invoke("queues", "--url", engine.url, "--format", "json")
     assert {q["queue"]: q["enqueued"] for q in json.loads(out)} == {"default": 3, "etl": 1, "reports": 0}
+
+
+@pytest.mark.parametrize("command", [
+    ["jobs"], ["show", "1"], ["logs", "1"], ["history", "1"], ["wait", "1"], ["servers"], ["queues"],
+    ["recurring"], ["trigger", "nightly"], ["requeue", "--state", "failed", "--yes"],
+    ["pause-queue", "etl"], ["dashboard"],
+])
+def test_commands_on_existing_jobs_refuse_a_sqlite_file_that_does_not_exist(
+        tmp_path: Path, command: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mistyped --url, or `nbjobs jobs` run outside the notebook's folder, created an empty
+    database and answered "(none)"."""
+    missing = tmp_path / "typo.db"
+    result = CliRunner().invoke(cli, [command[0], "--url", f"sqlite:///{missing}", *command[1:]])
+    assert isinstance(result.exception, ConfigurationError), result.output
+    assert f"there is no nbjobs database at {missing} (nothing was created)" in str(result.exception)
+    assert not missing.exists()
+    monkeypatch.chdir(tmp_path)  # the default, ./nbjobs.db, in a folder without one
+    result = CliRunner().invoke(cli, command, env={"NBJOBS_URL": ""})
+    assert "there is no nbjobs database at" in str(result.exception)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_commands_that_add_jobs_create_the_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    result = CliRunner().invoke(cli, ["enqueue", "--url", url, f"{HERE}:add", "1", "2"],
+                                env={"NBJOBS_SECRET": SECRET})
+    assert result.exit_code == 0, result.output
+    with nbjobs.connect(url, secret=SECRET) as engine:
+        assert engine.jobs()["function"].tolist() == [f"{HERE}:add"]
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("sqlite:////data/jobs.db", "/data/jobs.db"), ("/data/jobs.db?mode=ro", "/data/jobs.db"),
+    ("sqlite:///:memory:", None), ("sqlite:///file:jobs?mode=memory&uri=true", None),
+    ("postgresql://u@host/db", None),
+])
+def test_the_file_a_sqlite_url_names(url: str, expected: str | None) -> None:
+    assert sqlite_file(url) == expected

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -122,7 +123,16 @@ class _Run:
 
         self.ctx = ctx
         self.output = output
-        self.km = AsyncKernelManager(kernel_name=kernel_name)
+        # The kernel is reached over Unix sockets in a folder of its own (mode 0700, with its
+        # connection file) rather than TCP on localhost: no port any local user could connect to,
+        # and no "running over TCP without encryption" warning from every run in a server's log.
+        # Other systems keep TCP.
+        self.sockets = tempfile.mkdtemp(prefix="nbjobs-kernel-") if os.name == "posix" else None
+        transport = {} if self.sockets is None else {
+            "transport": "ipc", "ip": os.path.join(self.sockets, "kernel"),
+            "connection_file": os.path.join(self.sockets, "kernel.json"),
+        }
+        self.km = AsyncKernelManager(kernel_name=kernel_name, **transport)
         self.client = _client_class()(
             nb, output=output, ctx=ctx, km=self.km, kernel_name=kernel_name,
             # timeout_func, not timeout=: nbclient's trait takes whole seconds only.
@@ -168,6 +178,13 @@ class _Run:
 
     async def _shutdown(self) -> None:
         """The guarantee: no kernel outlives its job, whatever nbclient did or did not do."""
+        try:
+            await self._stop_kernel()
+        finally:
+            if self.sockets is not None:
+                shutil.rmtree(self.sockets, ignore_errors=True)
+
+    async def _stop_kernel(self) -> None:
         kc = getattr(self.client, "kc", None)
         if kc is not None:  # nbclient stops its channels unless its task was cancelled first
             kc.stop_channels()

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -286,16 +287,27 @@ def test_timeout_bounds_the_whole_run(nb: nbjobs.Engine, tmp_path: Path) -> None
     assert_no_kernel_left(baseline)
 
 
-def test_cancel_interrupts_and_shuts_down_the_kernel(nb: nbjobs.Engine, tmp_path: Path) -> None:
+def test_cancel_interrupts_and_shuts_down_the_kernel(
+        nb: nbjobs.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     baseline = children()
+    sockets = tmp_path / "tmp"
+    sockets.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(sockets))
     path = make_notebook(tmp_path / "waits.ipynb",
                          "import time\nprint('waiting', flush=True)\ntime.sleep(120)", "print('never')")
     run = nb.enqueue_notebook(path)
     wait_for(lambda: "waiting" in run.logs(), timeout=30)  # the cell runs: its kernel is alive
     assert len(kernels(baseline)) == 1
+    # Reached over Unix sockets in a private folder (no TCP port, no plain-text warning), not in
+    # the notebook's folder, and removed with the kernel.
+    [folder] = sockets.iterdir()
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert any(entry.is_socket() for entry in folder.iterdir())
+    assert not list(tmp_path.glob("kernel-*"))
     run.cancel()
     assert run.wait(timeout=15) is JobState.DELETED
     assert_no_kernel_left(baseline)
+    assert not list(sockets.iterdir())
     partial = run.notebook()
     assert partial is not None and partial.metadata["nbjobs"]["status"] == "cancelled"
     assert partial.cells[2].outputs == []  # no cell ran after the cancellation

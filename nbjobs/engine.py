@@ -388,7 +388,7 @@ class Engine:
     # -- views ----------------------------------------------------------------------------------
     def jobs(self, state: Any = None, queue: Any = None, *, function: str | None = None,
              name: str | None = None, since: views.TimeFilter = None, until: views.TimeFilter = None,
-             limit: int | None = 1000, args: bool = False,
+             limit: int | None = views.DEFAULT_LIMIT, args: bool = False,
              redact: Sequence[str] = DEFAULT_PATTERNS, lock: str | None = None) -> pd.DataFrame:
         """Jobs as a DataFrame, newest first; filters run in the database. `args=True` adds an `args`
         column (decoded payloads, one read per job) where arguments named like `redact` show as ***.

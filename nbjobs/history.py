@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Sequence
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from .clock import ensure_utc, utcnow
-from .errors import ConfigurationError, InvalidJobError, JobNotFoundError
+from .errors import ConfigurationError, InvalidJobError, JobNotFoundError, caller_stacklevel
 from .model import JobState
 from .storage import JobFilter, Store
 
@@ -68,6 +69,17 @@ def _utc(series: pd.Series[Any]) -> pd.Series[Any]:
     return pd.to_datetime(series, utc=True)
 
 
+class _DefaultLimit(int):
+    """The default limit of `jobs()`: an int, told apart from a limit the caller chose by identity."""
+
+
+DEFAULT_LIMIT: int = _DefaultLimit(1000)
+
+
+class TruncatedWarning(UserWarning):
+    """A listing was cut at its default length and more rows match."""
+
+
 def jobs_frame(
     store: Store,
     *,
@@ -77,18 +89,28 @@ def jobs_frame(
     name: str | None = None,
     since: TimeFilter = None,
     until: TimeFilter = None,
-    limit: int | None = 1000,
+    limit: int | None = DEFAULT_LIMIT,
     lock: str | None = None,
 ) -> pd.DataFrame:
-    """One row a job, newest first, with UTC datetimes, categorical state and timedelta durations."""
+    """One row a job, newest first, with UTC datetimes, categorical state and timedelta durations.
+    Cut at the default limit, it warns: `requeue(jobs(state="failed"))` would otherwise act on the
+    newest 1,000 of more without a word."""
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
         raise InvalidJobError(f"limit must be a whole number ≥ 0, or None for every job; got {limit!r}")
+    by_default = limit is DEFAULT_LIMIT
     now = utcnow()
     names, rows = store.query_table(JobFilter(
         states=_parse_states(state), queues=_queues(queue), function=function, name=name,
-        since=as_utc_time(since, "since", now), until=as_utc_time(until, "until", now), limit=limit,
-        lock=lock,
+        since=as_utc_time(since, "since", now), until=as_utc_time(until, "until", now),
+        limit=limit + 1 if by_default and limit is not None else limit, lock=lock,
     ))
+    if by_default and len(rows) > DEFAULT_LIMIT:
+        rows = rows[:DEFAULT_LIMIT]
+        warnings.warn(
+            f"more than {DEFAULT_LIMIT:,} jobs match: these are the newest {DEFAULT_LIMIT:,}; pass "
+            "limit=None for all of them (or narrow with state=, queue=, since=)",
+            TruncatedWarning, stacklevel=caller_stacklevel(),
+        )
     # One 2-D object array from the driver's tuples, then typed columns: ~10x faster than
     # DataFrame(list_of_dicts) and no per-value Python conversion of times.
     table = np.array(rows, dtype=object) if rows else np.empty((0, len(names)), dtype=object)

@@ -241,6 +241,16 @@ def test_listings_print_csv_and_json_for_scripts(engine: nbjobs.Engine) -> None:
     assert code == 0 and json.loads(out) == []
 
 
+def test_a_listing_cut_at_its_limit_says_so_on_stderr(engine: nbjobs.Engine) -> None:
+    engine.enqueue_many(add, [(i,) for i in range(4)])
+    _, out, err = invoke("jobs", "--url", engine.url, "--limit", "3", "--format", "json")
+    assert len(json.loads(out)) == 3 and "(the newest 3 shown; more match: --limit N or --all)" in err
+    _, out, err = invoke("jobs", "--url", engine.url, "--all", "--limit", "3", "--format", "json")
+    assert len(json.loads(out)) == 4 and err == ""
+    _, out, err = invoke("jobs", "--url", engine.url, "--limit", "4", "--format", "json")
+    assert len(json.loads(out)) == 4 and err == ""
+
+
 def test_queues_show_what_waits_where_and_for_how_long(engine: nbjobs.Engine) -> None:
     clock = engine.clock
     for _ in range(3):

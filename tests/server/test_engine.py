@@ -6,6 +6,7 @@ import re
 import socket
 import threading
 import time
+import warnings
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +28,7 @@ from nbjobs.errors import (
     SchemaVersionError,
     UnknownStateError,
 )
+from nbjobs.history import DEFAULT_LIMIT, TruncatedWarning
 from nbjobs.model import (
     ERROR_TYPE_MAX,
     KEY_MAX,
@@ -407,6 +409,23 @@ def test_jobs_and_history_frames(engine: nbjobs.Engine) -> None:
     assert frame["duration"].dtype.kind == "m"
     hist = engine.history(ok.id)
     assert list(hist["state"]) == ["enqueued", "processing", "succeeded"]
+
+
+def test_jobs_cut_at_the_default_limit_warn_and_a_chosen_limit_does_not(engine: nbjobs.Engine) -> None:
+    """`nb.requeue(nb.jobs(state="failed"))` acted on the newest 1,000 of more without a word."""
+    engine.enqueue_many(add, [(i,) for i in range(DEFAULT_LIMIT + 1)])
+    with pytest.warns(TruncatedWarning, match="more than 1,000 jobs match: these are the newest 1,000; "
+                      "pass limit=None") as caught:
+        frame = engine.jobs()
+    assert caught[0].filename == __file__  # points at the user's line
+    assert len(frame) == DEFAULT_LIMIT and frame["id"].iloc[0] == DEFAULT_LIMIT + 1  # the newest
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(engine.jobs(limit=None)) == DEFAULT_LIMIT + 1
+        assert len(engine.jobs(limit=1000)) == 1000  # chosen: the cut is expected
+        assert len(engine.jobs(limit=5)) == 5
+        engine.delete(int(frame["id"].iloc[0]))
+        assert len(engine.jobs(state="enqueued")) == DEFAULT_LIMIT  # exactly the limit: nothing cut
 
 
 def test_persistence_across_engines(db_url: str) -> None:

@@ -23,6 +23,7 @@ from .errors import (
     JobFailedError,
     JobNotFoundError,
     ResultTimeoutError,
+    ResultUnavailableError,
     is_seconds,
 )
 from .executors.coroutines import complete
@@ -46,7 +47,7 @@ from .model import (
     StateChange,
     unstorable_character,
 )
-from .payload import SERIALIZERS, Codec, ResultOf, function_ref
+from .payload import SERIALIZERS, Codec, ResultOf, Target, function_ref
 from .storage import LocalClaim, Store
 
 if TYPE_CHECKING:  # nbformat (with jsonschema) loads on first use: `import nbjobs` stays fast
@@ -293,7 +294,7 @@ class Client:
     # -- creating jobs --------------------------------------------------------------------------
     def new_job(
         self,
-        fn: Callable[..., Any],
+        fn: Target,
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         *,
@@ -394,11 +395,11 @@ class Client:
             hook(made)
         return made
 
-    def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
+    def enqueue(self, fn: Target, /, *args: Any, **kwargs: Any) -> Job:
         """Run `fn(*args, **kwargs)` in the background as soon as a worker is free."""
         return self.submit([self.new_job(fn, args, kwargs)])[0]
 
-    def enqueue_many(self, fn: Callable[..., Any], arg_list: Iterable[Any]) -> list[Job]:
+    def enqueue_many(self, fn: Target, arg_list: Iterable[Any]) -> list[Job]:
         """Enqueue one job per item (a tuple is spread as positional arguments) in one transaction."""
         if isinstance(arg_list, str | bytes) or not isinstance(arg_list, Iterable):
             raise InvalidJobError(
@@ -412,7 +413,7 @@ class Client:
         return self.submit(specs)
 
     def schedule(
-        self, when: datetime | timedelta | int | float, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+        self, when: datetime | timedelta | int | float, fn: Target, /, *args: Any, **kwargs: Any
     ) -> Job:
         """Run `fn(*args, **kwargs)` at `when`: a datetime, a timedelta or seconds from now."""
         run_at = resolve_when(when, self.clock.now())
@@ -421,7 +422,7 @@ class Client:
     def then(
         self,
         parent: int | Job,
-        fn: Callable[..., Any],
+        fn: Target,
         /,
         *args: Any,
         continue_on: ContinueOn | str = ContinueOn.SUCCEEDED,
@@ -436,7 +437,7 @@ class Client:
     def after(
         self,
         parents: Iterable[int | Job],
-        fn: Callable[..., Any],
+        fn: Target,
         /,
         *args: Any,
         continue_on: ContinueOn | str = ContinueOn.SUCCEEDED,
@@ -503,7 +504,7 @@ class Client:
 
     # -- recurring jobs (see nbjobs.recurring_client) -------------------------------------------
     def recurring(
-        self, recurring_id: str, cron: str | timedelta, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+        self, recurring_id: str, cron: str | timedelta, fn: Target, /, *args: Any, **kwargs: Any
     ) -> recurring_client.Recurring:
         """Add or update (by id) a recurring job: `fn(*args, **kwargs)` at each fire time of `cron`."""
         options = self.job_options
@@ -778,7 +779,14 @@ class Job:
         if found.state is JobState.SUCCEEDED:
             if found.result is None:
                 return None
-            value = self.client.codec.loads(found.result)
+            try:
+                value = self.client.codec.loads(found.result)
+            except (ImportError, AttributeError) as exc:  # unpickling found no such module or class
+                raise ResultUnavailableError(
+                    f"job {self.id} succeeded, but its result cannot be loaded in this process: it holds "
+                    f"an object of code not importable here ({exc}); import or install that code here, "
+                    "or have the job return plain data (numbers, text, lists, dicts, DataFrames)"
+                ) from exc
             if found.function == NOTEBOOK_FUNCTION:
                 return notebooks.read_notebook(value["output_path"])
             return value
@@ -866,7 +874,7 @@ class Job:
         """The jobs this continuation waits for (or waited for); [] for other jobs."""
         return [Job(self.client, i) for i in self.client.store.parents(self.id)]
 
-    def then(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
+    def then(self, fn: Target, /, *args: Any, **kwargs: Any) -> Job:
         """A continuation of this job (same queue and options; its own name and key)."""
         client = self.client
         if client.defaults.get("name") is not None or client.defaults.get("key") is not None:

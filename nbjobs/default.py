@@ -26,6 +26,7 @@ from .errors import ConfigurationError
 from .gather import DoneAndPending, JobsView
 from .history import TimeFilter
 from .model import PRIVATE_QUEUE_MARK, ContinueOn, JobState
+from .payload import Target
 from .recurring_client import Recurring
 from .server import ServerConfig
 
@@ -215,23 +216,23 @@ def discard_private_jobs(engine: Engine) -> int:
 # -- module-level API on the default engine --------------------------------------------------------
 
 
-def enqueue(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
+def enqueue(fn: Target, /, *args: Any, **kwargs: Any) -> Job:
     """`nbjobs.enqueue(fn, *args)`: run `fn` in the background on the default engine."""
     return default_engine().enqueue(fn, *args, **kwargs)
 
 
-def enqueue_many(fn: Callable[..., Any], arg_list: Any) -> list[Job]:
+def enqueue_many(fn: Target, arg_list: Any) -> list[Job]:
     """Many calls of `fn` in one transaction, on the default engine (see `Engine.enqueue_many`)."""
     return default_engine().enqueue_many(fn, arg_list)
 
 
-def schedule(when: datetime | timedelta | int | float, fn: Callable[..., Any], /, *args: Any,
+def schedule(when: datetime | timedelta | int | float, fn: Target, /, *args: Any,
              **kwargs: Any) -> Job:
     """`nbjobs.schedule(60, fn, *args)`: run `fn` later on the default engine."""
     return default_engine().schedule(when, fn, *args, **kwargs)
 
 
-def after(parents: Iterable[int | Job], fn: Callable[..., Any], /, *args: Any,
+def after(parents: Iterable[int | Job], fn: Target, /, *args: Any,
           continue_on: ContinueOn | str = ContinueOn.SUCCEEDED, **kwargs: Any) -> Job:
     """`nbjobs.after([a, b, c], combine)`: run `combine` once all of them succeeded (default engine)."""
     return default_engine().after(parents, fn, *args, continue_on=continue_on, **kwargs)
@@ -344,7 +345,7 @@ def queues() -> pd.DataFrame:
 
 
 def recurring(
-    recurring_id: str, cron: str | timedelta, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    recurring_id: str, cron: str | timedelta, fn: Target, /, *args: Any, **kwargs: Any
 ) -> Recurring:
     """`nbjobs.recurring("nightly", "0 2 * * *", fn)`: add or update a recurring job on the default engine."""
     return default_engine().recurring(recurring_id, cron, fn, *args, **kwargs)

@@ -25,7 +25,7 @@ from .client import Client, Job, JobFunction, NotebookJob, Notifier, check_queue
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError, NbJobsError
 from .model import PAYLOAD_CEILING, PAYLOAD_MAX, ContinueOn, JobState, StateChange
-from .payload import Codec, Signer
+from .payload import Codec, Signer, Target
 from .progress import ProgressThrottle
 from .recurring_client import Recurring
 from .redact import DEFAULT_PATTERNS, Redactor, arguments_text, call_arguments
@@ -224,15 +224,15 @@ class Engine:
         self.close()
 
     # -- client ---------------------------------------------------------------------------------
-    def enqueue(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Job:
+    def enqueue(self, fn: Target, /, *args: Any, **kwargs: Any) -> Job:
         """Run `fn(*args, **kwargs)` in the background; returns at once."""
         return self.client.enqueue(fn, *args, **kwargs)
 
-    def enqueue_many(self, fn: Callable[..., Any], arg_list: Any) -> list[Job]:
+    def enqueue_many(self, fn: Target, arg_list: Any) -> list[Job]:
         return self.client.enqueue_many(fn, arg_list)
 
     def schedule(
-        self, when: datetime | timedelta | int | float, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+        self, when: datetime | timedelta | int | float, fn: Target, /, *args: Any, **kwargs: Any
     ) -> Job:
         """Run `fn` at `when` (datetime, timedelta or seconds from now)."""
         return self.client.schedule(when, fn, *args, **kwargs)
@@ -240,7 +240,7 @@ class Engine:
     def after(
         self,
         parents: Iterable[int | Job],
-        fn: Callable[..., Any],
+        fn: Target,
         /,
         *args: Any,
         continue_on: ContinueOn | str = ContinueOn.SUCCEEDED,
@@ -311,7 +311,7 @@ class Engine:
         return self.client.job_function(target, **options)
 
     def recurring(
-        self, recurring_id: str, cron: str | timedelta, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+        self, recurring_id: str, cron: str | timedelta, fn: Target, /, *args: Any, **kwargs: Any
     ) -> Recurring:
         """Add or update (by id) a recurring job; options (tz, misfire, overlap, queue…) via
         `nb.options(...).recurring(...)`. Checked now: a bad expression or zone stores nothing."""

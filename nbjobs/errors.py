@@ -33,6 +33,11 @@ class InvalidScheduleError(ConfigurationError):
     """A cron expression, time zone or recurring-job policy is not valid; nothing was stored."""
 
 
+class NotImportableHereWarning(UserWarning):
+    """A job function named by text ("module:function") cannot be imported where it is enqueued; it
+    is stored by name for the servers that can import it."""
+
+
 class InvalidJobError(NbJobsError, ValueError):
     """A job cannot be created as asked (bad target, argument, delay or option); nothing was stored."""
 
@@ -118,7 +123,8 @@ class StorageFullError(NbJobsError):
 
 
 class ResultUnavailableError(NbJobsError):
-    """A job was given another job's result as an argument, and that result is gone when it runs."""
+    """A job's result cannot be had: a job was given another job's result as an argument and that
+    result is gone when it runs, or a result holds objects of code not importable where it is read."""
 
 
 class JobTimeoutError(NbJobsError, TimeoutError):

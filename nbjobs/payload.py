@@ -18,6 +18,7 @@ import logging
 import os
 import pickle
 import types
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +26,21 @@ from typing import Any
 
 import cloudpickle
 
-from .errors import FunctionNotFoundError, InvalidJobError, PayloadError
+from .errors import (
+    FunctionNotFoundError,
+    InvalidJobError,
+    NotImportableHereWarning,
+    PayloadError,
+    caller_stacklevel,
+)
 from .model import FUNCTION_MAX, PAYLOAD_MAX
 
 log = logging.getLogger("nbjobs.payload")
 
 MAGIC = b"NBJ1"
+
+#: What a job runs: a callable, or a function's name as text, "module:qualname" (`named_function`).
+Target = Callable[..., Any] | str
 _MAC_LEN = 32
 SERIALIZERS = ("pickle", "json")
 
@@ -192,26 +202,68 @@ def resolve_function(ref: str) -> Callable[..., Any]:
     return obj  # type: ignore[no-any-return]
 
 
+def named_function(name: str) -> Callable[..., Any] | None:
+    """A job function given by name, "module:qualname" (as RQ's `enqueue("pkg.mod.fn")` and Celery's
+    `send_task`): the function itself when it imports here, so its call is checked as any other;
+    None when its module cannot be imported here (a server's own code, a library only the servers
+    have), to be stored by name with a warning. A name that cannot be right is refused."""
+    module, sep, qualname = name.partition(":")
+    if not sep or not all(part.isidentifier() for part in [*module.split("."), *qualname.split(".")]):
+        raise InvalidJobError(
+            f"{name!r} is not a function's name; write it as 'module:function' (e.g. 'reports:build'), "
+            "or pass the function itself"
+        )
+    if needs_by_value(name):
+        raise InvalidJobError(
+            f"{name!r} names a function of this notebook or script, which other processes cannot import; "
+            "pass the function itself"
+        )
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        warnings.warn(
+            f"{name} cannot be imported here ({exc}): it is stored by name for the servers that can "
+            "import it, and its arguments are not checked against its parameters. Give it a queue only "
+            "those servers serve (options(queue=…)): a server without it fails the job",
+            NotImportableHereWarning, stacklevel=caller_stacklevel(),
+        )
+        return None
+    except Exception as exc:
+        raise InvalidJobError(f"importing {module} for {name} failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        return resolve_function(name)
+    except FunctionNotFoundError as exc:
+        why = exc.__cause__ or exc
+        raise InvalidJobError(f"{name} cannot be used as a job: {why}; check the name") from exc
+
+
 def needs_by_value(ref: str) -> bool:
     """Functions from `__main__` (notebooks, scripts) cannot be imported elsewhere: ship them by value."""
     return ref.startswith("__main__:") or ref.startswith("__mp_main__:")
 
 
 def unresolvable(ref: str) -> str | None:
-    """Why `ref` cannot be run from a stored payload here, or None if it can.
+    """Why `ref` can run on no server, or None if it can here or may elsewhere.
 
-    `__main__` functions are carried by value in the payload, so they always can; any other must
-    still import (a renamed or removed function cannot). Import errors of the module are reported too.
+    `__main__` functions are carried by value in the payload, so they always can. A module that does
+    not import here for want of another module (ImportError: code or a library only other servers
+    have, as for a function named by text) may import on another server: None, so a recurring fire
+    still becomes a job for the servers that can run it. A module that imports but lacks the function
+    (renamed or removed), or fails to import for another reason, cannot run anywhere like this.
     """
     if needs_by_value(ref):
         return None
+    try:
+        importlib.import_module(ref.partition(":")[0])
+    except ImportError:
+        return None
+    except Exception as exc:  # the module itself fails to import: say so, never raise to the caller
+        return f"function {ref} cannot be imported ({type(exc).__name__}: {exc})"
     try:
         resolve_function(ref)
     except FunctionNotFoundError as exc:
         cause = exc.__cause__
         return f"function {ref} cannot be found" + (f" ({cause})" if cause is not None else " (not callable)")
-    except Exception as exc:  # the module itself fails to import: say so, never raise to the caller
-        return f"function {ref} cannot be imported ({type(exc).__name__}: {exc})"
     return None
 
 
@@ -324,17 +376,22 @@ class Codec:
         raise PayloadError("payload body has an unknown serializer tag")
 
     def encode(
-        self, fn: Callable[..., Any], args: Sequence[Any], kwargs: Mapping[str, Any], serializer: str,
+        self, fn: Target, args: Sequence[Any], kwargs: Mapping[str, Any], serializer: str,
         *, by_value_required: bool = True,
     ) -> tuple[str, bytes]:
         """A job's function reference and signed payload (`stored_call`, then `encode_call`)."""
+        if isinstance(fn, str):
+            live = named_function(fn)
+            if live is None:  # stored by name alone: nothing here to check the call against
+                return fn, self.encode_call(None, fn, args, kwargs, serializer)
+            fn = live
         fn, args, kwargs = stored_call(fn, args, kwargs)
         ref = function_ref(fn)
         return ref, self.encode_call(fn, ref, args, kwargs, serializer, by_value_required=by_value_required)
 
     def encode_call(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[..., Any] | None,
         ref: str,
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
@@ -349,9 +406,10 @@ class Codec:
         jobs); otherwise it is stored by reference only, and runs only where `__main__` has it: the
         notebook's own server.
         """
-        check_arguments(fn, ref, args, kwargs)
+        if fn is not None:  # None: a function named by text that is not importable here
+            check_arguments(fn, ref, args, kwargs)
         by_value = None
-        if needs_by_value(ref):
+        if fn is not None and needs_by_value(ref):
             try:
                 by_value = cloudpickle.dumps(inspect.unwrap(fn), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:

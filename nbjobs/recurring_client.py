@@ -11,7 +11,7 @@ while `enqueue` refuses them with a clear message.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
@@ -19,7 +19,7 @@ from .clock import Clock
 from .cron import every_from_timedelta, next_fire, parse_schedule, parse_zone, validate_policies
 from .errors import FunctionNotFoundError, InvalidJobError, InvalidScheduleError, RecurringNotFoundError
 from .model import RECURRING_ID_MAX, JobOptions, NewJob, unstorable_character
-from .payload import Codec, unresolvable
+from .payload import Codec, Target, unresolvable
 from .storage import Store
 from .storage.base import RecurringRecord, RecurringSpec
 
@@ -97,7 +97,7 @@ def define(
     client: RecurringClient,
     recurring_id: str,
     cron: str | timedelta,
-    fn: Callable[..., Any],
+    fn: Target,
     args: Sequence[Any],
     kwargs: Mapping[str, Any],
     options: JobOptions,

@@ -11,7 +11,7 @@ import math
 import os
 import threading
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -150,10 +150,25 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
     return JobOptions(**merged)
 
 
-def resolve_when(when: datetime | timedelta | int | float, now: datetime) -> datetime:
-    """datetime (naive = local time), timedelta or seconds from now → aware UTC; never in the past."""
+#: When a scheduled job runs: a datetime (naive = local), an ISO string, a date, a delay.
+When = datetime | date | timedelta | int | float | str
+
+
+def resolve_when(when: When, now: datetime) -> datetime:
+    """A datetime (naive = local time), an ISO time string ("2026-12-01 07:00", as `jobs(since=…)`
+    takes), a date (its local midnight), a timedelta or seconds from now → aware UTC."""
     if isinstance(when, bool):
         raise InvalidJobError(f"when must be a datetime, timedelta or seconds, got {when!r}")
+    if isinstance(when, str):
+        try:
+            when = datetime.fromisoformat(when.strip())
+        except ValueError:
+            raise InvalidJobError(
+                f"when {when!r} is not a time; write it as '2026-12-01 07:00' (local time, or with an "
+                "offset such as '+01:00'), or give a datetime, a timedelta or a number of seconds"
+            ) from None
+    if isinstance(when, date) and not isinstance(when, datetime):
+        when = datetime.combine(when, time())
     if isinstance(when, datetime):
         return ensure_utc(when.astimezone() if when.tzinfo is None else when)
     if isinstance(when, timedelta):
@@ -162,7 +177,8 @@ def resolve_when(when: datetime | timedelta | int | float, now: datetime) -> dat
         seconds = float(when)
     else:
         raise InvalidJobError(
-            f"when must be a datetime, a timedelta or a number of seconds, got {type(when).__name__}"
+            f"when must be a datetime, an ISO time string, a timedelta or a number of seconds, got "
+            f"{type(when).__name__}"
         )
     if math.isnan(seconds):
         raise InvalidJobError("delay must be a number of seconds, got NaN; use 0 to run now")
@@ -413,7 +429,7 @@ class Client:
         return self.submit(specs)
 
     def schedule(
-        self, when: datetime | timedelta | int | float, fn: Target, /, *args: Any, **kwargs: Any
+        self, when: When, fn: Target, /, *args: Any, **kwargs: Any
     ) -> Job:
         """Run `fn(*args, **kwargs)` at `when`: a datetime, a timedelta or seconds from now."""
         run_at = resolve_when(when, self.clock.now())
@@ -596,7 +612,7 @@ class JobFunction:
     def enqueue(self, *args: Any, **kwargs: Any) -> Job:
         return self.client.enqueue(self.fn, *args, **kwargs)
 
-    def schedule(self, when: datetime | timedelta | int | float, *args: Any, **kwargs: Any) -> Job:
+    def schedule(self, when: When, *args: Any, **kwargs: Any) -> Job:
         return self.client.schedule(when, self.fn, *args, **kwargs)
 
     def options(self, **options: Any) -> JobFunction:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from .client import Client, Job, JobFunction, NotebookJob
+from .client import Client, Job, JobFunction, NotebookJob, When
 from .context import current_job_or_none
 from .engine import Engine, connect
 from .errors import ConfigurationError
@@ -226,7 +226,7 @@ def enqueue_many(fn: Target, arg_list: Any) -> list[Job]:
     return default_engine().enqueue_many(fn, arg_list)
 
 
-def schedule(when: datetime | timedelta | int | float, fn: Target, /, *args: Any,
+def schedule(when: When, fn: Target, /, *args: Any,
              **kwargs: Any) -> Job:
     """`nbjobs.schedule(60, fn, *args)`: run `fn` later on the default engine."""
     return default_engine().schedule(when, fn, *args, **kwargs)

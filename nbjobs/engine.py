@@ -21,7 +21,7 @@ import pandas as pd
 from . import context, gather
 from . import history as views  # type: ignore[no-redef]  # `nbjobs.history` is also a function
 from .capture import OutputCapture
-from .client import Client, Job, JobFunction, NotebookJob, Notifier, check_queue, check_timeout
+from .client import Client, Job, JobFunction, NotebookJob, Notifier, When, check_queue, check_timeout
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError, NbJobsError
 from .model import PAYLOAD_CEILING, PAYLOAD_MAX, ContinueOn, JobState, StateChange
@@ -232,9 +232,10 @@ class Engine:
         return self.client.enqueue_many(fn, arg_list)
 
     def schedule(
-        self, when: datetime | timedelta | int | float, fn: Target, /, *args: Any, **kwargs: Any
+        self, when: When, fn: Target, /, *args: Any, **kwargs: Any
     ) -> Job:
-        """Run `fn` at `when` (datetime, timedelta or seconds from now)."""
+        """Run `fn` at `when`: a datetime (naive = local time), an ISO string such as
+        "2026-12-01 07:00", a date (its local midnight), a timedelta or seconds from now."""
         return self.client.schedule(when, fn, *args, **kwargs)
 
     def after(

@@ -8,7 +8,7 @@ import threading
 import time
 import warnings
 from collections import Counter
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -143,14 +143,23 @@ def test_schedule_accepts_seconds_datetime_and_rejects_bad_delays(engine: nbjobs
     assert engine.schedule(now + timedelta(hours=1), add, 1).state is JobState.SCHEDULED
     with pytest.raises(InvalidJobError, match="must not be negative"):
         engine.schedule(-1, add, 1)
-    with pytest.raises(InvalidJobError, match="datetime, a timedelta or a number"):
-        engine.schedule("soon", add, 1)  # type: ignore[arg-type]
+    with pytest.raises(InvalidJobError, match="'soon' is not a time; write it as '2026-12-01 07:00'"):
+        engine.schedule("soon", add, 1)
+    with pytest.raises(InvalidJobError, match="datetime, an ISO time string, a timedelta or a number"):
+        engine.schedule([60], add, 1)  # type: ignore[arg-type]
+    # An ISO string or a date, naive = local time, as jobs(since=…) reads them.
+    local = datetime(2030, 6, 1, 7, 30).astimezone()
+    for when in ("2030-06-01 07:30", "2030-06-01T07:30:00", local.isoformat()):
+        assert engine.schedule(when, add, 1).record().run_at == local.astimezone(UTC)
+    midnight = datetime(2030, 6, 1).astimezone().astimezone(UTC)
+    assert engine.schedule(date(2030, 6, 1), add, 1).record().run_at == midnight
+    assert engine.schedule("2030-06-01", add, 1).record().run_at == midnight
     with pytest.raises(InvalidJobError, match="got NaN"):
         engine.schedule(float("nan"), add, 1)
     for too_far in (float("inf"), 1e12):
         with pytest.raises(InvalidJobError, match="past the last date a datetime holds"):
             engine.schedule(too_far, add, 1)
-    assert len(engine.jobs()) == 2  # the two good ones; nothing of the refused calls was stored
+    assert len(engine.jobs()) == 7  # the good ones; nothing of the refused calls was stored
 
 
 def test_continuations(engine: nbjobs.Engine) -> None:

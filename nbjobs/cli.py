@@ -626,9 +626,10 @@ def dashboard_cmd(url: str | None, port: int, ip: str, allow_actions: bool, toke
     """Serve the dashboard as a web page (Voilà) for people outside a notebook."""
     from .ui.serve import ServeOptions, check, serve
 
-    options = ServeOptions(url=_database(url), port=port, ip=ip, allow_actions=allow_actions,
+    options = ServeOptions(url=url or default_url(), port=port, ip=ip, allow_actions=allow_actions,
                            token=token, refresh=refresh)
     check(options)
+    _database(options.url)  # exists: the page would show an empty database it had just created
     mode = "actions allowed" if allow_actions else "read-only"
     click.echo(f"nbjobs dashboard on http://{ip}:{port}/ ({mode}); Ctrl+C stops it", err=True)
     sys.exit(serve(options))

@@ -138,6 +138,24 @@ def test_bad_parents_are_refused_and_nothing_is_stored(engine: nbjobs.Engine) ->
     assert single.record().parent_id == job.id and single.parents() == [job]
 
 
+def total(*values: int) -> int:
+    return sum(values)
+
+
+def test_a_fan_in_over_thousands_of_jobs_runs_once_and_past_the_limit_is_refused(
+        engine: nbjobs.Engine) -> None:
+    """A sweep of a few thousand runs gathered by one job (the limit was 1,000)."""
+    runs = engine.enqueue_many(square, list(range(2_500)))
+    tag = f"sweep-{engine.url}"
+    best = engine.after(runs, record, tag)
+    summed = engine.enqueue(total, *runs[:1_500])  # Jobs as arguments: their results, in order
+    with pytest.raises(InvalidJobError, match="a job can wait for at most 10,000 jobs, got 10,001"):
+        engine.after([*runs, *range(runs[-1].id + 1, runs[-1].id + 7_502)], record, "x")
+    engine.start_server(workers=4)
+    assert best.result(timeout=120) == tag and RUNS[tag] == 1
+    assert summed.result(timeout=60) == sum(x * x for x in range(1_500))
+
+
 def test_parents_from_another_database_are_refused(engine: nbjobs.Engine, tmp_path: Path) -> None:
     other = nbjobs.connect(f"sqlite:///{tmp_path / 'other.db'}", secret="test-secret")
     try:

@@ -196,8 +196,8 @@ def resolve_when(when: When, now: datetime) -> datetime:
 _ASYNC_ROUND = 0.25
 #: Most parents a continuation may wait for (`after`, or Jobs as arguments): one statement lists
 #: them all (SQLite takes 32,766 values in one, PostgreSQL 65,535), and each batch of finishing
-#: parents reads the states of all of them. 10,000 no-op parents run in 2.6 s with the fan-in
-#: against 1.2 s without on SQLite, 5.4 s against 2.6 s on PostgreSQL (tests/server/test_fan_in.py).
+#: parents reads the states of all of them: 10,000 no-op parents take 1.9x as long with the fan-in
+#: as without on SQLite, 2.0x on PostgreSQL (`python benchmarks/fan_in.py [--url …]`).
 MAX_PARENTS = 10_000
 #: A history reason is shown in tables; a long list of parents is cut.
 REASON_MAX = 500

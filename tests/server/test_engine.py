@@ -263,8 +263,10 @@ def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.E
         engine.options(queu="x")
     with pytest.raises(InvalidJobError, match="define it with `def`"):
         engine.enqueue(lambda: 1)
+    with pytest.raises(InvalidJobError, match="'add' is not a function's name; write it as 'module:"):
+        engine.enqueue("add")
     with pytest.raises(InvalidJobError, match="not callable"):
-        engine.enqueue("add")  # type: ignore[arg-type]
+        engine.enqueue(42)  # type: ignore[arg-type]
     with pytest.raises(InvalidJobError, match="keyword argument 'b'"):
         engine.enqueue(add, 1, b=threading.Lock())  # type: ignore[arg-type]
     with pytest.raises(InvalidJobError, match="retries must be 0 or more"):

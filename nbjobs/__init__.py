@@ -49,10 +49,11 @@ from .default import (
     wait,
     watch,
 )
-from .engine import Engine, connect, default_url
+from .engine import Engine, connect, default_url, engines
 from .errors import (
     ConfigurationError,
     DatabaseUnavailableError,
+    DuplicateServerWarning,
     FunctionNotFoundError,
     IllegalTransitionError,
     InvalidJobError,
@@ -106,6 +107,7 @@ __all__ = [
     "ContinueOn",
     "DatabaseUnavailableError",
     "DoneAndPending",
+    "DuplicateServerWarning",
     "Engine",
     "FunctionNotFoundError",
     "IllegalTransitionError",
@@ -149,6 +151,7 @@ __all__ = [
     "default_engine",
     "default_url",
     "delete",
+    "engines",
     "enqueue",
     "enqueue_many",
     "enqueue_notebook",

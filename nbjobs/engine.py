@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import functools
 import importlib
+import itertools
 import logging
 import multiprocessing.util  # noqa: F401  # registers its exit handler before ours (see _close_process_pools)
 import os
@@ -23,7 +24,7 @@ from . import history as views  # type: ignore[no-redef]  # `nbjobs.history` is 
 from .capture import OutputCapture
 from .client import Client, Job, JobFunction, NotebookJob, Notifier, When, check_queue, check_timeout
 from .clock import Clock, SystemClock
-from .errors import ConfigurationError, NbJobsError
+from .errors import ConfigurationError, DuplicateServerWarning, NbJobsError, caller_stacklevel
 from .model import PAYLOAD_CEILING, PAYLOAD_MAX, ContinueOn, JobState, StateChange
 from .payload import Codec, Signer, Target
 from .progress import ProgressThrottle
@@ -38,6 +39,7 @@ log = logging.getLogger("nbjobs")
 
 DEFAULT_DB = "nbjobs.db"
 _engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+_created = itertools.count()  #: orders `engines()`
 
 
 def default_url() -> str:
@@ -80,6 +82,11 @@ class Engine:
         self.clock: Clock = clock or SystemClock()
         sync = self.synchronous = synchronous or os.environ.get("NBJOBS_SQLITE_SYNCHRONOUS", "FULL")
         self.store: Store = store or SqlStore(self.url, synchronous=sync)
+        # An engine dropped without close() (a notebook cell with `nb = nbjobs.connect()`, run again)
+        # releases its connections when collected: SQLAlchemy keeps a checked-out connection (the
+        # writer's) alive by itself, so each one left two database file handles open for good.
+        self._release = weakref.finalize(self, self.store.close)
+        self._release.atexit = False  # at exit `_close_all` stops the servers first
         key = secret.encode() if isinstance(secret, str) else secret
         self.codec = Codec(Signer(key), max_bytes=max_payload)
         self.notifier = Notifier()
@@ -91,6 +98,7 @@ class Engine:
         self._process_pool: Any = None
         self._lock = threading.Lock()
         self._closed = False
+        self._created = next(_created)
         _engines.add(self)
 
     def __repr__(self) -> str:
@@ -124,6 +132,7 @@ class Engine:
             workers = 4 if workers is None else workers
             config = ServerConfig(workers=workers, queues=tuple(queues or ("*",)), **settings)
             config.validate()  # before the executors are sized from it
+            self._warn_if_another_server_here()
             # Every server fires recurring jobs; the storage claim keeps each fire time to one job.
             config.duties = [*config.duties, RecurringDuty(self.store, self.clock)]
             self.server = Server(
@@ -171,6 +180,22 @@ class Engine:
                 f"{', '.join(differ)}, call stop_server() first", stacklevel=3,
             )
 
+    def _warn_if_another_server_here(self) -> None:
+        """A cell with `nb = nbjobs.connect(); nb.start_server(workers=1)` run again starts a second
+        server beside the first, whose engine the notebook no longer holds: twice the workers, each
+        server's `limits` apart, so two "one at a time" jobs run at once. Say so, and how to stop it."""
+        others = [engine.server.name for engine in list(_engines)
+                  if engine is not self and engine.server is not None and engine.server.running
+                  and engine.store.database == self.store.database]
+        if others:
+            warnings.warn(
+                f"this process already runs a server on {self.store.database} ({', '.join(others)}), "
+                "from another engine (a cell that connects and starts a server, run again?): both serve "
+                "its queues now, each with its own workers and limits. To keep only this one: "
+                "`for other in nbjobs.engines(): other is nb or other.close()`",
+                DuplicateServerWarning, stacklevel=caller_stacklevel(),
+            )
+
     def _progress_sink(self) -> Callable[[int, float | None, str | None], None] | None:
         return self.progress_throttle
 
@@ -214,7 +239,7 @@ class Engine:
         self.output.close()
         self.progress_throttle.close()
         self.notifier.close()
-        self.store.close()
+        self._release()  # store.close(), once
         self._closed = True
 
     def __enter__(self) -> Engine:
@@ -480,6 +505,12 @@ def connect(url: str | None = None, **kwargs: Any) -> Engine:
             f"nb.start_server({', '.join(f'{k}=…' for k in server_settings)})"
         )
     return Engine(url, **kwargs)
+
+
+def engines() -> list[Engine]:
+    """The engines of this process not yet closed, oldest first (a notebook's earlier `connect()`s,
+    the default engine): to find and close one whose variable was reassigned."""
+    return sorted((e for e in list(_engines) if not e._closed), key=lambda e: e._created)
 
 
 @atexit.register

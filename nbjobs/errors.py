@@ -38,6 +38,11 @@ class NotImportableHereWarning(UserWarning):
     is stored by name for the servers that can import it."""
 
 
+class DuplicateServerWarning(UserWarning):
+    """A server starts in a process that already runs one on the same database, from another engine
+    (typically a notebook cell with `connect()` and `start_server()` run again)."""
+
+
 class InvalidJobError(NbJobsError, ValueError):
     """A job cannot be created as asked (bad target, argument, delay or option); nothing was stored."""
 

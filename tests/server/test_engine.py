@@ -577,6 +577,50 @@ def test_starting_a_running_server_again_says_what_it_ignores(engine: nbjobs.Eng
     assert server.config.workers == 1
 
 
+def test_a_second_server_on_the_same_database_in_this_process_warns_and_engines_finds_the_first(
+        db_url: str) -> None:
+    """A notebook cell `nb = nbjobs.connect(); nb.start_server(workers=1)` run again."""
+    first = nbjobs.connect(db_url, secret="test-secret")
+    try:
+        first.start_server(workers=1, name="first")
+        nb = nbjobs.connect(db_url, secret="test-secret")
+        with pytest.warns(nbjobs.DuplicateServerWarning, match=r"this process already runs a server on .* "
+                          r"\(first\), from another engine") as caught:
+            nb.start_server(workers=1)
+        assert caught[0].filename == __file__
+        assert [e for e in nbjobs.engines() if e in (first, nb)] == [first, nb]  # oldest first
+        for other in nbjobs.engines():
+            other is nb or other.close()  # as the warning says
+        assert first._closed and first.server is None and not nb._closed
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            nb.stop_server()
+            nb.start_server(workers=1)  # alone now: nothing to say
+        nb.close()
+        assert nb not in nbjobs.engines()
+    finally:
+        first.close()
+
+
+def test_an_engine_dropped_without_close_releases_its_database_when_collected(db_url: str) -> None:
+    """Each `nb = nbjobs.connect()` run again left its connections open for good (two file handles
+    on SQLite), since SQLAlchemy keeps a checked-out connection alive by itself."""
+    import gc
+    import weakref
+
+    engine = nbjobs.connect(db_url, secret="test-secret")
+    engine.enqueue(add, 1)
+    engine.jobs()
+    store = engine.store
+    assert (isinstance(store, SqlStore) and store._writer is not None) or db_url.startswith("postgresql")
+    dropped = weakref.ref(engine)
+    del engine
+    gc.collect()
+    assert dropped() is None
+    assert store.engine.pool.checkedout() == 0  # the writer's connection went back and the pool was emptied
+    assert isinstance(store, SqlStore) and store._writer is None
+
+
 def test_a_job_calling_sys_exit_fails_and_its_worker_goes_on(engine: nbjobs.Engine) -> None:
     engine.start_server(workers=1)  # one worker: had it died, nothing else would run
     exited = engine.options(retries=0).enqueue(exits, 3)

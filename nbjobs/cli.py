@@ -553,6 +553,20 @@ def queues_cmd(url: str | None, fmt: str) -> None:
         _print_frame(engine.queues(), fmt)
 
 
+@cli.command("stats")
+@url_option
+@click.option("--freq", default="1h", show_default=True,
+              help="Interval width, as pandas writes it: 30s, 10min, 1h, 1D.")
+@click.option("--since", default="1d", show_default=True,
+              help="From a time ('2026-11-28 09:00', local) or a duration ago ('90m', '2d').")
+@format_option
+def stats_cmd(url: str | None, freq: str, since: str, fmt: str) -> None:
+    """Succeeded and failed jobs per interval, by finish time (as nb.stats())."""
+    with _engine(url) as engine:
+        frame = engine.stats(freq=freq, since=values.ago(since))
+        _print_frame(frame.reset_index(), fmt)
+
+
 @cli.command("servers")
 @url_option
 @format_option

@@ -241,6 +241,20 @@ def test_listings_print_csv_and_json_for_scripts(engine: nbjobs.Engine) -> None:
     assert code == 0 and json.loads(out) == []
 
 
+def test_stats_counts_finished_jobs_per_interval(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1)
+    engine.enqueue(add, 1, 2).result(timeout=30)
+    engine.options(retries=0).enqueue(add, "a", 1).wait(timeout=30)  # str + int: fails
+    _, out, _ = invoke("stats", "--url", engine.url, "--freq", "1D", "--since", "2d", "--format", "json")
+    rows = json.loads(out)
+    assert len(rows) in (3, 4)  # the intervals of the last two days, this one included
+    assert sum(r["succeeded"] for r in rows) == 1 and sum(r["failed"] for r in rows) == 1
+    _, out, _ = invoke("stats", "--url", engine.url)
+    assert "succeeded" in out and "failed" in out
+    result = CliRunner().invoke(cli, ["stats", "--url", engine.url, "--freq", "often"])
+    assert "freq must be a fixed interval" in str(result.exception)
+
+
 def test_a_listing_cut_at_its_limit_says_so_on_stderr(engine: nbjobs.Engine) -> None:
     engine.enqueue_many(add, [(i,) for i in range(4)])
     _, out, err = invoke("jobs", "--url", engine.url, "--limit", "3", "--format", "json")

@@ -19,6 +19,7 @@ import threading
 from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from sqlalchemy import (
     ColumnElement,
@@ -66,8 +67,8 @@ def absolute_sqlite(url: str) -> str:
     """A SQLite URL (or a bare path, made one) with its file path made absolute; others as given.
     Whatever opens the database again by this URL later (a worker process, after the notebook
     changed folder) must open this file, not one of that name in its own folder."""
-    if "://" not in url:
-        url = f"sqlite:///{url}"
+    if "://" not in url:  # a path: '?' and '%' in a file name are not a URL's query and escapes
+        url = "sqlite:///" + url.replace("%", "%25").replace("?", "%3F")
     scheme, sep, rest = url.partition(":///")
     if not sep or not scheme.startswith("sqlite"):
         return url
@@ -84,7 +85,9 @@ def sqlite_file(url: str) -> str | None:
     if not sep or not scheme.startswith("sqlite"):
         return None
     path = rest.partition("?")[0]
-    return None if not path or path == ":memory:" or path.startswith("file:") else path
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return unquote(path)  # as SQLAlchemy reads the database part of a URL
 
 
 def normalize_url(url: str) -> str:

@@ -268,3 +268,16 @@ def test_a_process_job_enqueues_into_its_servers_database_after_the_notebook_cha
         child = nb.options(executor="process").enqueue(jobfuncs.enqueue_echo, 5).result(timeout=30)
         assert nb.job(child).result(timeout=30) == 5
     assert not (tmp_path / "elsewhere" / "rel.db").exists()
+
+
+@pytest.mark.parametrize("name", ["report?v2.db", "100% done.db", "é #1.db"])
+def test_a_bare_path_names_that_very_file_whatever_its_characters(tmp_path: Path, name: str) -> None:
+    """`connect("/data/report?v2.db")` opened `/data/report` (the rest read as a URL's query), and
+    `%41` in a file name as `A`: a bare path is a path. Worker processes reopen it by the URL."""
+    path = tmp_path / name
+    with nbjobs.connect(str(path), secret="test-secret") as nb:
+        nb.start_server(workers=1)
+        assert nb.options(executor="process").enqueue(jobfuncs.enqueue_echo, 3).result(timeout=30)
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(("-wal", "-shm"))) == [name]
+    with nbjobs.connect(path, secret="test-secret") as again:  # a pathlib.Path, the same file
+        assert len(again.jobs()) == 2

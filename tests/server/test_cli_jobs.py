@@ -320,7 +320,8 @@ def test_commands_that_add_jobs_create_the_database(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("url", "expected"), [
-    ("sqlite:////data/jobs.db", "/data/jobs.db"), ("/data/jobs.db?mode=ro", "/data/jobs.db"),
+    ("sqlite:////data/jobs.db", "/data/jobs.db"), ("sqlite:////data/jobs.db?mode=ro", "/data/jobs.db"),
+    ("/data/report?v2.db", "/data/report?v2.db"), ("/data/100%41.db", "/data/100%41.db"),
     ("sqlite:///:memory:", None), ("sqlite:///file:jobs?mode=memory&uri=true", None),
     ("postgresql://u@host/db", None),
 ])

@@ -96,8 +96,12 @@ def normalize_url(url: str) -> str:
     url = absolute_sqlite(url)
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://") :]
-    if url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.split("+")[0] == "postgresql":
+        # Any driver named (psycopg2, asyncpg, pg8000: a URL copied from another project's settings)
+        # is the same database; nbjobs talks to it through psycopg 3 (LISTEN/NOTIFY, one-statement
+        # writes), which the `postgres` extra installs.
+        url = f"postgresql+psycopg://{rest}"
     return url
 
 
@@ -132,7 +136,8 @@ class Dialect:
         url = make_url(self.url)
         if url.get_backend_name() == "sqlite":
             return f"sqlite:{os.path.realpath(url.database) if url.database else ''}"
-        return f"{url.get_backend_name()}://{url.host or ''}:{url.port or ''}/{url.database or ''}"
+        port = url.port or (5432 if url.get_backend_name() == "postgresql" else "")  # the same server
+        return f"{url.get_backend_name()}://{url.host or ''}:{port}/{url.database or ''}"
 
     def begin_write(self, conn: Connection) -> None:
         """Start a write transaction."""
@@ -563,7 +568,7 @@ class PostgresDialect(Dialect):
     one_statement_writes = True
 
     misconfigured_messages = ("does not exist", "authentication failed", "failed to resolve host",
-                              "no pg_hba.conf entry")
+                              "no pg_hba.conf entry", "does not support SSL")
 
     def is_full(self, exc: BaseException) -> bool:
         # SQLSTATE class 53, insufficient resources: disk_full (53100), out_of_memory (53200), …

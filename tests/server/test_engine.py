@@ -557,6 +557,8 @@ def test_connect_says_why_it_cannot_reach_the_database(pg_server_url: str, tmp_p
         assert time.monotonic() - started < 2
         with pytest.raises(ConfigurationError, match=re.escape(named)):
             nbjobs.connect(url.render_as_string(hide_password=False))
+    with pytest.raises(ConfigurationError, match="server does not support SSL, but SSL was required"):
+        nbjobs.connect(server.update_query_dict({"sslmode": "require"}).render_as_string(hide_password=False))
     # Nothing listens there: tried (a server may be starting), then said in one error.
     with socket.socket() as probe:  # a port nothing listens on
         probe.bind(("127.0.0.1", 0))
@@ -565,6 +567,25 @@ def test_connect_says_why_it_cannot_reach_the_database(pg_server_url: str, tmp_p
                        r".* after 2 tries; check that its server runs"):  # (the store connect() opens,
         SqlStore(server.set(host="127.0.0.1", port=port).render_as_string(hide_password=False),
                  max_retries=1)  # with fewer tries to keep the test short)
+
+
+def test_a_postgresql_url_of_any_driver_or_default_port_is_the_same_database(pg_database: str) -> None:
+    """A URL copied from another project's settings (`postgres://`, `postgresql+psycopg2://`) failed
+    with "No module named 'psycopg2'"; the same server without its default port was another database
+    to `job_id`, which refused the jobs of one engine in the other."""
+    url = make_url(pg_database)
+    with nbjobs.connect(pg_database, secret="test-secret") as engine:
+        job = engine.enqueue(add, 1)
+        default_port = url.port in (None, 5432)
+        variants = [url.set(drivername="postgresql+psycopg2"), url.set(drivername="postgresql+asyncpg"),
+                    url.set(drivername="postgres")]
+        if default_port:
+            variants += [url.set(port=5432), url.set(port=None)]
+        for variant in variants:
+            with nbjobs.connect(variant.render_as_string(hide_password=False), secret="test-secret") as other:
+                assert other.store.database == engine.store.database, variant
+                assert other.job(job).state is JobState.ENQUEUED  # a Job of the first engine, accepted
+        engine.delete(job)
 
 
 def test_starting_a_running_server_again_says_what_it_ignores(engine: nbjobs.Engine) -> None:

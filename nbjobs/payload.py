@@ -8,6 +8,7 @@ reference (`module:qualname`); a function defined in a notebook (`__main__`) is 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import hmac
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import pickle
+import tempfile
 import types
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +29,7 @@ from typing import Any
 import cloudpickle
 
 from .errors import (
+    ConfigurationError,
     FunctionNotFoundError,
     InvalidJobError,
     NotImportableHereWarning,
@@ -51,24 +54,50 @@ def nbjobs_home() -> Path:
 
 
 def load_secret() -> bytes:
-    """The signing key: NBJOBS_SECRET, else a key file created once with mode 0600."""
+    """The signing key: NBJOBS_SECRET, else a key file created once with mode 0600.
+
+    The file appears whole or not at all (written aside, then linked into place): processes
+    starting together on a new machine read the one key, never a file still empty."""
     env = os.environ.get("NBJOBS_SECRET")
     if env:
         return env.encode()
     path = nbjobs_home() / "secret"
     try:
-        return path.read_bytes().strip()
+        return _read_key(path)
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key = os.urandom(32).hex().encode()
+    except OSError as exc:
+        raise _key_file_error(path, exc) from exc
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process created it first: use theirs
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, aside = tempfile.mkstemp(dir=path.parent, prefix=".secret-")  # mode 0600
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(os.urandom(32).hex().encode())
+            with contextlib.suppress(FileExistsError):  # another process linked its key first
+                os.link(aside, path)  # atomic: the file is whole or absent
+        finally:
+            os.unlink(aside)
+        return _read_key(path)
+    except OSError as exc:
+        raise _key_file_error(path, exc) from exc
+
+
+def _read_key(path: Path) -> bytes:
+    key = path.read_bytes().strip()
+    if not key:
+        raise ConfigurationError(
+            f"the signing key file {path} is empty; delete it to have a new key made (jobs stored with "
+            "the old key will then not verify), or set NBJOBS_SECRET"
+        )
     return key
+
+
+def _key_file_error(path: Path, exc: OSError) -> ConfigurationError:
+    return ConfigurationError(
+        f"cannot read or create the signing key file {path} ({exc.strerror or exc}); set NBJOBS_SECRET "
+        "(the same for every server and client of the database), or NBJOBS_HOME to a writable folder"
+    )
 
 
 class Signer:

@@ -4,7 +4,7 @@ import stat
 
 import pytest
 
-from nbjobs.errors import InvalidJobError, PayloadError
+from nbjobs.errors import ConfigurationError, InvalidJobError, PayloadError
 from nbjobs.model import FUNCTION_MAX
 from nbjobs.payload import (
     Codec,
@@ -75,6 +75,40 @@ def test_secret_file_created_with_mode_0600(tmp_path, monkeypatch) -> None:  # t
     path = tmp_path / "home" / "secret"
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     assert load_secret() == key and len(key) == 64
+
+
+def _key_in_a_new_process(home: str) -> bytes:
+    os.environ["NBJOBS_HOME"] = home
+    os.environ.pop("NBJOBS_SECRET", None)
+    return load_secret()
+
+
+def test_processes_starting_together_share_one_whole_key(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The key file was created empty and then written: a process reading it in between got an empty
+    key (every job it signed would fail to verify elsewhere)."""
+    import multiprocessing
+
+    home = str(tmp_path / "home")
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        keys = pool.map(_key_in_a_new_process, [home] * 12)
+    assert len(set(keys)) == 1 and len(keys[0]) == 64
+    assert os.listdir(home) == ["secret"]  # the key written aside was removed
+
+
+def test_a_key_file_that_cannot_be_used_says_so(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("NBJOBS_SECRET", raising=False)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "secret").write_bytes(b"\n")
+    monkeypatch.setenv("NBJOBS_HOME", str(tmp_path / "empty"))
+    with pytest.raises(ConfigurationError, match=r"signing key file .* is empty; delete it"):
+        load_secret()
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("NBJOBS_HOME", str(tmp_path / "a-file" / "nbjobs"))
+    with pytest.raises(ConfigurationError, match=r"cannot read or create the signing key file .*\(Not a "
+                       r"directory\); set NBJOBS_SECRET"):
+        load_secret()
+    monkeypatch.setenv("NBJOBS_SECRET", "from-the-environment")
+    assert load_secret() == b"from-the-environment"  # the fix the message names
 
 
 def test_a_function_reference_longer_than_its_column_is_refused() -> None:

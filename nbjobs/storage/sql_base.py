@@ -133,6 +133,7 @@ class SqlBase:
         #: The pooled connection kept for `_driver_tx` (used only under the write guard, so by one
         #: thread at a time), and the process that opened it: a forked child opens its own.
         self._writer: Any = None
+        self._closed = False
         self._writer_pid = 0
         #: The running jobs of a finishing server, locked until the outcome is written.
         self._held_stmt = self.dialect.row_lock(
@@ -216,6 +217,17 @@ class SqlBase:
         writer.close()  # back to the pool; the next write checks one out again
 
     def _retrying(self, once: Callable[[], T]) -> T:
+        if self._closed:
+            # Used after close(): a Job handle outliving its engine (`%reload_ext nbjobs`, a `with`
+            # block ended) still reads and changes its job, as users rely on, but leaves no
+            # connection open behind it (SQLAlchemy would keep a new pool's connections for good).
+            try:
+                return self._retrying_open(once)
+            finally:
+                self.reset_connections()
+        return self._retrying_open(once)
+
+    def _retrying_open(self, once: Callable[[], T]) -> T:
         delay = 0.01
         for attempt in range(self._max_retries + 1):
             try:
@@ -288,6 +300,11 @@ class SqlBase:
             conn.execute(insert(counts), [{"state": s, "shard": 0, "n": int(n)} for s, n in rows])
 
     def close(self) -> None:
+        """Close every connection; later calls still work, each closing what it opened."""
+        self._closed = True
+        self.reset_connections()
+
+    def reset_connections(self) -> None:
         with self.dialect.write_guard():  # not while a driver write is using the writer
             writer, self._writer = self._writer, None
             if writer is not None and self._writer_pid == os.getpid():

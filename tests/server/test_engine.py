@@ -642,6 +642,22 @@ def test_an_engine_dropped_without_close_releases_its_database_when_collected(db
     assert isinstance(store, SqlStore) and store._writer is None
 
 
+def test_a_job_handle_outliving_its_engine_works_and_leaves_no_connection_open(db_url: str) -> None:
+    """After `%reload_ext nbjobs` (or a `with` block's end) the notebook's Job handles still read and
+    change their jobs; each such call opened connections that stayed in a new pool for good (Python
+    3.13 reports them: "ResourceWarning: unclosed database")."""
+    with nbjobs.connect(db_url, secret="test-secret") as engine:
+        job = engine.enqueue(add, 1)
+    store = engine.store
+    assert isinstance(store, SqlStore)
+    assert job.state is JobState.ENQUEUED  # a read
+    job.cancel()  # a write
+    assert job.state is JobState.DELETED
+    assert engine.enqueue(add, 2).state is JobState.ENQUEUED  # the engine too, as before
+    pool = store.engine.pool
+    assert pool.checkedin() == 0 and pool.checkedout() == 0 and store._writer is None
+
+
 def test_a_job_calling_sys_exit_fails_and_its_worker_goes_on(engine: nbjobs.Engine) -> None:
     engine.start_server(workers=1)  # one worker: had it died, nothing else would run
     exited = engine.options(retries=0).enqueue(exits, 3)

@@ -70,12 +70,19 @@ def load_secret() -> bytes:
         raise _key_file_error(path, exc) from exc
     try:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = os.urandom(32).hex().encode()
         fd, aside = tempfile.mkstemp(dir=path.parent, prefix=".secret-")  # mode 0600
         try:
             with os.fdopen(fd, "wb") as fh:
-                fh.write(os.urandom(32).hex().encode())
-            with contextlib.suppress(FileExistsError):  # another process linked its key first
+                fh.write(key)
+            try:
                 os.link(aside, path)  # atomic: the file is whole or absent
+            except FileExistsError:  # another process linked its key first
+                pass
+            except OSError:  # a file system without hard links: created in place, as before
+                with contextlib.suppress(FileExistsError), os.fdopen(
+                        os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as fh:
+                    fh.write(key)
         finally:
             os.unlink(aside)
         return _read_key(path)

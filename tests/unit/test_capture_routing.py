@@ -46,6 +46,17 @@ def test_writes_outside_jobs_reach_the_original_stream(streams: Streams) -> None
     assert err.getvalue() == "oops\n"
 
 
+def test_a_proxy_over_a_closed_stream_is_dropped_quietly() -> None:
+    """At exit the runner's or kernel's stream may close before a dropped proxy is collected; io's
+    finalizer then flushed it into the closed stream ("Exception ignored … I/O operation on closed
+    file", seen at the end of every test run on Python 3.13)."""
+    original = io.TextIOWrapper(io.BytesIO())  # a file's stream (a StringIO flushes even closed)
+    proxy = capture.StreamProxy(original, "stdout")
+    original.close()
+    proxy.flush()
+    proxy.close()  # what io's finalizer does
+
+
 def test_install_twice_does_not_stack_proxies(streams: Streams) -> None:
     out, _ = streams()
     capture.install()

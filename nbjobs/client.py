@@ -11,13 +11,13 @@ import math
 import os
 import threading
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import context, notebooks, recurring_client
 from .callbacks import DoneCallbacks
-from .clock import Clock, ensure_utc
+from .clock import Clock, user_time
 from .errors import (
     InvalidJobError,
     JobFailedError,
@@ -159,18 +159,14 @@ def resolve_when(when: When, now: datetime) -> datetime:
     takes), a date (its local midnight), a timedelta or seconds from now → aware UTC."""
     if isinstance(when, bool):
         raise InvalidJobError(f"when must be a datetime, timedelta or seconds, got {when!r}")
-    if isinstance(when, str):
-        try:
-            when = datetime.fromisoformat(when.strip())
-        except ValueError:
+    if isinstance(when, str | date):  # a datetime is a date too
+        at = user_time(when)
+        if at is None:
             raise InvalidJobError(
                 f"when {when!r} is not a time; write it as '2026-12-01 07:00' (local time, or with an "
                 "offset such as '+01:00'), or give a datetime, a timedelta or a number of seconds"
-            ) from None
-    if isinstance(when, date) and not isinstance(when, datetime):
-        when = datetime.combine(when, time())
-    if isinstance(when, datetime):
-        return ensure_utc(when.astimezone() if when.tzinfo is None else when)
+            )
+        return at
     if isinstance(when, timedelta):
         seconds = when.total_seconds()
     elif isinstance(when, int | float):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from typing import Protocol
 
 
@@ -22,6 +23,25 @@ def ensure_utc(value: datetime) -> datetime:
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def user_time(value: object) -> datetime | None:
+    """A time a person gave, as aware UTC: a datetime or pandas Timestamp (naive = local time), a
+    date (its local midnight) or an ISO string ("2026-12-01 07:00", read by pandas); None for
+    anything else. One reading for `schedule(when)` and the `since`/`until` filters."""
+    found: object = value
+    if isinstance(value, str):
+        import pandas as pd  # loaded by then: the views and the engine use it
+
+        try:
+            found = pd.Timestamp(value.strip()).to_pydatetime()
+        except ValueError:
+            return None
+    if isinstance(found, date) and not isinstance(found, datetime):
+        found = datetime.combine(found, dt_time())
+    if not isinstance(found, datetime):
+        return None
+    return ensure_utc(found.astimezone() if found.tzinfo is None else found)
 
 
 class Clock(Protocol):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .clock import ensure_utc, utcnow
+from .clock import user_time, utcnow
 from .errors import ConfigurationError, InvalidJobError, JobNotFoundError, caller_stacklevel
 from .model import JobState
 from .storage import JobFilter, Store
@@ -35,26 +35,19 @@ def _parse_states(state: str | JobState | Sequence[str | JobState] | None) -> tu
 
 
 def as_utc_time(value: Any, what: str, now: datetime) -> datetime | None:
-    """A time filter as an aware UTC datetime: a datetime or pandas Timestamp (naive = local time, as
-    `schedule` reads it), a date (its local midnight), an ISO string, or a timedelta (that long ago)."""
+    """A time filter as an aware UTC datetime: a time (`clock.user_time`: naive = local time, as
+    `schedule` reads it) or a timedelta (that long ago)."""
     if value is None:
         return None
     if isinstance(value, timedelta):
         return now - value
-    found: Any = value
-    if isinstance(value, str):
-        try:
-            found = pd.Timestamp(value).to_pydatetime()
-        except ValueError:
-            found = None  # refused below
-    if isinstance(found, date) and not isinstance(found, datetime):
-        found = datetime.combine(found, time())
-    if not isinstance(found, datetime):
+    found = user_time(value)
+    if found is None:
         raise ConfigurationError(
             f"{what} must be a time: a datetime, a date, an ISO string such as '2026-11-28 09:00', or a "
             f"timedelta such as timedelta(hours=1) for the last hour; got {value!r}"
         )
-    return ensure_utc(found.astimezone() if found.tzinfo is None else found)
+    return found
 
 
 def _queues(queue: Any) -> tuple[str, ...]:

@@ -4,6 +4,11 @@ A payload is `MAGIC + HMAC-SHA256 + body`. The signature is checked before anyth
 so a database writer without the key cannot make a worker run code. Functions are stored by
 reference (`module:qualname`); a function defined in a notebook (`__main__`) is also carried by value
 (cloudpickle) so a worker process or another server can run it.
+
+Such a call also records which process it came from (`process_origin`): only that process runs its
+live `__main__` function (which sees the notebook's current globals); any other runs the copy, since
+its own `__main__` may hold another function of the same name (two notebooks in one folder, each
+with a `def process(...)`) and must never run that one instead.
 """
 
 from __future__ import annotations
@@ -273,6 +278,25 @@ def named_function(name: str) -> Callable[..., Any] | None:
         raise InvalidJobError(f"{name} cannot be used as a job: {why}; check the name") from exc
 
 
+_ORIGIN_MARK = b"O"  # a by-value part that starts with it carries its origin; a pickle starts with 0x80
+_ORIGIN_LEN = 16
+_origin = os.urandom(_ORIGIN_LEN)
+
+
+def _new_origin() -> None:
+    global _origin
+    _origin = os.urandom(_ORIGIN_LEN)
+
+
+# A forked child's `__main__` is a copy that goes its own way: it is another origin.
+os.register_at_fork(after_in_child=_new_origin)
+
+
+def process_origin() -> bytes:
+    """This process's identity in the calls it stores: random, new in each process and forked child."""
+    return _origin
+
+
 def needs_by_value(ref: str) -> bool:
     """Functions from `__main__` (notebooks, scripts) cannot be imported elsewhere: ship them by value."""
     return ref.startswith("__main__:") or ref.startswith("__mp_main__:")
@@ -341,6 +365,9 @@ class Call:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     function_by_value: bytes | None = None
+    #: The process that stored a `__main__` function's call (`process_origin`); None for other
+    #: functions and for calls stored before origins were recorded.
+    origin: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -446,8 +473,9 @@ class Codec:
             check_arguments(fn, ref, args, kwargs)
         by_value = None
         if fn is not None and needs_by_value(ref):
+            by_value = _ORIGIN_MARK + process_origin()
             try:
-                by_value = cloudpickle.dumps(inspect.unwrap(fn), protocol=pickle.HIGHEST_PROTOCOL)
+                by_value += cloudpickle.dumps(inspect.unwrap(fn), protocol=pickle.HIGHEST_PROTOCOL)
             except Exception as exc:
                 if by_value_required:
                     raise InvalidJobError(
@@ -496,7 +524,9 @@ class Codec:
             raise PayloadError("payload is not a call envelope")
         envelope, by_value = _unpack(body[1:])
         call = self.loads(envelope)
-        return Call(args=tuple(call["args"]), kwargs=dict(call["kwargs"]), function_by_value=by_value)
+        origin, function = _split_origin(by_value)
+        return Call(args=tuple(call["args"]), kwargs=dict(call["kwargs"]), function_by_value=function,
+                    origin=origin)
 
     @staticmethod
     def refers_results(data: bytes) -> bool:
@@ -518,7 +548,20 @@ class Codec:
         return self.signer.sign(b"C" + _pack(self.dumps(resolved, "pickle", "arguments"), by_value))
 
     def load_function(self, ref: str, call: Call, prefer_live: bool = True) -> Callable[..., Any]:
-        """The live function when it resolves here (a notebook's own server), else the copy by value."""
+        """The live function when it resolves here (a notebook's own server), else the copy by value.
+
+        A notebook's function is live only in the process that stored the call: elsewhere `__main__`
+        is another notebook or script, and a function of the same name there is not this one.
+        """
+        if call.origin is not None and call.origin != process_origin():
+            if call.function_by_value is None:
+                raise FunctionNotFoundError(
+                    f"{ref} is a function of the notebook or script that enqueued this job, in another "
+                    "process, and it could not be stored with the job (it cannot be pickled by value): "
+                    "only that process's own server can run it. Requeue it there, or move the function "
+                    "into an importable module"
+                )
+            prefer_live = False
         if prefer_live or call.function_by_value is None:
             try:
                 return resolve_function(ref)
@@ -532,6 +575,15 @@ class Codec:
 def _pack(envelope: bytes, by_value: bytes | None) -> bytes:
     fn = by_value or b""
     return len(envelope).to_bytes(8, "big") + envelope + fn
+
+
+def _split_origin(by_value: bytes | None) -> tuple[bytes | None, bytes | None]:
+    """(origin, cloudpickled function) of a call's by-value part; calls stored before origins were
+    recorded have the function alone."""
+    if by_value is None or not by_value.startswith(_ORIGIN_MARK):
+        return None, by_value
+    start = len(_ORIGIN_MARK)
+    return by_value[start : start + _ORIGIN_LEN], (by_value[start + _ORIGIN_LEN :] or None)
 
 
 def _unpack(data: bytes) -> tuple[bytes, bytes | None]:

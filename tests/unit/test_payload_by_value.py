@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import threading
 
+import cloudpickle
 import pytest
 
 from nbjobs.errors import InvalidJobError
-from nbjobs.payload import Codec, Signer, function_ref
+from nbjobs.payload import Codec, Signer, _pack, function_ref, process_origin
 
 
 def notebook_function_using_a_lock() -> object:
@@ -26,3 +29,41 @@ def test_an_unpicklable_notebook_function_is_stored_by_reference_for_the_thread_
     payload = codec.encode_call(fn, ref, (1,), {}, "pickle", by_value_required=False)  # type: ignore[arg-type]
     call = codec.decode_call(payload)
     assert call.function_by_value is None and call.args == (1,)
+
+
+def notebook_function() -> object:
+    namespace = {"__name__": "__main__"}
+    exec("def double(x):\n    return 2 * x\n", namespace)
+    return namespace["double"]
+
+
+def test_a_notebook_functions_call_records_the_process_that_stored_it() -> None:
+    codec = Codec(Signer(b"k"))
+    fn = notebook_function()
+    call = codec.decode_call(codec.encode_call(fn, "__main__:double", (1,), {}, "pickle"))  # type: ignore[arg-type]
+    assert call.origin == process_origin()
+    assert call.function_by_value is not None and pickle.loads(call.function_by_value)(4) == 8
+    imported = codec.decode_call(codec.encode_call(Signer, "nbjobs.payload:Signer", (b"k",), {}, "pickle"))
+    assert imported.origin is None and imported.function_by_value is None  # nothing added to such calls
+
+
+def test_a_call_stored_before_origins_were_recorded_still_loads() -> None:
+    codec = Codec(Signer(b"k"))
+    envelope = codec.dumps({"args": (3,), "kwargs": {}}, "pickle", "arguments")
+    old = codec.signer.sign(b"C" + _pack(envelope, cloudpickle.dumps(notebook_function())))
+    call = codec.decode_call(old)
+    assert call.origin is None and call.args == (3,)
+    assert codec.load_function("__main__:double", call)(3) == 6
+
+
+def test_a_forked_child_is_another_origin() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its origin and leave at once
+        os.write(write, process_origin())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64)
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert len(child) == len(process_origin()) and child != process_origin()

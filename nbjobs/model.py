@@ -65,6 +65,11 @@ PAYLOAD_CEILING = 999_000_000
 SERVER_NAME_MAX = 200
 #: Exception type names are written by servers, not people: longer ones are stored cut to this.
 ERROR_TYPE_MAX = 500
+#: A failed job's message and traceback are stored cut to these (characters), their middle taken
+#: out: an exception carrying a whole dataset in its message would otherwise make every read of the
+#: jobs table (`jobs()`, the dashboard) copy megabytes, once per attempt.
+ERROR_MESSAGE_MAX = 100_000
+ERROR_TRACEBACK_MAX = 200_000
 #: A priority is stored in a 32-bit integer column.
 PRIORITY_MIN, PRIORITY_MAX = -(2**31), 2**31 - 1
 
@@ -296,3 +301,14 @@ class ServerInfo:
     queues: tuple[str, ...]
     started_at: datetime
     heartbeat_at: datetime
+
+
+def clip_middle(text: str | None, limit: int) -> str | None:
+    """`text` within `limit` characters: its start and end kept, the middle replaced by a note of
+    how much was cut (a traceback's end says where it was raised, its start what called it)."""
+    if text is None or len(text) <= limit:
+        return text
+    note = f"\n[… {len(text) - limit:,} characters cut by nbjobs …]\n"
+    head = (limit - len(note)) // 2
+    tail = limit - len(note) - head
+    return text[:head] + note + text[len(text) - tail :]

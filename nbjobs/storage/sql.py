@@ -35,6 +35,8 @@ from sqlalchemy.exc import IntegrityError
 from .. import states
 from ..errors import IllegalTransitionError, JobNotFoundError
 from ..model import (
+    ERROR_MESSAGE_MAX,
+    ERROR_TRACEBACK_MAX,
     ERROR_TYPE_MAX,
     FINAL_STATES,
     PRIVATE_QUEUE_MARK,
@@ -43,6 +45,7 @@ from ..model import (
     NewJob,
     Outcome,
     OutcomeKind,
+    clip_middle,
     storable,
 )
 from .base import Enqueued, LocalClaim, Store
@@ -554,8 +557,9 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         # A type name is the server's, not a person's: cut to the column rather than refuse the outcome.
         # The texts come from the job's exception: stored even with NULs, which would fail the write.
         error_type = storable(o.error_type[:ERROR_TYPE_MAX] if o.error_type else o.error_type)
-        error = {"error_type": error_type, "error_message": storable(o.error_message),
-                 "error_traceback": storable(o.error_traceback)}
+        error = {"error_type": error_type,
+                 "error_message": storable(clip_middle(o.error_message, ERROR_MESSAGE_MAX)),
+                 "error_traceback": storable(clip_middle(o.error_traceback, ERROR_TRACEBACK_MAX))}
         if o.kind is OutcomeKind.FAILED and o.retry_at is not None:
             return S.SCHEDULED, {**base, **error, "state": S.SCHEDULED.value, "run_at": o.retry_at,
                                  "started_at": o.started_at or row.started_at}

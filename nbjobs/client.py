@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import dataclasses
 import functools
 import inspect
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from . import context, notebooks, recurring_client
+from . import context, notebooks, private_queues, recurring_client
 from .callbacks import DoneCallbacks
 from .clock import Clock, user_time
 from .errors import (
@@ -24,6 +26,8 @@ from .errors import (
     JobNotFoundError,
     ResultTimeoutError,
     ResultUnavailableError,
+    RunsOnlyHereWarning,
+    caller_stacklevel,
     is_seconds,
 )
 from .executors.coroutines import complete
@@ -36,6 +40,7 @@ from .model import (
     NAME_MAX,
     PRIORITY_MAX,
     PRIORITY_MIN,
+    PRIVATE_QUEUE_MARK,
     QUEUE_MAX,
     ClaimedJob,
     ContinueOn,
@@ -47,7 +52,7 @@ from .model import (
     StateChange,
     unstorable_character,
 )
-from .payload import SERIALIZERS, Codec, ResultOf, Target, function_ref
+from .payload import BOUND_FIX, SERIALIZERS, Codec, ResultOf, Target, function_ref
 from .storage import LocalClaim, Store
 
 if TYPE_CHECKING:  # nbformat (with jsonschema) loads on first use: `import nbjobs` stays fast
@@ -197,6 +202,20 @@ _ASYNC_ROUND = 0.25
 MAX_PARENTS = 10_000
 #: A history reason is shown in tables; a long list of parents is cut.
 REASON_MAX = 500
+
+
+def _run_here_only(ref: str, opts: JobOptions, why: str) -> JobOptions:
+    """Options for a job only this process can run (its notebook function could not be copied into
+    it): its queue's private queue here, which only this process's servers serve, so no other server
+    takes it and fails it."""
+    queue = opts.queue if PRIVATE_QUEUE_MARK in opts.queue else private_queues.private_queue(opts.queue)
+    idle = "" if private_queues.serving() else " No server runs in this process now: start one, or they wait."
+    warnings.warn(
+        f"function {ref} is not copied into its jobs: it {why}. They run only on this process's own "
+        f"servers (queue {queue!r}).{idle} {BOUND_FIX}",
+        RunsOnlyHereWarning, stacklevel=caller_stacklevel(),
+    )
+    return dataclasses.replace(opts, queue=queue)
 
 
 def _has_job(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bool:
@@ -352,8 +371,11 @@ class Client:
                 f"a job can wait for at most {MAX_PARENTS:,} jobs, got {len(parent_ids):,}; chain smaller "
                 "groups (a continuation after each group, then one after those continuations)"
             )
+        bound: list[str] = []  # why the function could not be copied into the job, if it could not
         ref, payload = self.codec.encode(fn, args, kwargs, opts.serializer,
-                                         by_value_required=opts.executor != "thread")
+                                         on_bound=bound.append if opts.executor == "thread" else None)
+        if bound:
+            opts = _run_here_only(ref, opts, bound[0])
         return NewJob(function=ref, payload=payload, options=opts, run_at=run_at, parent_id=parent_id,
                       parent_ids=parent_ids, continue_on=continue_on, reason=reason)
 

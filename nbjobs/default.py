@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ALL_COMPLETED
 from datetime import datetime, timedelta
@@ -19,27 +18,25 @@ from typing import Any
 
 import pandas as pd
 
+from . import private_queues
 from .client import Client, Job, JobFunction, NotebookJob, When
 from .context import current_job_or_none
-from .engine import Engine, connect
+from .engine import Engine, connect, discard_private_jobs
 from .errors import ConfigurationError
 from .gather import DoneAndPending, JobsView
 from .history import TimeFilter
-from .model import PRIVATE_QUEUE_MARK, ContinueOn, JobState
+from .model import ContinueOn
 from .payload import Target
 from .recurring_client import Recurring
 from .server import ServerConfig
 
 log = logging.getLogger("nbjobs")
 
-#: Names this process's private queues: a kernel restart gets a new tag (its namespace is new too).
-PROCESS_TAG = f"kernel-{uuid.uuid4().hex[:12]}"
 
 _lock = threading.RLock()
 _engine: Engine | None = None
 _owned = False  # True when we created the engine (and so may close it)
 _settings: dict[str, Any] = {}
-_private_queues: set[str] = set()
 
 _SERVER_KEYS = set(ServerConfig.__dataclass_fields__) - {"duties"}  # workers, queues, timeouts, …
 KNOWN_SETTINGS = frozenset({"url", "server", "secret", "max_payload"} | _SERVER_KEYS)
@@ -70,12 +67,12 @@ def settings() -> dict[str, Any]:
 
 
 def _server_settings(conf: dict[str, Any]) -> dict[str, Any]:
-    """The server's share of `conf`, queues as a list with this process's private queues first."""
+    """The server's share of `conf`, queues as a list (it adds this process's private queues)."""
     server_conf = {k: v for k, v in conf.items() if k in _SERVER_KEYS}
     queues = server_conf.pop("queues", None) or ["*"]
     if isinstance(queues, str):
         queues = [q.strip() for q in queues.split(",") if q.strip()]
-    server_conf["queues"] = [*sorted(_private_queues), *queues]
+    server_conf["queues"] = list(queues)
     return server_conf
 
 
@@ -125,9 +122,6 @@ def set_default_engine(engine: Engine | None) -> Engine | None:
     global _engine, _owned
     with _lock:
         previous, _engine, _owned = _engine, engine, False
-        if engine is not None and _private_queues and engine.server is not None:
-            for queue in _private_queues:
-                engine.server.add_queue(queue)
         return previous
 
 
@@ -187,30 +181,11 @@ def close_default(timeout: float | None = None) -> None:
 
 
 def private_queue(name: str = "default") -> str:
-    """This process's private queue for `name`, served by the default engine's server from now on."""
-    if PRIVATE_QUEUE_MARK in name:
-        raise ConfigurationError(f"queue names for cells must not contain {PRIVATE_QUEUE_MARK!r}: {name!r}")
-    queue = f"{name}{PRIVATE_QUEUE_MARK}{PROCESS_TAG}"
-    with _lock:
-        _private_queues.add(queue)
-        engine = default_engine()
-        if engine.server is not None and engine.server.running:
-            engine.server.add_queue(queue)
+    """This process's private queue for `name` (`private_queues.private_queue`); starts the default
+    engine, whose server serves it, if nothing runs yet."""
+    queue = private_queues.private_queue(name)
+    default_engine()
     return queue
-
-
-def discard_private_jobs(engine: Engine) -> int:
-    """Delete unfinished jobs of this process's private queues: nobody else can ever run them."""
-    if not _private_queues or engine._closed:
-        return 0
-    unfinished = [s for s in JobState if not s.is_final and s is not JobState.PROCESSING]
-    frame = engine.jobs(state=unfinished, queue=sorted(_private_queues), limit=None)
-    for job_id in frame["id"]:
-        try:
-            engine.delete(int(job_id))
-        except Exception:
-            log.exception("could not delete cell job %d at shutdown", job_id)
-    return len(frame)
 
 
 # -- module-level API on the default engine --------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any, overload
 
 import pandas as pd
 
-from . import context, gather
+from . import context, gather, private_queues
 from . import history as views  # type: ignore[no-redef]  # `nbjobs.history` is also a function
 from .capture import OutputCapture
 from .client import Client, Job, JobFunction, NotebookJob, Notifier, When, check_queue, check_timeout
@@ -169,12 +169,15 @@ class Engine:
         """`start_server` while one runs returns it; settings given that it does not have would be
         ignored silently, so say so."""
         assert self.server is not None
-        running = self.server.config
+        config = self.server.config
+        # The private queues it serves besides are this process's, not asked for (`private_queues`).
+        asked_for = tuple(q for q in config.queues if not private_queues.is_private_here(q))
+        running = {**vars(config), "queues": asked_for}
         asked = {**settings, **({} if workers is None else {"workers": workers}),
                  **({} if queues is None else {"queues": tuple(queues)})}
-        differ = sorted(name for name, value in asked.items() if getattr(running, name, value) != value)
+        differ = sorted(name for name, value in asked.items() if running.get(name, value) != value)
         if differ:
-            now = ", ".join(f"{name}={getattr(running, name)!r}" for name in differ)
+            now = ", ".join(f"{name}={running[name]!r}" for name in differ)
             warnings.warn(
                 f"a server already runs in this engine ({now}); it goes on as it is. To change "
                 f"{', '.join(differ)}, call stop_server() first", stacklevel=3,
@@ -523,10 +526,27 @@ def _close_process_pools() -> None:
         process.close_open_pools()
 
 
+def discard_private_jobs(engine: Engine) -> int:
+    """Delete the unfinished jobs of this process's private queues: no other process can ever run
+    them (`private_queues`), so at exit they would wait for ever."""
+    queues = private_queues.registered()
+    if not queues or engine._closed:
+        return 0
+    unfinished = [s for s in JobState if not s.is_final and s is not JobState.PROCESSING]
+    frame = engine.jobs(state=unfinished, queue=queues, limit=None)
+    for job_id in frame["id"]:
+        try:
+            engine.client.delete(int(job_id), "its process ended: only that process could run it")
+        except Exception:
+            log.exception("could not delete job %d, which only this process could run", job_id)
+    return len(frame)
+
+
 @atexit.register
 def _close_all() -> None:
     for engine in list(_engines):
         try:
             engine.stop_server(timeout=5.0)
+            discard_private_jobs(engine)
         except Exception:
             log.exception("stopping the server at exit failed")

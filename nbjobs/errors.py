@@ -38,6 +38,11 @@ class NotImportableHereWarning(UserWarning):
     is stored by name for the servers that can import it."""
 
 
+class RunsOnlyHereWarning(UserWarning):
+    """A notebook function could not be copied into its job (it uses objects that cannot be pickled,
+    or too much of the notebook's data): its jobs run only on servers of this process."""
+
+
 class DuplicateServerWarning(UserWarning):
     """A server starts in a process that already runs one on the same database, from another engine
     (typically a notebook cell with `connect()` and `start_server()` run again)."""

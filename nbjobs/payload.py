@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import importlib
 import inspect
+import io
 import json
 import logging
 import os
@@ -297,6 +298,72 @@ def process_origin() -> bytes:
     return _origin
 
 
+#: A notebook function's copy (cloudpickle: its code and the notebook globals it uses) is stored in
+#: every job of it, so it is kept small: a function using a notebook's 2 GB DataFrame would otherwise
+#: store 2 GB, and take seconds to pickle, at every enqueue.
+FUNCTION_COPY_MAX = 250_000
+BOUND_FIX = ("To run it on other servers, pass the data it uses as arguments (or load it inside the "
+              "function), or move the function into an importable module")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _BoundedBuffer(io.BytesIO):
+    """Where a copy is pickled: refuses to grow past its limit, so a function holding a huge global
+    costs a pickling of `limit` bytes, not of the global (a NumPy array is not even copied)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def write(self, data: Any) -> int:
+        if self.tell() + memoryview(data).nbytes > self.limit:
+            raise _TooLarge
+        return super().write(data)
+
+
+def function_copy(fn: Callable[..., Any], limit: int = FUNCTION_COPY_MAX) -> tuple[bytes | None, str]:
+    """A notebook function pickled by value, or None and why it cannot be ("uses …")."""
+    target = inspect.unwrap(fn)
+    out = _BoundedBuffer(limit)
+    try:
+        cloudpickle.CloudPickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(target)
+    except _TooLarge:
+        data = _data_globals(target)
+        big = [name for name in data if not _fits(target.__globals__[name], limit)]
+        named = ", ".join(big or data) or "the globals it refers to"
+        return None, (f"uses more than {_size(limit)} of the notebook's data by value ({named})")
+    except Exception as exc:
+        return None, f"cannot be pickled by value ({exc})"
+    return out.getvalue(), ""
+
+
+def _fits(value: Any, limit: int) -> bool:
+    try:
+        cloudpickle.CloudPickler(_BoundedBuffer(limit), protocol=pickle.HIGHEST_PROTOCOL).dump(value)
+    except _TooLarge:
+        return False
+    except Exception:  # it cannot be pickled at all: not a matter of size
+        return True
+    return True
+
+
+def _data_globals(fn: Any) -> list[str]:
+    """The notebook variables `fn` refers to that hold data (not modules, classes or functions)."""
+    code = getattr(fn, "__code__", None)
+    namespace = getattr(fn, "__globals__", {})
+    names: list[str] = []
+    pending = [code] if code is not None else []
+    while pending:
+        current = pending.pop()
+        names += [n for n in current.co_names if n in namespace and n not in names]
+        pending += [c for c in current.co_consts if isinstance(c, types.CodeType)]
+    kinds = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, functools.partial)
+    return [n for n in names if not isinstance(namespace[n], kinds)]
+
+
 def needs_by_value(ref: str) -> bool:
     """Functions from `__main__` (notebooks, scripts) cannot be imported elsewhere: ship them by value."""
     return ref.startswith("__main__:") or ref.startswith("__mp_main__:")
@@ -440,7 +507,7 @@ class Codec:
 
     def encode(
         self, fn: Target, args: Sequence[Any], kwargs: Mapping[str, Any], serializer: str,
-        *, by_value_required: bool = True,
+        *, on_bound: Callable[[str], None] | None = None,
     ) -> tuple[str, bytes]:
         """A job's function reference and signed payload (`stored_call`, then `encode_call`)."""
         if isinstance(fn, str):
@@ -450,7 +517,7 @@ class Codec:
             fn = live
         fn, args, kwargs = stored_call(fn, args, kwargs)
         ref = function_ref(fn)
-        return ref, self.encode_call(fn, ref, args, kwargs, serializer, by_value_required=by_value_required)
+        return ref, self.encode_call(fn, ref, args, kwargs, serializer, on_bound=on_bound)
 
     def encode_call(
         self,
@@ -460,32 +527,27 @@ class Codec:
         kwargs: Mapping[str, Any],
         serializer: str,
         *,
-        by_value_required: bool = True,
+        on_bound: Callable[[str], None] | None = None,
     ) -> bytes:
         """Serialize a call; name the first argument that cannot be serialized and store nothing.
 
-        A notebook function that cannot be pickled by value (it uses a lock, an event, a connection
-        from the notebook's globals) is refused when `by_value_required` (process executor, recurring
-        jobs); otherwise it is stored by reference only, and runs only where `__main__` has it: the
-        notebook's own server.
+        A notebook function that cannot be copied (`function_copy`: it uses a lock or a connection
+        from the notebook's globals, or too much of its data) is refused without `on_bound` (process
+        executor, recurring jobs: they run elsewhere); with it, it is stored by reference only, to
+        run only in this process, and `on_bound` is told why (the caller routes and warns).
         """
         if fn is not None:  # None: a function named by text that is not importable here
             check_arguments(fn, ref, args, kwargs)
         by_value = None
         if fn is not None and needs_by_value(ref):
             by_value = _ORIGIN_MARK + process_origin()
-            try:
-                by_value += cloudpickle.dumps(inspect.unwrap(fn), protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:
-                if by_value_required:
-                    raise InvalidJobError(
-                        f"function {ref} cannot be pickled by value ({exc}); move it into an importable "
-                        "module"
-                    ) from exc
-                log.warning(
-                    "function %s cannot be pickled by value (%s): it will run only on this process's own "
-                    "server; move it into an importable module to run it elsewhere", ref, exc,
-                )
+            copy, why = function_copy(fn)
+            if copy is not None:
+                by_value += copy
+            elif on_bound is None:
+                raise InvalidJobError(f"function {ref} cannot be copied into the job: it {why}. {BOUND_FIX}")
+            else:
+                on_bound(why)
         if serializer == "json":
             value: Any = {"args": list(args), "kwargs": dict(kwargs)}
             self._check_each(

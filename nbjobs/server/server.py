@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import private_queues
 from ..clock import Clock
 from ..executors.thread import RunWrapper
 from ..model import PRIVATE_QUEUE_MARK, SERVER_NAME_MAX, ServerInfo, unstorable_character
@@ -229,6 +230,7 @@ class Server:
     def start(self) -> Server:
         if self._started:
             return self
+        private_queues.serve_here(self)  # jobs that only this process can run
         self._register()
         # Recover what a crashed server on this host left behind before taking new work.
         try:
@@ -292,6 +294,7 @@ class Server:
                 self._stopped.set()
                 return
             grace = self.config.shutdown_timeout if timeout is None else timeout
+            private_queues.stop_serving(self)
             log.info("server %s stopping (grace %.1fs)", self.name, grace, extra={"action": "server_stop"})
             d = self.dispatcher
             d.stop_intake()

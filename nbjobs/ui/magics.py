@@ -29,7 +29,7 @@ from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
-from .. import default
+from .. import default, private_queues
 from ..client import Job
 from ..context import current_job_or_none
 from ..errors import ConfigurationError, NbJobsError
@@ -47,10 +47,10 @@ _atexit_registered = False
 
 def run_cell(source: str, kernel: str, write_back: bool = True) -> Any:
     """Run a `%%job` cell in this kernel's namespace; return the value of its last expression."""
-    if kernel != default.PROCESS_TAG:
+    if kernel != private_queues.PROCESS_TAG:
         raise ConfigurationError(
             f"this cell job belongs to kernel {kernel} and can only run there (this is "
-            f"{default.PROCESS_TAG}); it was stored on that kernel's private queue — delete it"
+            f"{private_queues.PROCESS_TAG}); it was stored on that kernel's private queue — delete it"
         )
     if not InteractiveShell.initialized():
         raise ConfigurationError("a %%job cell needs the IPython kernel that created it; none runs here")
@@ -273,11 +273,11 @@ def submit_cell(cell: str, line: str = "") -> Job:
         client = engine.options(queue=default.private_queue(args.queue), name=name, retries=args.retries,
                                 timeout=args.timeout, priority=args.priority, lock=args.lock)
         if after is not None:
-            return client.after(after, run_cell, cell, default.PROCESS_TAG, not args.no_write_back,
+            return client.after(after, run_cell, cell, private_queues.PROCESS_TAG, not args.no_write_back,
                                 continue_on=args.continue_on)
     except NbJobsError as exc:
         raise UsageError(str(exc)) from exc
-    return client.enqueue(run_cell, cell, default.PROCESS_TAG, not args.no_write_back)
+    return client.enqueue(run_cell, cell, private_queues.PROCESS_TAG, not args.no_write_back)
 
 
 # -- extension --------------------------------------------------------------------------------------

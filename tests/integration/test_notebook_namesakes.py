@@ -5,9 +5,11 @@ the process that enqueued it runs the live one."""
 
 from __future__ import annotations
 
+import operator
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,9 @@ import pytest
 
 import nbjobs
 from nbjobs import JobState
-from nbjobs.errors import JobFailedError
+from nbjobs.errors import FunctionNotFoundError, RunsOnlyHereWarning
+from nbjobs.payload import Call, Codec, Signer
+from nbjobs.private_queues import PROCESS_TAG
 
 SECRET = "test-secret"
 
@@ -80,18 +84,39 @@ def test_another_server_runs_this_notebooks_function_not_its_own_namesake(other_
     assert results == [f"this notebook computed {i * 2}" for i in range(5)]
 
 
-def test_a_function_that_could_not_be_stored_by_value_fails_elsewhere_saying_why(
-    other_notebook: str,
+def test_a_function_that_could_not_be_copied_waits_for_a_server_of_this_process(
+    other_notebook: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    compute = notebook_function(
-        "def compute(x):\n    with lock:\n        return x\n", lock=threading.Lock()
-    )
+    """It uses a lock of the notebook: no copy, so no other process can run it. It goes to this
+    process's private queue for its queue, which the other notebook's server passes over."""
+    namespace: dict[str, Any] = {"__name__": "__main__", "lock": threading.Lock()}
+    exec("def nbjobs_test_bound_compute(x):\n    with lock:\n        return x + 1\n", namespace)
+    compute = namespace["nbjobs_test_bound_compute"]
+    monkeypatch.setattr(sys.modules["__main__"], "nbjobs_test_bound_compute", compute, raising=False)
     with nbjobs.connect(other_notebook, secret=SECRET) as nb:
-        job = nb.options(queue="shared", retries=0).enqueue(compute, 1)
-        with pytest.raises(JobFailedError, match="another process") as caught:
-            job.result(timeout=30)
-        assert "Requeue it there, or move the function into an importable module" in str(caught.value)
-        assert job.state is JobState.FAILED
+        with pytest.warns(RunsOnlyHereWarning, match="cannot be pickled by value") as warned:
+            job = nb.options(queue="shared").enqueue(compute, 1)
+        assert "No server runs in this process now" in str(warned[0].message)
+        assert job.record().queue == f"shared@{PROCESS_TAG}"
+        after = nb.options(queue="shared").enqueue(operator.add, 1, 2)
+        assert after.result(timeout=30) == 3  # the other server took the later job of "shared" ...
+        assert job.state is JobState.ENQUEUED  # ... and not this one
+        nb.start_server(workers=1, queues=["other"])  # any server of this process serves it
+        assert job.result(timeout=30) == 2
+        with warnings.catch_warnings(record=True) as later:
+            warnings.simplefilter("always")
+            second = nb.options(queue="shared").enqueue(compute, 2)
+        assert "No server runs" not in str(later[0].message)
+        assert second.result(timeout=30) == 3
+
+
+def test_a_notebook_function_without_a_copy_is_refused_by_another_process() -> None:
+    """A call stored without a copy (by this version only in a private queue) that reaches a
+    process other than its own fails there, saying why, instead of running that process's namesake."""
+    codec = Codec(Signer(SECRET.encode()))
+    call = Call(args=(1,), kwargs={}, function_by_value=None, origin=b"another process!")
+    with pytest.raises(FunctionNotFoundError, match="only that process's own server can run it"):
+        codec.load_function("__main__:compute", call)
 
 
 def test_the_enqueuing_process_runs_its_live_function(
@@ -109,3 +134,35 @@ def test_the_enqueuing_process_runs_its_live_function(
         namespace["settings"]["factor"] = 10  # a later cell changes the notebook's state
         nb.start_server(workers=1)
         assert job.result(timeout=30) == 50  # the copy stored by value would say 10
+
+
+ENQUEUES_AND_EXITS = """
+import sys, threading, warnings
+import nbjobs
+
+lock = threading.Lock()
+
+def locked(x):
+    with lock:
+        return x
+
+if __name__ == "__main__":
+    warnings.simplefilter("ignore")
+    nb = nbjobs.connect(sys.argv[1])
+    print(nb.enqueue(locked, 1).id, nb.options(queue="shared").enqueue(locked, 2).id, flush=True)
+"""
+
+
+def test_jobs_only_a_process_could_run_are_deleted_when_it_exits(tmp_path: Path) -> None:
+    """Left Enqueued, they would wait for ever: no server of another process takes them."""
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    script = tmp_path / "enqueues_and_exits.py"
+    script.write_text(ENQUEUES_AND_EXITS)
+    done = subprocess.run([sys.executable, str(script), url], capture_output=True, timeout=60,
+                          env={"NBJOBS_SECRET": SECRET, "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    assert done.returncode == 0, done.stderr.decode()
+    ids = [int(word) for word in done.stdout.split()]
+    with nbjobs.connect(url, secret=SECRET) as nb:
+        for job_id in ids:
+            assert nb.job(job_id).state is JobState.DELETED
+            assert nb.history(job_id)["reason"].iloc[-1] == "its process ended: only that process could run it"

@@ -50,7 +50,7 @@ def test_job_output_never_reaches_the_cell_that_runs_meanwhile(tmp_path: Path) -
     stderr = "".join(o["text"] for o in streams if o.get("name") == "stderr")
     # Only the notice that chatty (it uses a threading.Event) runs on this kernel's server alone.
     assert "to stderr" not in stderr and "logged" not in stderr
-    assert "chatty cannot be pickled by value" in stderr
+    assert "chatty is not copied into its jobs: it cannot be pickled by value" in stderr
     lines = stdout.splitlines()
     assert lines[-1] == "results [0, 1, 2]"
     assert len(lines) > 21

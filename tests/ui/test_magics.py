@@ -10,7 +10,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 import nbjobs
-from nbjobs import JobState, client, context, default
+from nbjobs import JobState, client, context, default, private_queues
 from nbjobs.errors import JobFailedError
 from nbjobs.rates import Rate
 from nbjobs.ui import cells
@@ -55,7 +55,7 @@ def test_job_cell_runs_in_the_background_and_writes_names_back(shell: Interactiv
     assert helper() == 20
     record = job.record()
     assert record.name == "fit" and record.options.retries == 0
-    assert record.queue == f"default@{default.PROCESS_TAG}"
+    assert record.queue == f"default@{private_queues.PROCESS_TAG}"
     assert job.logs() == "fitted\n"
 
 
@@ -65,7 +65,7 @@ def test_a_failing_job_cell_writes_nothing_back(shell: InteractiveShell) -> None
         job.result(timeout=30)
     assert "ZeroDivisionError" in str(err.value.remote_traceback)
     assert "z" not in shell.user_ns
-    assert job.record().queue == f"heavy@{default.PROCESS_TAG}"
+    assert job.record().queue == f"heavy@{private_queues.PROCESS_TAG}"
 
 
 def test_bad_options_and_syntax_errors_are_refused_at_the_cell(shell: InteractiveShell) -> None:

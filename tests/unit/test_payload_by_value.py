@@ -26,9 +26,11 @@ def test_an_unpicklable_notebook_function_is_stored_by_reference_for_the_thread_
     assert ref == "__main__:uses_lock"
     with pytest.raises(InvalidJobError, match="cannot be pickled by value"):
         codec.encode_call(fn, ref, (1,), {}, "pickle")  # type: ignore[arg-type]
-    payload = codec.encode_call(fn, ref, (1,), {}, "pickle", by_value_required=False)  # type: ignore[arg-type]
+    reasons: list[str] = []
+    payload = codec.encode_call(fn, ref, (1,), {}, "pickle", on_bound=reasons.append)  # type: ignore[arg-type]
     call = codec.decode_call(payload)
     assert call.function_by_value is None and call.args == (1,)
+    assert reasons == ["cannot be pickled by value (cannot pickle '_thread.lock' object)"]
 
 
 def notebook_function() -> object:

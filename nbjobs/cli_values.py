@@ -5,34 +5,11 @@ Pure functions (no click, no database): `cli.py` shows their ValueError as a usa
 
 from __future__ import annotations
 
-import re
 from datetime import datetime, timedelta
 
 import pandas as pd
 
-#: '90m', '1.5h', '2d': the short forms (pandas warns on a lower-case 'd' and reads a bare '10' as ns).
-_SHORT_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def duration(text: str) -> timedelta | None:
-    """A duration: seconds ('600'), a short form ('90m', '2d'), or what pandas reads ('1h30m',
-    '1 day', '00:10:00'); None if the text is none of these."""
-    text = text.strip()
-    short = _SHORT_DURATION.fullmatch(text.lower())
-    try:
-        if short:
-            return timedelta(**{_UNITS[short[2]]: float(short[1])})
-        return timedelta(seconds=float(text))
-    except OverflowError:  # beyond datetime's calendar: no duration
-        return None
-    except ValueError:  # not a number (nan included)
-        pass
-    try:
-        found = pd.Timedelta(text)
-    except (ValueError, OverflowError):
-        return None
-    return None if pd.isna(found) else found.to_pytimedelta()
+from .clock import duration
 
 
 def ago(text: str | None) -> str | timedelta | None:

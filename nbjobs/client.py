@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import context, notebooks, private_queues, recurring_client
 from .callbacks import DoneCallbacks
-from .clock import Clock, user_time
+from .clock import Clock, duration, user_time
 from .errors import (
     InvalidJobError,
     JobFailedError,
@@ -164,12 +164,15 @@ def resolve_when(when: When, now: datetime) -> datetime:
     takes), a date (its local midnight), a timedelta or seconds from now → aware UTC."""
     if isinstance(when, bool):
         raise InvalidJobError(f"when must be a datetime, timedelta or seconds, got {when!r}")
+    if isinstance(when, str):
+        when = duration(when) or when  # "10m" is a delay, as `nbjobs enqueue --at 10m` reads it
     if isinstance(when, str | date):  # a datetime is a date too
         at = user_time(when)
         if at is None:
             raise InvalidJobError(
                 f"when {when!r} is not a time; write it as '2026-12-01 07:00' (local time, or with an "
-                "offset such as '+01:00'), or give a datetime, a timedelta or a number of seconds"
+                "offset such as '+01:00') or as a delay such as '10m' or '2h', or give a datetime, a "
+                "timedelta or a number of seconds"
             )
         return at
     if isinstance(when, timedelta):

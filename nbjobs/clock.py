@@ -6,6 +6,7 @@ and its `wait()` returns as soon as the awaited event is set or the manual time 
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -28,20 +29,51 @@ def ensure_utc(value: datetime) -> datetime:
 def user_time(value: object) -> datetime | None:
     """A time a person gave, as aware UTC: a datetime or pandas Timestamp (naive = local time), a
     date (its local midnight) or an ISO string ("2026-12-01 07:00", read by pandas); None for
-    anything else. One reading for `schedule(when)` and the `since`/`until` filters."""
+    anything else. One reading for `schedule(when)` and the `since`/`until` filters, which read a
+    string that is a `duration` ("1h") as one before they come here."""
     found: object = value
     if isinstance(value, str):
         import pandas as pd  # loaded by then: the views and the engine use it
 
         try:
             found = pd.Timestamp(value.strip()).to_pydatetime()
-        except ValueError:
+        except (ValueError, OverflowError):
             return None
     if isinstance(found, date) and not isinstance(found, datetime):
         found = datetime.combine(found, dt_time())
     if not isinstance(found, datetime):
         return None
-    return ensure_utc(found.astimezone() if found.tzinfo is None else found)
+    try:  # pandas reads some text as a time in year 1 ("10 minutes"), with no local offset there
+        return ensure_utc(found.astimezone() if found.tzinfo is None else found)
+    except (ValueError, OverflowError):
+        return None
+
+
+#: '90m', '1.5h', '2d': the short forms (pandas warns on a lower-case 'd' and reads a bare '10' as ns).
+_SHORT_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def duration(text: str) -> timedelta | None:
+    """A duration: seconds ('600'), a short form ('90m', '2d'), or what pandas reads ('1h30m',
+    '1 day', '00:10:00'); None if the text is none of these."""
+    text = text.strip()
+    short = _SHORT_DURATION.fullmatch(text.lower())
+    try:
+        if short:
+            return timedelta(**{_UNITS[short[2]]: float(short[1])})
+        return timedelta(seconds=float(text))
+    except OverflowError:  # beyond datetime's calendar: no duration
+        return None
+    except ValueError:  # not a number (nan included)
+        pass
+    import pandas as pd  # loaded by then: the views and the engine use it
+
+    try:
+        found = pd.Timedelta(text)
+    except (ValueError, OverflowError):
+        return None
+    return None if pd.isna(found) else found.to_pytimedelta()
 
 
 class Clock(Protocol):

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .clock import user_time, utcnow
+from .clock import duration, user_time, utcnow
 from .errors import ConfigurationError, InvalidJobError, JobNotFoundError, caller_stacklevel
 from .model import JobState
 from .storage import JobFilter, Store
@@ -36,16 +36,21 @@ def _parse_states(state: str | JobState | Sequence[str | JobState] | None) -> tu
 
 def as_utc_time(value: Any, what: str, now: datetime) -> datetime | None:
     """A time filter as an aware UTC datetime: a time (`clock.user_time`: naive = local time, as
-    `schedule` reads it) or a timedelta (that long ago)."""
+    `schedule` reads it), or a timedelta or a duration such as "1h" (that long ago, as `--since`)."""
     if value is None:
         return None
+    if isinstance(value, str):
+        value = duration(value) or value
     if isinstance(value, timedelta):
-        return now - value
+        try:
+            return now - value
+        except OverflowError:
+            return datetime.min.replace(tzinfo=UTC)  # longer ago than the calendar: every job
     found = user_time(value)
     if found is None:
         raise ConfigurationError(
             f"{what} must be a time: a datetime, a date, an ISO string such as '2026-11-28 09:00', or a "
-            f"timedelta such as timedelta(hours=1) for the last hour; got {value!r}"
+            f"timedelta or duration such as '1h' or '2d' (that long ago); got {value!r}"
         )
     return found
 

@@ -165,4 +165,5 @@ def test_jobs_only_a_process_could_run_are_deleted_when_it_exits(tmp_path: Path)
     with nbjobs.connect(url, secret=SECRET) as nb:
         for job_id in ids:
             assert nb.job(job_id).state is JobState.DELETED
-            assert nb.history(job_id)["reason"].iloc[-1] == "its process ended: only that process could run it"
+            reason = nb.history(job_id)["reason"].iloc[-1]
+            assert reason == "its process ended: only that process could run it"

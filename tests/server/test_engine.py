@@ -151,6 +151,12 @@ def test_schedule_accepts_seconds_datetime_and_rejects_bad_delays(engine: nbjobs
     local = datetime(2030, 6, 1, 7, 30).astimezone()
     for when in ("2030-06-01 07:30", "2030-06-01T07:30:00", local.isoformat()):
         assert engine.schedule(when, add, 1).record().run_at == local.astimezone(UTC)
+    # A delay written as text, as `nbjobs enqueue --at 10m` takes it.
+    delays = {"10m": timedelta(minutes=10), "1 day": timedelta(days=1), "600": timedelta(seconds=600)}
+    for text, delay in delays.items():
+        before = engine.clock.now()
+        run_at = engine.schedule(text, add, 1).record().run_at
+        assert run_at is not None and before + delay <= run_at <= engine.clock.now() + delay
     midnight = datetime(2030, 6, 1).astimezone().astimezone(UTC)
     assert engine.schedule(date(2030, 6, 1), add, 1).record().run_at == midnight
     assert engine.schedule("2030-06-01", add, 1).record().run_at == midnight
@@ -159,7 +165,7 @@ def test_schedule_accepts_seconds_datetime_and_rejects_bad_delays(engine: nbjobs
     for too_far in (float("inf"), 1e12):
         with pytest.raises(InvalidJobError, match="past the last date a datetime holds"):
             engine.schedule(too_far, add, 1)
-    assert len(engine.jobs()) == 7  # the good ones; nothing of the refused calls was stored
+    assert len(engine.jobs()) == 10  # the good ones; nothing of the refused calls was stored
 
 
 def test_continuations(engine: nbjobs.Engine) -> None:

@@ -86,12 +86,16 @@ def test_time_filters_take_what_a_notebook_has_at_hand(finished: nbjobs.Engine) 
     local = middle.tz_convert(local_zone).tz_localize(None).to_pydatetime()
     assert len(finished.jobs(since=local)) == later  # naive: local time, as schedule() reads it
     assert len(finished.jobs(since=timedelta(hours=1))) == len(everything)  # the last hour
+    for ago in ("1h", "90m", "10 minutes", "2d", "3600"):  # as `nbjobs jobs --since` reads them
+        assert len(finished.jobs(since=ago)) == len(everything)  # before: "year 0 is out of range"
+        assert finished.jobs(until=ago).empty
+    assert len(finished.jobs(since=timedelta(days=999_999_999))) == len(everything)  # before the calendar
     assert finished.jobs(since=date.today() + timedelta(days=1)).empty  # a date: its midnight
     assert finished.jobs(until="2020-01-01").empty
     assert finished.stats(since=timedelta(hours=2), freq="1h")["succeeded"].sum() == 4
     first = everything["created_at"].min().tz_convert(local_zone).tz_localize(None).to_pydatetime()
     assert finished.stats(since=first, freq="1h")["failed"].sum() == 1  # naive, local, as above
-    for bad in ("yesterday", 5, [middle]):
+    for bad in ("yesterday", "1e20d", 5, [middle]):
         with pytest.raises(ConfigurationError, match=f"since must be a time: .* got {re.escape(repr(bad))}"):
             finished.jobs(since=bad)
     with pytest.raises(ConfigurationError, match="queue must be a queue name or a list of them, got 5"):

@@ -322,6 +322,11 @@ class Client:
         #: by its jobs that add none of their own (JobOptions is frozen).
         self.job_options = build_options({}, self.defaults)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """In a notebook function's copy (`nb.options(queue="io")` kept in a variable, or the client
+        of an `@nb.job` function it calls): these options on the running job's engine (`InJob`)."""
+        return (InJob, (self.defaults,))
+
     def options(self, **options: Any) -> Client:
         """A client whose jobs use these options (validated now): queue, retries, timeout, key, …;
         for recurring definitions also tz, misfire, misfire_limit and overlap."""
@@ -608,6 +613,34 @@ class Client:
     # -- decorator ------------------------------------------------------------------------------
     def job_function(self, fn: Callable[..., Any], **options: Any) -> JobFunction:
         return JobFunction(fn, self.options(**options) if options else self)
+
+
+class InJob:
+    """What an engine or client a notebook function uses becomes in its copy (`Engine.__reduce__`,
+    `Client.__reduce__`): the engine of the job running the copy (`default.default_engine()`), with
+    the client's options, found at first use. Unpickling it costs nothing and opens nothing (a
+    dashboard decoding a call to show its arguments never uses it)."""
+
+    def __init__(self, defaults: Mapping[str, Any] | None) -> None:
+        self._defaults = None if defaults is None else dict(defaults)
+
+    def _target(self) -> Any:
+        from .default import default_engine
+
+        engine = default_engine()
+        return engine if self._defaults is None else engine.client.options(**self._defaults)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_defaults":  # pickling and copying look for these
+            raise AttributeError(name)
+        return getattr(self._target(), name)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (InJob, (self._defaults,))
+
+    def __repr__(self) -> str:
+        return "<nbjobs engine of the running job>" if self._defaults is None else (
+            f"<nbjobs client of the running job's engine, options {self._defaults}>")
 
 
 class JobFunction:

@@ -22,7 +22,17 @@ import pandas as pd
 from . import context, gather, private_queues
 from . import history as views  # type: ignore[no-redef]  # `nbjobs.history` is also a function
 from .capture import OutputCapture
-from .client import Client, Job, JobFunction, NotebookJob, Notifier, When, check_queue, check_timeout
+from .client import (
+    Client,
+    InJob,
+    Job,
+    JobFunction,
+    NotebookJob,
+    Notifier,
+    When,
+    check_queue,
+    check_timeout,
+)
 from .clock import Clock, SystemClock
 from .errors import ConfigurationError, DuplicateServerWarning, NbJobsError, caller_stacklevel
 from .model import PAYLOAD_CEILING, PAYLOAD_MAX, ContinueOn, JobState, StateChange
@@ -100,6 +110,13 @@ class Engine:
         self._closed = False
         self._created = next(_created)
         _engines.add(self)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """A notebook function's copy that uses this engine (`nb.enqueue(...)` in its body, `nb` a
+        notebook variable) runs in other processes: there it stands for the engine of the job that
+        runs it (`InJob`), not for a connection made again (which would carry the URL, password
+        included, in every job)."""
+        return (InJob, (None,))
 
     def __repr__(self) -> str:
         server = f"server {self.server.name} running" if self.server and self.server.running else "no server"

@@ -293,6 +293,19 @@ def _new_origin() -> None:
 os.register_at_fork(after_in_child=_new_origin)
 
 
+#: The origin of a call whose function is not the one its name finds in this process's `__main__`
+#: (a copy made elsewhere, run here, that enqueues; a function renamed or redefined since): it runs
+#: as the copy everywhere, never as whatever function bears that name.
+COPY_ONLY = bytes(_ORIGIN_LEN)
+
+
+def _live_here(ref: str, fn: Callable[..., Any]) -> bool:
+    try:
+        return inspect.unwrap(resolve_function(ref)) is inspect.unwrap(fn)  # through `@nb.job`
+    except FunctionNotFoundError:
+        return False
+
+
 def process_origin() -> bytes:
     """This process's identity in the calls it stores: random, new in each process and forked child."""
     return _origin
@@ -540,7 +553,7 @@ class Codec:
             check_arguments(fn, ref, args, kwargs)
         by_value = None
         if fn is not None and needs_by_value(ref):
-            by_value = _ORIGIN_MARK + process_origin()
+            by_value = _ORIGIN_MARK + (process_origin() if _live_here(ref, fn) else COPY_ONLY)
             copy, why = function_copy(fn)
             if copy is not None:
                 by_value += copy

@@ -32,6 +32,9 @@ import nbjobs
 def compute(x):
     return "the other notebook's compute"
 
+def half(x):
+    return "the other notebook's half"
+
 if __name__ == "__main__":
     nb = nbjobs.connect(sys.argv[1])
     nb.start_server(workers=1, queues=["shared"], poll_interval=0.05)
@@ -82,6 +85,33 @@ def test_another_server_runs_this_notebooks_function_not_its_own_namesake(other_
         jobs = [nb.options(queue="shared").enqueue(compute, i) for i in range(5)]
         results = [job.result(timeout=30) for job in jobs]
     assert results == [f"this notebook computed {i * 2}" for i in range(5)]
+
+
+def test_a_copy_that_uses_the_notebooks_engine_enqueues_into_the_jobs_database(other_notebook: str) -> None:
+    """`nb.enqueue(...)` and `@nb.job` functions inside a notebook function, `nb` a notebook variable:
+    the copy another process runs enqueues through that process's engine of the job's database.
+    Before, such a function could not be copied at all (an engine holds locks and connections)."""
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(
+        "def half(x):\n"
+        "    return f'this notebook halved {x}'\n"
+        "def twice(x):\n"
+        "    return 2 * x\n"
+        "def fan_out(x):\n"
+        "    first = nb.options(queue='shared').enqueue(half, x)\n"
+        "    second = doubler.enqueue(x)\n"
+        "    return [first.result(timeout=30), second.result(timeout=30)]\n",
+        namespace,
+    )
+    with nbjobs.connect(other_notebook, secret=SECRET) as nb:
+        namespace["nb"] = nb
+        namespace["doubler"] = nb.job(queue="shared")(namespace["twice"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no RunsOnlyHereWarning: the function is copied
+            job = nb.options(queue="shared").enqueue(namespace["fan_out"], 21)
+        # `half` is this notebook's, run as its copy; the other notebook's `half` is never called.
+        assert job.result(timeout=60) == ["this notebook halved 21", 42]
+        assert sorted(nb.jobs(limit=None)["state"]) == ["succeeded"] * 3  # into this database
 
 
 def test_a_function_that_could_not_be_copied_waits_for_a_server_of_this_process(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import threading
 
 import cloudpickle
 import pytest
 
 from nbjobs.errors import InvalidJobError
-from nbjobs.payload import Codec, Signer, _pack, function_ref, process_origin
+from nbjobs.payload import COPY_ONLY, Codec, Signer, _pack, function_ref, process_origin
 
 
 def notebook_function_using_a_lock() -> object:
@@ -39,11 +40,21 @@ def notebook_function() -> object:
     return namespace["double"]
 
 
-def test_a_notebook_functions_call_records_the_process_that_stored_it() -> None:
+def test_a_notebook_functions_call_records_the_process_that_stored_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     codec = Codec(Signer(b"k"))
     fn = notebook_function()
+    monkeypatch.setattr(sys.modules["__main__"], "double", fn, raising=False)
     call = codec.decode_call(codec.encode_call(fn, "__main__:double", (1,), {}, "pickle"))  # type: ignore[arg-type]
     assert call.origin == process_origin()
+    # Another function than the one `__main__` has by that name (a copy run here, a function
+    # redefined since): a copy everywhere, here too.
+    other = notebook_function()
+    copied = codec.decode_call(codec.encode_call(other, "__main__:double", (1,), {}, "pickle"))  # type: ignore[arg-type]
+    assert copied.origin == COPY_ONLY != process_origin()
+    assert copied.function_by_value is not None
+    assert codec.load_function("__main__:double", copied) is not fn
     assert call.function_by_value is not None and pickle.loads(call.function_by_value)(4) == 8
     imported = codec.decode_call(codec.encode_call(Signer, "nbjobs.payload:Signer", (b"k",), {}, "pickle"))
     assert imported.origin is None and imported.function_by_value is None  # nothing added to such calls

@@ -20,10 +20,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import context, notebooks, private_queues, recurring_client
 from .callbacks import DoneCallbacks
 from .clock import Clock, duration, user_time
+from .copies import BOUND_FIX
 from .errors import (
     InvalidJobError,
     JobFailedError,
     JobNotFoundError,
+    NbJobsError,
     ResultTimeoutError,
     ResultUnavailableError,
     RunsOnlyHereWarning,
@@ -52,7 +54,7 @@ from .model import (
     StateChange,
     unstorable_character,
 )
-from .payload import BOUND_FIX, SERIALIZERS, Codec, ResultOf, Target, function_ref
+from .payload import SERIALIZERS, Codec, ResultOf, Target, function_ref
 from .storage import LocalClaim, Store
 
 if TYPE_CHECKING:  # nbformat (with jsonschema) loads on first use: `import nbjobs` stays fast
@@ -624,14 +626,22 @@ class InJob:
     def __init__(self, defaults: Mapping[str, Any] | None) -> None:
         self._defaults = None if defaults is None else dict(defaults)
 
-    def _target(self) -> Any:
-        from .default import default_engine
+    #: The process's default engine, outside a job (`default.default_engine`, which sets this: it
+    #: sits above this module).
+    process_default: Callable[[], Any] | None = None
 
-        engine = default_engine()
+    def _target(self) -> Any:
+        job = context.current_job_or_none()
+        if job is not None and job.has_engine:
+            engine = job.engine
+        elif InJob.process_default is not None:
+            engine = InJob.process_default()
+        else:
+            raise NbJobsError("no engine to stand for: import nbjobs first")
         return engine if self._defaults is None else engine.client.options(**self._defaults)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "_defaults":  # pickling and copying look for these
+        if name.startswith("__") or name in ("_defaults", "process_default"):  # as pickling looks
             raise AttributeError(name)
         return getattr(self._target(), name)
 

@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from . import private_queues
-from .client import Client, Job, JobFunction, NotebookJob, When
+from .client import Client, InJob, Job, JobFunction, NotebookJob, When
 from .context import current_job_or_none
 from .engine import Engine, connect, discard_private_jobs
 from .errors import ConfigurationError
@@ -115,6 +115,9 @@ def default_engine() -> Engine:
             if conf.get("server", True):
                 _start(_engine, conf)
         return _engine
+
+
+InJob.process_default = default_engine
 
 
 def set_default_engine(engine: Engine | None) -> Engine | None:

@@ -3,12 +3,8 @@
 A payload is `MAGIC + HMAC-SHA256 + body`. The signature is checked before anything is unpickled,
 so a database writer without the key cannot make a worker run code. Functions are stored by
 reference (`module:qualname`); a function defined in a notebook (`__main__`) is also carried by value
-(cloudpickle) so a worker process or another server can run it.
-
-Such a call also records which process it came from (`process_origin`): only that process runs its
-live `__main__` function (which sees the notebook's current globals); any other runs the copy, since
-its own `__main__` may hold another function of the same name (two notebooks in one folder, each
-with a `def process(...)`) and must never run that one instead.
+with the process it came from (`copies`), so a worker process or another server can run it, and
+only that process runs the live function.
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ import hashlib
 import hmac
 import importlib
 import inspect
-import io
 import json
 import logging
 import os
@@ -34,6 +29,7 @@ from typing import Any
 
 import cloudpickle
 
+from .copies import BOUND_FIX, function_copy, human_size, origin_part, process_origin, split_origin
 from .errors import (
     ConfigurationError,
     FunctionNotFoundError,
@@ -279,102 +275,11 @@ def named_function(name: str) -> Callable[..., Any] | None:
         raise InvalidJobError(f"{name} cannot be used as a job: {why}; check the name") from exc
 
 
-_ORIGIN_MARK = b"O"  # a by-value part that starts with it carries its origin; a pickle starts with 0x80
-_ORIGIN_LEN = 16
-_origin = os.urandom(_ORIGIN_LEN)
-
-
-def _new_origin() -> None:
-    global _origin
-    _origin = os.urandom(_ORIGIN_LEN)
-
-
-# A forked child's `__main__` is a copy that goes its own way: it is another origin.
-os.register_at_fork(after_in_child=_new_origin)
-
-
-#: The origin of a call whose function is not the one its name finds in this process's `__main__`
-#: (a copy made elsewhere, run here, that enqueues; a function renamed or redefined since): it runs
-#: as the copy everywhere, never as whatever function bears that name.
-COPY_ONLY = bytes(_ORIGIN_LEN)
-
-
 def _live_here(ref: str, fn: Callable[..., Any]) -> bool:
     try:
         return inspect.unwrap(resolve_function(ref)) is inspect.unwrap(fn)  # through `@nb.job`
     except FunctionNotFoundError:
         return False
-
-
-def process_origin() -> bytes:
-    """This process's identity in the calls it stores: random, new in each process and forked child."""
-    return _origin
-
-
-#: A notebook function's copy (cloudpickle: its code and the notebook globals it uses) is stored in
-#: every job of it, so it is kept small: a function using a notebook's 2 GB DataFrame would otherwise
-#: store 2 GB, and take seconds to pickle, at every enqueue.
-FUNCTION_COPY_MAX = 250_000
-BOUND_FIX = ("To run it on other servers, pass the data it uses as arguments (or load it inside the "
-              "function), or move the function into an importable module")
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _BoundedBuffer(io.BytesIO):
-    """Where a copy is pickled: refuses to grow past its limit, so a function holding a huge global
-    costs a pickling of `limit` bytes, not of the global (a NumPy array is not even copied)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__()
-        self.limit = limit
-
-    def write(self, data: Any) -> int:
-        if self.tell() + memoryview(data).nbytes > self.limit:
-            raise _TooLarge
-        return super().write(data)
-
-
-def function_copy(fn: Callable[..., Any], limit: int = FUNCTION_COPY_MAX) -> tuple[bytes | None, str]:
-    """A notebook function pickled by value, or None and why it cannot be ("uses …")."""
-    target = inspect.unwrap(fn)
-    out = _BoundedBuffer(limit)
-    try:
-        cloudpickle.CloudPickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(target)
-    except _TooLarge:
-        data = _data_globals(target)
-        big = [name for name in data if not _fits(target.__globals__[name], limit)]
-        named = ", ".join(big or data) or "the globals it refers to"
-        return None, (f"uses more than {_size(limit)} of the notebook's data by value ({named})")
-    except Exception as exc:
-        return None, f"cannot be pickled by value ({exc})"
-    return out.getvalue(), ""
-
-
-def _fits(value: Any, limit: int) -> bool:
-    try:
-        cloudpickle.CloudPickler(_BoundedBuffer(limit), protocol=pickle.HIGHEST_PROTOCOL).dump(value)
-    except _TooLarge:
-        return False
-    except Exception:  # it cannot be pickled at all: not a matter of size
-        return True
-    return True
-
-
-def _data_globals(fn: Any) -> list[str]:
-    """The notebook variables `fn` refers to that hold data (not modules, classes or functions)."""
-    code = getattr(fn, "__code__", None)
-    namespace = getattr(fn, "__globals__", {})
-    names: list[str] = []
-    pending = [code] if code is not None else []
-    while pending:
-        current = pending.pop()
-        names += [n for n in current.co_names if n in namespace and n not in names]
-        pending += [c for c in current.co_consts if isinstance(c, types.CodeType)]
-    kinds = (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType, functools.partial)
-    return [n for n in names if not isinstance(namespace[n], kinds)]
 
 
 def needs_by_value(ref: str) -> bool:
@@ -468,13 +373,6 @@ def _call_tag(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
     return b"C"
 
 
-def _size(n: int) -> str:
-    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
-
-
 class Codec:
     """Encodes calls and results with one serializer and signs them."""
 
@@ -503,7 +401,8 @@ class Codec:
             raise InvalidJobError(f"unknown serializer {serializer!r}; use one of {SERIALIZERS}")
         if len(body) > self.max_bytes:
             raise InvalidJobError(
-                f"{what}: {_size(len(body))} once serialized, more than the {_size(self.max_bytes)} "
+                f"{what}: {human_size(len(body))} once serialized, more than the "
+                f"{human_size(self.max_bytes)} "
                 "a job may store in the database (max_payload); save large data to a file (e.g. "
                 "df.to_parquet(path)) and pass or return its path"
             )
@@ -553,7 +452,7 @@ class Codec:
             check_arguments(fn, ref, args, kwargs)
         by_value = None
         if fn is not None and needs_by_value(ref):
-            by_value = _ORIGIN_MARK + (process_origin() if _live_here(ref, fn) else COPY_ONLY)
+            by_value = origin_part(live=_live_here(ref, fn))
             copy, why = function_copy(fn)
             if copy is not None:
                 by_value += copy
@@ -599,7 +498,7 @@ class Codec:
             raise PayloadError("payload is not a call envelope")
         envelope, by_value = _unpack(body[1:])
         call = self.loads(envelope)
-        origin, function = _split_origin(by_value)
+        origin, function = split_origin(by_value)
         return Call(args=tuple(call["args"]), kwargs=dict(call["kwargs"]), function_by_value=function,
                     origin=origin)
 
@@ -650,15 +549,6 @@ class Codec:
 def _pack(envelope: bytes, by_value: bytes | None) -> bytes:
     fn = by_value or b""
     return len(envelope).to_bytes(8, "big") + envelope + fn
-
-
-def _split_origin(by_value: bytes | None) -> tuple[bytes | None, bytes | None]:
-    """(origin, cloudpickled function) of a call's by-value part; calls stored before origins were
-    recorded have the function alone."""
-    if by_value is None or not by_value.startswith(_ORIGIN_MARK):
-        return None, by_value
-    start = len(_ORIGIN_MARK)
-    return by_value[start : start + _ORIGIN_LEN], (by_value[start + _ORIGIN_LEN :] or None)
 
 
 def _unpack(data: bytes) -> tuple[bytes, bytes | None]:

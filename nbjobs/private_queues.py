@@ -2,7 +2,7 @@
 
 Two kinds of job can run only in the process that enqueued them: a `%%job` cell (it runs in the
 kernel's namespace) and a job of a notebook function that could not be copied into it (it uses
-objects that cannot be pickled, or too much of the notebook's data; `payload.function_copy`). Such
+objects that cannot be pickled, or too much of the notebook's data; `copies.function_copy`). Such
 jobs go to a private queue named after their queue and this process, which no server listening to
 `"*"` takes (`model.PRIVATE_QUEUE_MARK`); every server this process runs serves every private queue
 of this process, from when it is named or when the server starts, whichever is later.

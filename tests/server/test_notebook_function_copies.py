@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import nbjobs
+from nbjobs.copies import FUNCTION_COPY_MAX, function_copy
 from nbjobs.errors import InvalidJobError, RunsOnlyHereWarning
-from nbjobs.payload import FUNCTION_COPY_MAX, function_copy
 from nbjobs.private_queues import PROCESS_TAG
 
 

@@ -10,8 +10,9 @@ import threading
 import cloudpickle
 import pytest
 
+from nbjobs.copies import COPY_ONLY, process_origin
 from nbjobs.errors import InvalidJobError
-from nbjobs.payload import COPY_ONLY, Codec, Signer, _pack, function_ref, process_origin
+from nbjobs.payload import Codec, Signer, _pack, function_ref
 
 
 def notebook_function_using_a_lock() -> object:

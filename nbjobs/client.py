@@ -55,6 +55,7 @@ from .model import (
     unstorable_character,
 )
 from .payload import SERIALIZERS, Codec, ResultOf, Target, function_ref
+from .redact import short_repr
 from .storage import LocalClaim, Store
 
 if TYPE_CHECKING:  # nbformat (with jsonschema) loads on first use: `import nbjobs` stays fast
@@ -459,9 +460,14 @@ class Client:
                 f"[(1, 'a'), (2, 'b')]; got {type(arg_list).__name__} {arg_list!r:.40} (for one job, "
                 "wrap it in a list or use enqueue)"
             )
-        specs = [
-            self.new_job(fn, item if isinstance(item, tuple) else (item,), {}) for item in arg_list
-        ]
+        specs = []
+        for index, item in enumerate(arg_list):
+            try:
+                specs.append(self.new_job(fn, item if isinstance(item, tuple) else (item,), {}))
+            except InvalidJobError as exc:  # which of thousands: nothing is stored
+                raise InvalidJobError(
+                    f"item {index} ({short_repr(item)}): {exc}; nothing was enqueued"
+                ) from exc
         return self.submit(specs)
 
     def schedule(

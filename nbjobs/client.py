@@ -52,6 +52,7 @@ from .model import (
     JobState,
     NewJob,
     StateChange,
+    padded_queue,
     unstorable_character,
 )
 from .payload import SERIALIZERS, Codec, ResultOf, Target, function_ref
@@ -103,6 +104,8 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
     queue = merged.get("queue", "default")
     if not isinstance(queue, str) or not queue.strip() or queue == "*":
         raise InvalidJobError(f"queue must be a non-empty name (not '*'), got {queue!r}")
+    if (padding := padded_queue(queue)) is not None:
+        raise InvalidJobError(padding)
     for name in ("priority", "retries"):
         value = merged.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)):

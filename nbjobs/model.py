@@ -312,3 +312,12 @@ def clip_middle(text: str | None, limit: int) -> str | None:
     head = (limit - len(note)) // 2
     tail = limit - len(note) - head
     return text[:head] + note + text[len(text) - tail :]
+
+
+def padded_queue(queue: str) -> str | None:
+    """Why `queue` is refused if it has spaces at its ends (a name read from a file or typed with a
+    space after a comma): its jobs would wait for a server serving exactly that, and none does."""
+    if queue == queue.strip():
+        return None
+    return (f"queue {queue!r} has spaces at its start or end, so servers of {queue.strip()!r} would not "
+            f"take its jobs; write {queue.strip()!r}")

@@ -19,7 +19,7 @@ from typing import Any
 from .. import private_queues
 from ..clock import Clock
 from ..executors.thread import RunWrapper
-from ..model import PRIVATE_QUEUE_MARK, SERVER_NAME_MAX, ServerInfo, unstorable_character
+from ..model import PRIVATE_QUEUE_MARK, SERVER_NAME_MAX, ServerInfo, padded_queue, unstorable_character
 from ..payload import Codec
 from ..rates import Rate, parse_rate
 from ..storage import Store
@@ -94,6 +94,9 @@ class ServerConfig:
             )
         if not self.queues:
             raise ConfigurationError("queues must name at least one queue (or '*' for all)")
+        for queue in self.queues:
+            if isinstance(queue, str) and (padding := padded_queue(queue)) is not None:
+                raise ConfigurationError(padding)
         for what, text in [("server name", self.name), *(("queue", q) for q in self.queues)]:
             bad = unstorable_character(text) if isinstance(text, str) else None
             if bad is not None:

@@ -328,6 +328,14 @@ def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.E
         engine.start_server(queues="default")  # not the queues "d", "e", "f", …
     with pytest.raises(ConfigurationError, match="workers must be a whole number"):
         engine.start_server(workers="4")  # type: ignore[arg-type]
+    # A queue with a space at an end (read from a file, typed after a comma) is served by no server.
+    padded = (r"queue ' io' has spaces at its start or end, so servers of 'io' would not take its jobs; "
+              r"write 'io'")
+    with pytest.raises(ConfigurationError, match=padded):
+        engine.start_server(queues=["default", " io"])
+    for call in (lambda: engine.options(queue=" io").enqueue(add, 1), lambda: engine.pause_queue(" io")):
+        with pytest.raises(InvalidJobError, match=padded):
+            call()
     # Durations that overflowed a loop's wait (inf, 1e300), spun it (0) or never let a job run
     # (server_timeout=1e300: no lease could be written); max_batch=0 would claim nothing.
     refused = {"poll_interval": 0, "scheduler_interval": float("nan"), "server_timeout": 1e300,

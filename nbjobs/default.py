@@ -178,7 +178,8 @@ def close_default(timeout: float | None = None) -> None:
     if engine is None:
         return
     engine.stop_server(timeout)
-    discard_private_jobs(engine)
+    discard_private_jobs(engine, "nbjobs stopped in its kernel (%unload_ext, or the kernel's end): only "
+                                 "that kernel could run it")
     if owned:
         engine.close()
 

@@ -543,7 +543,9 @@ def _close_process_pools() -> None:
         process.close_open_pools()
 
 
-def discard_private_jobs(engine: Engine) -> int:
+def discard_private_jobs(
+    engine: Engine, reason: str = "its process ended: only that process could run it"
+) -> int:
     """Delete the unfinished jobs of this process's private queues: no other process can ever run
     them (`private_queues`), so at exit they would wait for ever."""
     queues = private_queues.registered()
@@ -553,7 +555,7 @@ def discard_private_jobs(engine: Engine) -> int:
     frame = engine.jobs(state=unfinished, queue=queues, limit=None)
     for job_id in frame["id"]:
         try:
-            engine.client.delete(int(job_id), "its process ended: only that process could run it")
+            engine.client.delete(int(job_id), reason)
         except Exception:
             log.exception("could not delete job %d, which only this process could run", job_id)
     return len(frame)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from . import context, notebooks, private_queues, recurring_client
 from .callbacks import DoneCallbacks
 from .clock import Clock, duration, user_time
-from .copies import BOUND_FIX
+from .copies import BOUND_FIX, NOT_COPIED
 from .errors import (
     InvalidJobError,
     JobFailedError,
@@ -218,6 +218,8 @@ def _run_here_only(ref: str, opts: JobOptions, why: str) -> JobOptions:
     it): its queue's private queue here, which only this process's servers serve, so no other server
     takes it and fails it."""
     queue = opts.queue if PRIVATE_QUEUE_MARK in opts.queue else private_queues.private_queue(opts.queue)
+    if why == NOT_COPIED:  # asked for: nothing to warn about
+        return dataclasses.replace(opts, queue=queue)
     idle = "" if private_queues.serving() else " No server runs in this process now: start one, or they wait."
     warnings.warn(
         f"function {ref} is not copied into its jobs: it {why}. They run only on this process's own "

@@ -39,7 +39,8 @@ _owned = False  # True when we created the engine (and so may close it)
 _settings: dict[str, Any] = {}
 
 _SERVER_KEYS = set(ServerConfig.__dataclass_fields__) - {"duties"}  # workers, queues, timeouts, …
-KNOWN_SETTINGS = frozenset({"url", "server", "secret", "max_payload"} | _SERVER_KEYS)
+_ENGINE_KEYS = {"max_payload", "max_function_copy"}  # `connect()` settings: a change makes a new engine
+KNOWN_SETTINGS = frozenset({"url", "server", "secret"} | _ENGINE_KEYS | _SERVER_KEYS)
 
 
 def env_settings() -> dict[str, Any]:
@@ -91,7 +92,7 @@ def _start(engine: Engine, conf: dict[str, Any]) -> None:
 
 
 def _connect(conf: dict[str, Any]) -> Engine:
-    extra = {"max_payload": conf["max_payload"]} if "max_payload" in conf else {}
+    extra = {key: conf[key] for key in _ENGINE_KEYS if key in conf}
     return connect(conf.get("url"), secret=conf.get("secret"), **extra)
 
 
@@ -152,7 +153,7 @@ def configure(**changes: Any) -> Engine:
         engine = _engine
         if engine is None or engine._closed:
             fresh = _connect(conf)
-        elif {"url", "secret", "max_payload"} & set(changes) and _owned:
+        elif ({"url", "secret"} | _ENGINE_KEYS) & set(changes) and _owned:
             fresh = _connect(conf)  # a URL that cannot work fails here, the old engine still running
             close_default()
         else:

@@ -34,6 +34,7 @@ from .client import (
     check_timeout,
 )
 from .clock import Clock, SystemClock
+from .copies import FUNCTION_COPY_MAX
 from .errors import ConfigurationError, DuplicateServerWarning, NbJobsError, caller_stacklevel
 from .model import PAYLOAD_CEILING, PAYLOAD_MAX, ContinueOn, JobState, StateChange
 from .payload import Codec, Signer, Target
@@ -69,12 +70,22 @@ class Engine:
         secret: str | bytes | None = None,
         store: Store | None = None,
         max_payload: int = PAYLOAD_MAX,
+        max_function_copy: int | None = None,
     ) -> None:
         if isinstance(max_payload, bool) or not isinstance(max_payload, int) or not (
                 1 <= max_payload <= PAYLOAD_CEILING):  # before anything is opened
             raise ConfigurationError(
                 f"max_payload must be a number of bytes from 1 to {PAYLOAD_CEILING:,} (a database field "
                 f"holds about 1 GB), got {max_payload!r}"
+            )
+        if max_function_copy is None:  # 250 kB (`copies.FUNCTION_COPY_MAX`), within max_payload
+            max_function_copy = min(FUNCTION_COPY_MAX, max_payload)
+        if isinstance(max_function_copy, bool) or not isinstance(max_function_copy, int) or not (
+                0 <= max_function_copy <= max_payload):
+            raise ConfigurationError(
+                f"max_function_copy must be a number of bytes from 0 (no notebook function is copied: "
+                f"their jobs stay in this process) to max_payload ({max_payload:,}), "
+                f"got {max_function_copy!r}"
             )
         if isinstance(url, os.PathLike):
             url = os.fspath(url)  # a path to a SQLite file, as a plain string path is taken
@@ -98,7 +109,7 @@ class Engine:
         self._release = weakref.finalize(self, self.store.close)
         self._release.atexit = False  # at exit `_close_all` stops the servers first
         key = secret.encode() if isinstance(secret, str) else secret
-        self.codec = Codec(Signer(key), max_bytes=max_payload)
+        self.codec = Codec(Signer(key), max_bytes=max_payload, copy_max=max_function_copy)
         self.notifier = Notifier()
         self.notifier.local_cancel = self._local_cancel
         self.client = Client(self.store, self.codec, self.clock, self.notifier)

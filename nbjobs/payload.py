@@ -29,7 +29,16 @@ from typing import Any
 
 import cloudpickle
 
-from .copies import BOUND_FIX, function_copy, human_size, origin_part, process_origin, split_origin
+from .copies import (
+    BOUND_FIX,
+    FUNCTION_COPY_MAX,
+    NOT_COPIED,
+    function_copy,
+    human_size,
+    origin_part,
+    process_origin,
+    split_origin,
+)
 from .errors import (
     ConfigurationError,
     FunctionNotFoundError,
@@ -376,9 +385,12 @@ def _call_tag(args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
 class Codec:
     """Encodes calls and results with one serializer and signs them."""
 
-    def __init__(self, signer: Signer | None = None, max_bytes: int = PAYLOAD_MAX) -> None:
+    def __init__(
+        self, signer: Signer | None = None, max_bytes: int = PAYLOAD_MAX, copy_max: int = FUNCTION_COPY_MAX
+    ) -> None:
         self.signer = signer or Signer()
         self.max_bytes = max_bytes  #: the longest body `dumps` stores (arguments, a result)
+        self.copy_max = copy_max  #: the longest copy of a notebook function (0: none is copied)
 
     # pickle bodies start with b"P", json bodies with b"J"
     def dumps(self, value: Any, serializer: str = "pickle", what: str = "value") -> bytes:
@@ -453,7 +465,7 @@ class Codec:
         by_value = None
         if fn is not None and needs_by_value(ref):
             by_value = origin_part(live=_live_here(ref, fn))
-            copy, why = function_copy(fn)
+            copy, why = function_copy(fn, self.copy_max) if self.copy_max else (None, NOT_COPIED)
             if copy is not None:
                 by_value += copy
             elif on_bound is None:

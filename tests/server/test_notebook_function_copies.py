@@ -17,7 +17,7 @@ import pytest
 
 import nbjobs
 from nbjobs.copies import FUNCTION_COPY_MAX, function_copy
-from nbjobs.errors import InvalidJobError, RunsOnlyHereWarning
+from nbjobs.errors import ConfigurationError, InvalidJobError, RunsOnlyHereWarning
 from nbjobs.private_queues import PROCESS_TAG
 
 
@@ -89,3 +89,27 @@ def test_copying_stops_at_the_limit_without_copying_the_data() -> None:
         tracemalloc.stop()
     assert copy is None and why.startswith("uses more than")
     assert peak < 4 * FUNCTION_COPY_MAX  # pickling it whole allocates 100 MB
+
+
+def test_max_function_copy_sets_the_limit_and_zero_keeps_every_notebook_function_here(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scale = notebook_function("nbjobs_test_scale", "def nbjobs_test_scale(x):\n    return x * len(table)\n",
+                              monkeypatch, table=np.ones(100_000))  # 800 kB: bound at the default
+    with nbjobs.connect(db_url, secret="s", max_function_copy=2_000_000) as roomy:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            job = roomy.options(queue="shared").enqueue(scale, 2)
+        assert job.record().queue == "shared" and len(job.record().payload) > 800_000  # copied
+    with nbjobs.connect(db_url, secret="s", max_function_copy=0) as here_only:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # asked for: no RunsOnlyHereWarning
+            kept = here_only.options(queue="shared").enqueue(scale, 3)
+        assert kept.record().queue == f"shared@{PROCESS_TAG}"
+        with pytest.raises(InvalidJobError, match="max_function_copy=0 keeps notebook functions to this"):
+            here_only.options(executor="process").enqueue(scale, 1)
+        here_only.start_server(workers=1, queues=["other"])
+        assert kept.result(timeout=30) == 300_000
+    for bad in (-1, True, 1.5, 10**12):
+        with pytest.raises(ConfigurationError, match="max_function_copy must be a number of bytes from 0"):
+            nbjobs.connect(db_url, secret="s", max_function_copy=bad)  # type: ignore[arg-type]

@@ -128,5 +128,7 @@ def test_many_jobs_and_bulk_changes_on_the_default_engine(env: Path) -> None:
 def test_max_payload_is_a_default_engine_setting(env: Path) -> None:
     engine = default.configure(max_payload=1000)
     assert engine is nbjobs.default_engine() and engine.codec.max_bytes == 1000
+    assert default.configure(max_function_copy=0).codec.copy_max == 0  # a new engine, as max_payload
+    assert nbjobs.default_engine().codec.max_bytes == 1000
     with pytest.raises(nbjobs.InvalidJobError, match=r"more than the 1\.0 kB a job may store"):
         nbjobs.enqueue(triple, b"x" * 2000)

@@ -65,8 +65,8 @@ def split_origin(by_value: bytes | None) -> tuple[bytes | None, bytes | None]:
 #: store 2 GB, and take seconds to pickle, at every enqueue.
 FUNCTION_COPY_MAX = 250_000
 BOUND_FIX = ("To run it on other servers, pass the data it uses as arguments (or load it inside the "
-             "function), move the function into an importable module, or raise the limit "
-             "(connect(max_function_copy=…))")
+             "function), or move the function into an importable module (for data over the limit, "
+             "connect(max_function_copy=…) also raises it)")
 #: Why, with `max_function_copy=0`: no notebook function is copied; its jobs stay in this process.
 NOT_COPIED = "is not copied: max_function_copy=0 keeps notebook functions to this process"
 

@@ -170,8 +170,8 @@ def resolve_when(when: When, now: datetime) -> datetime:
     takes), a date (its local midnight), a timedelta or seconds from now → aware UTC."""
     if isinstance(when, bool):
         raise InvalidJobError(f"when must be a datetime, timedelta or seconds, got {when!r}")
-    if isinstance(when, str):
-        when = duration(when) or when  # "10m" is a delay, as `nbjobs enqueue --at 10m` reads it
+    if isinstance(when, str) and (delay := duration(when)) is not None:
+        when = delay  # "10m" is a delay, as `nbjobs enqueue --at 10m` reads it
     if isinstance(when, str | date):  # a datetime is a date too
         at = user_time(when)
         if at is None:

@@ -39,8 +39,8 @@ def as_utc_time(value: Any, what: str, now: datetime) -> datetime | None:
     `schedule` reads it), or a timedelta or a duration such as "1h" (that long ago, as `--since`)."""
     if value is None:
         return None
-    if isinstance(value, str):
-        value = duration(value) or value
+    if isinstance(value, str) and (ago := duration(value)) is not None:
+        value = ago
     if isinstance(value, timedelta):
         try:
             return now - value

@@ -157,6 +157,7 @@ def test_schedule_accepts_seconds_datetime_and_rejects_bad_delays(engine: nbjobs
         before = engine.clock.now()
         run_at = engine.schedule(text, add, 1).record().run_at
         assert run_at is not None and before + delay <= run_at <= engine.clock.now() + delay
+    assert engine.schedule("0", add, 1).state is JobState.ENQUEUED  # no delay (a zero is no time)
     midnight = datetime(2030, 6, 1).astimezone().astimezone(UTC)
     assert engine.schedule(date(2030, 6, 1), add, 1).record().run_at == midnight
     assert engine.schedule("2030-06-01", add, 1).record().run_at == midnight
@@ -165,7 +166,7 @@ def test_schedule_accepts_seconds_datetime_and_rejects_bad_delays(engine: nbjobs
     for too_far in (float("inf"), 1e12):
         with pytest.raises(InvalidJobError, match="past the last date a datetime holds"):
             engine.schedule(too_far, add, 1)
-    assert len(engine.jobs()) == 10  # the good ones; nothing of the refused calls was stored
+    assert len(engine.jobs()) == 11  # the good ones; nothing of the refused calls was stored
 
 
 def test_continuations(engine: nbjobs.Engine) -> None:

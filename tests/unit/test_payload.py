@@ -49,6 +49,15 @@ def test_signed_call_round_trip_and_tamper_detection() -> None:
         codec.decode_call(tampered)
     with pytest.raises(PayloadError, match="same NBJOBS_SECRET"):
         Codec(Signer(b"other")).decode_call(data)
+    # The arguments inside are read without checking their own signature again (the outer one
+    # covers them): a byte changed anywhere in them fails the outer check.
+    middle = len(data) // 2
+    with pytest.raises(PayloadError, match="does not verify"):
+        codec.decode_call(data[:middle] + bytes([data[middle] ^ 1]) + data[middle + 1 :])
+    # An envelope that is not signed data at all, under a valid outer signature, is refused.
+    forged = codec.signer.sign(b"C" + (4).to_bytes(8, "big") + b"junk")
+    with pytest.raises(PayloadError, match="not in nbjobs' signed format"):
+        codec.decode_call(forged)
 
 
 def test_unpicklable_argument_is_named() -> None:

@@ -609,9 +609,28 @@ class Client:
 
     # -- changing jobs --------------------------------------------------------------------------
     def requeue(self, job_id: int, reason: str = "requeued by user") -> JobState:
-        state = self.store.requeue(self.job_id(job_id), self.clock.now(), reason)
+        job_id = self.job_id(job_id)
+        self._refuse_if_unservable(job_id)
+        state = self.store.requeue(job_id, self.clock.now(), reason)
         self.notifier.work.set()
         return state
+
+    def _refuse_if_unservable(self, job_id: int) -> None:
+        """A job of another process's private queue (a `%%job` cell, a notebook function that could
+        not be copied) runs only there: requeued once no server of that process is left, it would
+        wait for ever."""
+        record = self.store.get(job_id)
+        if record is None or PRIVATE_QUEUE_MARK not in record.queue:
+            return
+        if private_queues.is_private_here(record.queue):
+            return
+        if any(record.queue in server.queues for server in self.store.list_servers()):
+            return
+        raise InvalidJobError(
+            f"job {job_id} can run only in the kernel or process that enqueued it (its queue "
+            f"{record.queue!r} is that process's own), and no server of it is running: requeued, it "
+            "would wait for ever. Enqueue it again from a running notebook instead"
+        )
 
     def delete(self, job_id: int, reason: str = "deleted by user", *, cancel_only: bool = False) -> JobState:
         job_id = self.job_id(job_id)

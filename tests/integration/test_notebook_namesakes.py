@@ -18,9 +18,9 @@ import pytest
 
 import nbjobs
 from nbjobs import JobState
-from nbjobs.errors import FunctionNotFoundError, RunsOnlyHereWarning
+from nbjobs.errors import FunctionNotFoundError, InvalidJobError, RunsOnlyHereWarning
 from nbjobs.payload import Call, Codec, Signer
-from nbjobs.private_queues import PROCESS_TAG
+from nbjobs.private_queues import PROCESS_TAG, private_queue
 
 SECRET = "test-secret"
 
@@ -197,3 +197,21 @@ def test_jobs_only_a_process_could_run_are_deleted_when_it_exits(tmp_path: Path)
             assert nb.job(job_id).state is JobState.DELETED
             reason = nb.history(job_id)["reason"].iloc[-1]
             assert reason == "its process ended: only that process could run it"
+
+
+def test_requeuing_a_job_only_an_ended_process_could_run_is_refused(engine: nbjobs.Engine) -> None:
+    """A `%%job` cell or a bound job of a kernel that is gone: requeued, it would wait for ever."""
+    gone = "default@kernel-0123456789ab"  # another process's private queue, served by nobody
+    job = engine.options(queue=gone).enqueue(operator.add, 1, 2)
+    job.delete()
+    with pytest.raises(InvalidJobError, match=r"can run only in the kernel or process that enqueued it .*"
+                       r"no server of it is running"):
+        job.requeue()
+    frame = engine.requeue([job.id])  # many at once: reported, not raised
+    assert "no server of it is running" in frame["error"].iloc[0]
+    assert job.state is JobState.DELETED
+    engine.start_server(workers=1, queues=[gone])  # that process's server, alive again
+    assert job.requeue().result(timeout=30) == 3
+    mine = engine.options(queue=private_queue("default")).enqueue(operator.add, 2, 2)  # this process's
+    mine.delete()
+    assert mine.requeue().state in (JobState.ENQUEUED, JobState.PROCESSING, JobState.SUCCEEDED)

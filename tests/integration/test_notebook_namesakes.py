@@ -212,6 +212,7 @@ def test_requeuing_a_job_only_an_ended_process_could_run_is_refused(engine: nbjo
     assert job.state is JobState.DELETED
     engine.start_server(workers=1, queues=[gone])  # that process's server, alive again
     assert job.requeue().result(timeout=30) == 3
-    mine = engine.options(queue=private_queue("default")).enqueue(operator.add, 2, 2)  # this process's
+    # this process's own: scheduled far ahead, so no worker takes it before it is deleted
+    mine = engine.options(queue=private_queue("default")).schedule(3600, operator.add, 2, 2)
     mine.delete()
-    assert mine.requeue().state in (JobState.ENQUEUED, JobState.PROCESSING, JobState.SUCCEEDED)
+    assert mine.requeue().result(timeout=30) == 4

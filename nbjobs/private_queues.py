@@ -17,7 +17,7 @@ import weakref
 from typing import Protocol
 
 from .errors import ConfigurationError
-from .model import PRIVATE_QUEUE_MARK
+from .model import PRIVATE_QUEUE_MARK, padded_queue
 
 #: Names this process's private queues: a kernel restart gets a new tag (its namespace is new too).
 PROCESS_TAG = f"kernel-{uuid.uuid4().hex[:12]}"
@@ -46,6 +46,10 @@ os.register_at_fork(after_in_child=_forget_in_child)
 
 def private_queue(name: str = "default") -> str:
     """This process's private queue for `name`, served by this process's servers from now on."""
+    if not name.strip() or name == "*":  # checked on `name`, so the error names what was written
+        raise ConfigurationError(f"queue must be a non-empty name (not '*'), got {name!r}")
+    if (padding := padded_queue(name)) is not None:
+        raise ConfigurationError(padding)
     if PRIVATE_QUEUE_MARK in name:
         raise ConfigurationError(
             f"queue names for jobs that run only in this process must not contain {PRIVATE_QUEUE_MARK!r}: "

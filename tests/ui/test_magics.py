@@ -74,6 +74,11 @@ def test_bad_options_and_syntax_errors_are_refused_at_the_cell(shell: Interactiv
     before = len(engine.jobs())
     assert shell.run_cell("%%job --retries many\nx = 1").error_in_exec is not None
     assert shell.run_cell("%%job\nx = (").error_in_exec is not None
+    queues_before = set(private_queues.registered())
+    for queue in ("' io'", "''", "'*'"):  # the message names the queue as written, not its private form
+        error = shell.run_cell(f"%%job --queue {queue}\nx = 1").error_in_exec
+        assert error is not None and "@kernel" not in str(error), (queue, error)
+    assert set(private_queues.registered()) == queues_before  # no private queue registered for them
     assert len(engine.jobs()) == before
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import concurrent.futures
 import contextvars
 import dataclasses
@@ -10,6 +11,7 @@ import functools
 import inspect
 import math
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
@@ -80,10 +82,43 @@ def _exception_names(value: Any, option: str) -> tuple[str, ...]:
         if isinstance(item, type) and issubclass(item, BaseException):
             names.append(item.__name__)
         elif isinstance(item, str) and item:
-            names.append(item)
+            names.append(_exception_name(item, option))
         else:
             raise InvalidJobError(f"{option} takes exception classes or their names, got {item!r}")
     return tuple(names)
+
+
+def _exception_name(name: str, option: str) -> str:
+    """`name` as retries match it, checked as far as this process can: a name that can never match
+    would silently turn retries off (`retry_on`) or leave them on (`no_retry_on`)."""
+    if not all(part.isidentifier() for part in name.split(".")):
+        raise InvalidJobError(
+            f"{option} entry {name!r} is not an exception name; give a list of names or classes, "
+            f"e.g. {option}=['ValueError', 'requests.exceptions.Timeout']"
+        )
+    if "." not in name:
+        found = getattr(builtins, name, None)
+        if found is not None and not (isinstance(found, type) and issubclass(found, BaseException)):
+            raise InvalidJobError(f"{option} entry {name!r} is a built-in but not an exception class")
+        return name  # any class of that name matches, wherever it is defined
+    # A dotted name matches the module where the class is defined: `requests.Timeout` is re-exported
+    # from `requests.exceptions`, so it is stored as that. Only modules already imported are looked
+    # in (the job's own imports), so checking never imports anything.
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:cut]))
+        if module is None:
+            continue
+        found = module
+        for attribute in parts[cut:]:
+            found = getattr(found, attribute, None)
+        if not (isinstance(found, type) and issubclass(found, BaseException)):
+            raise InvalidJobError(
+                f"{option} entry {name!r}: module {module.__name__} has no exception class "
+                f"{'.'.join(parts[cut:])}; check the name, or pass the class itself"
+            )
+        return f"{found.__module__}.{found.__qualname__}"
+    return name  # its module is not imported here: the servers' may know it
 
 
 def check_queue(queue: object) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -68,6 +69,11 @@ def flaky(tag: str, fail_times: int) -> str:
     return f"ok after {CALLS[tag]}"
 
 
+def bad_json(tag: str) -> object:
+    CALLS[tag] += 1
+    return json.loads("{")
+
+
 def blocking(tag: str) -> str:
     STARTED.set()
     GATE.wait(30)
@@ -120,6 +126,22 @@ def test_flaky_job_succeeds_on_retry_and_no_retry_on_stops_it(engine: nbjobs.Eng
     stop = engine.options(retries=3, retry_base=0.01, no_retry_on=[ConnectionError]).enqueue(flaky, "b", 5)
     assert stop.wait(timeout=20) is JobState.FAILED
     assert CALLS["b"] == 1
+
+
+def test_exception_names_are_checked_and_stored_where_the_class_is_defined(engine: nbjobs.Engine) -> None:
+    """A name that can never match turned retries off (`retry_on`) or left them on (`no_retry_on`)
+    silently: a re-exported name (`json.JSONDecodeError` lives in `json.decoder`), a typo in an
+    imported module, one string of comma-separated names."""
+    opts = engine.options(no_retry_on=["json.JSONDecodeError", "nosuchmodule.Error", "HTTPError"]).job_options
+    assert opts.no_retry_on == ("json.decoder.JSONDecodeError", "nosuchmodule.Error", "HTTPError")
+    for bad, why in (("ValueError, KeyError", "give a list of names"), ("print", "not an exception class"),
+                     ("json.NoSuchError", "module json has no exception class NoSuchError")):
+        with pytest.raises(InvalidJobError, match=why):
+            engine.options(retry_on=[bad])
+    engine.start_server(workers=1)
+    job = engine.options(retries=3, retry_base=0.01, no_retry_on=["json.JSONDecodeError"]).enqueue(bad_json, "j")
+    assert job.wait(timeout=20) is JobState.FAILED
+    assert CALLS["j"] == 1 and "is in no_retry_on" in job.history()[-1].reason
 
 
 def test_schedule_runs_when_due_with_manual_clock(db_url: str) -> None:

@@ -132,8 +132,9 @@ class ReadsSqlMixin(SqlBase):
         if flt.search:
             term = flt.search.strip()
             cond = or_(
-                jobs.c.function.contains(term, autoescape=True),
-                jobs.c.name.contains(term, autoescape=True),
+                # In any case on both databases (SQLite's LIKE ignores ASCII case, PostgreSQL's does not).
+                jobs.c.function.icontains(term, autoescape=True),
+                jobs.c.name.icontains(term, autoescape=True),
             )
             if term.isdigit():
                 cond = or_(cond, jobs.c.id == int(term))

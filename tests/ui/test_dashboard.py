@@ -258,6 +258,8 @@ def test_keyset_paging_search_and_queue_filter(engine: nbjobs.Engine, dash_facto
 
     dash.search.value = "fetch-7"
     assert [r.job_id for r in dash.rows if r.box.layout.display != "none"] == [jobs[7].id]
+    dash.search.value = "FETCH-7"  # any case, on both databases (PostgreSQL's LIKE minds case)
+    assert [r.job_id for r in dash.rows if r.box.layout.display != "none"] == [jobs[7].id]
     dash.search.value = str(jobs[3].id)
     assert jobs[3].id in [r.job_id for r in dash.rows if r.box.layout.display != "none"]
     dash.search.value = ""

@@ -343,7 +343,7 @@ def _echo_entries(entries: list[tuple[int, str]], last: int) -> int:
 @click.option("--queue", default=None, help="Queue to run in [default: default].")
 @click.option("--priority", default=None, type=int, help="Higher runs first within its queue.")
 @click.option("--retries", default=None, type=click.IntRange(min=0), help="Retries after a failed attempt.")
-@click.option("--timeout", default=None, type=float, help="Seconds an attempt may take.")
+@click.option("--timeout", default=None, help="How long an attempt may take: seconds or '10m', '2h'.")
 @click.option("--key", default=None, help="Unique key: an unfinished job with it is returned instead.")
 @click.option("--lock", default=None, help="Jobs holding the same lock never run at once.")
 @click.option("--name", default=None, help="Name shown in listings and the dashboard.")
@@ -351,7 +351,7 @@ def _echo_entries(entries: list[tuple[int, str]], last: int) -> int:
               help="Run later: a time ('2026-11-29 09:00', local) or a delay ('10m', '2h').")
 @click.option("--wait", is_flag=True, help="Wait until it ends; print its result, or exit 1 with its error.")
 def enqueue(url: str | None, function: str, args: tuple[str, ...], kwargs: tuple[tuple[str, str], ...],
-            queue: str | None, priority: int | None, retries: int | None, timeout: float | None,
+            queue: str | None, priority: int | None, retries: int | None, timeout: str | None,
             key: str | None, lock: str | None, name: str | None, when: str | None, wait: bool) -> None:
     """Enqueue FUNCTION (module:function, importable here and where servers run) with ARGS.
 
@@ -369,7 +369,8 @@ def enqueue(url: str | None, function: str, args: tuple[str, ...], kwargs: tuple
                if isinstance(exc.__cause__, ImportError) else "check the function's name")
         raise click.BadParameter(f"{ref} cannot be imported here ({exc.__cause__ or exc}); {fix}",
                                  param_hint="FUNCTION") from None
-    options = _given(queue=queue, priority=priority, retries=retries, timeout=timeout, key=key, lock=lock,
+    limit = None if timeout is None else _parsed(values.seconds, timeout, "--timeout")
+    options = _given(queue=queue, priority=priority, retries=retries, timeout=limit, key=key, lock=lock,
                      name=name)
     call_args = [parse_cli_value(a) for a in args]
     call_kwargs = {k: parse_cli_value(v) for k, v in kwargs}

@@ -21,6 +21,14 @@ def ago(text: str | None) -> str | timedelta | None:
     return text if found is None else found
 
 
+def seconds(text: str) -> float:
+    """`--timeout` in seconds: '600', '10m', '1h30m' (the engine checks the range)."""
+    found = duration(text)
+    if found is None:
+        raise ValueError(f"{text!r} is not a duration; write seconds (600) or a duration ('10m', '2h')")
+    return found.total_seconds()
+
+
 def when(text: str) -> timedelta | datetime:
     """`--at` as a delay when it reads as one ('10m', or seconds), else a time (naive = local, as
     `schedule` reads it)."""

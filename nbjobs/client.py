@@ -153,24 +153,24 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
     if merged.get("retries", 0) < 0:
         raise InvalidJobError(f"retries must be 0 or more, got {merged['retries']}")
     for name in ("timeout", "expires"):
-        seconds = merged.get(name)
+        seconds = _seconds_of(merged.get(name))
         if seconds is None:
             continue
-        if isinstance(seconds, timedelta):
-            seconds = seconds.total_seconds()
         if not is_seconds(seconds, zero=False):
             raise InvalidJobError(
-                f"{name} must be a positive number of seconds (at most {LONGEST_SECONDS:,.0f}, 100 years) "
-                f"or a timedelta, got {merged[name]!r}; leave it out for no limit"
+                f"{name} must be a positive number of seconds (at most {LONGEST_SECONDS:,.0f}, 100 years), "
+                f"a duration such as '10m' or a timedelta, got {merged[name]!r}; leave it out for no limit"
             )
         merged[name] = float(seconds)
     for name in ("retry_base", "retry_cap"):
-        value = merged.get(name)
+        value = _seconds_of(merged.get(name))
         if value is not None and not is_seconds(value):
             raise InvalidJobError(
                 f"{name} must be a number of seconds from 0 to {LONGEST_SECONDS:,.0f} (100 years), "
-                f"got {value!r}"
+                f"a duration such as '30s' or a timedelta, got {merged[name]!r}"
             )
+        if value is not None:
+            merged[name] = value
     if merged.get("executor", "thread") not in EXECUTORS:
         raise InvalidJobError(f"executor must be one of {EXECUTORS}, got {merged['executor']!r}")
     if merged.get("serializer", "pickle") not in SERIALIZERS:
@@ -194,6 +194,16 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
         if merged.get(name):
             merged[name] = _exception_names(merged[name], name)
     return JobOptions(**merged)
+
+
+def _seconds_of(value: Any) -> Any:
+    """Seconds from a timedelta or a duration text ('10m', '1h30m', as `schedule` takes them);
+    anything else as given, for the caller's check to refuse."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, str) and (found := duration(value)) is not None:
+        return found.total_seconds()
+    return value
 
 
 #: When a scheduled job runs: a datetime (naive = local), an ISO string, a date, a delay.

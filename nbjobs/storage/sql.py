@@ -669,6 +669,8 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
                     conn, [(job_id, S.PROCESSING, f"cancel requested: {reason}")], now, None
                 )
                 return S.PROCESSING
+            if cancel_only and state is S.DELETED:
+                raise IllegalTransitionError(f"job {job_id} is already deleted; there is nothing to cancel")
             if cancel_only and state in FINAL_STATES:
                 raise IllegalTransitionError(
                     f"job {job_id} already finished ({state.value}); there is nothing to cancel. "

@@ -144,7 +144,7 @@ def _cell_parser() -> _Parser:
     p.add_argument("--queue", default="default", help="queue name (private to this kernel)")
     p.add_argument("--name", default=None, help="a name shown in tables and the dashboard")
     p.add_argument("--retries", type=int, default=0, help="retries after a failure (default 0)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds before the job is cancelled")
+    p.add_argument("--timeout", default=None, help="how long before the job is cancelled: seconds or '10m'")
     p.add_argument("--priority", type=int, default=0)
     p.add_argument("--lock", default=None, metavar="NAME",
                    help="jobs holding the same lock never run at once (cells writing one file, say)")

@@ -57,13 +57,16 @@ def invoke(*args: str) -> tuple[int, str, str]:
 def test_enqueue_reads_arguments_as_literals_and_takes_options(engine: nbjobs.Engine) -> None:
     code, out, _ = invoke("enqueue", "--url", engine.url, f"{HERE}.add", "2", "3", "-k", "scale", "10",
                           "--queue", "cli", "--priority", "5", "--retries", "1", "--name", "sum",
-                          "--key", "sum-2-3")
+                          "--key", "sum-2-3", "--timeout", "10m")
     assert code == 0
     job = engine.job(int(out.split()[1]))
     assert out == f"job {job.id} enqueued\n"
     record = job.record()
     assert (record.function, record.queue, record.name) == (f"{HERE}:add", "cli", "sum")
     assert (record.options.priority, record.options.retries, record.options.key) == (5, 1, "sum-2-3")
+    assert record.options.timeout == 600
+    code, _, err = invoke("enqueue", "--url", engine.url, f"{HERE}:add", "2", "--timeout", "soon")
+    assert code == 2 and "--timeout" in err and "'soon' is not a duration" in err
     # The same key again returns the unfinished job instead of storing a second one.
     code, again, _ = invoke("enqueue", "--url", engine.url, f"{HERE}:add", "2", "--key", "sum-2-3")
     assert code == 0 and again == out

@@ -139,7 +139,8 @@ def test_exception_names_are_checked_and_stored_where_the_class_is_defined(engin
         with pytest.raises(InvalidJobError, match=why):
             engine.options(retry_on=[bad])
     engine.start_server(workers=1)
-    job = engine.options(retries=3, retry_base=0.01, no_retry_on=["json.JSONDecodeError"]).enqueue(bad_json, "j")
+    job = engine.options(retries=3, retry_base=0.01, no_retry_on=["json.JSONDecodeError"]).enqueue(
+        bad_json, "j")
     assert job.wait(timeout=20) is JobState.FAILED
     assert CALLS["j"] == 1 and "is in no_retry_on" in job.history()[-1].reason
 
@@ -227,7 +228,7 @@ def test_continuation_waits_in_awaiting_without_server(engine: nbjobs.Engine) ->
 def test_requeue_delete_cancel(engine: nbjobs.Engine) -> None:
     job = engine.options(retries=0).enqueue(boom, "once")
     assert job.cancel().state is JobState.DELETED  # not started: cancelled at once
-    with pytest.raises(IllegalTransitionError, match="nothing to cancel"):
+    with pytest.raises(IllegalTransitionError, match=r"is already deleted; there is nothing to cancel$"):
         job.cancel()
     job.requeue()
     assert job.state is JobState.ENQUEUED
@@ -285,6 +286,19 @@ def test_server_only_takes_its_queues(engine: nbjobs.Engine) -> None:
     engine.start_server(workers=1, queues=["default"])
     assert mine.result(timeout=10) == 2
     assert other.state is JobState.ENQUEUED
+
+
+def test_durations_are_taken_as_text_or_timedelta(engine: nbjobs.Engine) -> None:
+    """`timeout="10m"` as `schedule("10m", …)` reads it; a text that is no duration is refused."""
+    durations = engine.options(timeout="10m", expires="1h30m", retry_base="30s", retry_cap=timedelta(hours=2))
+    job = durations.enqueue(add, 1)
+    options = job.record().options
+    assert (options.timeout, options.expires, options.retry_base, options.retry_cap) == (600, 5400, 30, 7200)
+    with pytest.raises(InvalidJobError, match=r"timeout must be .* a duration such as '10m'.*'ten minutes'"):
+        engine.options(timeout="ten minutes")
+    with pytest.raises(InvalidJobError, match=r"retry_base must be .*got '-5s'"):
+        engine.options(retry_base="-5s")
+    assert len(engine.jobs()) == 1
 
 
 def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.Engine) -> None:

@@ -44,7 +44,7 @@ def test_a_function_defined_in_a_cell_runs_as_a_job(shell: InteractiveShell) -> 
 
 def test_job_cell_runs_in_the_background_and_writes_names_back(shell: InteractiveShell) -> None:
     run(shell, "base = 16")
-    job = run(shell, "%%job --name fit\nimport math\ny = math.sqrt(base)\n"
+    job = run(shell, "%%job --name fit --timeout 10m\nimport math\ny = math.sqrt(base)\n"
                      "def helper():\n    return y * 2\nprint('fitted')\ny + 1")
     assert isinstance(job, nbjobs.Job)
     assert job.result(timeout=30) == 5.0
@@ -54,7 +54,7 @@ def test_job_cell_runs_in_the_background_and_writes_names_back(shell: Interactiv
     run(shell, "y = 10")
     assert helper() == 20
     record = job.record()
-    assert record.name == "fit" and record.options.retries == 0
+    assert record.name == "fit" and record.options.retries == 0 and record.options.timeout == 600
     assert record.queue == f"default@{private_queues.PROCESS_TAG}"
     assert job.logs() == "fitted\n"
 
@@ -73,6 +73,7 @@ def test_bad_options_and_syntax_errors_are_refused_at_the_cell(shell: Interactiv
     assert engine is not None
     before = len(engine.jobs())
     assert shell.run_cell("%%job --retries many\nx = 1").error_in_exec is not None
+    assert "timeout must be" in str(shell.run_cell("%%job --timeout soon\nx = 1").error_in_exec)
     assert shell.run_cell("%%job\nx = (").error_in_exec is not None
     queues_before = set(private_queues.registered())
     for queue in ("' io'", "''", "'*'"):  # the message names the queue as written, not its private form

@@ -58,8 +58,9 @@ def test_the_window_counts_from_when_the_job_is_enqueued_again(db_url: str) -> N
 
 
 def test_bad_expiries_are_refused_at_enqueue(engine: nbjobs.Engine) -> None:
-    for bad in (0, -5, float("nan"), float("inf"), "1m", True):
+    for bad in (0, -5, float("nan"), float("inf"), "a minute", "0s", True):
         with pytest.raises(InvalidJobError, match="expires must be a positive number of seconds"):
             engine.options(expires=bad).enqueue(notify, "x")
     assert engine.jobs().empty
     assert engine.options(expires=timedelta(seconds=90)).enqueue(notify, "x").record().options.expires == 90.0
+    assert engine.options(expires="2m").enqueue(notify, "x").record().options.expires == 120.0

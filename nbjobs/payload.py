@@ -485,7 +485,9 @@ class Codec:
         if serializer == "json":
             value: Any = {"args": list(args), "kwargs": dict(kwargs)}
             self._check_each(
-                args, kwargs, lambda v: json.dumps(v), "JSON-serializable", "serializer='pickle'"
+                args, kwargs, lambda v: json.dumps(v), "JSON-serializable",
+                "pass JSON values (str, numbers, bools, None, lists, dicts) or leave "
+                "out serializer='json'",
             )
             envelope = self.dumps(value, "json", "arguments")
             return self.signer.sign(_call_tag(args, kwargs) + _pack(envelope, by_value))

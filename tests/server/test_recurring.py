@@ -234,6 +234,27 @@ def test_remove_stops_firing_and_keeps_jobs(nb: nbjobs.Engine, clock: nbjobs.Man
         nb.trigger("r")
 
 
+def test_the_handle_recurring_returns_triggers_pauses_resumes_and_removes(
+    nb: nbjobs.Engine, clock: nbjobs.ManualClock
+) -> None:
+    """What a notebook keeps in a variable: `daily = nb.recurring(...)`, then `daily.pause()`."""
+    daily = nb.options(tz="Europe/Berlin").recurring("daily", "0 9 * * *", record, "daily")
+    assert repr(daily) == ("<Recurring 'daily' 0 9 * * * (Europe/Berlin) → "
+                           "tests.server.test_recurring:record, next 2026-01-05T08:00:00+00:00>")
+    assert daily.next_fire == datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+    assert daily.pause() is daily and daily.record().paused
+    assert repr(daily).endswith(", paused>")
+    nb.start_server(**SERVER)
+    job = daily.trigger()  # paused stops the schedule, not a run by hand
+    assert job.result(timeout=20) == "daily" and job.record().recurring_id == "daily"
+    assert daily.resume() is daily and not daily.record().paused
+    assert daily.next_fire == datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
+    assert daily.remove() is True and daily.remove() is False
+    assert repr(daily) == "<Recurring 'daily': removed>"
+    with pytest.raises(nbjobs.RecurringNotFoundError):
+        daily.trigger()
+
+
 # -- missed runs, overlap ------------------------------------------------------------------------------
 def test_misfire_policies_after_downtime(nb: nbjobs.Engine, clock: nbjobs.ManualClock) -> None:
     nb.options(misfire="once").recurring("once", "* * * * *", record, "once")

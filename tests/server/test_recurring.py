@@ -16,6 +16,7 @@ import pytest
 import nbjobs
 from nbjobs.model import JobState
 from nbjobs.server.recurring import RecurringDuty
+from nbjobs.server.scheduler import Scheduler
 from nbjobs.storage import JobFilter, SqlStore
 
 from ..conftest import wait_for
@@ -415,6 +416,34 @@ def test_concurrent_duties_claim_each_fire_time_once(db_url: str, clock: nbjobs.
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_failing_duty_is_logged_and_the_others_and_promotion_go_on(
+    nb: nbjobs.Engine, clock: nbjobs.ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One duty raising (a bug, a definition it cannot read) must not stop due jobs or other duties."""
+    later = nb.schedule(60, record, "due")
+    ran: list[int] = []
+
+    def broken() -> int:
+        raise RuntimeError("duty broke")
+
+    def counting() -> int:
+        ran.append(1)
+        return 0
+
+    store = SqlStore(nb.url)
+    try:
+        scheduler = Scheduler(store=store, clock=clock, wake_dispatcher=threading.Event(),
+                              changed=threading.Event(), duties=[broken, counting])
+        clock.advance(61)
+        with caplog.at_level("ERROR", logger="nbjobs.server"):
+            assert scheduler.tick() == 1  # the due job was promoted
+        assert later.state is JobState.ENQUEUED and ran == [1]
+        assert "scheduler duty" in caplog.text and "duty broke" in caplog.text
+        assert scheduler.wake_dispatcher.is_set()
+    finally:
+        store.close()
 
 
 # -- CLI and module-level API -------------------------------------------------------------------------------

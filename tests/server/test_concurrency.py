@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import operator
 import threading
 from collections import Counter
+from pathlib import Path
+
+import pytest
 
 import nbjobs
 from nbjobs import JobState
+from nbjobs.storage import dialects
 
 from ..conftest import wait_for
 
@@ -45,3 +50,19 @@ def test_two_engines_share_one_database_without_double_runs(db_url: str) -> None
         a.close()
         b.close()
     assert len(SEEN) == 1000 and set(SEEN.values()) == {1}
+
+
+def test_without_inotify_a_server_sees_another_engines_jobs_by_polling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """macOS and Windows (or Linux with inotify's instance limit reached): no directory watch, so a
+    server learns of another engine's or process's commits by polling `data_version`."""
+    monkeypatch.setattr(dialects._DirectoryWatch, "open", classmethod(lambda cls, path: None))
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    with nbjobs.connect(url, secret="s") as served, nbjobs.connect(url, secret="s") as other:
+        served.start_server(workers=2)
+        assert served.server is not None and served.server._listener._watch is None
+        job = other.enqueue(operator.add, 2, 3)  # wakes nothing in `served`'s process but its poll
+        assert job.result(timeout=10) == 5
+        later = other.schedule(0.5, operator.mul, 2, 3)  # promoted by the server's scheduler
+        assert later.result(timeout=10) == 6

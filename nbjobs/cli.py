@@ -121,7 +121,7 @@ def demo(url: str | None) -> None:
 
 @cli.command("jobs")
 @url_option
-@click.option("--state", default=None, help="Only jobs in this state (e.g. failed).")
+@click.option("--state", default=None, help="Only jobs in this state (e.g. failed; or failed,deleted).")
 @click.option("--queue", default=None, help="Only jobs in this queue.")
 @click.option("--name", default=None, help="Only jobs with this name.")
 @click.option("--lock", default=None, help="Only jobs of this lock (holding it: --state processing).")

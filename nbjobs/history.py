@@ -28,9 +28,12 @@ _TIME_COLUMNS = ["created_at", "enqueued_at", "run_at", "started_at", "finished_
 
 
 def _parse_states(state: str | JobState | Sequence[str | JobState] | None) -> tuple[JobState, ...]:
+    """One state, a list, or names separated by commas ("failed,deleted", as `--state` takes them)."""
     if state is None:
         return ()
-    items = [state] if isinstance(state, str | JobState) else list(state)
+    if isinstance(state, JobState):
+        return (state,)
+    items = state.split(",") if isinstance(state, str) else list(state)
     return tuple(JobState.parse(s) for s in items)
 
 

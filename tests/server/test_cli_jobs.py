@@ -212,6 +212,8 @@ def test_requeue_and_delete_take_filters_and_ask_first(engine: nbjobs.Engine) ->
     code, out, _ = invoke("delete", "--url", engine.url, "--queue", "etl", "--since", "1h", "--yes")
     assert code == 0 and sorted(out.splitlines()) == sorted(
         [f"job {failed[0].id} deleted", f"job {failed[1].id} deleted", f"job {good.id} deleted"])
+    code, out, _ = invoke("requeue", "--url", engine.url, "--state", "failed,deleted", "--yes")  # either
+    assert code == 0 and sorted(out.splitlines()) == sorted(f"job {j.id} requeued" for j in [*failed, good])
     code, out, _ = invoke("requeue", "--url", engine.url, "--state", "failed", "--queue", "nowhere")
     assert code == 0 and out == "no job matches (state failed, queue nowhere)\n"
     for args, message in [([], "give the ids of the jobs to requeue, or filters such as --state failed"),

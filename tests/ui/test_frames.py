@@ -66,6 +66,9 @@ def test_jobs_frame_has_the_documented_columns_and_dtypes(finished: nbjobs.Engin
 def test_filters_run_in_the_database(finished: nbjobs.Engine) -> None:
     assert set(finished.jobs(state="failed")["function"]) == {f"{__name__}:boom"}
     assert len(finished.jobs(state=["succeeded", "scheduled"])) == 5
+    assert len(finished.jobs(state="Succeeded, scheduled")) == 5  # as `nbjobs jobs --state` takes it
+    with pytest.raises(nbjobs.UnknownStateError, match="unknown job state 'done'"):
+        finished.jobs(state="succeeded,done")
     assert set(finished.jobs(queue="io")["queue"]) == {"io"} and len(finished.jobs(queue="io")) == 3
     assert len(finished.jobs(function="boom")) == 1
     assert len(finished.jobs(limit=2)) == 2

@@ -206,6 +206,14 @@ def _seconds_of(value: Any) -> Any:
     return value
 
 
+def check_options(options: Mapping[str, Any]) -> None:
+    """Refuse bad options (job and recurring ones) as `Client` would, without an engine: for
+    decorators, which take them long before the first enqueue."""
+    job_options = dict(options)
+    recurring_client.split_options(job_options)  # takes out and checks the recurring ones
+    build_options({}, job_options)
+
+
 #: When a scheduled job runs: a datetime (naive = local), an ISO string, a date, a delay.
 When = datetime | date | timedelta | int | float | str
 

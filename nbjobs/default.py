@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from . import private_queues
-from .client import Client, InJob, Job, JobFunction, NotebookJob, When
+from .client import Client, InJob, Job, JobFunction, NotebookJob, When, check_options
 from .context import current_job_or_none
 from .engine import Engine, connect, discard_private_jobs
 from .errors import ConfigurationError
@@ -276,6 +276,7 @@ def job(target: Any = None, /, **opts: Any) -> Any:
     """`nbjobs.job(42)` → that Job; `@nbjobs.job` / `@nbjobs.job(queue=…)` → a job function."""
     if target is not None and not callable(target):  # 42 or "42"; "abc" or 4.2 is refused as an id
         return default_engine().job(target)
+    check_options(opts)  # at the decorator, not at the first enqueue
     if target is None:
         return lambda fn: _LazyJobFunction(fn, opts)
     return _LazyJobFunction(target, opts)

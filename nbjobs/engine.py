@@ -363,9 +363,10 @@ class Engine:
         """`nb.job(42)` → the Job with id 42; `@nb.job` or `@nb.job(queue=…)` → a job function."""
         if target is not None and not callable(target):  # 42 or "42"; "abc" or 4.2 is refused as an id
             return self.client.job(target)
+        client = self.client.options(**options) if options else self.client  # checked now, not at use
         if target is None:
-            return lambda fn: self.client.job_function(fn, **options)
-        return self.client.job_function(target, **options)
+            return client.job_function
+        return client.job_function(target)
 
     def recurring(
         self, recurring_id: str, cron: str | timedelta, fn: Target, /, *args: Any, **kwargs: Any

@@ -304,6 +304,8 @@ def test_durations_are_taken_as_text_or_timedelta(engine: nbjobs.Engine) -> None
 def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.Engine) -> None:
     with pytest.raises(InvalidJobError, match="unknown job option"):
         engine.options(queu="x")
+    with pytest.raises(InvalidJobError, match="unknown job option"):
+        engine.job(queu="x")  # the decorator's options: at `@nb.job(...)`, not when it decorates
     with pytest.raises(InvalidJobError, match="define it with `def`"):
         engine.enqueue(lambda: 1)
     with pytest.raises(InvalidJobError, match="'add' is not a function's name; write it as 'module:"):

@@ -65,6 +65,18 @@ def test_a_decorated_function_binds_to_the_default_engine_when_used(env: Path) -
     assert (record.queue, record.options.retries) == ("io", 1)
 
 
+def test_a_decorators_bad_options_are_refused_where_it_decorates() -> None:
+    """At import of the module that decorates, not at its first enqueue: and with no engine opened."""
+    with pytest.raises(nbjobs.InvalidJobError, match=r"unknown job option\(s\) \['queu'\]"):
+        nbjobs.job(queu="io")
+    with pytest.raises(nbjobs.InvalidJobError, match="retries must be 0 or more"):
+        nbjobs.job(triple, retries=-1)
+    with pytest.raises(nbjobs.InvalidScheduleError, match="misfire"):
+        nbjobs.job(misfire="sometimes")
+    assert nbjobs.job(tz="Europe/Berlin", queue="io") is not None  # recurring options are options too
+    assert default.current_default() is None
+
+
 def test_a_decorated_method_is_bound_to_its_instance(env: Path) -> None:
     scaler = Scaler(5)
     assert scaler.scale(2) == 10  # it called the function without its instance

@@ -31,23 +31,26 @@ Daylight saving (the expression is matched against the wall clock of the schedul
     we do not: a schedule that names hour 2 runs through hour 2 once.
 
 Intervals
-    ``@every 90m`` (``d``, ``h``, ``m``, ``s``, combined as in ``@every 1h30m``; or a ``timedelta``
-    given to ``recurring``) fires every so much real time, what cron cannot say (every 90 minutes,
-    every 7 seconds), as APScheduler's interval trigger and Celery beat's timedelta schedules do. The
-    fire times are the Unix epoch plus whole multiples of the interval (``@every 90m``: 00:00, 01:30,
-    03:00 … UTC), so every server computes the same ones with nothing stored, as cron steps are
-    aligned; daylight saving does not touch them, and a time zone is refused as meaningless.
+    ``@every 90m`` (``d``, ``h``, ``m``, ``s``, combined as in ``@every 1h30m``; or ``90m`` alone, or
+    a ``timedelta`` given to ``recurring``) fires every so much real time, what cron cannot say (every
+    90 minutes, every 7 seconds), as APScheduler's interval trigger and Celery beat's timedelta
+    schedules do. The fire times are the Unix epoch plus whole multiples of the interval (``@every
+    90m``: 00:00, 01:30, 03:00 … UTC), so every server computes the same ones with nothing stored, as
+    cron steps are aligned; daylight saving does not touch them, and a time zone is refused as
+    meaningless.
 """
 
 from __future__ import annotations
 
+import difflib
+import functools
 import re
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from croniter import CroniterBadDateError, CroniterError, croniter
 
@@ -96,6 +99,8 @@ _PROBE_START = datetime(2000, 1, 1)
 _EVERY = re.compile(r"@every\s+(.*)", re.IGNORECASE)
 _DURATION_PART = re.compile(r"(\d+)([dhms])")
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+#: An interval written alone ('10m', '1h30m', as `schedule` and `timeout` take durations).
+_LONE_DURATION = re.compile(r"(?:\d+[dhms])+", re.IGNORECASE)
 EVERY_MAX = 366 * 86400  #: the longest interval, in seconds (a year: longer ones are a date)
 #: Where interval fire times are counted from.
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -137,10 +142,22 @@ def parse_zone(tz: str) -> ZoneInfo:
             raise ValueError("empty")
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
-        raise InvalidScheduleError(
-            f"unknown time zone {tz!r}; use an IANA name such as 'UTC', 'Europe/Berlin' or "
-            "'America/New_York' (see zoneinfo.available_timezones())"
-        ) from None
+        pass
+    known = _zone_names()
+    if name.lower() in known:  # 'europe/berlin': the zone, under its own spelling
+        return ZoneInfo(known[name.lower()])
+    close = difflib.get_close_matches(name.lower(), known, n=1, cutoff=0.75)
+    hint = f" (did you mean {known[close[0]]!r}?)" if close else ""
+    raise InvalidScheduleError(
+        f"unknown time zone {tz!r}{hint}; use an IANA name such as 'UTC', 'Europe/Berlin' or "
+        "'America/New_York' (see zoneinfo.available_timezones())"
+    )
+
+
+@functools.cache
+def _zone_names() -> dict[str, str]:
+    """Every zone this machine knows, by its lower-case name (read once: it lists files)."""
+    return {name.lower(): name for name in available_timezones()}
 
 
 def parse_schedule(expr: str, tz: str = "UTC") -> CronSchedule:
@@ -155,6 +172,8 @@ def parse_schedule(expr: str, tz: str = "UTC") -> CronSchedule:
         )
     zone = parse_zone(tz)
     text = " ".join(expr.split())
+    if _LONE_DURATION.fullmatch(text):  # '10m', '1h30m': no cron expression has one field
+        text = f"@every {text}"
     every = _every_seconds(text)
     if every is not None:
         if zone.key != "UTC":
@@ -184,7 +203,7 @@ def parse_schedule(expr: str, tz: str = "UTC") -> CronSchedule:
         raise InvalidScheduleError(
             f"cron expression {text!r} has {len(parts)} fields; use 5 (minute hour day-of-month "
             "month day-of-week) or 6 with seconds first (second minute hour day-of-month month "
-            "day-of-week)"
+            "day-of-week), or an interval such as '10m'"
         )
     has_seconds = len(parts) == 6
     names = _FIELDS_6 if has_seconds else _FIELDS_5

@@ -147,6 +147,14 @@ def test_unknown_time_zone(tz: str) -> None:
         parse_schedule("0 9 * * *", tz)
 
 
+def test_a_zone_is_found_in_any_case_and_a_near_miss_is_named() -> None:
+    assert parse_schedule("0 9 * * *", "europe/berlin").tz == "Europe/Berlin"  # stored as IANA spells it
+    assert parse_schedule("0 9 * * *", "utc").tz == "UTC"
+    near_miss = r"'America/NewYork' \(did you mean 'America/New_York'\?\)"
+    with pytest.raises(InvalidScheduleError, match=near_miss):
+        parse_schedule("0 9 * * *", "America/NewYork")
+
+
 def test_schedule_errors_are_configuration_errors() -> None:
     assert issubclass(InvalidScheduleError, ConfigurationError)
     assert issubclass(InvalidScheduleError, ValueError)
@@ -505,6 +513,7 @@ def test_an_interval_fires_every_so_much_real_time_counted_from_the_epoch() -> N
     assert next_fire(every, utc(2026, 11, 28, 16, 30)) == utc(2026, 11, 28, 18)  # strictly after
     assert prev_fire(every, utc(2026, 11, 28, 16, 30)) == utc(2026, 11, 28, 16, 30)  # at or before
     assert prev_fire(every, utc(2026, 11, 28, 17, 59, 59)) == utc(2026, 11, 28, 16, 30)
+    assert parse_schedule("90m").expr == parse_schedule(" 1H30m ").expr == "@every 1h30m"  # alone, too
     seven = parse_schedule("@every 7s")  # what "*/7 * * * * *" cannot say: it jumps 56 → 0
     gaps = {b - a for a, b in pairwise(_take(iter_fires(seven, utc(2026, 3, 29, 0, 59, 50)), 20))}
     assert gaps == {timedelta(seconds=7)}
@@ -528,6 +537,9 @@ def test_an_interval_keeps_its_rhythm_over_daylight_saving_and_long_outages() ->
     ("@every 90", "UTC", "'90' in '@every 90' is not a duration; write whole numbers with units"),
     ("@every 1.5h", "UTC", "is not a duration"),
     ("@every 0s", "UTC", "is 0 seconds; use 1 second to 366 days"),
+    ("0s", "UTC", "is 0 seconds; use 1 second to 366 days"),
+    ("90", "UTC", "has 1 fields; use 5 (minute hour day-of-month month day-of-week) or 6 with seconds "
+                  "first (second minute hour day-of-month month day-of-week), or an interval such as '10m'"),
     ("@every 400d", "UTC", "use 1 second to 366 days"),
     ("@every 2h", "Europe/Paris", "a time zone (Europe/Paris) would change nothing: leave tz out"),
 ])

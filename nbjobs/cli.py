@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 import pandas as pd
@@ -150,6 +150,26 @@ def _given(**options: object) -> dict[str, object]:
     return {name: value for name, value in options.items() if value is not None}
 
 
+class _Seconds(click.ParamType):  # type: ignore[type-arg]  # generic from click 8.2, not in 8.1
+    """Seconds on the command line, as a number or a duration: '600', '10m', '1h30m'."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        try:
+            seconds = values.seconds(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if seconds < 0:
+            self.fail(f"{value!r} is negative; give a duration from 0", param, ctx)
+        return seconds
+
+
+SECONDS = _Seconds()
+
+
 def _parsed(parse: Callable[[str], T], text: str, param: str) -> T:
     """A command-line value read by `cli_values`, its ValueError shown as click's usage error."""
     try:
@@ -225,7 +245,7 @@ WAIT_TIMED_OUT = 124
 @cli.command()
 @url_option
 @click.argument("job_ids", nargs=-1, type=int, required=True)
-@click.option("--timeout", default=None, type=click.FloatRange(min=0), help="Seconds to wait at most.")
+@click.option("--timeout", default=None, type=SECONDS, help="How long to wait at most: seconds or '10m'.")
 def wait(url: str | None, job_ids: tuple[int, ...], timeout: float | None) -> None:
     """Wait until the jobs end, printing each as it does: exit 0 if all succeeded, 1 if one failed
     or was deleted, 124 if the timeout passed first (for scripts and schedulers)."""
@@ -343,7 +363,7 @@ def _echo_entries(entries: list[tuple[int, str]], last: int) -> int:
 @click.option("--queue", default=None, help="Queue to run in [default: default].")
 @click.option("--priority", default=None, type=int, help="Higher runs first within its queue.")
 @click.option("--retries", default=None, type=click.IntRange(min=0), help="Retries after a failed attempt.")
-@click.option("--timeout", default=None, help="How long an attempt may take: seconds or '10m', '2h'.")
+@click.option("--timeout", default=None, type=SECONDS, help="How long an attempt may take: seconds or '10m'.")
 @click.option("--key", default=None, help="Unique key: an unfinished job with it is returned instead.")
 @click.option("--lock", default=None, help="Jobs holding the same lock never run at once.")
 @click.option("--name", default=None, help="Name shown in listings and the dashboard.")
@@ -351,7 +371,7 @@ def _echo_entries(entries: list[tuple[int, str]], last: int) -> int:
               help="Run later: a time ('2026-11-29 09:00', local) or a delay ('10m', '2h').")
 @click.option("--wait", is_flag=True, help="Wait until it ends; print its result, or exit 1 with its error.")
 def enqueue(url: str | None, function: str, args: tuple[str, ...], kwargs: tuple[tuple[str, str], ...],
-            queue: str | None, priority: int | None, retries: int | None, timeout: str | None,
+            queue: str | None, priority: int | None, retries: int | None, timeout: float | None,
             key: str | None, lock: str | None, name: str | None, when: str | None, wait: bool) -> None:
     """Enqueue FUNCTION (module:function, importable here and where servers run) with ARGS.
 
@@ -369,8 +389,7 @@ def enqueue(url: str | None, function: str, args: tuple[str, ...], kwargs: tuple
                if isinstance(exc.__cause__, ImportError) else "check the function's name")
         raise click.BadParameter(f"{ref} cannot be imported here ({exc.__cause__ or exc}); {fix}",
                                  param_hint="FUNCTION") from None
-    limit = None if timeout is None else _parsed(values.seconds, timeout, "--timeout")
-    options = _given(queue=queue, priority=priority, retries=retries, timeout=limit, key=key, lock=lock,
+    options = _given(queue=queue, priority=priority, retries=retries, timeout=timeout, key=key, lock=lock,
                      name=name)
     call_args = [parse_cli_value(a) for a in args]
     call_kwargs = {k: parse_cli_value(v) for k, v in kwargs}
@@ -592,8 +611,8 @@ def servers_cmd(url: str | None, fmt: str) -> None:
               help="A parameter (repeatable); VALUE is read as a Python literal if it is one, else a string.")
 @click.option("--queue", default=None, help="Queue to run in [default: default].")
 @click.option("--retries", default=None, type=click.IntRange(min=0), help="Retries after a failed run.")
-@click.option("--timeout", default=None, type=float, help="Seconds the whole run may take.")
-@click.option("--cell-timeout", default=None, type=float, help="Seconds each cell may take.")
+@click.option("--timeout", default=None, type=SECONDS, help="How long the whole run may take (600, '1h').")
+@click.option("--cell-timeout", default=None, type=SECONDS, help="How long each cell may take (60, '2m').")
 @click.option("--lock", default=None, help="Runs holding the same lock never run at once (one report file).")
 @click.option("--kernel", "kernel_name", default=None, help="Kernel name [default: the notebook's].")
 @click.option("--cwd", default=None, help="Working folder of the kernel [default: the notebook's folder].")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import context, notebooks, private_queues, recurring_client
 from .callbacks import DoneCallbacks
-from .clock import Clock, duration, user_time
+from .clock import Clock, duration, seconds_of, user_time
 from .copies import BOUND_FIX, NOT_COPIED
 from .errors import (
     InvalidJobError,
@@ -153,7 +153,7 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
     if merged.get("retries", 0) < 0:
         raise InvalidJobError(f"retries must be 0 or more, got {merged['retries']}")
     for name in ("timeout", "expires"):
-        seconds = _seconds_of(merged.get(name))
+        seconds = seconds_of(merged.get(name))
         if seconds is None:
             continue
         if not is_seconds(seconds, zero=False):
@@ -163,7 +163,7 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
             )
         merged[name] = float(seconds)
     for name in ("retry_base", "retry_cap"):
-        value = _seconds_of(merged.get(name))
+        value = seconds_of(merged.get(name))
         if value is not None and not is_seconds(value):
             raise InvalidJobError(
                 f"{name} must be a number of seconds from 0 to {LONGEST_SECONDS:,.0f} (100 years), "
@@ -194,16 +194,6 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
         if merged.get(name):
             merged[name] = _exception_names(merged[name], name)
     return JobOptions(**merged)
-
-
-def _seconds_of(value: Any) -> Any:
-    """Seconds from a timedelta or a duration text ('10m', '1h30m', as `schedule` takes them);
-    anything else as given, for the caller's check to refuse."""
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, str) and (found := duration(value)) is not None:
-        return found.total_seconds()
-    return value
 
 
 def check_options(options: Mapping[str, Any]) -> None:
@@ -585,7 +575,7 @@ class Client:
         kernel_name: str | None = None,
         cwd: str | os.PathLike[str] | None = None,
         output_dir: str | os.PathLike[str] | None = None,
-        cell_timeout: float | None = None,
+        cell_timeout: float | str | timedelta | None = None,
         export: str | Sequence[str] | None = None,
         **options: Any,
     ) -> NotebookJob:
@@ -631,7 +621,7 @@ class Client:
         kernel_name: str | None = None,
         cwd: str | os.PathLike[str] | None = None,
         output_dir: str | os.PathLike[str] | None = None,
-        cell_timeout: float | None = None,
+        cell_timeout: float | str | timedelta | None = None,
         export: str | Sequence[str] | None = None,
         **options: Any,
     ) -> recurring_client.Recurring:

@@ -11,7 +11,7 @@ import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
-from typing import Protocol
+from typing import Any, Protocol
 
 
 def utcnow() -> datetime:
@@ -74,6 +74,16 @@ def duration(text: str) -> timedelta | None:
     except (ValueError, OverflowError):
         return None
     return None if pd.isna(found) else found.to_pytimedelta()
+
+
+def seconds_of(value: Any) -> Any:
+    """Seconds from a timedelta or a duration text ('10m', '1h30m', as `schedule` takes them);
+    anything else as given, for the caller's check to refuse."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, str) and (found := duration(value)) is not None:
+        return found.total_seconds()
+    return value
 
 
 class Clock(Protocol):

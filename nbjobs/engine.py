@@ -338,7 +338,7 @@ class Engine:
         kernel_name: str | None = None,
         cwd: str | os.PathLike[str] | None = None,
         output_dir: str | os.PathLike[str] | None = None,
-        cell_timeout: float | None = None,
+        cell_timeout: float | str | timedelta | None = None,
         export: str | Sequence[str] | None = None,
         **options: Any,
     ) -> NotebookJob:

@@ -18,11 +18,12 @@ import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import context, notebooks
-from ..clock import SystemClock
+from ..clock import SystemClock, seconds_of
 from ..errors import (
     InvalidJobError,
     JobCancelled,
@@ -30,6 +31,7 @@ from ..errors import (
     NotebookCellTimeoutError,
     NotebookError,
     caller_stacklevel,
+    is_seconds,
 )
 
 if TYPE_CHECKING:
@@ -272,7 +274,7 @@ def notebook_call(
     kernel_name: str | None = None,
     cwd: str | os.PathLike[str] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
-    cell_timeout: float | None = None,
+    cell_timeout: float | str | timedelta | None = None,
     export: str | Sequence[str] | None = None,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Check a notebook job at enqueue and return the arguments of its `run_notebook` call.
@@ -293,9 +295,10 @@ def notebook_call(
     if kernel_name is not None and (not isinstance(kernel_name, str) or not kernel_name):
         raise InvalidJobError(f"kernel_name must be a kernel's name such as 'python3', got {kernel_name!r}")
     _warn_if_kernel_missing(notebooks.kernel_name(parsed, kernel_name), source)
-    bad_number = isinstance(cell_timeout, bool) or not isinstance(cell_timeout, int | float)
-    if cell_timeout is not None and (bad_number or cell_timeout <= 0):
-        raise InvalidJobError(f"cell_timeout must be a positive number of seconds, got {cell_timeout!r}")
+    per_cell = seconds_of(cell_timeout)
+    if per_cell is not None and not is_seconds(per_cell, zero=False):
+        raise InvalidJobError(f"cell_timeout must be a positive number of seconds, a duration such as '2m' "
+                              f"or a timedelta, got {cell_timeout!r}; leave it out for no limit")
     folder = Path(cwd).expanduser().absolute() if cwd is not None else None
     if folder is not None and not folder.is_dir():
         raise InvalidJobError(f"cwd {folder} is not a folder; give the folder the notebook should run in "
@@ -309,7 +312,7 @@ def notebook_call(
         "kernel_name": kernel_name,
         "cwd": str(folder) if folder is not None else None,
         "output_dir": str(runs) if runs is not None else None,
-        "cell_timeout": float(cell_timeout) if cell_timeout is not None else None,
+        "cell_timeout": float(per_cell) if per_cell is not None else None,
     }
     if formats:  # only when given: runs stored by versions without `export` read the same
         kwargs["export"] = list(formats)

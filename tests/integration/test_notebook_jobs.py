@@ -124,8 +124,9 @@ def test_bad_notebook_jobs_are_refused_at_enqueue(nb: nbjobs.Engine, tmp_path: P
         nb.enqueue_notebook(SALES, {"region": "EMEA", "since": object()})
     with pytest.raises(InvalidJobError, match="parameter 'regions'"):
         nb.options(queue="reports").enqueue_notebook(SALES, {"regions": {"EMEA", "APAC"}})
-    with pytest.raises(InvalidJobError, match="cell_timeout"):
-        nb.enqueue_notebook(SALES, cell_timeout=0)
+    for bad in (0, float("nan"), float("inf"), "soon", True):  # NaN and infinity were taken
+        with pytest.raises(InvalidJobError, match="cell_timeout must be a positive number of seconds"):
+            nb.enqueue_notebook(SALES, cell_timeout=bad)  # type: ignore[arg-type]
     with pytest.raises(InvalidJobError, match="unknown job option"):
         nb.enqueue_notebook(SALES, colour="red")
     with pytest.raises(InvalidJobError, match=r"cwd .*missing-folder is not a folder"):
@@ -147,6 +148,8 @@ def test_bad_notebook_jobs_are_refused_at_enqueue(nb: nbjobs.Engine, tmp_path: P
     finally:
         nbjobs.set_default_engine(previous)
     assert nb.jobs().empty  # nothing was stored
+    nb.enqueue_notebook(SALES, cell_timeout="2m")  # a duration, as `timeout` and `schedule` take
+    assert nb.jobs(args=True)["args"].item().endswith("cell_timeout=120.0")
 
 
 def test_unknown_kernel_fails_with_a_clear_error(nb: nbjobs.Engine, tmp_path: Path) -> None:

@@ -93,9 +93,11 @@ def test_wait_prints_each_job_as_it_ends_and_exits_by_how_they_ended(engine: nbj
 
     blocked = engine.enqueue(held)
     try:
-        result = CliRunner().invoke(cli, ["wait", "--url", engine.url, "--timeout", "0.05", str(blocked.id)])
+        result = CliRunner().invoke(cli, ["wait", "--url", engine.url, "--timeout", "50ms", str(blocked.id)])
         assert result.exit_code == 124
         assert f"1 of 1 jobs are unfinished after 0.05s (ids {blocked.id})" in result.output
+        result = CliRunner().invoke(cli, ["wait", "--url", engine.url, "--timeout", "-1s", str(blocked.id)])
+        assert result.exit_code == 2 and "'-1s' is negative; give a duration from 0" in result.output
         result = CliRunner().invoke(cli, ["wait", "--url", engine.url, "999999"])
         assert result.exit_code != 0 and "do not exist (ids 999999)" in str(result.exception)
     finally:

@@ -162,19 +162,21 @@ def test_logs_follow_prints_output_while_the_job_runs_and_exits_with_its_outcome
     job = engine.enqueue(chatty, 3)
     wait_for(lambda: engine.store.read_log_entries(job.id), timeout=30)
     env = {**os.environ, "NBJOBS_SECRET": SECRET}
-    proc = subprocess.Popen(
+    with subprocess.Popen(  # closes its pipes whatever happens (a failure here left them to the next test)
         [sys.executable, "-m", "nbjobs", "logs", "--url", engine.url, str(job.id), "--follow",
          "--interval", "0.05"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == "line 0\n"
-        assert job.state is nbjobs.JobState.PROCESSING  # it printed while the job was running
-        GATE.set()
-        out, err = proc.communicate(timeout=60)
-    finally:
-        GATE.set()
-        proc.kill()
-        proc.wait(10)
+    ) as proc:
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            first = proc.stdout.readline()
+            assert first == "line 0\n", first or proc.stderr.read()  # at EOF: why the command ended
+            assert job.state is nbjobs.JobState.PROCESSING  # it printed while the job was running
+            GATE.set()
+            out, err = proc.communicate(timeout=60)
+        finally:
+            GATE.set()
+            proc.kill()
+            proc.wait(10)
     assert out == "line 1\nline 2\n"
     assert err == f"job {job.id} succeeded\n" and proc.returncode == 0
 

@@ -43,6 +43,11 @@ class RunsOnlyHereWarning(UserWarning):
     or too much of the notebook's data): its jobs run only on servers of this process."""
 
 
+class NoParametersCellWarning(UserWarning):
+    """A notebook job's parameters would be overwritten by the notebook's own code: it has no cell
+    tagged `parameters` to set them after, and assigns them itself."""
+
+
 class DuplicateServerWarning(UserWarning):
     """A server starts in a process that already runs one on the same database, from another engine
     (typically a notebook cell with `connect()` and `start_server()` run again)."""

@@ -153,6 +153,30 @@ def inject_parameters(nb: NotebookNode, parameters: Mapping[str, Any]) -> Notebo
     return out
 
 
+def overwritten_parameters(nb: NotebookNode, parameters: Mapping[str, Any]) -> list[str]:
+    """The parameters a notebook without a `parameters` cell assigns itself, in its own code: their
+    injected values, set before its first cell, would be overwritten without a word."""
+    if not parameters or any(tagged(c, PARAMETERS_TAG) for c in nb.cells):
+        return []
+    from IPython.core.inputtransformer2 import TransformerManager  # `%magic` lines as Python
+
+    transform = TransformerManager().transform_cell  # type: ignore[no-untyped-call]
+    assigned: set[str] = set()
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code" or tagged(cell, INJECTED_TAG):
+            continue
+        try:
+            body = ast.parse(transform(cell.get("source", ""))).body
+        except SyntaxError:  # the run will say so
+            continue
+        for statement in body:  # the notebook's top level: what sets a parameter's name
+            targets = (statement.targets if isinstance(statement, ast.Assign)
+                       else [statement.target] if isinstance(statement, ast.AnnAssign) else [])
+            assigned.update(node.id for target in targets for node in ast.walk(target)
+                            if isinstance(node, ast.Name))
+    return [name for name in parameters if name in assigned]
+
+
 def kernel_name(nb: NotebookNode, override: str | None = None) -> str:
     """The kernel to run: the option, else the notebook's kernelspec, else python3."""
     if override:

@@ -27,6 +27,7 @@ from ..clock import SystemClock, seconds_of
 from ..errors import (
     InvalidJobError,
     JobCancelled,
+    NoParametersCellWarning,
     NotebookCellError,
     NotebookCellTimeoutError,
     NotebookError,
@@ -292,6 +293,14 @@ def notebook_call(
         raise InvalidJobError(f"notebook {source} cannot be read: {exc}") from None
     parsed = notebooks.parse_notebook(text, str(source))
     params = notebooks.check_parameters(parameters)
+    overwritten = notebooks.overwritten_parameters(parsed, params)
+    if overwritten:
+        warnings.warn(
+            f"{source.name} has no cell tagged {notebooks.PARAMETERS_TAG!r}, and its own code assigns "
+            f"{', '.join(overwritten)}: the parameters are set before its first cell, so that code "
+            f"overwrites them. Tag the cell that sets their defaults {notebooks.PARAMETERS_TAG!r} (the "
+            "parameters are set right after it, as papermill does)",
+            NoParametersCellWarning, stacklevel=caller_stacklevel())
     if kernel_name is not None and (not isinstance(kernel_name, str) or not kernel_name):
         raise InvalidJobError(f"kernel_name must be a kernel's name such as 'python3', got {kernel_name!r}")
     _warn_if_kernel_missing(notebooks.kernel_name(parsed, kernel_name), source)

@@ -148,8 +148,17 @@ def test_bad_notebook_jobs_are_refused_at_enqueue(nb: nbjobs.Engine, tmp_path: P
     finally:
         nbjobs.set_default_engine(previous)
     assert nb.jobs().empty  # nothing was stored
+    nb.stop_server()  # the jobs below are checked as stored, not run (a run writes beside the notebook)
+    untagged = tmp_path / "untagged.ipynb"
+    untagged.write_text(json.dumps({
+        "nbformat": 4, "nbformat_minor": 5, "metadata": {},
+        "cells": [{"cell_type": "code", "id": "a", "metadata": {}, "outputs": [], "execution_count": None,
+                   "source": "region = 'ALL'"}]}))
+    with pytest.warns(nbjobs.NoParametersCellWarning, match="untagged.ipynb has no cell tagged 'parameters', "
+                      "and its own code assigns region"):
+        nb.enqueue_notebook(untagged, {"region": "EMEA"})
     nb.enqueue_notebook(SALES, cell_timeout="2m")  # a duration, as `timeout` and `schedule` take
-    assert nb.jobs(args=True)["args"].item().endswith("cell_timeout=120.0")
+    assert nb.jobs(args=True)["args"][0].endswith("cell_timeout=120.0")  # newest first
 
 
 def test_unknown_kernel_fails_with_a_clear_error(nb: nbjobs.Engine, tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from nbjobs.notebooks import (
     inject_parameters,
     kernel_name,
     output_path,
+    overwritten_parameters,
     parameters_source,
     parse_cli_value,
     parse_notebook,
@@ -88,6 +89,20 @@ def test_without_a_parameters_cell_the_injected_cell_comes_first() -> None:
     out = inject_parameters(_notebook(with_parameters_cell=False), {"region": "EMEA"})
     assert out.cells[0].metadata["tags"] == [INJECTED_TAG]
     assert out.cells[1].source == "# title"
+
+
+def test_parameters_a_notebook_without_a_parameters_cell_assigns_itself_are_named() -> None:
+    """Injected before its first cell, they would be overwritten by its own code without a word."""
+    nb = _notebook(with_parameters_cell=False)
+    nb.cells[1:1] = [
+        new_code_cell("%matplotlib inline\nregion, (limit, other) = 'ALL', (5, 6)\nscale: float = 2.0"),
+        new_code_cell("def f():\n    since = 1  # inside a function: not the notebook's name\nmonth += 1"),
+        new_code_cell("this is not python"),  # the run says so; no guess here
+    ]
+    given = {"region": "EMEA", "limit": 3, "scale": 1.0, "since": "2026-01-01", "month": 5}
+    assert overwritten_parameters(nb, given) == ["region", "limit", "scale"]
+    assert overwritten_parameters(_notebook(), given) == []  # a parameters cell: set right after it
+    assert overwritten_parameters(nb, {}) == []
 
 
 def test_a_previous_injected_cell_is_replaced_not_stacked() -> None:

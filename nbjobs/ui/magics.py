@@ -21,6 +21,7 @@ import inspect
 import linecache
 import logging
 import shlex
+import sys
 import types
 from typing import Any
 
@@ -249,7 +250,21 @@ class NbJobsMagics(Magics):
         if verb == "stop":
             default.close_default()
             return None
-        raise UsageError(f"unknown %nbjobs command {verb!r}; use config, status, start or stop")
+        if verb == "help":
+            sys.stdout.write(MAGICS_HELP + "\n")
+            return None
+        raise UsageError(f"unknown %nbjobs command {verb!r}; use config, status, start, stop or help")
+
+
+#: `%nbjobs help`: every magic on one screen (each one's docstring says more: `%job?`).
+MAGICS_HELP = """\
+%nbjobs [status]               the default engine and its server
+%nbjobs config [key=value …]   show or change its settings (workers=4, queues=default,io, url=…)
+%nbjobs start | stop           start the engine and its server | close them
+%%job [--name N] [--queue Q] [--after JOBS] [--retries R] [--timeout 10m] [--priority P] [--lock L]
+                               run the cell in the background; its new names come back when it ends
+%job ID                        one job: state, history, output tail, result or traceback
+%jobs [STATE]                  the dashboard, or the jobs in one state as a DataFrame"""
 
 
 def submit_cell(cell: str, line: str = "") -> Job:

@@ -106,8 +106,11 @@ def test_magics_answer_mistakes_with_a_usage_message(shell: InteractiveShell) ->
     assert "job 999999 does not exist" in cap.stderr
     assert "usage: %job ID" in cap.stderr
     assert "unknown job state 'sucessful'" in cap.stderr
-    assert "unknown %nbjobs command" in cap.stderr
+    assert "unknown %nbjobs command 'frobnicate'; use config, status, start, stop or help" in cap.stderr
     assert "Traceback" not in cap.stdout + cap.stderr
+    with capture_output() as cap:
+        run(shell, "%nbjobs help")
+    assert "%%job [--name N]" in cap.stdout and "%jobs [STATE]" in cap.stdout
 
 
 def test_jobs_magic_shows_the_dashboard_or_the_jobs_frame(shell: InteractiveShell) -> None:

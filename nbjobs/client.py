@@ -196,12 +196,13 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
     return JobOptions(**merged)
 
 
-def check_options(options: Mapping[str, Any]) -> None:
-    """Refuse bad options (job and recurring ones) as `Client` would, without an engine: for
-    decorators, which take them long before the first enqueue."""
-    job_options = dict(options)
-    recurring_client.split_options(job_options)  # takes out and checks the recurring ones
-    build_options({}, job_options)
+def check_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], JobOptions]:
+    """Options split and checked as a `Client` keeps them: the job options as given, the
+    recurring-only ones (tz, misfire, misfire_limit, overlap), and the job options validated. Needs no
+    engine, so decorators check theirs where they decorate, long before the first enqueue."""
+    job_defaults = dict(options)
+    recurring = recurring_client.split_options(job_defaults)  # takes out and checks the recurring ones
+    return job_defaults, recurring, build_options({}, job_defaults)
 
 
 #: When a scheduled job runs: a datetime (naive = local), an ISO string, a date, a delay.
@@ -366,12 +367,10 @@ class Client:
         self.codec = codec
         self.clock = clock
         self.notifier = notifier
-        self.defaults: dict[str, Any] = dict(defaults or {})
-        #: tz, misfire, misfire_limit, overlap: for `recurring` only, kept apart from job options
-        self.recurring_defaults = recurring_client.split_options(self.defaults)
-        #: This client's options, validated now (unknown names are checked in overrides) and shared
-        #: by its jobs that add none of their own (JobOptions is frozen).
-        self.job_options = build_options({}, self.defaults)
+        #: `recurring_defaults`: tz, misfire, misfire_limit, overlap, for `recurring` only, kept apart
+        #: from job options. `job_options`: this client's options, validated now (unknown names are
+        #: checked in overrides) and shared by its jobs that add none of their own (frozen).
+        self.defaults, self.recurring_defaults, self.job_options = check_options(defaults or {})
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         """In a notebook function's copy (`nb.options(queue="io")` kept in a variable, or the client

@@ -516,13 +516,15 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(process)d %(threadName)s] %(
               help="At most N jobs of QUEUE started in any second/minute/hour/day (s, m, h, d) on this "
                    "server (repeatable), e.g. --rate openai=60/m.")
 @click.option("--name", default=None, help="Server name shown in `nbjobs servers` [default: host:pid:id].")
-@click.option("--heartbeat-interval", default=5.0, show_default=True, type=float,
-              help="Seconds between heartbeats (server row and job leases).")
-@click.option("--server-timeout", default=30.0, show_default=True, type=float,
-              help="Seconds without heartbeat after which a server is dead and its jobs return to the queue.")
-@click.option("--shutdown-timeout", default=10.0, show_default=True, type=float,
-              help="Grace seconds for running jobs on SIGTERM/SIGINT before they return to the queue.")
-@click.option("--poll-interval", default=0.25, show_default=True, type=float,
+@click.option("--heartbeat-interval", default=5.0, show_default=True, type=SECONDS,
+              help="Seconds (or '10s') between heartbeats (server row and job leases).")
+@click.option("--server-timeout", default=30.0, show_default=True, type=SECONDS,
+              help="Seconds (or '1m') without heartbeat after which a server is dead and its jobs return to "
+                   "the queue.")
+@click.option("--shutdown-timeout", default=10.0, show_default=True, type=SECONDS,
+              help="Grace seconds (or '1m') for running jobs on SIGTERM/SIGINT before they return to the "
+                   "queue.")
+@click.option("--poll-interval", default=0.25, show_default=True, type=SECONDS,
               help="Seconds between checks for work from other processes when no notification exists.")
 @click.option("--process-max-jobs", default=None, type=click.IntRange(min=1), metavar="N",
               help="Replace a worker process (executor='process') after N jobs.")

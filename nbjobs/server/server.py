@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import private_queues
-from ..clock import Clock
+from ..clock import Clock, seconds_of
 from ..executors.thread import RunWrapper
 from ..model import PRIVATE_QUEUE_MARK, SERVER_NAME_MAX, ServerInfo, padded_queue, unstorable_character
 from ..payload import Codec
@@ -113,13 +113,15 @@ class ServerConfig:
                                            "{'openai': '60/m'}"):
             parse_rate(rate, queue)
         for setting, zero in _DURATIONS:
-            if not is_seconds(getattr(self, setting), zero=zero):
+            seconds = seconds_of(getattr(self, setting))  # '30d', '10s' or a timedelta, as job options
+            if not is_seconds(seconds, zero=zero):
                 least = "from 0" if zero else "above 0"
                 raise ConfigurationError(
-                    f"{setting} must be a number of seconds {least} to {LONGEST_SECONDS:,.0f} (100 years), "
-                    f"got {getattr(self, setting)!r}; leave it out for the default "
-                    f"({getattr(ServerConfig, setting):g})"
+                    f"{setting} must be a number of seconds {least} to {LONGEST_SECONDS:,.0f} (100 years) "
+                    f"or a duration such as '30s', got {getattr(self, setting)!r}; leave it out for the "
+                    f"default ({getattr(ServerConfig, setting):g})"
                 )
+            setattr(self, setting, float(seconds))
         batch = self.max_batch
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ConfigurationError(f"max_batch must be a whole number of jobs of at least 1, got {batch!r}")

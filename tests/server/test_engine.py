@@ -379,7 +379,7 @@ def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.E
     # (server_timeout=1e300: no lease could be written); max_batch=0 would claim nothing.
     refused = {"poll_interval": 0, "scheduler_interval": float("nan"), "server_timeout": 1e300,
                "keep_succeeded": float("inf"), "shutdown_timeout": -5, "heartbeat_interval": True,
-               "scheduler_idle_interval": "30"}
+               "scheduler_idle_interval": "soon"}
     for setting, value in refused.items():
         with pytest.raises(ConfigurationError, match=f"{setting} must be a number of seconds"):
             engine.start_server(**{setting: value})
@@ -390,6 +390,13 @@ def test_bad_input_is_refused_at_the_call_and_nothing_is_stored(engine: nbjobs.E
             engine.stop_server(grace)  # type: ignore[arg-type]
     assert engine.server is None
     assert engine.jobs().empty and engine.recurring_jobs().empty
+
+
+def test_server_settings_take_durations_as_job_options_do(engine: nbjobs.Engine) -> None:
+    engine.start_server(workers=1, keep_succeeded="30d", keep_deleted=timedelta(days=2), server_timeout="1m")
+    assert engine.server is not None
+    config = engine.server.config
+    assert (config.keep_succeeded, config.keep_deleted, config.server_timeout) == (30 * 86400, 2 * 86400, 60)
 
 
 def test_names_and_priorities_at_their_limits_are_stored_on_both_databases(engine: nbjobs.Engine) -> None:

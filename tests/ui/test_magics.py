@@ -122,10 +122,10 @@ def test_jobs_magic_shows_the_dashboard_or_the_jobs_frame(shell: InteractiveShel
 
 
 def test_config_magic_restarts_the_server_with_new_settings(shell: InteractiveShell) -> None:
-    run(shell, "%nbjobs config workers=1 shutdown_timeout=0.5")
+    run(shell, "%nbjobs config workers=1 shutdown_timeout=0.5 keep_succeeded=30d")
     engine = default.current_default()
     assert engine is not None and engine.server is not None
-    assert engine.server.config.workers == 1
+    assert engine.server.config.workers == 1 and engine.server.config.keep_succeeded == 30 * 86400
     assert shell.run_cell("%nbjobs config no_such_setting=1").error_in_exec is not None
     server, before = engine.server, default.settings()
     # Refused settings change nothing: the running server and engine stay, and the values are not

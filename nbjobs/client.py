@@ -800,12 +800,14 @@ def check_timeout(timeout: Any, none_means: str = "to wait as long as it takes")
     forever and a string failed mid-wait; both, and a negative one, are refused at the call."""
     if timeout is None:
         return None
-    if (isinstance(timeout, bool) or not isinstance(timeout, int | float) or math.isnan(timeout)
-            or timeout < 0):
+    seconds = seconds_of(timeout)  # "10m" or a timedelta, as every duration
+    if (isinstance(seconds, bool) or not isinstance(seconds, int | float) or math.isnan(seconds)
+            or seconds < 0):
         raise InvalidJobError(
-            f"timeout must be a number of seconds ≥ 0, or None {none_means}; got {timeout!r}"
+            f"timeout must be a number of seconds ≥ 0 (or a duration such as '10m'), or None {none_means}; "
+            f"got {timeout!r}"
         )
-    return None if math.isinf(timeout) else timeout  # as given: messages say "after 5s"
+    return None if math.isinf(seconds) else seconds  # as given: messages say "after 5s"
 
 
 def refuse_waiting_for_itself(job_ids: Iterable[int], store: Store) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -164,9 +165,10 @@ def test_bad_input_is_refused_at_the_call(engine: nbjobs.Engine, tmp_path: Path)
     waits = (job.result, job.wait, lambda timeout: engine.results([job], timeout=timeout),
              lambda timeout: engine.wait([job], timeout=timeout),
              lambda timeout: engine.as_completed([job], timeout=timeout))
-    for bad in (float("nan"), -1, "5", True):
+    for bad in (float("nan"), -1, "soon", "-5s", True):
         for wait in waits:
-            with pytest.raises(InvalidJobError, match=r"timeout must be a number of seconds ≥ 0, or None"):
+            with pytest.raises(InvalidJobError, match=r"timeout must be a number of seconds ≥ 0 \(or a "
+                                                      r"duration such as '10m'\), or None"):
                 wait(timeout=bad)
     for not_an_id in (4.2, True, [1]):
         with pytest.raises(InvalidJobError, match="a job id is a whole number such as 42"):
@@ -185,6 +187,8 @@ def test_bad_input_is_refused_at_the_call(engine: nbjobs.Engine, tmp_path: Path)
             pytest.raises(InvalidJobError, match="belongs to another database"):
         engine.results([other.enqueue(square, 3)])
     assert engine.wait([], timeout=0) == ([], []) and engine.results([]) == []
+    engine.start_server(workers=1)  # a duration as text or a timedelta, as everywhere
+    assert job.result(timeout="30s") == 4 and engine.results([job], timeout=timedelta(seconds=30)) == [4]
 
 
 def test_progress_shows_a_bar_of_the_jobs_that_ended(

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
-from .clock import duration
+from .clock import duration, seconds_of
 
 
 def ago(text: str | None) -> str | timedelta | None:
@@ -23,10 +23,10 @@ def ago(text: str | None) -> str | timedelta | None:
 
 def seconds(text: str) -> float:
     """`--timeout` in seconds: '600', '10m', '1h30m' (the engine checks the range)."""
-    found = duration(text)
-    if found is None:
+    found = seconds_of(text)
+    if isinstance(found, str):  # read as no duration: given back as it came
         raise ValueError(f"{text!r} is not a duration; write seconds (600) or a duration ('10m', '2h')")
-    return found.total_seconds()
+    return float(found)
 
 
 def when(text: str) -> timedelta | datetime:

@@ -72,6 +72,7 @@ class ServerConfig:
     process_max_memory_mb: float | None = None
 
     def validate(self) -> None:
+        """Refuse a bad setting, naming it; durations given as text or a timedelta become seconds."""
         from ..errors import LONGEST_SECONDS, ConfigurationError, is_seconds
 
         if isinstance(self.workers, bool) or not isinstance(self.workers, int):

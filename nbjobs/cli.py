@@ -411,10 +411,11 @@ def enqueue(url: str | None, function: str, args: tuple[str, ...], kwargs: tuple
 @url_option
 @format_option
 def recurring_cmd(url: str | None, fmt: str) -> None:
-    """List recurring jobs: schedule, next and last run, last job, paused, error."""
+    """List recurring jobs: schedule, next and last run, last job, paused, error, window."""
     with _engine(url) as engine:
         frame = engine.recurring_jobs()
-        _print_frame(frame, fmt, [c for c in frame.columns if c != "last_skip"])
+        unset = {c for c in ("start", "end") if frame[c].isna().all()}  # no window: two empty columns
+        _print_frame(frame, fmt, [c for c in frame.columns if c != "last_skip" and c not in unset])
 
 
 @cli.command()
@@ -466,8 +467,12 @@ def resume(url: str | None, recurring_id: str) -> None:
     """Let a paused recurring job fire again, from its next fire time after now."""
     with _engine(url) as engine:
         engine.resume(recurring_id)
-        next_run = engine.store.get_recurring(recurring_id)
-        when = next_run.next_fire.isoformat() if next_run and next_run.next_fire else "?"
+        record = engine.store.get_recurring(recurring_id)
+        if record is not None and record.next_fire is None and record.end is not None:
+            click.echo(f"recurring job {recurring_id!r} resumed, but it has ended: its end, "
+                       f"{record.end.isoformat()}, has passed")
+            return
+        when = record.next_fire.isoformat() if record and record.next_fire else "?"
         click.echo(f"recurring job {recurring_id!r} resumed; next run {when}")
 
 

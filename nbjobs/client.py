@@ -15,13 +15,13 @@ import sys
 import threading
 import warnings
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from . import context, notebooks, private_queues, recurring_client
 from .callbacks import DoneCallbacks
-from .clock import Clock, duration, seconds_of, user_time
+from .clock import Clock, seconds_of
 from .copies import BOUND_FIX, NOT_COPIED
 from .errors import (
     InvalidJobError,
@@ -54,7 +54,9 @@ from .model import (
     JobState,
     NewJob,
     StateChange,
+    When,
     padded_queue,
+    resolve_when,
     unstorable_character,
 )
 from .payload import SERIALIZERS, Codec, ResultOf, Target, function_ref
@@ -198,52 +200,12 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
 
 def check_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], JobOptions]:
     """Options split and checked as a `Client` keeps them: the job options as given, the
-    recurring-only ones (tz, misfire, misfire_limit, overlap), and the job options validated. Needs no
-    engine, so decorators check theirs where they decorate, long before the first enqueue."""
+    recurring-only ones (tz, misfire, misfire_limit, overlap, start, end), and the job options
+    validated. Needs no engine, so decorators check theirs where they decorate, long before the first
+    enqueue."""
     job_defaults = dict(options)
     recurring = recurring_client.split_options(job_defaults)  # takes out and checks the recurring ones
     return job_defaults, recurring, build_options({}, job_defaults)
-
-
-#: When a scheduled job runs: a datetime (naive = local), an ISO string, a date, a delay.
-When = datetime | date | timedelta | int | float | str
-
-
-def resolve_when(when: When, now: datetime) -> datetime:
-    """A datetime (naive = local time), an ISO time string ("2026-12-01 07:00", as `jobs(since=…)`
-    takes), a date (its local midnight), a timedelta or seconds from now → aware UTC."""
-    if isinstance(when, bool):
-        raise InvalidJobError(f"when must be a datetime, timedelta or seconds, got {when!r}")
-    if isinstance(when, str) and (delay := duration(when)) is not None:
-        when = delay  # "10m" is a delay, as `nbjobs enqueue --at 10m` reads it
-    if isinstance(when, str | date):  # a datetime is a date too
-        at = user_time(when)
-        if at is None:
-            raise InvalidJobError(
-                f"when {when!r} is not a time; write it as '2026-12-01 07:00' (local time, or with an "
-                "offset such as '+01:00') or as a delay such as '10m' or '2h', or give a datetime, a "
-                "timedelta or a number of seconds"
-            )
-        return at
-    if isinstance(when, timedelta):
-        seconds = when.total_seconds()
-    elif isinstance(when, int | float):
-        seconds = float(when)
-    else:
-        raise InvalidJobError(
-            f"when must be a datetime, an ISO time string, a timedelta or a number of seconds, got "
-            f"{type(when).__name__}"
-        )
-    if math.isnan(seconds):
-        raise InvalidJobError("delay must be a number of seconds, got NaN; use 0 to run now")
-    if seconds < 0:
-        raise InvalidJobError(f"delay must not be negative, got {seconds}s; use 0 to run now")
-    try:
-        return now + timedelta(seconds=seconds)
-    except OverflowError:  # also infinity
-        raise InvalidJobError(
-            f"a delay of {seconds} s is past the last date a datetime holds; give a nearer time"
-        ) from None
 
 
 #: Longest single wait of `Job.wait_async` on its worker thread (seconds).
@@ -367,9 +329,10 @@ class Client:
         self.codec = codec
         self.clock = clock
         self.notifier = notifier
-        #: `recurring_defaults`: tz, misfire, misfire_limit, overlap, for `recurring` only, kept apart
-        #: from job options. `job_options`: this client's options, validated now (unknown names are
-        #: checked in overrides) and shared by its jobs that add none of their own (frozen).
+        #: `recurring_defaults`: tz, misfire, misfire_limit, overlap, start, end, for `recurring`
+        #: only, kept apart from job options. `job_options`: this client's options, validated now
+        #: (unknown names are checked in overrides) and shared by its jobs that add none of their own
+        #: (frozen).
         self.defaults, self.recurring_defaults, self.job_options = check_options(defaults or {})
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:

@@ -38,6 +38,13 @@ Intervals
     90m``: 00:00, 01:30, 03:00 … UTC), so every server computes the same ones with nothing stored, as
     cron steps are aligned; daylight saving does not touch them, and a time zone is refused as
     meaningless.
+
+Windows (``start``, ``end``)
+    A definition may be bounded, as APScheduler's start and end dates: no fire time before ``start``
+    or after ``end`` (both inclusive, aware UTC, stored with the definition). An interval given a
+    ``start`` counts from it instead of the epoch (``@every 2h`` from 09:15 fires 09:15, 11:15 …), which
+    is what a person giving both means; a cron expression only starts there. Once no fire time is
+    left the plan's next fire is None: the definition has ended, and stays listed, with its history.
 """
 
 from __future__ import annotations
@@ -47,7 +54,7 @@ import functools
 import re
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -94,6 +101,7 @@ _RANGES = {
 }
 _RANDOM_OR_HASHED = re.compile(r"(?<![A-Za-z])[HRhr](?![A-Za-z])")
 _ONE_SECOND = timedelta(seconds=1)
+_ONE_MICROSECOND = timedelta(microseconds=1)
 #: A reference start for validation: any fixed date works, croniter only checks a match exists.
 _PROBE_START = datetime(2000, 1, 1)
 _EVERY = re.compile(r"@every\s+(.*)", re.IGNORECASE)
@@ -117,6 +125,13 @@ class CronSchedule:
     hourly: bool  #: the hour field matches every hour (DST rules differ, see the module docstring)
     zone: ZoneInfo = field(repr=False, compare=False)
     every: int | None = None  #: `@every …`: the interval in seconds (then `fields` is unused)
+    start: datetime | None = None  #: no fire time before it (an interval counts from it)
+    end: datetime | None = None  #: no fire time after it
+
+    @property
+    def origin(self) -> datetime:
+        """Where an interval's fire times are counted from."""
+        return self.start if self.start is not None else _EPOCH
 
     def __str__(self) -> str:
         return self.expr if self.tz == "UTC" else f"{self.expr} ({self.tz})"
@@ -127,7 +142,9 @@ class FirePlan:
     """What to do about the fire times that are due now (`due_fires`)."""
 
     fires: tuple[datetime, ...]  #: fire times to create one job each for, oldest first
-    next_fire: datetime  #: the next fire time to store (strictly after now, or the untouched plan)
+    #: The next fire time to store (strictly after now, or the untouched plan); None once the
+    #: schedule's `end` leaves none.
+    next_fire: datetime | None
     due: int  #: fire times that were due (planned one included); a lower bound if `missed_capped`
     missed: int  #: due fire times that get no job of their own (folded into one, or skipped)
     missed_capped: bool = False  #: counting stopped at `COUNT_CAP`; `due` and `missed` are at least
@@ -160,11 +177,27 @@ def _zone_names() -> dict[str, str]:
     return {name.lower(): name for name in available_timezones()}
 
 
-def parse_schedule(expr: str, tz: str = "UTC") -> CronSchedule:
-    """Validate a cron expression (5 fields, 6 with leading seconds, or an alias) in time zone `tz`.
+def parse_schedule(
+    expr: str, tz: str = "UTC", *, start: datetime | None = None, end: datetime | None = None
+) -> CronSchedule:
+    """Validate a cron expression (5 fields, 6 with leading seconds, or an alias) in time zone `tz`,
+    fired only between `start` and `end` when they are given.
 
     Raises InvalidScheduleError naming the bad field or the unknown zone, and how to write it.
     """
+    schedule = _parse_expression(expr, tz)
+    if start is None and end is None:
+        return schedule
+    start = None if start is None else ensure_utc(start)
+    end = None if end is None else ensure_utc(end)
+    if start is not None and end is not None and end < start:
+        raise InvalidScheduleError(
+            f"end {end.isoformat()} is before start {start.isoformat()}; give an end after the start"
+        )
+    return replace(schedule, start=start, end=end)
+
+
+def _parse_expression(expr: str, tz: str) -> CronSchedule:
     if not isinstance(expr, str) or not expr.strip():
         raise InvalidScheduleError(
             f"empty cron expression {expr!r}; give five fields like '0 9 * * MON-FRI', six with "
@@ -178,7 +211,8 @@ def parse_schedule(expr: str, tz: str = "UTC") -> CronSchedule:
     if every is not None:
         if zone.key != "UTC":
             raise InvalidScheduleError(
-                f"{text!r} is an interval of real time, counted from 1970-01-01 00:00 UTC; a time zone "
+                f"{text!r} is an interval of real time, counted from 1970-01-01 00:00 UTC (or the "
+                f"start); a time zone "
                 f"({zone.key}) would change nothing: leave tz out, or write a cron expression for "
                 "wall-clock times"
             )
@@ -341,11 +375,24 @@ def _cron(schedule: CronSchedule, start: datetime) -> croniter:
 
 # -- fire times ----------------------------------------------------------------------------------------
 def iter_fires(schedule: CronSchedule, after: datetime) -> Iterator[datetime]:
-    """Every fire time strictly after `after`, ascending, each real instant once (endless)."""
+    """Every fire time strictly after `after`, ascending, each real instant once (endless unless
+    the schedule has an `end`)."""
     after = ensure_utc(after)
+    if schedule.start is not None and after < schedule.start:
+        after = schedule.start - _ONE_MICROSECOND  # a fire time at the start itself is one
+    if schedule.end is None:
+        yield from _unbounded_fires(schedule, after)
+        return
+    for instant in _unbounded_fires(schedule, after):
+        if instant > schedule.end:
+            return
+        yield instant
+
+
+def _unbounded_fires(schedule: CronSchedule, after: datetime) -> Iterator[datetime]:
     if schedule.every is not None:
         step = timedelta(seconds=schedule.every)
-        instant = _EPOCH + ((after - _EPOCH) // step + 1) * step
+        instant = schedule.origin + ((after - schedule.origin) // step + 1) * step
         while True:
             yield instant
             instant += step
@@ -408,17 +455,37 @@ def _second_pass(schedule: CronSchedule, start: datetime) -> Iterator[datetime]:
 
 def next_fire(schedule: CronSchedule, after: datetime) -> datetime:
     """The first fire time strictly after `after` (aware UTC in and out)."""
+    found = upcoming_fire(schedule, after)
+    if found is None:
+        raise InvalidScheduleError(
+            f"cron expression {schedule.expr!r} never fires after {after.isoformat()}"
+        )
+    return found
+
+
+def upcoming_fire(schedule: CronSchedule, after: datetime) -> datetime | None:
+    """The first fire time strictly after `after`, or None when the schedule's end leaves none."""
     for instant in iter_fires(schedule, after):
         return instant
-    raise InvalidScheduleError(f"cron expression {schedule.expr!r} never fires after {after.isoformat()}")
+    return None
 
 
 def prev_fire(schedule: CronSchedule, at: datetime) -> datetime | None:
-    """The latest fire time at or before `at`, or None if there is none within croniter's range."""
+    """The latest fire time at or before `at`, or None if there is none (within croniter's range, or
+    the schedule's window)."""
     at = ensure_utc(at)
+    if schedule.end is not None:
+        at = min(at, schedule.end)
+    found = _unbounded_prev(schedule, at)
+    if found is not None and schedule.start is not None and found < schedule.start:
+        return None
+    return found
+
+
+def _unbounded_prev(schedule: CronSchedule, at: datetime) -> datetime | None:
     if schedule.every is not None:
         step = timedelta(seconds=schedule.every)
-        return _EPOCH + ((at - _EPOCH) // step) * step
+        return schedule.origin + ((at - schedule.origin) // step) * step
     zone = schedule.zone
     local = at.astimezone(zone)
     start = local.replace(tzinfo=None, microsecond=0)
@@ -502,8 +569,8 @@ def due_fires(
             break
         due += 1
         recent.append(instant)
-    if capped or upcoming is None:
-        upcoming = next_fire(schedule, now)
+    if capped:
+        upcoming = upcoming_fire(schedule, now)
     latest = recent[-1]
     if capped:
         latest = max(latest, prev_fire(schedule, now) or latest)

@@ -19,13 +19,13 @@ from typing import Any
 import pandas as pd
 
 from . import private_queues
-from .client import Client, InJob, Job, JobFunction, NotebookJob, When, check_options
+from .client import Client, InJob, Job, JobFunction, NotebookJob, check_options
 from .context import current_job_or_none
 from .engine import Engine, connect, discard_private_jobs
 from .errors import ConfigurationError
 from .gather import DoneAndPending, JobsView
 from .history import TimeFilter
-from .model import ContinueOn
+from .model import ContinueOn, When
 from .payload import Target
 from .recurring_client import Recurring
 from .server import ServerConfig

@@ -29,14 +29,13 @@ from .client import (
     JobFunction,
     NotebookJob,
     Notifier,
-    When,
     check_queue,
     check_timeout,
 )
 from .clock import Clock, SystemClock
 from .copies import FUNCTION_COPY_MAX
 from .errors import ConfigurationError, DuplicateServerWarning, NbJobsError, caller_stacklevel
-from .model import PAYLOAD_CEILING, PAYLOAD_MAX, ContinueOn, JobState, StateChange
+from .model import PAYLOAD_CEILING, PAYLOAD_MAX, ContinueOn, JobState, StateChange, When
 from .payload import Codec, Signer, Target
 from .progress import ProgressThrottle
 from .recurring_client import Recurring

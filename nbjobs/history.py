@@ -223,22 +223,24 @@ def stats_frame(
 
 RECURRING_COLUMNS = [
     "id", "cron", "tz", "function", "queue", "next_run", "last_run", "last_job_id", "last_state",
-    "paused", "error", "missed", "last_skip",
+    "paused", "error", "missed", "last_skip", "start", "end",
 ]
 
 
 def recurring_frame(store: Store) -> pd.DataFrame:
     """One row per recurring definition, by id. `last_run` is the latest fire time that got a job
-    (a trigger shows in `last_job_id`); `missed` counts fire times that got no job of their own."""
+    (a trigger shows in `last_job_id`); `missed` counts fire times that got no job of their own;
+    `start` and `end` bound its fire times (`next_run` is NaT once the end has passed)."""
     rows = [
         {"id": r.id, "cron": r.cron, "tz": r.tz, "function": r.function, "queue": r.options.queue,
          "next_run": r.next_fire, "last_run": r.last_fire, "last_job_id": r.last_job_id,
          "last_state": None if r.last_job_state is None else r.last_job_state.value,
-         "paused": r.paused, "error": r.error, "missed": r.missed, "last_skip": r.last_skip}
+         "paused": r.paused, "error": r.error, "missed": r.missed, "last_skip": r.last_skip,
+         "start": r.start, "end": r.end}
         for r in store.list_recurring()
     ]
     frame = pd.DataFrame(rows, columns=RECURRING_COLUMNS)
-    for col in ("next_run", "last_run"):
+    for col in ("next_run", "last_run", "start", "end"):
         frame[col] = _utc(frame[col])
     frame["last_job_id"] = frame["last_job_id"].astype("Int64")
     frame["last_state"] = frame["last_state"].astype(STATE_DTYPE)

@@ -3,12 +3,55 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
+from .clock import duration, user_time
 from .errors import LONGEST_SECONDS as LONGEST_SECONDS  # re-exported: options are checked against it
-from .errors import UnknownStateError
+from .errors import InvalidJobError, UnknownStateError
+
+#: When a scheduled job runs: a datetime (naive = local), an ISO string, a date, a delay.
+When = datetime | date | timedelta | int | float | str
+
+
+def resolve_when(when: When, now: datetime, what: str = "when") -> datetime:
+    """A datetime (naive = local time), an ISO time string ("2026-12-01 07:00", as `jobs(since=…)`
+    takes), a date (its local midnight), a timedelta or seconds from now → aware UTC. `what` names
+    the value in a refusal (`when` of `schedule`, `start` of a recurring definition)."""
+    if isinstance(when, bool):
+        raise InvalidJobError(f"{what} must be a datetime, timedelta or seconds, got {when!r}")
+    if isinstance(when, str) and (delay := duration(when)) is not None:
+        when = delay  # "10m" is a delay, as `nbjobs enqueue --at 10m` reads it
+    if isinstance(when, str | date):  # a datetime is a date too
+        at = user_time(when)
+        if at is None:
+            raise InvalidJobError(
+                f"{what} {when!r} is not a time; write it as '2026-12-01 07:00' (local time, or with an "
+                "offset such as '+01:00') or as a delay such as '10m' or '2h', or give a datetime, a "
+                "timedelta or a number of seconds"
+            )
+        return at
+    if isinstance(when, timedelta):
+        seconds = when.total_seconds()
+    elif isinstance(when, int | float):
+        seconds = float(when)
+    else:
+        raise InvalidJobError(
+            f"{what} must be a datetime, an ISO time string, a timedelta or a number of seconds, got "
+            f"{type(when).__name__}"
+        )
+    if math.isnan(seconds):
+        raise InvalidJobError(f"{what}: a delay must be a number of seconds, got NaN; use 0 for now")
+    if seconds < 0:
+        raise InvalidJobError(f"{what}: a delay must not be negative, got {seconds}s; use 0 for now")
+    try:
+        return now + timedelta(seconds=seconds)
+    except OverflowError:  # also infinity
+        raise InvalidJobError(
+            f"{what}: a delay of {seconds} s is past the last date a datetime holds; give a nearer time"
+        ) from None
 
 
 class JobState(enum.StrEnum):

@@ -5,8 +5,8 @@ the misfire and overlap policies, the job options, the function and its argument
 side (turning due fire times into jobs) is `nbjobs.server.recurring`.
 
 `Client` delegates here; its own options keep the recurring-only ones (`tz`, `misfire`,
-`misfire_limit`, `overlap`) apart from job options, so `nb.options(tz=…)` can serve `recurring`
-while `enqueue` refuses them with a clear message.
+`misfire_limit`, `overlap`, `start`, `end`) apart from job options, so `nb.options(tz=…)` can serve
+`recurring` while `enqueue` refuses them with a clear message.
 """
 
 from __future__ import annotations
@@ -15,17 +15,24 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from .clock import Clock
-from .cron import every_from_timedelta, next_fire, parse_schedule, parse_zone, validate_policies
+from .clock import Clock, utcnow
+from .cron import (
+    CronSchedule,
+    every_from_timedelta,
+    parse_schedule,
+    parse_zone,
+    upcoming_fire,
+    validate_policies,
+)
 from .errors import FunctionNotFoundError, InvalidJobError, InvalidScheduleError, RecurringNotFoundError
-from .model import RECURRING_ID_MAX, JobOptions, NewJob, unstorable_character
+from .model import RECURRING_ID_MAX, JobOptions, NewJob, resolve_when, unstorable_character
 from .payload import Codec, Target, unresolvable
 from .storage import Store
 from .storage.base import RecurringRecord, RecurringSpec
 
 #: Options only recurring definitions take, with their defaults.
 RECURRING_DEFAULTS: dict[str, Any] = {
-    "tz": "UTC", "misfire": "once", "misfire_limit": 100, "overlap": "allow",
+    "tz": "UTC", "misfire": "once", "misfire_limit": 100, "overlap": "allow", "start": None, "end": None,
 }
 RECURRING_OPTIONS = frozenset(RECURRING_DEFAULTS)
 MAX_ID_LENGTH = RECURRING_ID_MAX  #: the id column's width
@@ -60,7 +67,26 @@ def split_options(options: dict[str, Any]) -> dict[str, Any]:
         taken["tz"] = parse_zone(taken["tz"]).key
     policy = {**RECURRING_DEFAULTS, **taken}
     validate_policies(policy["misfire"], policy["misfire_limit"], policy["overlap"])
+    window(policy, utcnow())  # refused now; a delay ('2d') is counted from `recurring`'s call
     return taken
+
+
+def window(policy: Mapping[str, Any], now: datetime) -> tuple[datetime | None, datetime | None]:
+    """The `start` and `end` options as aware UTC times: a datetime (naive = local), an ISO time
+    string, a date, or a delay from `now` ('2d', a timedelta, seconds), as `schedule` reads them."""
+    found: list[datetime | None] = []
+    for what in ("start", "end"):
+        value = policy[what]
+        try:
+            found.append(None if value is None else resolve_when(value, now, what))
+        except InvalidJobError as exc:
+            raise InvalidScheduleError(str(exc)) from None
+    start, end = found
+    if start is not None and end is not None and end < start:
+        raise InvalidScheduleError(
+            f"end {end.isoformat()} is before start {start.isoformat()}; give an end after the start"
+        )
+    return start, end
 
 
 def refuse_options(recurring_options: Mapping[str, Any]) -> None:
@@ -111,18 +137,31 @@ def define(
     policy = {**RECURRING_DEFAULTS, **client.recurring_defaults}
     if isinstance(cron, timedelta):
         cron = every_from_timedelta(cron)
-    schedule = parse_schedule(cron, policy["tz"])
-    validate_policies(policy["misfire"], policy["misfire_limit"], policy["overlap"])
-    ref, payload = client.codec.encode(fn, args, kwargs, options.serializer)
     now = client.clock.now()
+    start, end = window(policy, now)
+    schedule = parse_schedule(cron, policy["tz"], start=start, end=end)
+    validate_policies(policy["misfire"], policy["misfire_limit"], policy["overlap"])
+    first = upcoming_fire(schedule, now)
+    if first is None:
+        since = now if start is None or start < now else start
+        raise InvalidScheduleError(
+            f"{schedule.expr!r} has no fire time between {since.isoformat(timespec='seconds')} and its "
+            f"end {end.isoformat(timespec='seconds') if end else '?'}: give a later end, or leave it out"
+        )
+    ref, payload = client.codec.encode(fn, args, kwargs, options.serializer)
     spec = RecurringSpec(
         id=rid, cron=schedule.expr, tz=schedule.tz, function=ref, payload=payload, options=options,
         misfire=policy["misfire"], misfire_limit=policy["misfire_limit"], overlap=policy["overlap"],
-        next_fire=next_fire(schedule, now),
+        start=start, end=end, next_fire=first,
     )
     client.store.upsert_recurring(spec, now)
     client.notifier.schedule_changed.set()  # the local scheduler recomputes its next wake-up
     return Recurring(client, rid)
+
+
+def schedule_of(record: RecurringRecord) -> CronSchedule:
+    """A stored definition's schedule, with its window."""
+    return parse_schedule(record.cron, record.tz, start=record.start, end=record.end)
 
 
 def get(client: RecurringClient, recurring_id: str) -> RecurringRecord:
@@ -164,7 +203,7 @@ def resume(client: RecurringClient, recurring_id: str) -> None:
     if not record.paused:
         return
     now = client.clock.now()
-    upcoming = next_fire(parse_schedule(record.cron, record.tz), now)
+    upcoming = upcoming_fire(schedule_of(record), now)  # None: its end passed while it was paused
     if not client.store.set_recurring_paused(recurring_id, False, now, next_fire=upcoming):
         raise _not_found(recurring_id)
     client.notifier.schedule_changed.set()
@@ -222,7 +261,7 @@ class Recurring:
         if record.paused:
             status = "paused"
         elif record.next_fire is None:
-            status = "no next fire"
+            status = "ended" if record.end is not None else "no next fire"
         else:
             status = f"next {record.next_fire.isoformat()}"
         error = f", error: {record.error}" if record.error else ""

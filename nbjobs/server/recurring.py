@@ -5,9 +5,10 @@ advanced with `Store.claim_recurring_fire`, a compare-and-set on its planned nex
 same transaction as the job inserts, so when several servers see the same fire time due, exactly one
 creates its job and the others' claims match nothing.
 
-A definition that cannot fire (its function no longer imports, its schedule no longer parses) is
-marked with an error and its due fire times are skipped (counted as missed); the duty goes on with the
-other definitions and never raises for one of them.
+A definition whose `end` leaves no fire time gets no next fire (it has ended; `due_recurring`
+never returns it again). A definition that cannot fire (its function no longer imports, its schedule
+no longer parses) is marked with an error and its due fire times are skipped (counted as missed); the
+duty goes on with the other definitions and never raises for one of them.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ class RecurringDuty:
         if record.next_fire is None:
             return 0
         try:
-            schedule = parse_schedule(record.cron, record.tz)
+            schedule = parse_schedule(record.cron, record.tz, start=record.start, end=record.end)
         except NbJobsError as exc:
             self._mark_error(record, f"schedule cannot be read: {exc}", now)
             return 0  # no next fire to move to; it stays due and is looked at again each tick
@@ -106,9 +107,13 @@ class RecurringDuty:
             return 0
         self.stats.claimed += 1
         self.stats.jobs += len(ids)
+        if plan.next_fire is None:
+            log.info("recurring job %r has ended: no fire time is left before its end %s", record.id,
+                     record.end.isoformat() if record.end else "?",
+                     extra={"action": "recurring_ended", "recurring_id": record.id})
         if ids or missed:
             log.debug("recurring job %r fired %d job(s), %d missed; next fire %s", record.id, len(ids),
-                      missed, plan.next_fire.isoformat(),
+                      missed, plan.next_fire.isoformat() if plan.next_fire else "none (ended)",
                       extra={"action": "recurring_fired", "recurring_id": record.id})
         return len(ids)
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from ..model import (
     ClaimedJob,
@@ -109,6 +109,8 @@ class RecurringSpec:
     misfire: str = "once"  #: "once" | "skip" | "all", see `cron.due_fires`
     misfire_limit: int = 100  #: most jobs one catch-up creates with misfire="all"
     overlap: str = "allow"  #: "allow" | "skip": skip fires while the previous run is unfinished
+    start: datetime | None = None  #: no fire time before it
+    end: datetime | None = None  #: no fire time after it
     next_fire: datetime | None  #: first fire time, computed by the client from the schedule
 
 
@@ -125,7 +127,9 @@ class RecurringRecord:
     misfire: str
     misfire_limit: int
     overlap: str
-    next_fire: datetime | None  #: the oldest fire time not handled yet
+    start: datetime | None = None  #: no fire time before it
+    end: datetime | None = None  #: no fire time after it
+    next_fire: datetime | None  #: the oldest fire time not handled yet (None: ended)
     last_fire: datetime | None = None  #: latest fire time that got a job
     last_job_id: int | None = None  #: latest job it created (fire or trigger)
     last_job_state: JobState | None = None  #: that job's current state (None once pruned)
@@ -417,9 +421,11 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def set_recurring_paused(
-        self, recurring_id: str, paused: bool, now: datetime, *, next_fire: datetime | None = None
+        self, recurring_id: str, paused: bool, now: datetime, *,
+        next_fire: datetime | Literal["keep"] | None = "keep",
     ) -> bool:
-        """Pause or resume; `next_fire`, if given, replaces the plan (resume from now, not the past).
+        """Pause or resume; `next_fire`, if given, replaces the plan (resume from now, not the past;
+        None: the definition's end has passed, it has ended).
 
         A pause makes any claim still in flight for this definition fail. False if there is none.
         """

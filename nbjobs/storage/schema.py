@@ -45,7 +45,9 @@ from ..model import (
 #: 4: `nbjobs_jobs.lock_name` and its two indexes (`options(lock=…)`: one job of a lock at a time;
 #:    an older nbjobs would run them side by side).
 #: 5: `nbjobs_paused_queues` (`pause_queue`: an older nbjobs would go on claiming from them).
-SCHEMA_VERSION = 5
+#: 6: `nbjobs_recurring.start_at` / `end_at` (a definition's window: an older nbjobs would fire
+#:    outside it).
+SCHEMA_VERSION = 6
 
 metadata = MetaData()
 
@@ -235,6 +237,8 @@ recurring = Table(
     Column("misfire", String(16), nullable=False, default="once"),
     Column("misfire_limit", Integer, nullable=False, default=100),
     Column("overlap", String(16), nullable=False, default="allow"),
+    Column("start_at", UTCDateTime),  # no fire time before it (schema 6)
+    Column("end_at", UTCDateTime),  # no fire time after it (schema 6)
     Column("next_fire", UTCDateTime),
     Column("last_fire", UTCDateTime),
     Column("last_job_id", JobId),

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     Connection,
     Row,
+    Table,
     bindparam,
     delete,
     func,
@@ -47,7 +48,18 @@ from ..model import (
     storable,
 )
 from .dialects import Dialect, Listener, dialect_for
-from .schema import FETCH_ANY, LOCK_HELD, LOCK_NEXT, SCHEMA_VERSION, counts, history, jobs, meta, metadata
+from .schema import (
+    FETCH_ANY,
+    LOCK_HELD,
+    LOCK_NEXT,
+    SCHEMA_VERSION,
+    counts,
+    history,
+    jobs,
+    meta,
+    metadata,
+    recurring,
+)
 
 log = logging.getLogger("nbjobs.storage")
 T = TypeVar("T")
@@ -283,11 +295,11 @@ class SqlBase:
         if version < 2:
             FETCH_ANY.create(conn, checkfirst=True)
         if version < 4:
-            if "lock_name" not in {c["name"] for c in inspect(conn).get_columns(jobs.name)}:
-                column_type = jobs.c.lock_name.type.compile(conn.dialect)
-                conn.execute(text(f"ALTER TABLE {jobs.name} ADD COLUMN lock_name {column_type}"))
+            _add_columns(conn, jobs, "lock_name")
             LOCK_HELD.create(conn, checkfirst=True)
             LOCK_NEXT.create(conn, checkfirst=True)
+        if version < 6:
+            _add_columns(conn, recurring, "start_at", "end_at")
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         log.info("database schema upgraded from %d to %d", version, SCHEMA_VERSION)
 
@@ -478,3 +490,12 @@ def _driver_message(exc: BaseException) -> str:
     """A driver's error as one line: its own message, without SQLAlchemy's wrapping and links."""
     cause = getattr(exc, "orig", None) or exc
     return (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+
+
+def _add_columns(conn: Connection, table: Table, *names: str) -> None:
+    """Add the (nullable) columns a newer schema gave an existing table, those it lacks."""
+    present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+    for name in names:
+        if name not in present:
+            column_type = table.c[name].type.compile(conn.dialect)
+            conn.execute(text(f"ALTER TABLE {table.name} ADD COLUMN {name} {column_type}"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from sqlalchemy import Connection, Row, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -54,6 +54,8 @@ class RecurringSqlMixin(SqlBase):
             "misfire": spec.misfire,
             "misfire_limit": spec.misfire_limit,
             "overlap": spec.overlap,
+            "start_at": spec.start,
+            "end_at": spec.end,
             "error": None,
             "updated_at": now,
         }
@@ -61,14 +63,18 @@ class RecurringSqlMixin(SqlBase):
         def update_existing(conn: Connection) -> bool:
             row = conn.execute(
                 self.dialect.row_lock(
-                    select(recurring.c.cron, recurring.c.tz, recurring.c.next_fire).where(
-                        recurring.c.id == spec.id
-                    )
+                    select(
+                        recurring.c.cron, recurring.c.tz, recurring.c.start_at, recurring.c.end_at,
+                        recurring.c.next_fire,
+                    ).where(recurring.c.id == spec.id)
                 )
             ).first()
             if row is None:
                 return False
-            same_schedule = row.cron == spec.cron and row.tz == spec.tz and row.next_fire is not None
+            same_schedule = (
+                (row.cron, row.tz, row.start_at, row.end_at) == (spec.cron, spec.tz, spec.start, spec.end)
+                and row.next_fire is not None
+            )
             next_fire = row.next_fire if same_schedule else spec.next_fire
             conn.execute(
                 update(recurring).where(recurring.c.id == spec.id).values(next_fire=next_fire, **values)
@@ -131,10 +137,11 @@ class RecurringSqlMixin(SqlBase):
         )
 
     def set_recurring_paused(
-        self, recurring_id: str, paused: bool, now: datetime, *, next_fire: datetime | None = None
+        self, recurring_id: str, paused: bool, now: datetime, *,
+        next_fire: datetime | Literal["keep"] | None = "keep",
     ) -> bool:
         values: dict[str, Any] = {"paused": paused, "updated_at": now}
-        if next_fire is not None:
+        if next_fire != "keep":
             values["next_fire"] = next_fire
         return self._tx(
             lambda conn: conn.execute(
@@ -260,6 +267,8 @@ def _recurring_record(row: Row[Any]) -> RecurringRecord:
         misfire=row.misfire,
         misfire_limit=row.misfire_limit,
         overlap=row.overlap,
+        start=row.start_at,
+        end=row.end_at,
         next_fire=row.next_fire,
         last_fire=row.last_fire,
         last_job_id=row.last_job_id,

@@ -401,12 +401,19 @@ def recurring_table(records: Sequence[Any], now: datetime) -> str:
     rows = [
         (f"<b>{esc(r.id)}</b>", f"<code>{esc(r.cron)}</code>", esc(r.tz), when(r.next_fire, now),
          when(r.last_fire, now), badge(r.last_job_state) + (f" #{r.last_job_id}" if r.last_job_id else ""),
-         "paused" if r.paused else "active",
+         "paused" if r.paused else recurring_status(r),
          f'<span class="nbjobs-err">{esc(r.error)}</span>' if r.error else "")
         for r in records
     ]
     return table(["Id", "Cron", "Time zone", "Next", "Last", "Last job", "Status", "Error"], rows,
                  "no recurring jobs", (160, 130, 110, 100, 100, 150, 70, 260))
+
+
+def recurring_status(record: Any) -> str:
+    """A definition that is not paused: ended (its end passed) or active."""
+    if record.next_fire is None and record.end is not None:
+        return f'<span title="its end, {record.end.strftime("%Y-%m-%d %H:%M UTC")}, has passed">ended</span>'
+    return "active"
 
 
 def status(message: str, ok: bool) -> str:

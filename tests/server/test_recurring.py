@@ -178,6 +178,65 @@ def test_invalid_definitions_name_the_bad_part_and_store_nothing(nb: nbjobs.Engi
     assert nb.jobs().empty
 
 
+def test_a_window_starts_and_ends_the_fires_and_an_ended_definition_stays_listed(
+    nb: nbjobs.Engine, clock: nbjobs.ManualClock
+) -> None:
+    start = T0 + timedelta(minutes=10)  # 07:10:30
+    bounded = nb.options(start="10m", end="25m").recurring("window", "*/5 * * * *", record, "w")
+    assert bounded.next_fire == datetime(2026, 1, 5, 7, 15, tzinfo=UTC)  # the first at or after start
+    info = row(nb, "window")
+    assert (info["start"], info["end"]) == (pd.Timestamp(start), pd.Timestamp(T0 + timedelta(minutes=25)))
+    # an interval with a start counts from it: 07:10:30, 07:12:30, 07:14:30 (end inclusive)
+    every = nb.options(start=start, end=start + 4 * MINUTE).recurring("every", "2m", record, "e")
+    assert every.next_fire == start
+    nb.start_server(**SERVER)
+    settle(nb)
+    for minute in (10, 12, 14, 15, 20, 25, 30):
+        clock.set(datetime(2026, 1, 5, 7, minute, 30, tzinfo=UTC))
+        settle(nb)
+    wait_for(lambda: succeeded(nb, "window", 3) and succeeded(nb, "every", 3))
+    assert fire_times(nb, "window") == [datetime(2026, 1, 5, 7, m, tzinfo=UTC) for m in (15, 20, 25)]
+    assert fire_times(nb, "every") == [start, start + 2 * MINUTE, start + 4 * MINUTE]
+    # past the end: nothing is planned, nothing more fires, and it says it has ended
+    assert bounded.next_fire is None and every.next_fire is None
+    assert repr(bounded).endswith("ended>") and pd.isna(row(nb, "window")["next_run"])
+    clock.set(datetime(2026, 1, 6, tzinfo=UTC))
+    settle(nb)
+    assert len(jobs_of(nb, "window")) == 3
+    assert nb.trigger("window").result(timeout=10) == "w"  # by hand it still runs
+    # defined again with a later end, it fires again
+    nb.options(end="1h").recurring("window", "*/5 * * * *", record, "w")
+    assert bounded.next_fire == datetime(2026, 1, 6, 0, 5, tzinfo=UTC)
+
+
+def test_a_resume_after_the_end_ends_it_and_bad_windows_are_refused(
+    nb: nbjobs.Engine, clock: nbjobs.ManualClock
+) -> None:
+    handle = nb.options(end=T0 + timedelta(minutes=3)).recurring("short", "* * * * *", record, "s")
+    handle.pause()
+    clock.set(T0 + timedelta(hours=1))
+    handle.resume()  # its end passed while paused: nothing is made up, and it has ended
+    assert handle.next_fire is None and bool(row(nb, "short")["paused"]) is False
+    nb.start_server(**SERVER)
+    settle(nb)
+    assert jobs_of(nb, "short") == []
+    now = clock.now()
+    with pytest.raises(nbjobs.InvalidScheduleError, match=r"end .* is before start"):
+        nb.options(start="2h", end="1h")
+    with pytest.raises(nbjobs.InvalidScheduleError, match="start 'someday' is not a time"):
+        nb.options(start="someday")
+    with pytest.raises(nbjobs.InvalidScheduleError, match="end: a delay must not be negative"):
+        nb.options(end=-5)
+    with pytest.raises(nbjobs.InvalidScheduleError, match=r"'0 9 \* \* \*' has no fire time between .* "
+                       r"and its end .*: give a later end"):
+        nb.options(end=now + timedelta(minutes=30)).recurring("never", "0 9 * * *", record, "n")
+    with pytest.raises(nbjobs.InvalidScheduleError, match="has no fire time"):
+        nb.options(end=now - timedelta(days=1)).recurring("past", "* * * * *", record, "n")
+    with pytest.raises(nbjobs.InvalidJobError, match=r"\['end', 'start'\] apply only to recurring jobs"):
+        nb.options(start="1h", end="2h").enqueue(record, "x")
+    assert sorted(nb.recurring_jobs()["id"]) == ["short"]  # nothing stored by a refusal
+
+
 # -- trigger, pause, resume, remove ---------------------------------------------------------------------
 def test_trigger_runs_now_and_leaves_the_schedule(nb: nbjobs.Engine, clock: nbjobs.ManualClock) -> None:
     nb.options(queue="q").recurring("report", "0 9 * * *", record, "now")
@@ -470,6 +529,15 @@ def test_cli_lists_triggers_pauses_and_resumes(db_url: str, nb: nbjobs.Engine) -
     assert isinstance(missing.exception, nbjobs.RecurringNotFoundError)
     removed = runner.invoke(cli, ["remove-recurring", "--url", db_url, "nightly"])
     assert "'nightly' removed" in removed.output and nb.recurring_jobs().empty
+    assert "start" not in runner.invoke(cli, ["recurring", "--url", db_url]).output  # no windows
+    short = nb.options(end=nb.clock.now() + timedelta(minutes=3)).recurring("short", "* * * * *", record, "s")
+    listed = runner.invoke(cli, ["recurring", "--url", db_url])
+    header = listed.output.splitlines()[0]
+    assert header.endswith(" end") and "start" not in header  # the window's column that is set
+    short.pause()
+    nb.clock.advance(3600)  # type: ignore[attr-defined]
+    ended = runner.invoke(cli, ["resume", "--url", db_url, "short"])
+    assert "'short' resumed, but it has ended: its end, 2026-01-05T07:03:30+00:00, has passed" in ended.output
 
 
 def test_module_level_helpers_use_the_default_engine(nb: nbjobs.Engine) -> None:

@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, delete, event, inspect, select, text, update
 from nbjobs.errors import SchemaVersionError
 from nbjobs.model import JobOptions, JobState, NewJob, Outcome, OutcomeKind
 from nbjobs.storage import SqlStore
+from nbjobs.storage.base import RecurringSpec
 from nbjobs.storage.schema import SCHEMA_VERSION, meta
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -119,6 +120,8 @@ def test_a_failed_schema_check_releases_its_connections(db_url: str) -> None:
 def test_an_older_schema_is_upgraded_in_place(db_url: str) -> None:
     store = SqlStore(db_url)
     [kept] = store.enqueue([spec()], T0)
+    store.upsert_recurring(RecurringSpec(id="nightly", cron="0 2 * * *", function="tests.jobs:report",
+                                         payload=b"args", options=JobOptions(), next_fire=T0), T0)
     with store.engine.begin() as conn:
         conn.execute(text("DROP INDEX ix_nbjobs_jobs_fetch_any"))
         conn.execute(text("DROP TABLE nbjobs_dependencies"))  # schema 3
@@ -126,6 +129,8 @@ def test_an_older_schema_is_upgraded_in_place(db_url: str) -> None:
         conn.execute(text("DROP INDEX ix_nbjobs_jobs_lock_next"))
         conn.execute(text("ALTER TABLE nbjobs_jobs DROP COLUMN lock_name"))
         conn.execute(text("DROP TABLE nbjobs_paused_queues"))  # schema 5
+        conn.execute(text("ALTER TABLE nbjobs_recurring DROP COLUMN start_at"))  # schema 6
+        conn.execute(text("ALTER TABLE nbjobs_recurring DROP COLUMN end_at"))
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="1"))
     store.close()
     upgraded = SqlStore(db_url)
@@ -138,6 +143,10 @@ def test_an_older_schema_is_upgraded_in_place(db_url: str) -> None:
             version = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
         assert version == str(SCHEMA_VERSION)
         assert upgraded.get(kept.id) is not None  # nothing stored was lost
+        columns = {c["name"] for c in inspect(upgraded.engine).get_columns("nbjobs_recurring")}
+        assert {"start_at", "end_at"} <= columns
+        nightly = upgraded.get_recurring("nightly")
+        assert nightly is not None and (nightly.next_fire, nightly.start, nightly.end) == (T0, None, None)
     finally:
         upgraded.close()
 

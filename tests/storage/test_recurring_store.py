@@ -88,6 +88,38 @@ def test_update_keeps_history_pause_and_plan(store: SqlStore) -> None:
     assert must_get(store, "report").next_fire == T0 + timedelta(hours=2)
 
 
+def test_a_window_is_stored_and_a_changed_one_replaces_the_plan(store: SqlStore) -> None:
+    start, end = T0 + timedelta(hours=1), T0 + timedelta(days=2)
+    store.upsert_recurring(spec(start=start, end=end, next_fire=start), T0)
+    rec = must_get(store, "report")
+    assert (rec.start, rec.end, rec.next_fire) == (start, end, start)
+    fire = start
+    assert store.claim_recurring_fire("report", fire, fire + timedelta(minutes=15),
+                                      [job_for("report", fire)], fire)
+    # the same expression and window again: the plan stays
+    store.upsert_recurring(spec(start=start, end=end, next_fire=start), fire)
+    assert must_get(store, "report").next_fire == fire + timedelta(minutes=15)
+    # a new end (the same expression): the client's plan for the new window replaces it
+    store.upsert_recurring(spec(start=start, end=end + timedelta(days=1), next_fire=fire), fire)
+    rec = must_get(store, "report")
+    assert (rec.end, rec.next_fire) == (end + timedelta(days=1), fire)
+    # the window taken away
+    store.upsert_recurring(spec(next_fire=T0), fire)
+    assert (must_get(store, "report").start, must_get(store, "report").end) == (None, None)
+
+
+def test_a_resume_after_the_end_ends_the_definition(store: SqlStore) -> None:
+    store.upsert_recurring(spec(end=T0 + timedelta(hours=1)), T0)
+    store.set_recurring_paused("report", True, T0)
+    assert store.set_recurring_paused("report", False, T0 + timedelta(hours=2), next_fire=None)
+    rec = must_get(store, "report")
+    assert (rec.paused, rec.next_fire) == (False, None)
+    assert store.due_recurring(T0 + timedelta(days=9)) == []  # an ended definition is never due
+    assert store.next_recurring_fire() is None
+    store.set_recurring_paused("report", True, T0)  # a pause without a plan leaves it as it is
+    assert must_get(store, "report").next_fire is None
+
+
 def test_remove_keeps_the_jobs(store: SqlStore) -> None:
     store.upsert_recurring(spec(), T0)
     fire = T0 + timedelta(minutes=15)

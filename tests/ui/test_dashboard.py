@@ -364,6 +364,21 @@ def test_recurring_page_triggers_pauses_resumes_and_removes(engine: nbjobs.Engin
     assert "not allowed to remove" in dash.status.value
 
 
+def test_recurring_page_says_which_definitions_have_ended(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    ending = engine.options(end="2h").recurring("campaign", "0 * * * *", nightly_report)
+    engine.recurring("nightly", "0 3 * * *", nightly_report)
+    record = ending.record()
+    now = engine.clock.now()  # its last fire handled, the scheduler plans nothing after its end
+    assert engine.store.claim_recurring_fire("campaign", record.next_fire, None, [], now) == []
+    dash = dash_factory()
+    dash.show("Recurring")
+    rows = dash.recurring.table.value.split("<tr")
+    [campaign] = [r for r in rows if "<b>campaign</b>" in r]
+    [nightly] = [r for r in rows if "<b>nightly</b>" in r]
+    assert ">ended</span>" in campaign and "has passed" in campaign
+    assert "ended" not in nightly and "active" in nightly
+
+
 def test_recurring_page_degrades_without_engine_actions(engine: nbjobs.Engine, dash_factory: Any) -> None:
     dash = dash_factory()
     assert "Recurring" in dash.page_names

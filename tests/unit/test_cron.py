@@ -23,6 +23,7 @@ from nbjobs.cron import (
     parse_schedule,
     prev_fire,
     runs_allowed,
+    upcoming_fire,
     validate_policies,
 )
 from nbjobs.errors import ConfigurationError, InvalidScheduleError
@@ -557,3 +558,57 @@ def test_a_timedelta_is_an_interval_of_whole_seconds() -> None:
 
 def _take(it: Iterator[datetime], n: int) -> list[datetime]:
     return [value for value, _ in zip(it, range(n), strict=False)]
+
+
+# -- windows (start, end) -------------------------------------------------------------------------------
+def test_a_window_bounds_the_fire_times_of_a_cron_expression() -> None:
+    s = parse_schedule("0 9 * * *", "Europe/Berlin", start=utc(2026, 12, 8, 8), end=utc(2026, 12, 10, 8))
+    assert list(iter_fires(s, utc(2026, 12, 1))) == [utc(2026, 12, 8, 8), utc(2026, 12, 9, 8),
+                                                     utc(2026, 12, 10, 8)]  # both ends inclusive
+    assert list(iter_fires(s, utc(2026, 12, 9, 8))) == [utc(2026, 12, 10, 8)]
+    assert upcoming_fire(s, utc(2026, 12, 10, 8)) is None
+    with pytest.raises(InvalidScheduleError, match="never fires after"):
+        next_fire(s, utc(2026, 12, 10, 8))
+    assert prev_fire(s, utc(2027, 1, 1)) == utc(2026, 12, 10, 8)
+    assert prev_fire(s, utc(2026, 12, 8, 7)) is None  # before the start
+
+
+def test_an_interval_with_a_start_counts_from_it() -> None:
+    start = utc(2026, 12, 8, 9, 15)
+    s = parse_schedule("@every 2h", start=start)
+    assert _take(iter_fires(s, utc(2026, 12, 1)), 3) == [
+        start, utc(2026, 12, 8, 11, 15), utc(2026, 12, 8, 13, 15),
+    ]
+    assert next_fire(s, utc(2026, 12, 8, 12)) == utc(2026, 12, 8, 13, 15)
+    assert prev_fire(s, utc(2026, 12, 8, 12)) == utc(2026, 12, 8, 11, 15)
+    # without a start the grid is the epoch's
+    assert next_fire(parse_schedule("@every 2h"), utc(2026, 12, 8, 9, 15)) == utc(2026, 12, 8, 10)
+
+
+def test_due_fires_stop_at_the_end_and_then_plan_nothing() -> None:
+    s = parse_schedule("@every 2h", start=utc(2026, 12, 8, 9, 15), end=utc(2026, 12, 8, 15, 15))
+    inside = due_fires(s, utc(2026, 12, 8, 9, 15), utc(2026, 12, 8, 12), "all")
+    assert inside.fires == (utc(2026, 12, 8, 9, 15), utc(2026, 12, 8, 11, 15))
+    assert inside.next_fire == utc(2026, 12, 8, 13, 15)
+    # the scheduler comes back after the end: the last fire times inside the window are due, no later
+    late = due_fires(s, utc(2026, 12, 8, 13, 15), utc(2026, 12, 9), "all")
+    assert late.fires == (utc(2026, 12, 8, 13, 15), utc(2026, 12, 8, 15, 15))
+    assert late.next_fire is None and late.missed == 0
+    once = due_fires(s, utc(2026, 12, 8, 13, 15), utc(2026, 12, 9), "once")
+    assert (once.fires, once.next_fire, once.missed) == ((utc(2026, 12, 8, 15, 15),), None, 1)
+    assert due_fires(s, utc(2026, 12, 8, 13, 15), utc(2026, 12, 9), "skip").fires == ()  # long missed
+    # the last fire time on time: it runs, and nothing is planned after it
+    last = due_fires(s, utc(2026, 12, 8, 15, 15), utc(2026, 12, 8, 15, 15, 1), "skip")
+    assert (last.fires, last.next_fire) == ((utc(2026, 12, 8, 15, 15),), None)
+
+
+def test_a_long_outage_inside_a_window_is_capped_at_its_end() -> None:
+    s = parse_schedule("* * * * * *", end=utc(2026, 1, 8, 12))
+    plan = due_fires(s, utc(2026, 1, 1), utc(2026, 1, 9), "all", 2)
+    assert plan.fires == (utc(2026, 1, 8, 11, 59, 59), utc(2026, 1, 8, 12))
+    assert plan.missed_capped and plan.next_fire is None
+
+
+def test_an_end_before_the_start_is_refused() -> None:
+    with pytest.raises(InvalidScheduleError, match=r"is before start .*give an end after the start"):
+        parse_schedule("@daily", start=utc(2026, 12, 9), end=utc(2026, 12, 8))

@@ -27,6 +27,8 @@ def test_recurring_tour(tmp_path: Path) -> None:
     assert table.count("True") == 2  # both paused
     assert "paused after resume: False" in out
     assert "weekly-report" in out.split("paused after resume: False")[1]  # the CLI's list
-    assert "True True" in out  # both removed
+    assert "first run at its start: True - window: 23:00:00" in out
+    assert "campaign" in out.split("first run at its start")[1]  # the CLI's list shows it
+    assert "True True True" in out  # all three removed
     assert (tmp_path / "recurring.db").exists()
     wait_for(lambda: not children() - baseline, timeout=10)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import shutil
 import sys
@@ -43,6 +44,9 @@ log = logging.getLogger("nbjobs.executor.notebook")
 #: The function reference stored with every notebook job.
 NOTEBOOK_FUNCTION = "nbjobs.executors.notebook:run_notebook"
 LOG_FLUSH_SECONDS = 0.5  #: captured output is written at most this often (and at the end)
+#: While it runs, the run's notebook is saved at most this often when it changed (and at the end), so
+#: `run.notebook()` and Jupyter show the cells done so far, as papermill does.
+CHECKPOINT_SECONDS = 2.0
 WATCH_SECONDS = 0.1  #: how often a running notebook checks for cancellation
 INTERRUPT_GRACE = 2.0  #: after an interrupt, seconds a cell gets to stop before the kernel is killed
 
@@ -82,27 +86,68 @@ class _Output:
             log.exception("could not store output of job %s", self.ctx.id)
 
 
+class _Checkpoint:
+    """Saves the run so far while it runs: at once when something first changed, then at most every
+    `CHECKPOINT_SECONDS`, so the file is never more than that behind (a long cell's output included)."""
+
+    def __init__(self, nb: NotebookNode, path: Path) -> None:
+        self.nb = nb
+        self.path = path
+        self.changed = False
+        self.saved_at = -math.inf
+
+    def mark(self) -> None:
+        self.changed = True
+
+    def maybe_save(self) -> None:
+        if not self.changed or time.monotonic() - self.saved_at < CHECKPOINT_SECONDS:
+            return
+        self.changed = False
+        self.saved_at = time.monotonic()
+        try:
+            _save(self.nb, self.path)
+        except Exception:  # a full disk mid-run: the final save says so, and the run goes on
+            log.exception("could not save the run so far to %s", self.path)
+
+
+def _runs(cell: NotebookNode) -> bool:
+    """A cell the kernel executes: code with something in it."""
+    return cell.get("cell_type") == "code" and bool(cell.get("source", "").strip())
+
+
 def _client_class() -> type[Any]:
     """nbclient is imported on first use: `import nbjobs` stays fast for jobs that never run notebooks."""
     from nbclient import NotebookClient
 
     class _Client(NotebookClient):  # type: ignore[misc]
-        """NotebookClient that reports stream output as it arrives and remembers the running cell."""
+        """NotebookClient that reports stream output as it arrives, remembers the running cell, reports
+        progress by code cell ("cell 3 of 8", the execution count it will show) and checkpoints."""
 
         def __init__(self, nb: NotebookNode, *, output: _Output, ctx: context.JobContext | None,
-                     **kwargs: Any) -> None:
+                     checkpoint: _Checkpoint | None = None, **kwargs: Any) -> None:
             super().__init__(nb, **kwargs)
             self._nbjobs_output = output
             self._nbjobs_ctx = ctx
+            self._nbjobs_checkpoint = checkpoint
             self.cell_index = -1
+            code = [i for i, c in enumerate(nb.cells) if _runs(c)]
+            self._ordinals = {index: n for n, index in enumerate(code, 1)}
 
         async def async_execute_cell(self, cell: NotebookNode, cell_index: int, *args: Any,
                                      **kwargs: Any) -> NotebookNode:
-            if self._nbjobs_ctx is not None:
-                self._nbjobs_ctx.check_cancelled()  # an interrupt between cells would not stop the run
-            if cell.get("cell_type") == "code" and cell.get("source", "").strip():
+            ctx = self._nbjobs_ctx
+            if ctx is not None:
+                ctx.check_cancelled()  # an interrupt between cells would not stop the run
+            ordinal = self._ordinals.get(cell_index)
+            if ordinal is not None:
                 self.cell_index = cell_index
-            return await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+                if ctx is not None:
+                    total = len(self._ordinals)
+                    ctx.set_progress((ordinal - 1) / total, f"cell {ordinal} of {total}")
+            done = await super().async_execute_cell(cell, cell_index, *args, **kwargs)
+            if ordinal is not None and self._nbjobs_checkpoint is not None:
+                self._nbjobs_checkpoint.mark()
+            return done
 
         def output(self, outs: list[NotebookNode], msg: dict[str, Any], display_id: str | None,
                    cell_index: int) -> NotebookNode | None:
@@ -112,6 +157,8 @@ def _client_class() -> type[Any]:
             elif kind == "error":
                 tb = notebooks.strip_ansi("\n".join(content.get("traceback") or []))
                 self._nbjobs_output.write("stderr", tb + "\n")
+            if self._nbjobs_checkpoint is not None:
+                self._nbjobs_checkpoint.mark()
             return super().output(outs, msg, display_id, cell_index)
 
     return _Client
@@ -121,7 +168,8 @@ class _Run:
     """One execution: the kernel, the client, and the watch for cancellation."""
 
     def __init__(self, nb: NotebookNode, *, kernel_name: str, cwd: Path, cell_timeout: float | None,
-                 ctx: context.JobContext | None, output: _Output) -> None:
+                 ctx: context.JobContext | None, output: _Output,
+                 checkpoint: _Checkpoint | None = None) -> None:
         from jupyter_client.manager import AsyncKernelManager
 
         self.ctx = ctx
@@ -137,12 +185,13 @@ class _Run:
         }
         self.km = AsyncKernelManager(kernel_name=kernel_name, **transport)
         self.client = _client_class()(
-            nb, output=output, ctx=ctx, km=self.km, kernel_name=kernel_name,
+            nb, output=output, ctx=ctx, checkpoint=checkpoint, km=self.km, kernel_name=kernel_name,
             # timeout_func, not timeout=: nbclient's trait takes whole seconds only.
             timeout_func=(lambda _cell: cell_timeout) if cell_timeout else None, interrupt_on_timeout=False,
             shutdown_kernel="immediate", resources={"metadata": {"path": str(cwd)}},
         )
         self.cwd = cwd
+        self.checkpoint = checkpoint
         self.interrupted_at: float | None = None
 
     def execute(self) -> None:
@@ -155,6 +204,8 @@ class _Run:
             while not task.done():
                 await asyncio.wait({task}, timeout=WATCH_SECONDS)
                 self.output.maybe_flush()
+                if self.checkpoint is not None and not task.done():
+                    self.checkpoint.maybe_save()
                 if task.done() or self.ctx is None or not self.ctx.cancelled:
                     continue
                 if self.interrupted_at is None:
@@ -375,9 +426,10 @@ def run_notebook(
     nb.metadata["nbjobs"] = {
         "input_path": str(source), "parameters": params, "kernel_name": kernel,
         "job_id": ctx.id if ctx else None, "attempt": ctx.attempt if ctx else None,
-        "started_at": _clock.now().isoformat(),
+        "started_at": _clock.now().isoformat(), "status": "running",
     }
-    run = _Run(nb, kernel_name=kernel, cwd=folder, cell_timeout=cell_timeout, ctx=ctx, output=output)
+    run = _Run(nb, kernel_name=kernel, cwd=folder, cell_timeout=cell_timeout, ctx=ctx, output=output,
+               checkpoint=_Checkpoint(nb, out))
     status = "failed"
     exports: dict[str, str] = {}
     try:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import nbformat
@@ -296,6 +297,42 @@ def test_timeout_bounds_the_whole_run(nb: nbjobs.Engine, tmp_path: Path) -> None
     assert partial.metadata["nbjobs"]["reason"] == "timeout of 4.0s passed"
     done = [c for c in partial.cells if c.cell_type == "code" and c.outputs]
     assert len(done) < 40  # (how many ran depends on how long the kernel took to start)
+    assert_no_kernel_left(baseline)
+
+
+def test_a_running_notebook_reports_its_cell_and_saves_the_cells_done(
+        nb: nbjobs.Engine, tmp_path: Path) -> None:
+    baseline = children()
+    gate = tmp_path / "gate"
+    path = make_notebook(
+        tmp_path / "steps.ipynb", "print('first')",
+        "import pathlib, time\nwhile not pathlib.Path(gate).exists():\n    time.sleep(0.02)",
+        "print('third')",
+        parameters="gate = ''",
+    )
+    run = nb.enqueue_notebook(path, {"gate": str(gate)})
+
+    def progress() -> tuple[float | None, str | None]:
+        record = run.record()
+        return record.progress, record.progress_message
+
+    # the parameters cell and its injected one count: five code cells, the gate is the fourth
+    wait_for(lambda: progress() == (0.6, "cell 4 of 5"), timeout=30)
+
+    def saved_so_far() -> list[Any] | None:  # the run is saved as it goes (within 2 s), to be opened
+        partial = run.notebook()
+        code = [] if partial is None else [c for c in partial.cells if c.cell_type == "code"]
+        return code if code and any("first" in o.get("text", "") for o in code[2].outputs) else None
+
+    wait_for(lambda: saved_so_far() is not None, timeout=10)
+    partial = run.notebook()
+    assert partial is not None and partial.metadata["nbjobs"]["status"] == "running"
+    code = saved_so_far()
+    assert code is not None and code[4].outputs == []  # not run yet
+    gate.touch()
+    done = run.result(timeout=30)
+    assert done.metadata["nbjobs"]["status"] == "succeeded"
+    assert "third" in done.cells[-1].outputs[0]["text"]
     assert_no_kernel_left(baseline)
 
 

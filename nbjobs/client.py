@@ -200,9 +200,9 @@ def build_options(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -> 
 
 def check_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], JobOptions]:
     """Options split and checked as a `Client` keeps them: the job options as given, the
-    recurring-only ones (tz, misfire, misfire_limit, overlap, start, end), and the job options
-    validated. Needs no engine, so decorators check theirs where they decorate, long before the first
-    enqueue."""
+    recurring-only ones (tz, misfire, misfire_limit, misfire_grace, overlap, start, end), and the job
+    options validated. Needs no engine, so decorators check theirs where they decorate, long before the
+    first enqueue."""
     job_defaults = dict(options)
     recurring = recurring_client.split_options(job_defaults)  # takes out and checks the recurring ones
     return job_defaults, recurring, build_options({}, job_defaults)
@@ -329,10 +329,10 @@ class Client:
         self.codec = codec
         self.clock = clock
         self.notifier = notifier
-        #: `recurring_defaults`: tz, misfire, misfire_limit, overlap, start, end, for `recurring`
-        #: only, kept apart from job options. `job_options`: this client's options, validated now
-        #: (unknown names are checked in overrides) and shared by its jobs that add none of their own
-        #: (frozen).
+        #: `recurring_defaults`: tz, misfire, misfire_limit, misfire_grace, overlap, start, end, for
+        #: `recurring` only, kept apart from job options. `job_options`: this client's options,
+        #: validated now (unknown names are checked in overrides) and shared by its jobs that add none
+        #: of their own (frozen).
         self.defaults, self.recurring_defaults, self.job_options = check_options(defaults or {})
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
@@ -342,7 +342,8 @@ class Client:
 
     def options(self, **options: Any) -> Client:
         """A client whose jobs use these options (validated now): queue, retries, timeout, key, …;
-        for recurring definitions also tz, misfire, misfire_limit and overlap."""
+        for recurring definitions also tz, misfire, misfire_limit, misfire_grace, overlap, start and
+        end."""
         merged = {**self.defaults, **self.recurring_defaults, **options}
         return type(self)(self.store, self.codec, self.clock, self.notifier, merged)
 

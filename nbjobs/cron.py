@@ -516,8 +516,13 @@ def _unbounded_prev(schedule: CronSchedule, at: datetime) -> datetime | None:
 
 
 # -- missed runs and overlap ---------------------------------------------------------------------------
-def validate_policies(misfire: str, limit: int, overlap: str) -> None:
+def validate_policies(misfire: str, limit: int, overlap: str, grace: timedelta | None = None) -> None:
     """Check a recurring definition's policies; raise InvalidScheduleError saying what is allowed."""
+    if grace is not None and grace <= timedelta(0):
+        raise InvalidScheduleError(
+            f"misfire_grace must be a positive duration such as '2h', got {grace.total_seconds()} s; "
+            "leave it out to run late fire times however late"
+        )
     if misfire not in MISFIRE_POLICIES:
         raise InvalidScheduleError(
             f"unknown misfire policy {misfire!r}; use 'once' (one run for all missed fire times), "
@@ -539,7 +544,7 @@ def due_fires(
     misfire: str = "once",
     limit: int = 100,
     *,
-    grace: timedelta = SKIP_GRACE,
+    grace: timedelta | None = None,
 ) -> FirePlan:
     """Decide which due fire times get a job now, and the next fire time to store.
 
@@ -547,11 +552,14 @@ def due_fires(
     time from it up to `now` is due:
 
     - ``once``: one job, standing for the latest due fire time; the others are counted as missed.
-    - ``skip``: one job for the latest due fire time only if it is at most `grace` old (just due,
-      not missed while no scheduler ran); every other due fire time is missed.
+    - ``skip``: one job for the latest due fire time only if it is at most `grace` old (default
+      `SKIP_GRACE`: just due, not missed while no scheduler ran); every other due fire time is missed.
     - ``all``: one job per due fire time, the latest `limit` of them; older ones are missed.
+
+    With `grace` (APScheduler's misfire grace time), a fire time more than that late gets no job
+    under any policy: ``once`` then runs the latest only if it is that recent, ``all`` those that are.
     """
-    validate_policies(misfire, limit, "allow")
+    validate_policies(misfire, limit, "allow", grace)
     last_planned, now = ensure_utc(last_planned), ensure_utc(now)
     if last_planned > now:
         return FirePlan(fires=(), next_fire=last_planned, due=0, missed=0)
@@ -585,9 +593,11 @@ def due_fires(
     if misfire == "once":
         fires = (latest,)
     elif misfire == "skip":
-        fires = (latest,) if now - latest <= grace else ()
+        fires = (latest,) if now - latest <= (SKIP_GRACE if grace is None else grace) else ()
     else:
         fires = tuple(recent)
+    if grace is not None:
+        fires = tuple(f for f in fires if now - f <= grace)
     due = max(due, len(fires))
     return FirePlan(
         fires=fires, next_fire=upcoming, due=due, missed=due - len(fires), missed_capped=capped

@@ -5,8 +5,8 @@ the misfire and overlap policies, the job options, the function and its argument
 side (turning due fire times into jobs) is `nbjobs.server.recurring`.
 
 `Client` delegates here; its own options keep the recurring-only ones (`tz`, `misfire`,
-`misfire_limit`, `overlap`, `start`, `end`) apart from job options, so `nb.options(tz=…)` can serve
-`recurring` while `enqueue` refuses them with a clear message.
+`misfire_limit`, `misfire_grace`, `overlap`, `start`, `end`) apart from job options, so
+`nb.options(tz=…)` can serve `recurring` while `enqueue` refuses them with a clear message.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from .clock import Clock, utcnow
+from .clock import Clock, seconds_of, utcnow
 from .cron import (
     CronSchedule,
     every_from_timedelta,
@@ -24,7 +24,13 @@ from .cron import (
     upcoming_fire,
     validate_policies,
 )
-from .errors import FunctionNotFoundError, InvalidJobError, InvalidScheduleError, RecurringNotFoundError
+from .errors import (
+    FunctionNotFoundError,
+    InvalidJobError,
+    InvalidScheduleError,
+    RecurringNotFoundError,
+    is_seconds,
+)
 from .model import RECURRING_ID_MAX, JobOptions, NewJob, resolve_when, unstorable_character
 from .payload import Codec, Target, unresolvable
 from .storage import Store
@@ -32,7 +38,8 @@ from .storage.base import RecurringRecord, RecurringSpec
 
 #: Options only recurring definitions take, with their defaults.
 RECURRING_DEFAULTS: dict[str, Any] = {
-    "tz": "UTC", "misfire": "once", "misfire_limit": 100, "overlap": "allow", "start": None, "end": None,
+    "tz": "UTC", "misfire": "once", "misfire_limit": 100, "misfire_grace": None, "overlap": "allow",
+    "start": None, "end": None,
 }
 RECURRING_OPTIONS = frozenset(RECURRING_DEFAULTS)
 MAX_ID_LENGTH = RECURRING_ID_MAX  #: the id column's width
@@ -65,10 +72,23 @@ def split_options(options: dict[str, Any]) -> dict[str, Any]:
                 f"tz must be an IANA time zone name such as 'Europe/Berlin', got {taken['tz']!r}"
             )
         taken["tz"] = parse_zone(taken["tz"]).key
+    if taken.get("misfire_grace") is not None:
+        taken["misfire_grace"] = grace_seconds(taken["misfire_grace"])
     policy = {**RECURRING_DEFAULTS, **taken}
     validate_policies(policy["misfire"], policy["misfire_limit"], policy["overlap"])
     window(policy, utcnow())  # refused now; a delay ('2d') is counted from `recurring`'s call
     return taken
+
+
+def grace_seconds(value: object) -> float:
+    """`misfire_grace` in seconds: a duration ('2h'), a timedelta or seconds, above zero."""
+    seconds = seconds_of(value)
+    if not is_seconds(seconds, zero=False):
+        raise InvalidScheduleError(
+            f"misfire_grace must be a positive duration such as '2h', a timedelta or seconds, got "
+            f"{value!r}; leave it out to run late fire times however late"
+        )
+    return float(seconds)
 
 
 def window(policy: Mapping[str, Any], now: datetime) -> tuple[datetime | None, datetime | None]:
@@ -151,8 +171,9 @@ def define(
     ref, payload = client.codec.encode(fn, args, kwargs, options.serializer)
     spec = RecurringSpec(
         id=rid, cron=schedule.expr, tz=schedule.tz, function=ref, payload=payload, options=options,
-        misfire=policy["misfire"], misfire_limit=policy["misfire_limit"], overlap=policy["overlap"],
-        start=start, end=end, next_fire=first,
+        misfire=policy["misfire"], misfire_limit=policy["misfire_limit"],
+        misfire_grace=policy["misfire_grace"], overlap=policy["overlap"], start=start, end=end,
+        next_fire=first,
     )
     client.store.upsert_recurring(spec, now)
     client.notifier.schedule_changed.set()  # the local scheduler recomputes its next wake-up

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from ..clock import Clock
 from ..cron import FirePlan, due_fires, parse_schedule
@@ -75,7 +75,8 @@ class RecurringDuty:
         except NbJobsError as exc:
             self._mark_error(record, f"schedule cannot be read: {exc}", now)
             return 0  # no next fire to move to; it stays due and is looked at again each tick
-        plan = due_fires(schedule, record.next_fire, now, record.misfire, record.misfire_limit)
+        grace = None if record.misfire_grace is None else timedelta(seconds=record.misfire_grace)
+        plan = due_fires(schedule, record.next_fire, now, record.misfire, record.misfire_limit, grace=grace)
         problem = unresolvable(record.function)
         if problem is not None:
             self._mark_error(record, f"{problem}; was it renamed or removed? Restore it, or define "
@@ -94,7 +95,10 @@ class RecurringDuty:
         ]
         note = None
         if plan.missed:
-            note = (f"misfire={record.misfire!r}: {_count(plan.missed, plan.missed_capped)} from "
+            policy = f"misfire={record.misfire!r}" + (
+                "" if grace is None else f", misfire_grace={grace.total_seconds():g}s"
+            )
+            note = (f"{policy}: {_count(plan.missed, plan.missed_capped)} from "
                     f"{record.next_fire.isoformat()} got no job of their own")
         return self._claim(record, plan, jobs, now, missed=plan.missed, note=note)
 

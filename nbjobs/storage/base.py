@@ -108,6 +108,7 @@ class RecurringSpec:
     options: JobOptions  #: options of every job it creates
     misfire: str = "once"  #: "once" | "skip" | "all", see `cron.due_fires`
     misfire_limit: int = 100  #: most jobs one catch-up creates with misfire="all"
+    misfire_grace: float | None = None  #: seconds; a fire time later than this gets no job
     overlap: str = "allow"  #: "allow" | "skip": skip fires while the previous run is unfinished
     start: datetime | None = None  #: no fire time before it
     end: datetime | None = None  #: no fire time after it
@@ -126,6 +127,7 @@ class RecurringRecord:
     options: JobOptions
     misfire: str
     misfire_limit: int
+    misfire_grace: float | None = None  #: seconds; a fire time later than this gets no job
     overlap: str
     start: datetime | None = None  #: no fire time before it
     end: datetime | None = None  #: no fire time after it

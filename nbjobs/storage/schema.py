@@ -45,8 +45,8 @@ from ..model import (
 #: 4: `nbjobs_jobs.lock_name` and its two indexes (`options(lock=…)`: one job of a lock at a time;
 #:    an older nbjobs would run them side by side).
 #: 5: `nbjobs_paused_queues` (`pause_queue`: an older nbjobs would go on claiming from them).
-#: 6: `nbjobs_recurring.start_at` / `end_at` (a definition's window: an older nbjobs would fire
-#:    outside it).
+#: 6: `nbjobs_recurring.start_at` / `end_at` (a definition's window) and `misfire_grace`: an older
+#:    nbjobs would fire outside the window, or fire times however late.
 SCHEMA_VERSION = 6
 
 metadata = MetaData()
@@ -236,6 +236,7 @@ recurring = Table(
     Column("options", Text, nullable=False),  # JSON of JobOptions
     Column("misfire", String(16), nullable=False, default="once"),
     Column("misfire_limit", Integer, nullable=False, default=100),
+    Column("misfire_grace", Float),  # seconds: fire times later than this get no job (schema 6)
     Column("overlap", String(16), nullable=False, default="allow"),
     Column("start_at", UTCDateTime),  # no fire time before it (schema 6)
     Column("end_at", UTCDateTime),  # no fire time after it (schema 6)

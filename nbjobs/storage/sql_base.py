@@ -299,7 +299,7 @@ class SqlBase:
             LOCK_HELD.create(conn, checkfirst=True)
             LOCK_NEXT.create(conn, checkfirst=True)
         if version < 6:
-            _add_columns(conn, recurring, "start_at", "end_at")
+            _add_columns(conn, recurring, "start_at", "end_at", "misfire_grace")
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         log.info("database schema upgraded from %d to %d", version, SCHEMA_VERSION)
 

@@ -321,9 +321,12 @@ def test_misfire_policies_after_downtime(nb: nbjobs.Engine, clock: nbjobs.Manual
     nb.options(misfire="skip").recurring("skip", "* * * * *", record, "skip")
     nb.options(misfire="all").recurring("all", "* * * * *", record, "all")
     nb.options(misfire="all", misfire_limit=3).recurring("all3", "* * * * *", record, "all3")
+    # a misfire grace (APScheduler's): fire times more than that late get no job, under any policy
+    nb.options(misfire="all", misfire_grace="2m").recurring("all2m", "* * * * *", record, "all2m")
+    nb.options(misfire_grace=timedelta(seconds=20)).recurring("once20s", "* * * * *", record, "once20s")
     nb.start_server(**SERVER)
     clock.set(FIRST)
-    for rid in ("once", "skip", "all", "all3"):
+    for rid in ("once", "skip", "all", "all3", "all2m", "once20s"):
         wait_for(lambda rid=rid: succeeded(nb, rid, 1))
     nb.stop_server()
     clock.set(FIRST + 5 * MINUTE + timedelta(seconds=30))  # 5 fire times pass with no server
@@ -331,15 +334,22 @@ def test_misfire_policies_after_downtime(nb: nbjobs.Engine, clock: nbjobs.Manual
     wait_for(lambda: succeeded(nb, "once", 2))
     wait_for(lambda: succeeded(nb, "all", 6))
     wait_for(lambda: succeeded(nb, "all3", 4))
+    wait_for(lambda: succeeded(nb, "all2m", 3))
     settle(nb)
     missed = [FIRST + k * MINUTE for k in range(1, 6)]
     assert fire_times(nb, "once") == [FIRST, missed[-1]]  # one run standing for the latest
     assert fire_times(nb, "skip") == [FIRST]  # none: the latest is 30 s late, not just due
     assert fire_times(nb, "all") == [FIRST, *missed]
     assert fire_times(nb, "all3") == [FIRST, *missed[-3:]]  # bounded by misfire_limit
+    assert fire_times(nb, "all2m") == [FIRST, *missed[-2:]]  # 90 s and 30 s late, not 150 s
+    assert fire_times(nb, "once20s") == [FIRST]  # the latest is 30 s late
     frame = nb.recurring_jobs().set_index("id")
-    assert dict(frame["missed"]) == {"all": 0, "all3": 2, "once": 4, "skip": 5}
+    assert dict(frame["missed"]) == {"all": 0, "all3": 2, "once": 4, "skip": 5, "all2m": 3, "once20s": 5}
     assert "misfire='skip'" in frame.loc["skip", "last_skip"]
+    assert frame.loc["once20s", "last_skip"].startswith("misfire='once', misfire_grace=20s: 5 fire times")
+    for bad in (0, -5, "soon", float("nan"), True):
+        with pytest.raises(nbjobs.InvalidScheduleError, match="misfire_grace must be a positive duration"):
+            nb.options(misfire_grace=bad)
     assert set(frame["next_run"]) == {pd.Timestamp(FIRST + 6 * MINUTE)}
 
 

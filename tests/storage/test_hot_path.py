@@ -131,6 +131,7 @@ def test_an_older_schema_is_upgraded_in_place(db_url: str) -> None:
         conn.execute(text("DROP TABLE nbjobs_paused_queues"))  # schema 5
         conn.execute(text("ALTER TABLE nbjobs_recurring DROP COLUMN start_at"))  # schema 6
         conn.execute(text("ALTER TABLE nbjobs_recurring DROP COLUMN end_at"))
+        conn.execute(text("ALTER TABLE nbjobs_recurring DROP COLUMN misfire_grace"))
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="1"))
     store.close()
     upgraded = SqlStore(db_url)
@@ -144,9 +145,10 @@ def test_an_older_schema_is_upgraded_in_place(db_url: str) -> None:
         assert version == str(SCHEMA_VERSION)
         assert upgraded.get(kept.id) is not None  # nothing stored was lost
         columns = {c["name"] for c in inspect(upgraded.engine).get_columns("nbjobs_recurring")}
-        assert {"start_at", "end_at"} <= columns
+        assert {"start_at", "end_at", "misfire_grace"} <= columns
         nightly = upgraded.get_recurring("nightly")
         assert nightly is not None and (nightly.next_fire, nightly.start, nightly.end) == (T0, None, None)
+        assert nightly.misfire_grace is None
     finally:
         upgraded.close()
 

@@ -46,12 +46,13 @@ def recurring_jobs(store: SqlStore, rid: str) -> list[dict[str, object]]:
 def test_add_get_and_list(store: SqlStore) -> None:
     assert store.upsert_recurring(spec("b"), T0) is True
     assert store.upsert_recurring(spec("a", "0 9 * * MON-FRI", tz="Europe/Berlin", misfire="all",
-                                        misfire_limit=7, overlap="skip"), T0) is True
+                                        misfire_limit=7, misfire_grace=7200.0, overlap="skip"), T0) is True
     rec = must_get(store, "a")
     assert (rec.cron, rec.tz, rec.function, rec.payload) == ("0 9 * * MON-FRI", "Europe/Berlin",
                                                              "tests.jobs:report", b"args")
     assert rec.options == JobOptions(queue="reports", retries=1)
-    assert (rec.misfire, rec.misfire_limit, rec.overlap) == ("all", 7, "skip")
+    assert (rec.misfire, rec.misfire_limit, rec.misfire_grace, rec.overlap) == ("all", 7, 7200.0, "skip")
+    assert must_get(store, "b").misfire_grace is None
     assert rec.next_fire == T0 + timedelta(minutes=15)
     assert (rec.last_fire, rec.last_job_id, rec.last_job_state, rec.paused, rec.error) == (
         None, None, None, False, None,

@@ -434,6 +434,19 @@ def test_skip_still_runs_the_fire_that_is_just_due() -> None:
     assert custom.fires == (utc(2026, 1, 1, 11),)
 
 
+def test_a_misfire_grace_drops_fire_times_later_than_it_under_every_policy() -> None:
+    last, now, grace = utc(2026, 1, 1, 10), utc(2026, 1, 1, 11, 7), timedelta(minutes=30)
+    every = due_fires(Q, last, now, "all", grace=grace)
+    assert every.fires == (utc(2026, 1, 1, 10, 45), utc(2026, 1, 1, 11))  # 22 and 7 minutes late
+    assert (every.due, every.missed) == (5, 3)
+    once = due_fires(Q, last, now, "once", grace=timedelta(minutes=5))
+    assert (once.fires, once.missed) == ((), 5)  # the latest is 7 minutes late
+    assert due_fires(Q, last, now, "once", grace=grace).fires == (utc(2026, 1, 1, 11),)
+    assert due_fires(Q, last, now, "skip", grace=grace).fires == (utc(2026, 1, 1, 11),)
+    with pytest.raises(InvalidScheduleError, match="misfire_grace must be a positive duration"):
+        due_fires(Q, last, now, "once", grace=timedelta(0))
+
+
 def test_all_creates_one_per_missed_fire_bounded_by_limit() -> None:
     plan = due_fires(Q, utc(2026, 1, 1, 10), utc(2026, 1, 1, 11, 7), "all", 100)
     assert plan.fires == tuple(utc(2026, 1, 1, 10, 0) + timedelta(minutes=15 * i) for i in range(5))

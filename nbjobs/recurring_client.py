@@ -93,14 +93,16 @@ def grace_seconds(value: object) -> float:
 
 def window(policy: Mapping[str, Any], now: datetime) -> tuple[datetime | None, datetime | None]:
     """The `start` and `end` options as aware UTC times: a datetime (naive = local), an ISO time
-    string, a date, or a delay from `now` ('2d', a timedelta, seconds), as `schedule` reads them."""
+    string, a date, or a delay from `now` ('2d', a timedelta, seconds), as `schedule` reads them.
+    In whole seconds, as fire times are: `start="10s"` then fires on the second, not 0.37 s past it."""
     found: list[datetime | None] = []
     for what in ("start", "end"):
         value = policy[what]
         try:
-            found.append(None if value is None else resolve_when(value, now, what))
+            at = None if value is None else resolve_when(value, now, what)
         except InvalidJobError as exc:
             raise InvalidScheduleError(str(exc)) from None
+        found.append(None if at is None else at.replace(microsecond=0))
     start, end = found
     if start is not None and end is not None and end < start:
         raise InvalidScheduleError(
@@ -163,10 +165,13 @@ def define(
     validate_policies(policy["misfire"], policy["misfire_limit"], policy["overlap"])
     first = upcoming_fire(schedule, now)
     if first is None:
+        until = end.isoformat() if end else "?"
+        if end is not None and end <= now:
+            raise InvalidScheduleError(f"end {until} has passed: give a later end, or leave it out")
         since = now if start is None or start < now else start
         raise InvalidScheduleError(
             f"{schedule.expr!r} has no fire time between {since.isoformat(timespec='seconds')} and its "
-            f"end {end.isoformat(timespec='seconds') if end else '?'}: give a later end, or leave it out"
+            f"end {until}: give a later end, or leave it out"
         )
     ref, payload = client.codec.encode(fn, args, kwargs, options.serializer)
     spec = RecurringSpec(

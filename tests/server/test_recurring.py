@@ -230,8 +230,14 @@ def test_a_resume_after_the_end_ends_it_and_bad_windows_are_refused(
     with pytest.raises(nbjobs.InvalidScheduleError, match=r"'0 9 \* \* \*' has no fire time between .* "
                        r"and its end .*: give a later end"):
         nb.options(end=now + timedelta(minutes=30)).recurring("never", "0 9 * * *", record, "n")
-    with pytest.raises(nbjobs.InvalidScheduleError, match="has no fire time"):
+    with pytest.raises(nbjobs.InvalidScheduleError,
+                       match=r"end 2026-01-04T08:00:30\+00:00 has passed: give a later end, or leave it out"):
         nb.options(end=now - timedelta(days=1)).recurring("past", "* * * * *", record, "n")
+    clock.set(now + timedelta(microseconds=370000))  # a delay's window is in whole seconds, as fire times
+    sharp = nb.options(start="10s", end=timedelta(minutes=1)).recurring("sharp", "@every 20s", record, "s")
+    assert sharp.next_fire == now + timedelta(seconds=10)
+    assert sharp.record().end == now + timedelta(minutes=1)
+    sharp.remove()
     with pytest.raises(nbjobs.InvalidJobError, match=r"\['end', 'start'\] apply only to recurring jobs"):
         nb.options(start="1h", end="2h").enqueue(record, "x")
     assert sorted(nb.recurring_jobs()["id"]) == ["short"]  # nothing stored by a refusal

@@ -497,7 +497,8 @@ class Client:
         continue_on: ContinueOn | str = ContinueOn.SUCCEEDED,
         **kwargs: Any,
     ) -> Job:
-        """A continuation: run `fn` when `parent` succeeds (or, with continue_on="finished", ends)."""
+        """A continuation: run `fn` when `parent` succeeds (or, with continue_on="finished", ends; with
+        "failed", only if it failed: a failure handler, deleted when the parent succeeds)."""
         parent_id = self.job_id(parent)
         spec = self.new_job(fn, args, kwargs, parent_id=parent_id, continue_on=_continue_on(continue_on),
                             reason=f"continuation of job {parent_id}")
@@ -513,8 +514,9 @@ class Client:
         **kwargs: Any,
     ) -> Job:
         """A continuation of several jobs (fan-in): run `fn` once all `parents` succeeded (or, with
-        continue_on="finished", ended in any way). With "succeeded", a parent that fails or is
-        deleted deletes the continuation at once."""
+        continue_on="finished", ended in any way; with "failed", ended and one of them failed). With
+        "succeeded", a parent that fails or is deleted deletes the continuation at once; with
+        "failed", parents that all ended without a failure delete it."""
         if isinstance(parents, Job | int | str) or not isinstance(parents, Iterable):
             raise InvalidJobError(
                 f"after takes a list of jobs (or job ids), got {type(parents).__name__}; for one "

@@ -161,6 +161,10 @@ class ContinueOn(enum.StrEnum):
     SUCCEEDED = "succeeded"
     #: When the parent reaches any final state.
     FINISHED = "finished"
+    #: Only when the parent failed (after its last retry): a failure handler, as Celery's `link_error`
+    #: and RQ's `on_failure`. Of several parents: once all ended and one of them failed; deleted
+    #: when they all ended and none failed.
+    FAILED = "failed"
 
 
 @dataclass(frozen=True, kw_only=True)

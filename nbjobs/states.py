@@ -85,10 +85,16 @@ def is_legal(current: JobState, event: Event) -> bool:
 
 def continuation_state(continue_on: ContinueOn | str, parents: Iterable[JobState]) -> JobState | None:
     """What a continuation becomes given its parents' states: Enqueued (run it), Deleted (it can
-    no longer run: a parent failed or was deleted while it waits for success), or None (wait on)."""
+    no longer run: a parent failed or was deleted while it waits for success, or every parent ended
+    and none failed while it waits for a failure), or None (wait on)."""
     states = list(parents)
-    if ContinueOn(continue_on) is ContinueOn.FINISHED:
-        return S.ENQUEUED if all(s in FINAL_STATES for s in states) else None
+    on = ContinueOn(continue_on)
+    if on is not ContinueOn.SUCCEEDED:
+        if not all(s in FINAL_STATES for s in states):
+            return None
+        if on is ContinueOn.FAILED and S.FAILED not in states:
+            return S.DELETED
+        return S.ENQUEUED
     if any(s in (S.FAILED, S.DELETED) for s in states):
         return S.DELETED
     return S.ENQUEUED if all(s is S.SUCCEEDED for s in states) else None

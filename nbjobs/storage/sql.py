@@ -41,6 +41,7 @@ from ..model import (
     FINAL_STATES,
     PRIVATE_QUEUE_MARK,
     ClaimedJob,
+    ContinueOn,
     JobState,
     NewJob,
     Outcome,
@@ -338,6 +339,8 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             new = states.continuation_state(child.continue_on, found.values())
             if new is S.ENQUEUED:
                 decided.append((child, new, f"parents {_id_list(found)} finished"))
+            elif new is S.DELETED and child.continue_on == ContinueOn.FAILED.value:
+                decided.append((child, new, f"parents {_id_list(found)} ended and none failed"))
             elif new is S.DELETED:
                 ended = {i: s for i, s in found.items() if s in (S.FAILED, S.DELETED)}
                 how = "/".join(sorted({s.value for s in ended.values()}))

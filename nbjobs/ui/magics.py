@@ -153,8 +153,8 @@ def _cell_parser() -> _Parser:
     p.add_argument("--after", default=None, metavar="JOBS",
                    help="start once these jobs succeeded: ids (12,13) or names of variables holding "
                         "Jobs or lists of Jobs; the cell then sees what they wrote back")
-    p.add_argument("--continue-on", choices=("succeeded", "finished"), default="succeeded",
-                   help="with --after: wait for success (default) or for any end")
+    p.add_argument("--continue-on", choices=("succeeded", "finished", "failed"), default="succeeded",
+                   help="with --after: wait for success (default), for any end, or run only on a failure")
     return p
 
 

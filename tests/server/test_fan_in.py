@@ -25,10 +25,10 @@ def boom(x: int) -> None:
     raise ValueError(f"bad {x}")
 
 
-def record(tag: str) -> str:
+def record(tag: str, *more: object) -> str:
     with _lock:
         RUNS[tag] += 1
-    return tag
+    return " ".join([tag, *map(str, more)])
 
 
 def test_runs_once_all_parents_succeeded_and_not_before(engine: nbjobs.Engine) -> None:
@@ -67,6 +67,29 @@ def test_continue_on_finished_runs_after_all_parents_ended_in_any_way(engine: nb
     engine.start_server(workers=2)
     assert child.result(timeout=20) == "cleanup"
     assert bad.state is JobState.FAILED
+
+
+def test_a_failure_handler_runs_only_when_a_parent_failed(engine: nbjobs.Engine) -> None:
+    bad = engine.options(retries=1, retry_base=0.01).enqueue(boom, 1)
+    oks = [engine.enqueue(square, i) for i in range(2)]
+    alert = bad.then(record, "alert", bad.id, continue_on="failed")  # Celery's link_error
+    spared = oks[0].then(record, "spared", continue_on="failed")
+    sweep_alert = engine.after([bad, *oks], record, "sweep alert", continue_on="failed")
+    sweep_spared = engine.after(oks, record, "sweep spared", continue_on="failed")
+    assert {j.state for j in (alert, spared, sweep_alert, sweep_spared)} == {JobState.AWAITING}
+    engine.start_server(workers=2)
+    assert alert.result(timeout=20) == f"alert {bad.id}"  # after the last retry, not the first failure
+    assert bad.state is JobState.FAILED and bad.record().attempts == 2
+    assert sweep_alert.result(timeout=20) == "sweep alert"
+    assert spared.wait(timeout=20) is JobState.DELETED
+    assert spared.history()[-1].reason == f"parent {oks[0].id} succeeded; continuation not run"
+    assert sweep_spared.wait(timeout=20) is JobState.DELETED
+    assert sweep_spared.history()[-1].reason.startswith(
+        f"parents {oks[0].id}, {oks[1].id} ended and none failed")
+    # a parent already ended decides at once
+    assert bad.then(record, "late", continue_on="failed").result(timeout=20) == "late"
+    assert oks[1].then(record, "never", continue_on="failed").state is JobState.DELETED
+    assert RUNS["spared"] == RUNS["sweep spared"] == RUNS["never"] == 0
 
 
 def test_parents_already_finished_decide_at_once(engine: nbjobs.Engine) -> None:

@@ -201,6 +201,18 @@ def test_a_job_cell_after_other_jobs_starts_when_they_succeeded_and_sees_their_n
     assert sorted(p.id for p in third.parents()) == [first.id, second.id]
 
 
+def test_a_job_cell_continuing_on_failure_runs_only_when_its_parent_failed(shell: InteractiveShell) -> None:
+    failing = run(shell, "%%job --retries 0\nraise ValueError('no data')")
+    fine = run(shell, "%%job\nok = 1")
+    shell.user_ns.update(failing=failing, fine=fine)
+    alert = run(shell, f"%%job --after failing --continue-on failed\n"
+                       f"alerted = nbjobs.job({failing.id}).state")
+    spared = run(shell, "%%job --after fine --continue-on failed\nspared = True")
+    alert.wait(timeout=30)
+    assert shell.user_ns["alerted"] is JobState.FAILED
+    assert spared.wait(timeout=30) is JobState.DELETED and "spared" not in shell.user_ns
+
+
 def test_after_names_that_are_not_jobs_are_refused_at_the_cell(shell: InteractiveShell) -> None:
     engine = default.current_default()
     assert engine is not None

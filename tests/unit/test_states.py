@@ -65,3 +65,17 @@ def test_a_continuation_of_several_jobs_waits_for_all_and_any_failure_deletes_it
     assert continuation_state(on_all, [S.FAILED, S.SCHEDULED]) is None  # a retry is still to come
     assert continuation_state("finished", [S.SUCCEEDED]) is S.ENQUEUED
     assert continuation_state(ok, []) is S.ENQUEUED  # every parent pruned after succeeding
+
+
+def test_a_failure_handler_runs_once_its_parents_ended_with_a_failure_and_is_deleted_without_one() -> None:
+    from nbjobs.model import ContinueOn
+    from nbjobs.states import continuation_state
+
+    on_failure = ContinueOn.FAILED
+    assert continuation_state(on_failure, [S.FAILED]) is S.ENQUEUED
+    assert continuation_state(on_failure, [S.SUCCEEDED]) is S.DELETED
+    assert continuation_state(on_failure, [S.DELETED]) is S.DELETED  # a person deleted it: no failure
+    assert continuation_state(on_failure, [S.SCHEDULED]) is None  # failed an attempt: a retry is to come
+    assert continuation_state(on_failure, [S.FAILED, S.PROCESSING]) is None  # all of them, then
+    assert continuation_state(on_failure, [S.SUCCEEDED, S.FAILED, S.DELETED]) is S.ENQUEUED
+    assert continuation_state("failed", [S.SUCCEEDED, S.SUCCEEDED]) is S.DELETED

@@ -300,7 +300,7 @@ def detail(
         props.append(("Parent", f"#{record.parent_id} (continue on {esc(record.continue_on.value)})"))
     elif parents:  # a continuation of several jobs
         props.append(("Parents", ", ".join(f"#{p}" for p in parents)
-                      + f" (continue when all {esc(record.continue_on.value)})"))
+                      + f" (continue when {_FAN_IN_WHEN[record.continue_on.value]})"))
     if opts.lock is not None:
         held = (" (held by this job)" if record.state is S.PROCESSING
                 else f" (held by #{lock_holder})" if lock_holder is not None else "")
@@ -407,6 +407,11 @@ def recurring_table(records: Sequence[Any], now: datetime) -> str:
     ]
     return table(["Id", "Cron", "Time zone", "Next", "Last", "Last job", "Status", "Error"], rows,
                  "no recurring jobs", (160, 130, 110, 100, 100, 150, 70, 260))
+
+
+#: When a continuation of several jobs runs, by its `continue_on`.
+_FAN_IN_WHEN = {"succeeded": "all succeeded", "finished": "all finished",
+                "failed": "all ended and one failed"}
 
 
 def recurring_status(record: Any) -> str:

@@ -430,6 +430,9 @@ def test_job_pages_show_the_parents_and_continuations_of_a_fan_in(
     assert f"#{parents[0].id}, #{parents[1].id} (continue when all succeeded)" in page
     dash.open_job(parents[1].id)
     assert f"#{child.id}" in dash.detail_html.value and "Continuations" in dash.detail_html.value
+    handler = engine.after(parents, login, "alert", "pw", continue_on="failed")
+    dash.open_job(handler.id)
+    assert "(continue when all ended and one failed)" in dash.detail_html.value
 
 
 def test_job_page_names_the_job_holding_its_lock(engine: nbjobs.Engine, dash_factory: Any) -> None:

@@ -155,6 +155,9 @@ def _cell_parser() -> _Parser:
                         "Jobs or lists of Jobs; the cell then sees what they wrote back")
     p.add_argument("--continue-on", choices=("succeeded", "finished", "failed"), default="succeeded",
                    help="with --after: wait for success (default), for any end, or run only on a failure")
+    p.add_argument("--at", default=None, metavar="WHEN",
+                   help="run later: a delay ('10m', '2h') or a time ('2026-12-08 02:00', local); the cell "
+                        "sees the namespace as it is then")
     return p
 
 
@@ -261,7 +264,8 @@ MAGICS_HELP = """\
 %nbjobs [status]               the default engine and its server
 %nbjobs config [key=value …]   show or change its settings (workers=4, queues=default,io, url=…)
 %nbjobs start | stop           start the engine and its server | close them
-%%job [--name N] [--queue Q] [--after JOBS] [--retries R] [--timeout 10m] [--priority P] [--lock L]
+%%job [--name N] [--queue Q] [--at 2h | --after JOBS [--continue-on failed]] [--retries R]
+      [--timeout 10m] [--priority P] [--lock L]
                                run the cell in the background; its new names come back when it ends
 %job ID                        one job: state, history, output tail, result or traceback
 %jobs [STATE]                  the dashboard, or the jobs in one state as a DataFrame"""
@@ -283,16 +287,21 @@ def submit_cell(cell: str, line: str = "") -> Job:
         raise UsageError(f"the cell does not compile: {exc}") from exc
     first = next((ln.strip() for ln in cell.splitlines() if ln.strip()), "")
     name = args.name or f"%%job: {first[:60]}"
+    if args.at is not None and args.after:
+        raise UsageError("%%job takes --at or --after, not both: a cell waiting for other jobs starts "
+                         "when they end; to run it later, schedule the jobs it waits for")
     after = _after_ids(args.after, InteractiveShell.instance().user_ns) if args.after else None
+    call = (run_cell, cell, private_queues.PROCESS_TAG, not args.no_write_back)
     try:
         client = engine.options(queue=default.private_queue(args.queue), name=name, retries=args.retries,
                                 timeout=args.timeout, priority=args.priority, lock=args.lock)
         if after is not None:
-            return client.after(after, run_cell, cell, private_queues.PROCESS_TAG, not args.no_write_back,
-                                continue_on=args.continue_on)
+            return client.after(after, *call, continue_on=args.continue_on)
+        if args.at is not None:
+            return client.schedule(args.at, *call)
     except NbJobsError as exc:
         raise UsageError(str(exc)) from exc
-    return client.enqueue(run_cell, cell, private_queues.PROCESS_TAG, not args.no_write_back)
+    return client.enqueue(*call)
 
 
 # -- extension --------------------------------------------------------------------------------------

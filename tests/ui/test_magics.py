@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import sys
 import traceback
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.utils.capture import capture_output
 
 import nbjobs
-from nbjobs import JobState, client, context, default, private_queues
+from nbjobs import Job, JobState, client, context, default, private_queues
 from nbjobs.errors import JobFailedError
 from nbjobs.rates import Rate
 from nbjobs.ui import cells
@@ -111,6 +112,7 @@ def test_magics_answer_mistakes_with_a_usage_message(shell: InteractiveShell) ->
     with capture_output() as cap:
         run(shell, "%nbjobs help")
     assert "%%job [--name N]" in cap.stdout and "%jobs [STATE]" in cap.stdout
+    assert "--at 2h" in cap.stdout and "--continue-on failed" in cap.stdout
 
 
 def test_jobs_magic_shows_the_dashboard_or_the_jobs_frame(shell: InteractiveShell) -> None:
@@ -211,6 +213,31 @@ def test_a_job_cell_continuing_on_failure_runs_only_when_its_parent_failed(shell
     alert.wait(timeout=30)
     assert shell.user_ns["alerted"] is JobState.FAILED
     assert spared.wait(timeout=30) is JobState.DELETED and "spared" not in shell.user_ns
+
+
+def test_a_job_cell_at_a_later_time_is_scheduled_and_sees_the_namespace_of_then(
+    shell: InteractiveShell,
+) -> None:
+    run(shell, "x = 1")
+    before = datetime.now(UTC)
+    later = run(shell, "%%job --at 1h --name nightly\ny = x * 10\ny")
+    assert isinstance(later, Job) and later.state is JobState.SCHEDULED
+    run_at = later.record().run_at
+    assert run_at is not None and timedelta(minutes=59) < run_at - before < timedelta(minutes=61)
+    assert later.record().name == "nightly"
+    run(shell, "x = 7")
+    later.requeue()  # now instead of in an hour
+    assert later.result(timeout=30) == 70  # the namespace as it is when the cell runs
+    assert shell.user_ns["y"] == 70
+    engine = default.current_default()
+    assert engine is not None
+    count = len(engine.jobs())
+    with capture_output() as cap:
+        assert shell.run_cell("%%job --at soon\nz = 1").error_in_exec is not None
+        assert shell.run_cell("%%job --at 1h --after later\nz = 1").error_in_exec is not None
+    assert "when 'soon' is not a time" in cap.stderr
+    assert "%%job takes --at or --after, not both" in cap.stderr
+    assert len(engine.jobs()) == count  # nothing stored by a refusal
 
 
 def test_after_names_that_are_not_jobs_are_refused_at_the_cell(shell: InteractiveShell) -> None:

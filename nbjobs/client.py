@@ -542,6 +542,7 @@ class Client:
         output_dir: str | os.PathLike[str] | None = None,
         cell_timeout: float | str | timedelta | None = None,
         export: str | Sequence[str] | None = None,
+        hide_code: bool = False,
         **options: Any,
     ) -> NotebookJob:
         """Run a notebook with `parameters` as a job (fresh kernel); checked now, saved when it runs.
@@ -549,10 +550,12 @@ class Client:
         `options` are job options (queue, retries, timeout, name, …); `timeout` bounds the whole run,
         `cell_timeout` each cell. The run is saved to `<output_dir>/<name>.<job id>.ipynb`
         (default output_dir: `nbjobs-runs/` beside the notebook), and with `export="html"` (or
-        ["html", "pdf"], any nbconvert format) also as `<name>.<job id>.html` beside it.
+        ["html", "pdf"], any nbconvert format) also as `<name>.<job id>.html` beside it;
+        `hide_code=True` leaves the code out of those reports (outputs only).
         """
         args, kwargs = notebook_call(path, parameters, kernel_name=kernel_name, cwd=cwd,
-                                     output_dir=output_dir, cell_timeout=cell_timeout, export=export)
+                                     output_dir=output_dir, cell_timeout=cell_timeout, export=export,
+                                     hide_code=hide_code)
         if "name" not in options and self.defaults.get("name") is None:
             options["name"] = Path(args[0]).name
         job = self.submit([self.new_job(run_notebook, args, kwargs, options=options)])[0]
@@ -588,6 +591,7 @@ class Client:
         output_dir: str | os.PathLike[str] | None = None,
         cell_timeout: float | str | timedelta | None = None,
         export: str | Sequence[str] | None = None,
+        hide_code: bool = False,
         **options: Any,
     ) -> recurring_client.Recurring:
         """Add or update (by id) a recurring notebook run: `path` with `parameters` at each fire of `cron`.
@@ -595,7 +599,8 @@ class Client:
         Checked now like `enqueue_notebook`; each fire is a notebook job saved under its own job id.
         """
         args, kwargs = notebook_call(path, parameters, kernel_name=kernel_name, cwd=cwd,
-                                     output_dir=output_dir, cell_timeout=cell_timeout, export=export)
+                                     output_dir=output_dir, cell_timeout=cell_timeout, export=export,
+                                     hide_code=hide_code)
         if "name" not in options and self.defaults.get("name") is None:
             options["name"] = Path(args[0]).name
         client = self.options(**options) if options else self

@@ -339,13 +339,15 @@ class Engine:
         output_dir: str | os.PathLike[str] | None = None,
         cell_timeout: float | str | timedelta | None = None,
         export: str | Sequence[str] | None = None,
+        hide_code: bool = False,
         **options: Any,
     ) -> NotebookJob:
         """Run a notebook with `parameters` as a job in a fresh kernel; `result()` is the executed run.
-        `export="html"` (any nbconvert format, or a list) also writes the run as a report beside it."""
+        `export="html"` (any nbconvert format, or a list) also writes the run as a report beside it
+        (`hide_code=True`: its outputs only)."""
         return self.client.enqueue_notebook(path, parameters, kernel_name=kernel_name, cwd=cwd,
                                             output_dir=output_dir, cell_timeout=cell_timeout, export=export,
-                                            **options)
+                                            hide_code=hide_code, **options)
 
     def options(self, **options: Any) -> Client:
         """A client with these job options: queue, priority, retries, timeout, key, name, …"""

@@ -212,6 +212,19 @@ def check_export(export: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def check_hide_code(hide_code: object, formats: tuple[str, ...]) -> bool:
+    """`hide_code=` of a notebook job: a bool, for exports that can leave the code out."""
+    if not isinstance(hide_code, bool):
+        raise InvalidJobError(f"hide_code must be True or False, got {hide_code!r}")
+    if hide_code and not formats:
+        raise InvalidJobError("hide_code applies to the reports a run is exported as: add export='html' "
+                              "(or another format); the saved run itself always keeps its code")
+    if hide_code and "python" in formats:
+        raise InvalidJobError("export 'python' without its code would be empty: export it separately, "
+                              "without hide_code")
+    return hide_code
+
+
 def export_path(run: Path, export: str) -> Path:
     """Where a run's export is written: beside it, `report.12.ipynb` → `report.12.html`."""
     return run.with_name(run.stem + EXPORT_EXTENSIONS[export])

@@ -328,6 +328,7 @@ def notebook_call(
     output_dir: str | os.PathLike[str] | None = None,
     cell_timeout: float | str | timedelta | None = None,
     export: str | Sequence[str] | None = None,
+    hide_code: bool = False,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Check a notebook job at enqueue and return the arguments of its `run_notebook` call.
 
@@ -368,6 +369,7 @@ def notebook_call(
         raise InvalidJobError(f"output_dir {runs} is a file; give a folder for the executed notebooks "
                               "(created if missing)")
     formats = notebooks.check_export(export)
+    hidden = notebooks.check_hide_code(hide_code, formats)
     kwargs: dict[str, Any] = {
         "kernel_name": kernel_name,
         "cwd": str(folder) if folder is not None else None,
@@ -376,6 +378,8 @@ def notebook_call(
     }
     if formats:  # only when given: runs stored by versions without `export` read the same
         kwargs["export"] = list(formats)
+    if hidden:
+        kwargs["hide_code"] = True
     return (str(source), params), kwargs
 
 
@@ -405,9 +409,11 @@ def run_notebook(
     output_dir: str | None = None,
     cell_timeout: float | None = None,
     export: Sequence[str] = (),
+    hide_code: bool = False,
 ) -> dict[str, Any]:
     """Execute the notebook at `path` with `parameters` in a fresh kernel and save the run, and its
-    exports (`export=["html"]`: `report.12.html` beside `report.12.ipynb`), failed runs included.
+    exports (`export=["html"]`: `report.12.html` beside `report.12.ipynb`; `hide_code`: outputs
+    only, for readers of a report), failed runs included.
 
     Returns `{"output_path", "kernel_name", "parameters", "cells", "exports"}`; raises
     NotebookCellError for a failing cell and JobCancelled when the job was cancelled (or timed out)
@@ -448,26 +454,29 @@ def run_notebook(
         _save(nb, out)
         if export and status != "succeeded":  # a failed run's report shows where it failed
             try:
-                _export(nb, out, export)
+                _export(nb, out, export, hide_code)
             except Exception:  # the run's own error is the job's
                 log.exception("could not export the failed run %s", out)
     if export:
-        exports = _export(nb, out, export)
+        exports = _export(nb, out, export, hide_code)
     log.info("notebook %s ran in kernel %s; saved to %s", source, kernel, out,
              extra={"action": "notebook_done", "job_id": ctx.id if ctx else None})
     return {"output_path": str(out), "kernel_name": kernel, "parameters": params,
             "cells": len(nb.cells), "exports": exports}
 
 
-def _export(nb: NotebookNode, run: Path, formats: Sequence[str]) -> dict[str, str]:
-    """Write the run in each format beside it (nbconvert); the files written, by format."""
+def _export(nb: NotebookNode, run: Path, formats: Sequence[str], hide_code: bool = False) -> dict[str, str]:
+    """Write the run in each format beside it (nbconvert); the files written, by format. Without its
+    code (`hide_code`): input cells and prompts left out, as papermill's report mode shows a run."""
     from nbconvert.exporters import get_exporter
 
+    hidden = {"exclude_input": True, "exclude_input_prompt": True, "exclude_output_prompt": True}
     written: dict[str, str] = {}
     for name in formats:
         try:
             target = notebooks.export_path(run, name)
-            body, _ = get_exporter(name)().from_notebook_node(nb)  # type: ignore[no-untyped-call]
+            exporter = get_exporter(name)(**(hidden if hide_code else {}))  # type: ignore[no-untyped-call]
+            body, _ = exporter.from_notebook_node(nb)
             _write(target, body.encode("utf-8") if isinstance(body, str) else body)
         except Exception as exc:
             raise NotebookError(f"the run is saved at {run}, but exporting it as {name} failed: "

@@ -103,6 +103,7 @@ def test_report_runs_with_parameters_saved_and_continued(engine: nbjobs.Engine, 
     html = run.exports["html"].read_text()
     assert html.lstrip().lower().startswith("<!doctype html>") and "AMER 2026-11-27: 50 orders" in html
     assert "AMER 2026-11-27: 50 orders" in run.exports["markdown"].read_text()
+    assert "REGIONS = {" in run.exports["markdown"].read_text()  # with its code (no hide_code)
     # An ordinary job: named, in its queue, continued, found again as a NotebookJob.
     assert run.record().options.name == "sales.ipynb" and run.record().queue == "reports"
     assert follow.result(timeout=30) == "published 2026-11-27"
@@ -138,6 +139,12 @@ def test_bad_notebook_jobs_are_refused_at_enqueue(nb: nbjobs.Engine, tmp_path: P
         nb.enqueue_notebook(SALES, export="htm")
     with pytest.raises(InvalidJobError, match="export must be a format name"):
         nb.enqueue_notebook(SALES, export=5)  # type: ignore[arg-type]
+    with pytest.raises(InvalidJobError, match="hide_code applies to the reports a run is exported as"):
+        nb.enqueue_notebook(SALES, hide_code=True)
+    with pytest.raises(InvalidJobError, match="export 'python' without its code would be empty"):
+        nb.enqueue_notebook(SALES, export=["html", "python"], hide_code=True)
+    with pytest.raises(InvalidJobError, match="hide_code must be True or False, got 'yes'"):
+        nb.enqueue_notebook(SALES, export="html", hide_code="yes")  # type: ignore[arg-type]
     with pytest.raises(InvalidJobError, match="not both"):
         nb.enqueue_notebook(SALES, export=["pdf", "webpdf"])
     previous = nbjobs.set_default_engine(nb)
@@ -444,14 +451,17 @@ def test_cli_run_notebook_waits_for_the_run(nb: nbjobs.Engine, tmp_path: Path) -
     result = CliRunner().invoke(cli, [
         "run-notebook", str(SALES), "-p", "region", "APAC", "-p", "day", "2026-11-28",
         "--lock", "apac-report", "--output-dir", str(out_dir), "--url", nb.url, "--wait", "--timeout", "60",
-        "--export", "html",
+        "--export", "html", "--hide-code",
     ], env={"NBJOBS_SECRET": "test-secret"}, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     job_id = int(result.output.split("job ", 1)[1].split()[0])
     run = nb.job(job_id)
     assert isinstance(run, NotebookJob) and run.state is JobState.SUCCEEDED
     assert f"job {job_id} succeeded: {run.output_path}, {run.exports['html']}" in result.output
-    assert "APAC" in run.exports["html"].read_text()
+    report = run.exports["html"].read_text()
+    assert "APAC" in report and "Daily sales report" in report  # outputs and text, no code:
+    assert "REGIONS" not in report and "import random" not in report
+    assert "REGIONS" in run.notebook().cells[3].source  # type: ignore[union-attr]  # the run keeps it
     assert run.record().options.lock == "apac-report"
     assert str(run.output_path) in result.output and run.output_path.parent == out_dir
     assert json.dumps(nb.codec.loads(run.record().result)["parameters"]) == json.dumps(

@@ -125,6 +125,7 @@ def demo(url: str | None) -> None:
 @click.option("--queue", default=None, help="Only jobs in this queue.")
 @click.option("--name", default=None, help="Only jobs with this name.")
 @click.option("--lock", default=None, help="Only jobs of this lock (holding it: --state processing).")
+@click.option("--recurring", default=None, metavar="ID", help="Only the runs of this recurring job.")
 @click.option("--since", default=None, help="Only jobs created since: a time ('2026-11-28 09:00', local) "
               "or a duration ago ('90m', '1h', '2d').")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
@@ -132,11 +133,11 @@ def demo(url: str | None) -> None:
 @click.option("--all", "every", is_flag=True, help="Every matching job (no --limit).")
 @format_option
 def jobs_cmd(url: str | None, state: str | None, queue: str | None, name: str | None, lock: str | None,
-             since: str | None, limit: int, every: bool, fmt: str) -> None:
+             recurring: str | None, since: str | None, limit: int, every: bool, fmt: str) -> None:
     """List jobs, newest first."""
     with _engine(url) as engine:
         frame = engine.jobs(state=state, queue=queue, name=name, limit=None if every else limit + 1,
-                            lock=lock, since=values.ago(since))
+                            lock=lock, recurring=recurring, since=values.ago(since))
         cut = not every and len(frame) > limit
         _print_frame(frame.iloc[:limit] if cut else frame, fmt,
                      ["id", "name", "function", "queue", "state", "attempts", "created_at", "duration",

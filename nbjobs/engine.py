@@ -448,16 +448,18 @@ class Engine:
     def jobs(self, state: Any = None, queue: Any = None, *, function: str | None = None,
              name: str | None = None, since: views.TimeFilter = None, until: views.TimeFilter = None,
              limit: int | None = views.DEFAULT_LIMIT, args: bool = False,
-             redact: Sequence[str] = DEFAULT_PATTERNS, lock: str | None = None) -> pd.DataFrame:
+             redact: Sequence[str] = DEFAULT_PATTERNS, lock: str | None = None,
+             recurring: str | None = None) -> pd.DataFrame:
         """Jobs as a DataFrame, newest first; filters run in the database. `args=True` adds an `args`
         column (decoded payloads, one read per job) where arguments named like `redact` show as ***.
         `name` selects the jobs given that exact name, e.g. a sweep enqueued with
         `options(name="sweep-3")`, to gather again after a restart: `nb.results(nb.jobs(name=…))`.
         `lock` selects the jobs of that lock: `nb.jobs("processing", lock="results.csv")` holds it.
+        `recurring` the runs of that recurring definition (fired or triggered), however busy the rest.
         `since`/`until` (creation time) take a datetime (naive = local time), a date, an ISO string or
         a timedelta: `nb.jobs(since=timedelta(hours=1))` lists the last hour's."""
         frame = views.jobs_frame(self.store, state=state, queue=queue, function=function, name=name,
-                                 since=since, until=until, limit=limit, lock=lock)
+                                 since=since, until=until, limit=limit, lock=lock, recurring=recurring)
         if args:
             redactor = Redactor(redact)
             texts = []

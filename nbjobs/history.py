@@ -92,6 +92,7 @@ def jobs_frame(
     until: TimeFilter = None,
     limit: int | None = DEFAULT_LIMIT,
     lock: str | None = None,
+    recurring: str | None = None,
 ) -> pd.DataFrame:
     """One row a job, newest first, with UTC datetimes, categorical state and timedelta durations.
     Cut at the default limit, it warns: `requeue(jobs(state="failed"))` would otherwise act on the
@@ -103,7 +104,7 @@ def jobs_frame(
     names, rows = store.query_table(JobFilter(
         states=_parse_states(state), queues=_queues(queue), function=function, name=name,
         since=as_utc_time(since, "since", now), until=as_utc_time(until, "until", now),
-        limit=limit + 1 if by_default and limit is not None else limit, lock=lock,
+        limit=limit + 1 if by_default and limit is not None else limit, lock=lock, recurring_id=recurring,
     ))
     if by_default and len(rows) > DEFAULT_LIMIT:
         rows = rows[:DEFAULT_LIMIT]

@@ -3,6 +3,7 @@ ManualClock, so fire times are exact and nothing sleeps."""
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 from collections import Counter
@@ -251,6 +252,9 @@ def test_trigger_runs_now_and_leaves_the_schedule(nb: nbjobs.Engine, clock: nbjo
     job = nb.trigger("report")
     wait_for(lambda: job.done)
     assert job.result() == "now"
+    other = nb.enqueue(record, "not a run")
+    assert list(nb.jobs(recurring="report")["id"]) == [job.id]  # its runs only, in the database
+    assert other.id in set(nb.jobs()["id"]) and nb.jobs(recurring="nope").empty
     rec = job.record()
     assert (rec.recurring_id, rec.fire_time, rec.queue) == ("report", None, "q")
     assert job.history()[0].reason == "triggered by hand from schedule report"
@@ -536,6 +540,9 @@ def test_cli_lists_triggers_pauses_and_resumes(db_url: str, nb: nbjobs.Engine) -
     assert triggered.exit_code == 0, triggered.output
     job_id = int(triggered.output.split(": job ")[1].split()[0])
     assert nb.job(job_id).record().recurring_id == "nightly"
+    nb.enqueue(record, "not a run")
+    runs = runner.invoke(cli, ["jobs", "--url", db_url, "--recurring", "nightly", "--format", "json"])
+    assert [row["id"] for row in json.loads(runs.output)] == [job_id]
     assert runner.invoke(cli, ["pause", "--url", db_url, "nightly"]).exit_code == 0
     assert bool(row(nb, "nightly")["paused"]) is True
     resumed = runner.invoke(cli, ["resume", "--url", db_url, "nightly"])

@@ -628,11 +628,13 @@ def servers_cmd(url: str | None, fmt: str) -> None:
 @click.option("--export", "exports", multiple=True, metavar="FORMAT",
               help="Also write the run as FORMAT beside it (repeatable): html, pdf, webpdf, markdown, …")
 @click.option("--hide-code", is_flag=True, help="Leave the code out of the exports (outputs only).")
+@click.option("--latest", is_flag=True,
+              help="Also copy a successful run and its exports to NAME.latest.ipynb, NAME.latest.html, ….")
 @click.option("--wait", is_flag=True, help="Wait until the run ends; exit 1 if it failed.")
 def run_notebook_cmd(url: str | None, path: str, parameters: tuple[tuple[str, str], ...], queue: str | None,
                      retries: int | None, timeout: float | None, cell_timeout: float | None,
                      lock: str | None, kernel_name: str | None, cwd: str | None, output_dir: str | None,
-                     exports: tuple[str, ...], hide_code: bool, wait: bool) -> None:
+                     exports: tuple[str, ...], hide_code: bool, latest: bool, wait: bool) -> None:
     """Enqueue the notebook PATH as a job (a server runs it); print its id and where it is saved."""
     from .notebooks import parse_cli_value
 
@@ -641,7 +643,7 @@ def run_notebook_cmd(url: str | None, path: str, parameters: tuple[tuple[str, st
         run = engine.enqueue_notebook(
             path, {name: parse_cli_value(value) for name, value in parameters}, kernel_name=kernel_name,
             cwd=cwd, output_dir=output_dir, cell_timeout=cell_timeout, export=exports or None,
-            hide_code=hide_code, **options,
+            hide_code=hide_code, latest=latest, **options,
         )
         saved = ", ".join(map(str, [run.output_path, *run.exports.values()]))
         click.echo(f"job {run.id} enqueued: {saved}")

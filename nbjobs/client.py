@@ -543,6 +543,7 @@ class Client:
         cell_timeout: float | str | timedelta | None = None,
         export: str | Sequence[str] | None = None,
         hide_code: bool = False,
+        latest: bool = False,
         **options: Any,
     ) -> NotebookJob:
         """Run a notebook with `parameters` as a job (fresh kernel); checked now, saved when it runs.
@@ -551,11 +552,12 @@ class Client:
         `cell_timeout` each cell. The run is saved to `<output_dir>/<name>.<job id>.ipynb`
         (default output_dir: `nbjobs-runs/` beside the notebook), and with `export="html"` (or
         ["html", "pdf"], any nbconvert format) also as `<name>.<job id>.html` beside it;
-        `hide_code=True` leaves the code out of those reports (outputs only).
+        `hide_code=True` leaves the code out of those reports (outputs only); `latest=True` also
+        copies a successful run and its reports to `<name>.latest.ipynb` / `.html`, names to link to.
         """
         args, kwargs = notebook_call(path, parameters, kernel_name=kernel_name, cwd=cwd,
                                      output_dir=output_dir, cell_timeout=cell_timeout, export=export,
-                                     hide_code=hide_code)
+                                     hide_code=hide_code, latest=latest)
         if "name" not in options and self.defaults.get("name") is None:
             options["name"] = Path(args[0]).name
         job = self.submit([self.new_job(run_notebook, args, kwargs, options=options)])[0]
@@ -592,6 +594,7 @@ class Client:
         cell_timeout: float | str | timedelta | None = None,
         export: str | Sequence[str] | None = None,
         hide_code: bool = False,
+        latest: bool = False,
         **options: Any,
     ) -> recurring_client.Recurring:
         """Add or update (by id) a recurring notebook run: `path` with `parameters` at each fire of `cron`.
@@ -600,7 +603,7 @@ class Client:
         """
         args, kwargs = notebook_call(path, parameters, kernel_name=kernel_name, cwd=cwd,
                                      output_dir=output_dir, cell_timeout=cell_timeout, export=export,
-                                     hide_code=hide_code)
+                                     hide_code=hide_code, latest=latest)
         if "name" not in options and self.defaults.get("name") is None:
             options["name"] = Path(args[0]).name
         client = self.options(**options) if options else self

@@ -340,14 +340,15 @@ class Engine:
         cell_timeout: float | str | timedelta | None = None,
         export: str | Sequence[str] | None = None,
         hide_code: bool = False,
+        latest: bool = False,
         **options: Any,
     ) -> NotebookJob:
         """Run a notebook with `parameters` as a job in a fresh kernel; `result()` is the executed run.
         `export="html"` (any nbconvert format, or a list) also writes the run as a report beside it
-        (`hide_code=True`: its outputs only)."""
+        (`hide_code=True`: its outputs only); `latest=True` copies a successful run to `*.latest.*`."""
         return self.client.enqueue_notebook(path, parameters, kernel_name=kernel_name, cwd=cwd,
                                             output_dir=output_dir, cell_timeout=cell_timeout, export=export,
-                                            hide_code=hide_code, **options)
+                                            hide_code=hide_code, latest=latest, **options)
 
     def options(self, **options: Any) -> Client:
         """A client with these job options: queue, priority, retries, timeout, key, name, …"""

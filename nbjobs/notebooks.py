@@ -225,9 +225,20 @@ def check_hide_code(hide_code: object, formats: tuple[str, ...]) -> bool:
     return hide_code
 
 
+def latest_path(run: Path) -> Path:
+    """Where a successful run is copied with `latest=True`: `report.12.ipynb` → `report.latest.ipynb`
+    (and its exports beside it, `report.latest.html`): a name that a link or a reader can keep."""
+    stem, _, _ = run.stem.rpartition(".")
+    return run.with_name(f"{stem}.{LATEST}{run.suffix}")
+
+
 def export_path(run: Path, export: str) -> Path:
     """Where a run's export is written: beside it, `report.12.ipynb` → `report.12.html`."""
     return run.with_name(run.stem + EXPORT_EXTENSIONS[export])
+
+
+#: The name part that stands for the job id in the copies of the latest successful run.
+LATEST = "latest"
 
 
 def output_path(notebook: str | Path, output_dir: str | Path | None, job_id: int | str) -> Path:

@@ -329,6 +329,7 @@ def notebook_call(
     cell_timeout: float | str | timedelta | None = None,
     export: str | Sequence[str] | None = None,
     hide_code: bool = False,
+    latest: bool = False,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Check a notebook job at enqueue and return the arguments of its `run_notebook` call.
 
@@ -380,6 +381,10 @@ def notebook_call(
         kwargs["export"] = list(formats)
     if hidden:
         kwargs["hide_code"] = True
+    if not isinstance(latest, bool):
+        raise InvalidJobError(f"latest must be True or False, got {latest!r}")
+    if latest:
+        kwargs["latest"] = True
     return (str(source), params), kwargs
 
 
@@ -410,10 +415,12 @@ def run_notebook(
     cell_timeout: float | None = None,
     export: Sequence[str] = (),
     hide_code: bool = False,
+    latest: bool = False,
 ) -> dict[str, Any]:
     """Execute the notebook at `path` with `parameters` in a fresh kernel and save the run, and its
     exports (`export=["html"]`: `report.12.html` beside `report.12.ipynb`; `hide_code`: outputs
-    only, for readers of a report), failed runs included.
+    only, for readers of a report), failed runs included. With `latest`, a successful run and its
+    exports are also copied to `report.latest.ipynb`, `report.latest.html` (a failed one leaves them).
 
     Returns `{"output_path", "kernel_name", "parameters", "cells", "exports"}`; raises
     NotebookCellError for a failing cell and JobCancelled when the job was cancelled (or timed out)
@@ -459,10 +466,28 @@ def run_notebook(
                 log.exception("could not export the failed run %s", out)
     if export:
         exports = _export(nb, out, export, hide_code)
+    copies = _copy_latest([out, *map(Path, exports.values())]) if latest else []
     log.info("notebook %s ran in kernel %s; saved to %s", source, kernel, out,
              extra={"action": "notebook_done", "job_id": ctx.id if ctx else None})
-    return {"output_path": str(out), "kernel_name": kernel, "parameters": params,
+    done = {"output_path": str(out), "kernel_name": kernel, "parameters": params,
             "cells": len(nb.cells), "exports": exports}
+    if copies:
+        done["latest"] = copies
+    return done
+
+
+def _copy_latest(files: Sequence[Path]) -> list[str]:
+    """Copy a successful run and its exports to their `latest` names, each replaced atomically."""
+    written = []
+    for source in files:
+        target = notebooks.latest_path(source)
+        try:
+            _write(target, source.read_bytes())
+        except OSError as exc:
+            raise NotebookError(f"the run is saved at {files[0]}, but copying {source.name} to "
+                                f"{target} failed: {exc}") from exc
+        written.append(str(target))
+    return written
 
 
 def _export(nb: NotebookNode, run: Path, formats: Sequence[str], hide_code: bool = False) -> dict[str, str]:

@@ -145,6 +145,8 @@ def test_bad_notebook_jobs_are_refused_at_enqueue(nb: nbjobs.Engine, tmp_path: P
         nb.enqueue_notebook(SALES, export=["html", "python"], hide_code=True)
     with pytest.raises(InvalidJobError, match="hide_code must be True or False, got 'yes'"):
         nb.enqueue_notebook(SALES, export="html", hide_code="yes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidJobError, match="latest must be True or False, got 1"):
+        nb.enqueue_notebook(SALES, latest=1)  # type: ignore[arg-type]
     with pytest.raises(InvalidJobError, match="not both"):
         nb.enqueue_notebook(SALES, export=["pdf", "webpdf"])
     previous = nbjobs.set_default_engine(nb)
@@ -190,13 +192,14 @@ def test_failing_cell_fails_the_job_with_cell_and_traceback(nb: nbjobs.Engine, t
         "x = 1\nraise ValueError(f'bad input {x}')",
         "print('never runs')",
     )
-    run = nb.options(retries=0).enqueue_notebook(path, export="html")
+    run = nb.options(retries=0).enqueue_notebook(path, export="html", latest=True)
     with pytest.raises(JobFailedError) as info:
         run.result(timeout=60)
     err = info.value
     assert run.state is JobState.FAILED
     # A failed run's report is written too: it shows where the run stopped.
     assert "bad input 1" in run.exports["html"].read_text()
+    assert not list(run.output_path.parent.glob("*.latest.*"))  # the latest good run stays the latest
     assert err.exc_type == "nbjobs.errors.NotebookCellError"
     assert err.remote_message is not None
     assert err.remote_message.startswith("cell 2 of fails.ipynb raised ValueError: bad input 1")
@@ -451,7 +454,7 @@ def test_cli_run_notebook_waits_for_the_run(nb: nbjobs.Engine, tmp_path: Path) -
     result = CliRunner().invoke(cli, [
         "run-notebook", str(SALES), "-p", "region", "APAC", "-p", "day", "2026-11-28",
         "--lock", "apac-report", "--output-dir", str(out_dir), "--url", nb.url, "--wait", "--timeout", "60",
-        "--export", "html", "--hide-code",
+        "--export", "html", "--hide-code", "--latest",
     ], env={"NBJOBS_SECRET": "test-secret"}, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     job_id = int(result.output.split("job ", 1)[1].split()[0])
@@ -462,6 +465,11 @@ def test_cli_run_notebook_waits_for_the_run(nb: nbjobs.Engine, tmp_path: Path) -
     assert "APAC" in report and "Daily sales report" in report  # outputs and text, no code:
     assert "REGIONS" not in report and "import random" not in report
     assert "REGIONS" in run.notebook().cells[3].source  # type: ignore[union-attr]  # the run keeps it
+    # --latest: the run and its report copied to names a link can keep
+    assert (out_dir / "sales.latest.html").read_text() == report
+    assert (out_dir / "sales.latest.ipynb").read_bytes() == run.output_path.read_bytes()
+    assert nb.codec.loads(run.record().result)["latest"] == [
+        str(out_dir / "sales.latest.ipynb"), str(out_dir / "sales.latest.html")]
     assert run.record().options.lock == "apac-report"
     assert str(run.output_path) in result.output and run.output_path.parent == out_dir
     assert json.dumps(nb.codec.loads(run.record().result)["parameters"]) == json.dumps(

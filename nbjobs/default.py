@@ -23,6 +23,7 @@ from .client import Client, InJob, Job, JobFunction, NotebookJob, check_options
 from .context import current_job_or_none
 from .engine import Engine, connect, discard_private_jobs
 from .errors import ConfigurationError
+from .executors.notebook import read_parameters
 from .gather import DoneAndPending, JobsView
 from .history import TimeFilter
 from .model import ContinueOn, When
@@ -305,6 +306,20 @@ def cancel(jobs: Any, /) -> Any:
 def counts() -> dict[str, int]:
     """How many jobs are in each state."""
     return default_engine().counts()
+
+
+def notebook_form(path: str | os.PathLike[str], **run_options: Any) -> Any:
+    """A form running the notebook at `path` with its parameters on the default engine."""
+    return default_engine().notebook_form(path, **run_options)
+
+
+def notebook_parameters(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The parameters a notebook declares in its `parameters` cell, one row each: name, default (as
+    written), value (the default when a literal), type (its annotation), help (its comment); what
+    `enqueue_notebook(path, {...})` can set. Needs no engine."""
+    rows = [{"name": p.name, "default": p.default, "value": p.value if p.literal else None,
+             "type": p.annotation, "help": p.help} for p in read_parameters(path)]
+    return pd.DataFrame(rows, columns=["name", "default", "value", "type", "help"], dtype=object)
 
 
 def dashboard(**kwargs: Any) -> Any:

@@ -493,6 +493,13 @@ class Engine:
     def stats(self, freq: str = "1min", since: views.TimeFilter = None) -> pd.DataFrame:
         return views.stats_frame(self.store, freq=freq, since=since)
 
+    def notebook_form(self, path: str | os.PathLike[str], **run_options: Any) -> Any:
+        """A form to run the notebook at `path` as a job: one field per parameter of its `parameters`
+        cell, with its default, and a Run button. `run_options` go to `enqueue_notebook` (queue=,
+        export="html", hide_code=, …). Display it, or use `.run()`; `.jobs` holds the runs."""
+        module = importlib.import_module("nbjobs.ui.notebook_form")  # ui sits above engine
+        return module.NotebookForm(self, path, **run_options)
+
     def dashboard(
         self,
         read_only: bool = False,

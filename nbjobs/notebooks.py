@@ -12,6 +12,7 @@ import keyword
 import math
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,6 +176,55 @@ def overwritten_parameters(nb: NotebookNode, parameters: Mapping[str, Any]) -> l
             assigned.update(node.id for target in targets for node in ast.walk(target)
                             if isinstance(node, ast.Name))
     return [name for name in parameters if name in assigned]
+
+
+@dataclass(frozen=True)
+class NotebookParameter:
+    """One parameter a notebook declares in its `parameters` cell, as papermill's
+    `inspect_notebook` reads them: its default as written, and its value when that is a literal."""
+
+    name: str
+    default: str  #: the default's source text (`date.today().isoformat()` too)
+    value: Any = None  #: the default when it is a Python literal, else None (`literal` says which)
+    literal: bool = False
+    annotation: str | None = None  #: `region: str = "EMEA"` → "str"
+    help: str | None = None  #: a comment after it on its line: `top = 10  # rows shown`
+
+
+def declared_parameters(nb: NotebookNode) -> list[NotebookParameter]:
+    """The top-level assignments of the cell tagged `parameters`, in order (none without that cell):
+    what a form or `nbjobs.notebook_parameters` offers to change."""
+    cell = next((c for c in nb.cells if c.get("cell_type") == "code" and tagged(c, PARAMETERS_TAG)), None)
+    if cell is None:
+        return []
+    from IPython.core.inputtransformer2 import TransformerManager  # `%magic` lines as Python
+
+    source = TransformerManager().transform_cell(cell.get("source", ""))  # type: ignore[no-untyped-call]
+    try:
+        body = ast.parse(source).body
+    except SyntaxError as exc:
+        raise InvalidJobError(f"the parameters cell does not parse: {exc}") from None
+    lines = source.splitlines()
+    found: dict[str, NotebookParameter] = {}
+    for statement in body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1:
+            target, annotation = statement.targets[0], None
+        elif isinstance(statement, ast.AnnAssign) and statement.value is not None:
+            target, annotation = statement.target, ast.unparse(statement.annotation)
+        else:
+            continue
+        if not isinstance(target, ast.Name) or statement.value is None:
+            continue
+        default = ast.get_source_segment(source, statement.value) or ast.unparse(statement.value)
+        try:
+            value, literal = ast.literal_eval(statement.value), True
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            value, literal = None, False
+        line = lines[(statement.end_lineno or statement.lineno) - 1]  # offsets count UTF-8 bytes
+        rest = line.encode()[statement.end_col_offset or 0:].decode(errors="ignore")
+        comment = rest.partition("#")[2].strip() or None
+        found[target.id] = NotebookParameter(target.id, default, value, literal, annotation, comment)
+    return list(found.values())
 
 
 def kernel_name(nb: NotebookNode, override: str | None = None) -> str:

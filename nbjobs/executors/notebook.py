@@ -336,15 +336,7 @@ def notebook_call(
     Raises InvalidJobError for a missing or unreadable notebook, a bad parameter or option, so nothing
     is stored that would only fail in a worker. Paths are made absolute here: servers may run elsewhere.
     """
-    source = Path(path).expanduser().absolute()
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidJobError(f"notebook {source} does not exist; check the path (relative paths start "
-                              f"at {Path.cwd()})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidJobError(f"notebook {source} cannot be read: {exc}") from None
-    parsed = notebooks.parse_notebook(text, str(source))
+    source, parsed = _read(path)
     params = notebooks.check_parameters(parameters)
     overwritten = notebooks.overwritten_parameters(parsed, params)
     if overwritten:
@@ -386,6 +378,25 @@ def notebook_call(
     if latest:
         kwargs["latest"] = True
     return (str(source), params), kwargs
+
+
+def _read(path: str | os.PathLike[str]) -> tuple[Path, NotebookNode]:
+    """The notebook at `path` (made absolute) and its parsed content; InvalidJobError if it cannot be."""
+    source = Path(path).expanduser().absolute()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidJobError(f"notebook {source} does not exist; check the path (relative paths start "
+                              f"at {Path.cwd()})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidJobError(f"notebook {source} cannot be read: {exc}") from None
+    return source, notebooks.parse_notebook(text, str(source))
+
+
+def read_parameters(path: str | os.PathLike[str]) -> list[notebooks.NotebookParameter]:
+    """The parameters the notebook at `path` declares in its `parameters` cell (papermill's
+    `inspect_notebook`), with their defaults."""
+    return notebooks.declared_parameters(_read(path)[1])
 
 
 def _warn_if_kernel_missing(name: str, source: Path) -> None:

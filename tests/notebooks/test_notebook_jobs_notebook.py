@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ def test_notebook_jobs_tour(tmp_path: Path) -> None:
     out = text(nb)
     assert "<Job 1 sales.ipynb [default]" in out  # the Job shown right after enqueue
     run_files = sorted(p.name for p in (tmp_path / "reports" / "nbjobs-runs").iterdir())
-    assert run_files == ["sales.1.html", "sales.1.ipynb", "sales.3.ipynb"]  # job 2 is the continuation
+    # job 2 is the continuation, 3 the failing run, 4 the form's
+    assert run_files == ["sales.1.html", "sales.1.ipynb", "sales.3.ipynb", "sales.4.html", "sales.4.ipynb"]
     assert "reports/nbjobs-runs/sales.1.ipynb" in out
     assert "reports/nbjobs-runs/sales.1.html True" in out  # the HTML report beside it
     assert "EMEA 2026-11-27: 50 orders" in (tmp_path / "reports" / "nbjobs-runs" / "sales.1.html").read_text()
@@ -33,6 +35,10 @@ def test_notebook_jobs_tour(tmp_path: Path) -> None:
     assert "failed - sales.3.ipynb exists: True" in out  # the partial run is kept
     assert "parameter 'lock' is a lock" in out
     assert "daily-sales  0 7 * * *  Europe/Paris" in out  # the recurring definition
+    assert re.search(r'region\s+"EMEA"\s+EMEA', out)  # the parameters the notebook declares
+    assert "{'region': 'APAC'}" in out  # the form's run, with the field that was changed
+    form_report = (tmp_path / "reports" / "nbjobs-runs" / "sales.4.html").read_text()
+    assert "APAC" in form_report and "REGIONS" not in form_report  # hide_code
     table = nb.cells[-2].outputs[0]["data"]["text/plain"]
-    assert table.count("succeeded") == 2 and table.count("failed") == 1
+    assert table.count("succeeded") == 3 and table.count("failed") == 1
     wait_for(lambda: not children() - baseline, timeout=10)

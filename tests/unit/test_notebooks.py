@@ -15,6 +15,7 @@ from nbjobs import InvalidJobError
 from nbjobs.notebooks import (
     INJECTED_TAG,
     check_parameters,
+    declared_parameters,
     inject_parameters,
     kernel_name,
     output_path,
@@ -164,3 +165,29 @@ def test_parse_notebook_says_what_is_wrong() -> None:
 
 def test_strip_ansi() -> None:
     assert strip_ansi("\x1b[0;31mValueError\x1b[0m: boom") == "ValueError: boom"
+
+
+def test_declared_parameters_are_read_from_the_parameters_cell_as_written() -> None:
+    source = (
+        "%matplotlib inline\n"  # a magic line does not stop the reading
+        'tag = "#x"  # a hash in the value, then the help\n'
+        'région: str = "é"  # zone é\n'
+        "limit = 10; ratio = 0.5\n"
+        "start = date.today()\n"
+        "a, b = 1, 2\n"  # several names at once: not offered
+        "c = d = 3\n"
+        "tag = '#y'\n"  # assigned again: the last one is the default
+    )
+    cell = new_code_cell(source, metadata={"tags": ["parameters"]})
+    nb = new_notebook(cells=[new_code_cell("x = 1"), cell])
+    found = {p.name: p for p in declared_parameters(nb)}
+    assert list(found) == ["tag", "région", "limit", "ratio", "start"]
+    assert (found["tag"].default, found["tag"].value, found["tag"].help) == ("'#y'", "#y", None)
+    assert (found["région"].annotation, found["région"].help, found["région"].value) == ("str", "zone é", "é")
+    assert (found["limit"].value, found["ratio"].value) == (10, 0.5)
+    assert (found["start"].default, found["start"].literal, found["start"].value) == (
+        "date.today()", False, None)
+    assert declared_parameters(new_notebook(cells=[new_code_cell("x = 1")])) == []  # no such cell
+    broken = new_notebook(cells=[new_code_cell("x = (", metadata={"tags": ["parameters"]})])
+    with pytest.raises(InvalidJobError, match="the parameters cell does not parse"):
+        declared_parameters(broken)

@@ -612,39 +612,58 @@ def servers_cmd(url: str | None, fmt: str) -> None:
         _print_frame(frame, fmt)
 
 
-@cli.command("run-notebook")
-@url_option
-@click.argument("path", type=click.Path(dir_okay=False))
-@click.option("-p", "--parameter", "parameters", type=(str, str), multiple=True, metavar="NAME VALUE",
-              help="A parameter (repeatable); VALUE is read as a Python literal if it is one, else a string.")
-@click.option("--queue", default=None, help="Queue to run in [default: default].")
-@click.option("--retries", default=None, type=click.IntRange(min=0), help="Retries after a failed run.")
-@click.option("--timeout", default=None, type=SECONDS, help="How long the whole run may take (600, '1h').")
-@click.option("--cell-timeout", default=None, type=SECONDS, help="How long each cell may take (60, '2m').")
-@click.option("--lock", default=None, help="Runs holding the same lock never run at once (one report file).")
-@click.option("--kernel", "kernel_name", default=None, help="Kernel name [default: the notebook's].")
-@click.option("--cwd", default=None, help="Working folder of the kernel [default: the notebook's folder].")
-@click.option("--output-dir", default=None, help="Where runs are saved [default: nbjobs-runs/ beside it].")
-@click.option("--export", "exports", multiple=True, metavar="FORMAT",
-              help="Also write the run as FORMAT beside it (repeatable): html, pdf, webpdf, markdown, …")
-@click.option("--hide-code", is_flag=True, help="Leave the code out of the exports (outputs only).")
-@click.option("--latest", is_flag=True,
-              help="Also copy a successful run and its exports to NAME.latest.ipynb, NAME.latest.html, ….")
-@click.option("--wait", is_flag=True, help="Wait until the run ends; exit 1 if it failed.")
-def run_notebook_cmd(url: str | None, path: str, parameters: tuple[tuple[str, str], ...], queue: str | None,
-                     retries: int | None, timeout: float | None, cell_timeout: float | None,
-                     lock: str | None, kernel_name: str | None, cwd: str | None, output_dir: str | None,
-                     exports: tuple[str, ...], hide_code: bool, latest: bool, wait: bool) -> None:
-    """Enqueue the notebook PATH as a job (a server runs it); print its id and where it is saved."""
+def _notebook_options(command: Callable[..., None]) -> Callable[..., None]:
+    """PATH, its parameters and how it runs: the options `run-notebook` and `recurring-notebook` share."""
+    opt = click.option
+    options = [
+        click.argument("path", type=click.Path(dir_okay=False)),
+        opt("-p", "--parameter", "parameters", type=(str, str), multiple=True, metavar="NAME VALUE",
+            help="A parameter (repeatable); VALUE is read as a Python literal if it is one, else a "
+                 "string. `nbjobs notebook-parameters PATH` lists them."),
+        opt("--queue", default=None, help="Queue to run in [default: default]."),
+        opt("--retries", default=None, type=click.IntRange(min=0), help="Retries after a failed run."),
+        opt("--timeout", default=None, type=SECONDS, help="How long the whole run may take (600, '1h')."),
+        opt("--cell-timeout", default=None, type=SECONDS, help="How long each cell may take (60, '2m')."),
+        opt("--lock", default=None, help="Runs holding the same lock never run at once (one report file)."),
+        opt("--kernel", "kernel_name", default=None, help="Kernel name [default: the notebook's]."),
+        opt("--cwd", default=None, help="Working folder of the kernel [default: the notebook's folder]."),
+        opt("--output-dir", default=None, help="Where runs are saved [default: nbjobs-runs/ beside it]."),
+        opt("--export", "exports", multiple=True, metavar="FORMAT",
+            help="Also write the run as FORMAT beside it (repeatable): html, pdf, webpdf, markdown, …"),
+        opt("--hide-code", is_flag=True, help="Leave the code out of the exports (outputs only)."),
+        opt("--latest", is_flag=True,
+            help="Also copy a successful run and its exports to NAME.latest.ipynb, NAME.latest.html, …."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _notebook_run(parameters: tuple[tuple[str, str], ...], queue: str | None, retries: int | None,
+                  timeout: float | None, cell_timeout: float | None, lock: str | None,
+                  kernel_name: str | None, cwd: str | None, output_dir: str | None,
+                  exports: tuple[str, ...], hide_code: bool,
+                  latest: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """`_notebook_options` as `enqueue_notebook` takes them: the parameters, and its keyword arguments."""
     from .notebooks import parse_cli_value
 
-    options = _given(queue=queue, retries=retries, timeout=timeout, lock=lock)
+    kwargs: dict[str, Any] = {
+        "kernel_name": kernel_name, "cwd": cwd, "output_dir": output_dir, "cell_timeout": cell_timeout,
+        "export": exports or None, "hide_code": hide_code, "latest": latest,
+        **_given(queue=queue, retries=retries, timeout=timeout, lock=lock),
+    }
+    return {name: parse_cli_value(value) for name, value in parameters}, kwargs
+
+
+@cli.command("run-notebook")
+@url_option
+@_notebook_options
+@click.option("--wait", is_flag=True, help="Wait until the run ends; exit 1 if it failed.")
+def run_notebook_cmd(url: str | None, path: str, wait: bool, **how: Any) -> None:
+    """Enqueue the notebook PATH as a job (a server runs it); print its id and where it is saved."""
+    parameters, kwargs = _notebook_run(**how)
     with _engine(url, create=True) as engine:
-        run = engine.enqueue_notebook(
-            path, {name: parse_cli_value(value) for name, value in parameters}, kernel_name=kernel_name,
-            cwd=cwd, output_dir=output_dir, cell_timeout=cell_timeout, export=exports or None,
-            hide_code=hide_code, latest=latest, **options,
-        )
+        run = engine.enqueue_notebook(path, parameters, **kwargs)
         saved = ", ".join(map(str, [run.output_path, *run.exports.values()]))
         click.echo(f"job {run.id} enqueued: {saved}")
         if not wait:
@@ -656,6 +675,47 @@ def run_notebook_cmd(url: str | None, path: str, parameters: tuple[tuple[str, st
             if record.error_message:
                 click.echo(f"{record.error_type}: {record.error_message}", err=True)
             sys.exit(1)
+
+
+@cli.command("recurring-notebook")
+@url_option
+@click.argument("recurring_id")
+@click.argument("cron")
+@_notebook_options
+@click.option("--tz", default=None, help="Time zone the cron expression is read in [default: UTC].")
+@click.option("--misfire", type=click.Choice(["once", "skip", "all"]), default=None,
+              help="After downtime: one run for the missed fire times (once), none (skip), or each (all).")
+@click.option("--misfire-grace", default=None, type=SECONDS,
+              help="A fire time more than this late gets no run ('2h').")
+@click.option("--overlap", type=click.Choice(["allow", "skip"]), default=None,
+              help="skip: no run while the previous one is unfinished.")
+@click.option("--start", default=None,
+              help="No run before: a time ('2026-12-14 07:00', local) or a delay ('1d').")
+@click.option("--end", default=None, help="No run after: a time or a delay ('30d').")
+def recurring_notebook_cmd(url: str | None, recurring_id: str, cron: str, path: str, tz: str | None,
+                           misfire: str | None, misfire_grace: float | None, overlap: str | None,
+                           start: str | None, end: str | None, **how: Any) -> None:
+    """Add or update (by ID) a recurring run of the notebook PATH on CRON ('0 7 * * MON-FRI', '6h')."""
+    parameters, kwargs = _notebook_run(**how)
+    policy = _given(tz=tz, misfire=misfire, misfire_grace=misfire_grace, overlap=overlap, start=start,
+                    end=end)
+    with _engine(url, create=True) as engine:
+        handle = engine.options(**policy).recurring_notebook(recurring_id, cron, path, parameters, **kwargs)
+        record = handle.record()
+        click.echo(f"recurring job {recurring_id!r}: {record.cron}"
+                   f"{'' if record.tz == 'UTC' else f' ({record.tz})'}, next run "
+                   f"{record.next_fire.isoformat() if record.next_fire else '?'}")
+
+
+@cli.command("notebook-parameters")
+@click.argument("path", type=click.Path(dir_okay=False))
+@format_option
+def notebook_parameters_cmd(path: str, fmt: str) -> None:
+    """List the parameters the notebook PATH declares in its `parameters` cell, with their defaults."""
+    from .default import notebook_parameters
+
+    frame = notebook_parameters(path)
+    _print_frame(frame.fillna("") if fmt == "table" else frame, fmt)  # no "None" where nothing is said
 
 
 @cli.command("dashboard")

@@ -447,6 +447,32 @@ def test_a_killed_server_process_leaves_no_kernel_behind(tmp_path: Path) -> None
                 server.wait(10)
 
 
+def test_cli_defines_a_recurring_notebook_and_lists_a_notebooks_parameters(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    env = {"NBJOBS_SECRET": "test-secret"}
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["notebook-parameters", str(SALES)], catch_exceptions=False)
+    assert listed.exit_code == 0 and "region" in listed.output and '"EMEA"' in listed.output
+    as_json = runner.invoke(cli, ["notebook-parameters", str(SALES), "--format", "json"])
+    assert [row["name"] for row in json.loads(as_json.output)] == ["region", "day"]
+    defined = runner.invoke(cli, [
+        "recurring-notebook", "--url", url, "daily-sales", "0 7 * * MON-FRI", str(SALES),
+        "-p", "region", "APAC", "--export", "html", "--hide-code", "--latest", "--queue", "reports",
+        "--tz", "europe/paris", "--misfire-grace", "2h", "--end", "30d",
+    ], env=env, catch_exceptions=False)
+    assert defined.exit_code == 0, defined.output
+    assert "recurring job 'daily-sales': 0 7 * * MON-FRI (Europe/Paris), next run 20" in defined.output
+    with nbjobs.connect(url, secret="test-secret") as nb:
+        record = nb.store.get_recurring("daily-sales")
+        assert record is not None and record.options.queue == "reports" and record.misfire_grace == 7200.0
+        assert record.end is not None and record.tz == "Europe/Paris"
+        call = nb.codec.decode_call(record.payload)
+        assert call.args == (str(SALES), {"region": "APAC"})
+        assert call.kwargs["export"] == ["html"] and call.kwargs["hide_code"] and call.kwargs["latest"]
+    bad = runner.invoke(cli, ["recurring-notebook", "--url", url, "typo", "0 25 * * *", str(SALES)], env=env)
+    assert bad.exit_code != 0 and "hour field '25'" in str(bad.exception)
+
+
 def test_cli_run_notebook_waits_for_the_run(nb: nbjobs.Engine, tmp_path: Path) -> None:
     """`nbjobs run-notebook PATH -p NAME VALUE --url … --wait`, served by this process's server."""
     baseline = children()

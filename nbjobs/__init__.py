@@ -78,6 +78,7 @@ from .errors import (
     RunsOnlyHereWarning,
     SchemaVersionError,
     StorageFullError,
+    UnknownParameterWarning,
     UnknownStateError,
 )
 from .gather import ALL_COMPLETED, FIRST_COMPLETED, FIRST_EXCEPTION, DoneAndPending, JobsView
@@ -144,6 +145,7 @@ __all__ = [
     "SchemaVersionError",
     "StorageFullError",
     "SystemClock",
+    "UnknownParameterWarning",
     "UnknownStateError",
     "__version__",
     "after",

@@ -48,6 +48,11 @@ class NoParametersCellWarning(UserWarning):
     tagged `parameters` to set them after, and assigns them itself."""
 
 
+class UnknownParameterWarning(UserWarning):
+    """A notebook job is given a parameter its `parameters` cell does not declare (a typo, most
+    often): the run gets the name set, and the notebook goes on using its own default."""
+
+
 class DuplicateServerWarning(UserWarning):
     """A server starts in a process that already runs one on the same database, from another engine
     (typically a notebook cell with `connect()` and `start_server()` run again)."""

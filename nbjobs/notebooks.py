@@ -227,6 +227,18 @@ def declared_parameters(nb: NotebookNode) -> list[NotebookParameter]:
     return list(found.values())
 
 
+def undeclared_parameters(nb: NotebookNode, parameters: Mapping[str, Any]) -> list[tuple[str, str | None]]:
+    """The parameters given that the notebook's `parameters` cell does not declare, each with the
+    declared name it most resembles (or None); none when the notebook has no such cell to compare."""
+    import difflib
+
+    declared = [p.name for p in declared_parameters(nb)]
+    if not declared:
+        return []
+    return [(name, next(iter(difflib.get_close_matches(name, declared, n=1)), None))
+            for name in parameters if name not in declared]
+
+
 def kernel_name(nb: NotebookNode, override: str | None = None) -> str:
     """The kernel to run: the option, else the notebook's kernelspec, else python3."""
     if override:

@@ -32,6 +32,7 @@ from ..errors import (
     NotebookCellError,
     NotebookCellTimeoutError,
     NotebookError,
+    UnknownParameterWarning,
     caller_stacklevel,
     is_seconds,
 )
@@ -346,6 +347,15 @@ def notebook_call(
             f"overwrites them. Tag the cell that sets their defaults {notebooks.PARAMETERS_TAG!r} (the "
             "parameters are set right after it, as papermill does)",
             NoParametersCellWarning, stacklevel=caller_stacklevel())
+    unknown = notebooks.undeclared_parameters(parsed, params)
+    if unknown:
+        names = ", ".join(repr(name) + (f" (did you mean {near!r}?)" if near else "")
+                          for name, near in unknown)
+        warnings.warn(
+            f"{source.name} does not declare {names} in its {notebooks.PARAMETERS_TAG!r} cell: the run "
+            "sets the name, but the notebook's code does not read it (it uses its own defaults). Check "
+            "the spelling; `nbjobs.notebook_parameters(path)` lists what it declares",
+            UnknownParameterWarning, stacklevel=caller_stacklevel())
     if kernel_name is not None and (not isinstance(kernel_name, str) or not kernel_name):
         raise InvalidJobError(f"kernel_name must be a kernel's name such as 'python3', got {kernel_name!r}")
     _warn_if_kernel_missing(notebooks.kernel_name(parsed, kernel_name), source)

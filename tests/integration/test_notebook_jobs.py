@@ -167,6 +167,13 @@ def test_bad_notebook_jobs_are_refused_at_enqueue(nb: nbjobs.Engine, tmp_path: P
     with pytest.warns(nbjobs.NoParametersCellWarning, match="untagged.ipynb has no cell tagged 'parameters', "
                       "and its own code assigns region"):
         nb.enqueue_notebook(untagged, {"region": "EMEA"})
+    # a parameter the parameters cell does not declare: a typo papermill only warns about too
+    with pytest.warns(nbjobs.UnknownParameterWarning, match=r"sales.ipynb does not declare 'regoin' \(did "
+                      r"you mean 'region'\?\), 'shop' in its 'parameters' cell"):
+        typo = nb.enqueue_notebook(SALES, {"regoin": "EMEA", "shop": 3, "day": "2026-12-01"})
+    assert typo.state is JobState.ENQUEUED  # stored all the same: the notebook may read them otherwise
+    with pytest.warns(nbjobs.UnknownParameterWarning, match="'regoin'"):
+        nb.recurring_notebook("typo", "0 7 * * *", SALES, {"regoin": "EMEA"})
     nb.enqueue_notebook(SALES, cell_timeout="2m")  # a duration, as `timeout` and `schedule` take
     assert nb.jobs(args=True)["args"][0].endswith("cell_timeout=120.0")  # newest first
 

@@ -24,6 +24,7 @@ from nbjobs.notebooks import (
     parse_cli_value,
     parse_notebook,
     strip_ansi,
+    undeclared_parameters,
 )
 
 
@@ -191,3 +192,12 @@ def test_declared_parameters_are_read_from_the_parameters_cell_as_written() -> N
     broken = new_notebook(cells=[new_code_cell("x = (", metadata={"tags": ["parameters"]})])
     with pytest.raises(InvalidJobError, match="the parameters cell does not parse"):
         declared_parameters(broken)
+
+
+def test_undeclared_parameters_name_their_near_miss_and_need_a_parameters_cell() -> None:
+    cell = new_code_cell('region = "EMEA"\nday = "2026-11-27"', metadata={"tags": ["parameters"]})
+    nb = new_notebook(cells=[cell])
+    given = {"regoin": 1, "day": 2, "zzz": 3}
+    assert undeclared_parameters(nb, given) == [("regoin", "region"), ("zzz", None)]
+    untagged = new_notebook(cells=[new_code_cell("x = 1")])
+    assert undeclared_parameters(untagged, {"y": 1}) == []  # no parameters cell: nothing to compare

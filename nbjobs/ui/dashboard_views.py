@@ -399,7 +399,8 @@ def _retries_of(row: Mapping[str, Any]) -> int | None:
 
 def recurring_table(records: Sequence[Any], now: datetime) -> str:
     rows = [
-        (f"<b>{esc(r.id)}</b>", f"<code>{esc(r.cron)}</code>", esc(r.tz), when(r.next_fire, now),
+        (f"<b>{esc(r.id)}</b>", f'<code title="{esc(recurring_policy(r))}">{esc(r.cron)}</code>', esc(r.tz),
+         when(r.next_fire, now),
          when(r.last_fire, now), badge(r.last_job_state) + (f" #{r.last_job_id}" if r.last_job_id else ""),
          "paused" if r.paused else recurring_status(r),
          f'<span class="nbjobs-err">{esc(r.error)}</span>' if r.error else "")
@@ -412,6 +413,19 @@ def recurring_table(records: Sequence[Any], now: datetime) -> str:
 #: When a continuation of several jobs runs, by its `continue_on`.
 _FAN_IN_WHEN = {"succeeded": "all succeeded", "finished": "all finished",
                 "failed": "all ended and one failed"}
+
+
+def recurring_policy(record: Any) -> str:
+    """How a definition fires, beyond its expression: misfire and overlap policies, and its window."""
+    parts = [f"misfire={record.misfire}", f"overlap={record.overlap}"]
+    if record.misfire == "all":
+        parts.insert(1, f"misfire_limit={record.misfire_limit}")
+    if record.misfire_grace is not None:
+        parts.append(f"misfire_grace={seconds_text(record.misfire_grace)}")
+    for name, at in (("start", record.start), ("end", record.end)):
+        if at is not None:
+            parts.append(f"{name} {at.strftime('%Y-%m-%d %H:%M UTC')}")
+    return ", ".join(parts)
 
 
 def recurring_status(record: Any) -> str:

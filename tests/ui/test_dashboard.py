@@ -377,6 +377,14 @@ def test_recurring_page_says_which_definitions_have_ended(engine: nbjobs.Engine,
     [nightly] = [r for r in rows if "<b>nightly</b>" in r]
     assert ">ended</span>" in campaign and "has passed" in campaign
     assert "ended" not in nightly and "active" in nightly
+    # how each fires, beyond its expression, on the expression's tooltip
+    assert f'title="misfire=once, overlap=allow, end {record.end:%Y-%m-%d %H:%M} UTC"' in campaign
+    assert 'title="misfire=once, overlap=allow"' in nightly
+    engine.options(misfire="all", misfire_grace="90m", overlap="skip").recurring("poll", "*/5 * * * *",
+                                                                            nightly_report)
+    dash.recurring.refresh()
+    [poll] = [r for r in dash.recurring.table.value.split("<tr") if "<b>poll</b>" in r]
+    assert 'title="misfire=all, misfire_limit=100, overlap=skip, misfire_grace=1h 30m"' in poll
 
 
 def test_recurring_page_degrades_without_engine_actions(engine: nbjobs.Engine, dash_factory: Any) -> None:

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,7 @@ LOG_FLUSH_SECONDS = 0.5  #: captured output is written at most this often (and a
 #: While it runs, the run's notebook is saved at most this often when it changed (and at the end), so
 #: `run.notebook()` and Jupyter show the cells done so far, as papermill does.
 CHECKPOINT_SECONDS = 2.0
+CHECKPOINT_COST = 20  #: a save that took t seconds waits at least 20 t before the next (5 % at most)
 WATCH_SECONDS = 0.1  #: how often a running notebook checks for cancellation
 INTERRUPT_GRACE = 2.0  #: after an interrupt, seconds a cell gets to stop before the kernel is killed
 
@@ -89,26 +90,33 @@ class _Output:
 
 class _Checkpoint:
     """Saves the run so far while it runs: at once when something first changed, then at most every
-    `CHECKPOINT_SECONDS`, so the file is never more than that behind (a long cell's output included)."""
+    `CHECKPOINT_SECONDS`, so the file is never more than that behind (a long cell's output included).
+    A notebook so large that writing it takes long is saved less often: the gap is at least
+    `CHECKPOINT_COST` times the last save's duration, so saving takes at most 1/that of the time."""
 
-    def __init__(self, nb: NotebookNode, path: Path) -> None:
+    def __init__(self, nb: NotebookNode, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.nb = nb
         self.path = path
+        self.clock = clock
         self.changed = False
-        self.saved_at = -math.inf
+        self.next_save = -math.inf
+        self.saves = 0
 
     def mark(self) -> None:
         self.changed = True
 
     def maybe_save(self) -> None:
-        if not self.changed or time.monotonic() - self.saved_at < CHECKPOINT_SECONDS:
+        began = self.clock()
+        if not self.changed or began < self.next_save:
             return
         self.changed = False
-        self.saved_at = time.monotonic()
         try:
             _save(self.nb, self.path)
+            self.saves += 1
         except Exception:  # a full disk mid-run: the final save says so, and the run goes on
             log.exception("could not save the run so far to %s", self.path)
+        took = self.clock() - began
+        self.next_save = began + max(CHECKPOINT_SECONDS, CHECKPOINT_COST * took)
 
 
 def _runs(cell: NotebookNode) -> bool:

@@ -201,3 +201,24 @@ def test_undeclared_parameters_name_their_near_miss_and_need_a_parameters_cell()
     assert undeclared_parameters(nb, given) == [("regoin", "region"), ("zzz", None)]
     untagged = new_notebook(cells=[new_code_cell("x = 1")])
     assert undeclared_parameters(untagged, {"y": 1}) == []  # no parameters cell: nothing to compare
+
+
+def test_a_running_notebook_is_saved_when_it_changed_and_a_slow_save_spaces_the_next(tmp_path: Path) -> None:
+    from nbjobs.executors.notebook import CHECKPOINT_COST, CHECKPOINT_SECONDS, _Checkpoint
+
+    readings = iter([0.0, 1.0, 4.0, 10.0, 61.0, 61.01, 62.0])
+    out = tmp_path / "run.ipynb"
+    saver = _Checkpoint(new_notebook(cells=[new_code_cell("x = 1")]), out, clock=lambda: next(readings))
+    saver.maybe_save()  # nothing changed yet: no file, and the clock is read once
+    assert not out.exists()
+    saver.mark()
+    saver.maybe_save()  # the first change is saved at once; the save took 3 s (a large notebook)
+    assert saver.saves == 1 and out.exists() and saver.next_save == 1.0 + CHECKPOINT_COST * 3.0
+    saver.mark()
+    saver.maybe_save()  # at 10 s: changed, but within 20 times that save's duration
+    assert saver.saves == 1
+    saver.maybe_save()  # at 61 s: saved; a quick save spaces the next by CHECKPOINT_SECONDS only
+    assert saver.saves == 2 and saver.next_save == 61.0 + CHECKPOINT_SECONDS
+    saver.maybe_save()  # unchanged since: not saved again
+    assert saver.saves == 2
+    assert nbformat.read(out, as_version=4).cells[0].source == "x = 1"

@@ -190,11 +190,16 @@ def parse_schedule(
         return schedule
     start = None if start is None else ensure_utc(start)
     end = None if end is None else ensure_utc(end)
+    check_window(start, end)
+    return replace(schedule, start=start, end=end)
+
+
+def check_window(start: datetime | None, end: datetime | None) -> None:
+    """Refuse an end before the start."""
     if start is not None and end is not None and end < start:
         raise InvalidScheduleError(
             f"end {end.isoformat()} is before start {start.isoformat()}; give an end after the start"
         )
-    return replace(schedule, start=start, end=end)
 
 
 def _parse_expression(expr: str, tz: str) -> CronSchedule:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from .clock import Clock, seconds_of, utcnow
 from .cron import (
     CronSchedule,
+    check_window,
     every_from_timedelta,
     parse_schedule,
     parse_zone,
@@ -104,10 +105,7 @@ def window(policy: Mapping[str, Any], now: datetime) -> tuple[datetime | None, d
             raise InvalidScheduleError(str(exc)) from None
         found.append(None if at is None else at.replace(microsecond=0))
     start, end = found
-    if start is not None and end is not None and end < start:
-        raise InvalidScheduleError(
-            f"end {end.isoformat()} is before start {start.isoformat()}; give an end after the start"
-        )
+    check_window(start, end)
     return start, end
 
 

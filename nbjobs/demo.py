@@ -46,6 +46,11 @@ async def fetch_async(name: str) -> str:
     return f"{name} fetched"
 
 
+def alert(job_id: int) -> str:
+    """A failure handler: runs only because job `job_id` failed (e.g. post to a team's chat)."""
+    return f"alert: job {job_id} failed"
+
+
 def always_fails() -> None:
     raise ValueError("this job fails on purpose; requeue it from the dashboard to try again")
 
@@ -66,9 +71,12 @@ def run_demo(engine: Engine, *, delay: float = 1.0) -> pd.DataFrame:
         # Jobs as arguments: runs once both succeeded, with their results in their places.
         summary = engine.options(name="summary (results of 1 and 4)").enqueue(summarize, pi, retried)
         fetched = engine.options(name="async fetch").enqueue(fetch_async, "prices")
+        # A failure handler: runs only if `failed` fails (after its retry); a success would delete it.
+        alerted = engine.options(name="alert (failure of 5)").then(failed, alert, failed.id,
+                                                                   continue_on="failed")
         # A recurring definition (every second); wait for its first scheduled run, then remove it.
         engine.options(name="every second").recurring("demo-tick", "* * * * * *", reminder, "tick")
-        jobs = [pi, follow, later, retried, failed, summary, fetched]
+        jobs = [pi, follow, later, retried, failed, summary, fetched, alerted]
         engine.wait(jobs, timeout=60)  # all of them at once, as `nb.results(jobs)` would
         tick = _first_recurring_job(engine, "demo-tick", timeout=10)
         engine.remove_recurring("demo-tick")

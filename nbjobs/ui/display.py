@@ -66,13 +66,28 @@ def badge(state: JobState) -> str:
             f'padding:1px 6px;font-size:0.9em">{state.value}</span>')
 
 
-def progress_text(record: JobRecord) -> str:
+def progress_text(record: JobRecord, now: datetime | None = None) -> str:
+    """"42% epoch 21 of 50 · ~3m10s left": the time left (with `now`, while it runs) at the pace so
+    far, as tqdm estimates it, once there is a pace to go by (2 % done, and 2 s)."""
     parts = []
     if record.progress is not None:
         parts.append(f"{record.progress:.0%}")
     if record.progress_message:
         parts.append(record.progress_message)
+    left = _time_left(record, now)
+    if left is not None:
+        parts.append(f"· ~{format_seconds(left)} left")
     return " ".join(parts)
+
+
+def _time_left(record: JobRecord, now: datetime | None) -> float | None:
+    done = record.progress
+    if now is None or record.state is not JobState.PROCESSING or record.started_at is None or done is None:
+        return None
+    spent = (now - record.started_at).total_seconds()
+    if not 0.02 <= done < 1 or spent < 2:
+        return None
+    return spent * (1 - done) / done
 
 
 def title_html(record: JobRecord) -> str:
@@ -88,7 +103,7 @@ def record_html(record: JobRecord, output: str, now: datetime) -> str:
     if record.progress is not None or record.progress_message:
         value = "" if record.progress is None else f' value="{record.progress:.4f}"'
         parts.append(f'<div><progress max="1"{value} style="width:240px"></progress> '
-                     f"{html.escape(progress_text(record))}</div>")
+                     f"{html.escape(progress_text(record, now))}</div>")
     if record.error_type:
         parts.append(f'<div style="color:#dc3545">{html.escape(record.error_type)}: '
                      f"{html.escape(record.error_message or '')}</div>")
@@ -124,7 +139,7 @@ def details_bundle(job: Job) -> dict[str, str]:
     call = call_text(job, record)
     text = [repr(job), f"call: {call}", f"attempts: {record.attempts} · elapsed: {elapsed(record, utcnow())}"]
     if record.progress is not None or record.progress_message:
-        text.append(f"progress: {progress_text(record)}")
+        text.append(f"progress: {progress_text(record, utcnow())}")
     text += ["history (UTC):"]
     text += [f"  {c.at:%Y-%m-%d %H:%M:%S} {c.state.value:<10} {c.reason}" for c in history]
     parts = [f"<div>{title_html(record)} · {html.escape(elapsed(record, utcnow()))}</div>",
@@ -202,7 +217,7 @@ class JobWidget:
         elif record.state is JobState.SUCCEEDED:
             self.bar.value = 1.0
         self.bar.bar_style = {JobState.SUCCEEDED: "success", JobState.FAILED: "danger"}.get(record.state, "")
-        self.label.value = progress_text(record) or (record.error_type or "")
+        self.label.value = progress_text(record, utcnow()) or (record.error_type or "")
         out = tail(_output(self.job))
         self.output.value = (f'<pre style="max-height:12em;overflow:auto;margin:0">{html.escape(out)}</pre>'
                              if out else "")

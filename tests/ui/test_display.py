@@ -118,3 +118,20 @@ def test_displaying_a_view_in_a_shell_shows_widget_html_and_text(engine: nbjobs.
         for job in jobs:
             job.delete()
         wait_for(lambda: display.updater.active() == 0)
+
+
+def test_a_running_jobs_progress_says_how_long_is_left_at_its_pace(engine: nbjobs.Engine) -> None:
+    from dataclasses import replace
+    from datetime import timedelta
+
+    record = engine.enqueue(gated, "eta").record()
+    started = record.created_at
+    running = replace(record, state=JobState.PROCESSING, started_at=started, progress=0.25,
+                      progress_message="epoch 5 of 20")
+    later = started + timedelta(seconds=30)
+    assert display.progress_text(running, later) == "25% epoch 5 of 20 · ~1m30s left"  # 30 s per quarter
+    assert display.progress_text(running) == "25% epoch 5 of 20"  # no clock, no estimate
+    assert "left" not in display.progress_text(replace(running, progress=0.01), later)  # no pace yet
+    assert "left" not in display.progress_text(running, started + timedelta(seconds=1))
+    assert "left" not in display.progress_text(replace(running, state=JobState.SUCCEEDED), later)
+    assert "left" not in display.progress_text(replace(running, progress=None), later)

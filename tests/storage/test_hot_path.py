@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,7 +19,7 @@ from nbjobs.errors import SchemaVersionError
 from nbjobs.model import JobOptions, JobState, NewJob, Outcome, OutcomeKind
 from nbjobs.storage import SqlStore
 from nbjobs.storage.base import RecurringSpec
-from nbjobs.storage.schema import SCHEMA_VERSION, meta
+from nbjobs.storage.schema import SCHEMA_VERSION, meta, metadata
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 S = JobState
@@ -117,7 +118,21 @@ def test_a_failed_schema_check_releases_its_connections(db_url: str) -> None:
     gc.collect()  # a pooled connection left open would warn here (warnings are errors)
 
 
-def test_an_older_schema_is_upgraded_in_place(db_url: str) -> None:
+@pytest.fixture
+def altered_db_url(db_url: str) -> Iterator[str]:
+    """`db_url` for a test that alters the schema: on PostgreSQL (one database for the session) its
+    tables are dropped afterwards, so a failure midway cannot leave the next tests a schema with
+    indexes or columns missing (they create it whole again); a SQLite file is the test's own."""
+    yield db_url
+    if db_url.startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {', '.join(t.name for t in metadata.sorted_tables)} CASCADE")
+
+
+def test_an_older_schema_is_upgraded_in_place(altered_db_url: str) -> None:
+    db_url = altered_db_url
     store = SqlStore(db_url)
     [kept] = store.enqueue([spec()], T0)
     store.upsert_recurring(RecurringSpec(id="nightly", cron="0 2 * * *", function="tests.jobs:report",

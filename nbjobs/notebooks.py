@@ -232,7 +232,12 @@ def undeclared_parameters(nb: NotebookNode, parameters: Mapping[str, Any]) -> li
     declared name it most resembles (or None); none when the notebook has no such cell to compare."""
     import difflib
 
-    declared = [p.name for p in declared_parameters(nb)]
+    if not parameters:
+        return []
+    try:
+        declared = [p.name for p in declared_parameters(nb)]
+    except InvalidJobError:  # a cell that is not Python (another kernel's language): nothing to say
+        return []
     if not declared:
         return []
     return [(name, next(iter(difflib.get_close_matches(name, declared, n=1)), None))

@@ -201,6 +201,8 @@ def test_undeclared_parameters_name_their_near_miss_and_need_a_parameters_cell()
     assert undeclared_parameters(nb, given) == [("regoin", "region"), ("zzz", None)]
     untagged = new_notebook(cells=[new_code_cell("x = 1")])
     assert undeclared_parameters(untagged, {"y": 1}) == []  # no parameters cell: nothing to compare
+    r_cell = new_code_cell('days <- 1:7', metadata={"tags": ["parameters"]})  # R: no Python
+    assert undeclared_parameters(new_notebook(cells=[r_cell]), {"y": 1}) == []  # not Python: no word
 
 
 def test_a_running_notebook_is_saved_when_it_changed_and_a_slow_save_spaces_the_next(tmp_path: Path) -> None:

@@ -444,6 +444,25 @@ def resume_queue_cmd(url: str | None, queue: str) -> None:
     _pause_or_resume(url, queue, pause=False)
 
 
+@cli.command("rate-queue")
+@url_option
+@click.argument("queue")
+@click.argument("rate", required=False)
+@click.option("--clear", is_flag=True, help="Remove the queue's shared rate.")
+def rate_queue_cmd(url: str | None, queue: str, rate: str | None, clear: bool) -> None:
+    """Start at most RATE jobs of QUEUE ('60/m', '5/s', '10/30s') on all servers together."""
+    if clear == (rate is not None):
+        raise click.UsageError("give a RATE such as 60/m, or --clear to remove the queue's rate")
+    with _engine(url) as engine:
+        changed = engine.set_queue_rate(queue, None if clear else rate)
+        now = engine.queue_rates().get(queue)
+    if now is None:
+        click.echo(f"queue {queue!r} has no shared rate" + ("" if changed else " (it had none)"))
+    else:
+        click.echo(f"queue {queue!r}: at most {now} on all servers together"
+                   + ("" if changed else " (as it was)"))
+
+
 def _pause_or_resume(url: str | None, queue: str, *, pause: bool) -> None:
     with _engine(url) as engine:
         changed = engine.pause_queue(queue) if pause else engine.resume_queue(queue)

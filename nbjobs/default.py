@@ -378,6 +378,15 @@ def paused_queues() -> dict[str, datetime]:
     return default_engine().paused_queues()
 
 
+def set_queue_rate(queue: str, rate: Any) -> bool:
+    """At most so many starts of `queue` on all servers together (see `Engine.set_queue_rate`)."""
+    return default_engine().set_queue_rate(queue, rate)
+
+
+def queue_rates() -> dict[str, str]:
+    return default_engine().queue_rates()
+
+
 def remove_recurring(recurring_id: str) -> bool:
     return default_engine().remove_recurring(recurring_id)
 

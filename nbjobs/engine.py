@@ -35,9 +35,10 @@ from .client import (
 from .clock import Clock, SystemClock
 from .copies import FUNCTION_COPY_MAX
 from .errors import ConfigurationError, DuplicateServerWarning, NbJobsError, caller_stacklevel
-from .model import PAYLOAD_CEILING, PAYLOAD_MAX, ContinueOn, JobState, StateChange, When
+from .model import PAYLOAD_CEILING, PAYLOAD_MAX, PRIVATE_QUEUE_MARK, ContinueOn, JobState, StateChange, When
 from .payload import Codec, Signer, Target
 from .progress import ProgressThrottle
+from .rates import Rate, parse_rate
 from .recurring_client import Recurring
 from .redact import DEFAULT_PATTERNS, Redactor, arguments_text, call_arguments
 from .server import Server, ServerConfig
@@ -482,8 +483,9 @@ class Engine:
         return views.servers_frame(self.store)
 
     def queues(self) -> pd.DataFrame:
-        """Queues with unfinished jobs (or paused): counts by state, how long the oldest Enqueued job
-        has waited (`longest_wait`: is the queue keeping up?), paused or not."""
+        """Queues with unfinished jobs (or paused, or rated): counts by state, how long the oldest
+        Enqueued job has waited (`longest_wait`: is the queue keeping up?), paused or not, and its
+        shared rate (`set_queue_rate`)."""
         return views.queues_frame(self.store, self.clock.now())
 
     def recurring_jobs(self) -> pd.DataFrame:
@@ -536,6 +538,24 @@ class Engine:
     def paused_queues(self) -> dict[str, datetime]:
         """The paused queues and when each was paused (UTC)."""
         return self.store.paused_queues()
+
+    def set_queue_rate(self, queue: str, rate: str | Rate | None) -> bool:
+        """Start at most so many jobs of `queue` in any period on all servers together: "60/m" (an
+        API's quota, shared by every machine that calls it); None removes it. A server's own
+        `rates=` is per server. Servers see it within a second; False if nothing changed."""
+        queue = check_queue(queue)
+        if PRIVATE_QUEUE_MARK in queue:
+            raise ConfigurationError(f"queue {queue!r} is a kernel's private queue; a shared rate is for "
+                                     "the queues servers share")
+        changed = self.store.set_queue_rate(queue, None if rate is None else parse_rate(rate),
+                                            self.clock.now())
+        if changed:
+            self.notifier.work.set()  # this process's server: a rate removed or raised frees jobs
+        return changed
+
+    def queue_rates(self) -> dict[str, str]:
+        """The shared rates by queue, as "60/m"."""
+        return {queue: str(rate) for queue, rate in self.store.queue_rates().items()}
 
 
 def connect(url: str | None = None, **kwargs: Any) -> Engine:

@@ -164,12 +164,13 @@ def servers_frame(store: Store) -> pd.DataFrame:
     return frame
 
 
-QUEUE_COLUMNS = ["queue", "enqueued", "scheduled", "awaiting", "processing", "longest_wait", "paused"]
+QUEUE_COLUMNS = ["queue", "enqueued", "scheduled", "awaiting", "processing", "longest_wait", "paused", "rate"]
 
 
 def queues_frame(store: Store, now: datetime) -> pd.DataFrame:
-    """One row a queue with unfinished jobs (or paused): how many wait in each state, how long the
-    oldest Enqueued one has waited (is the queue keeping up?), and whether it is paused."""
+    """One row a queue with unfinished jobs (or paused, or rated): how many wait in each state, how
+    long the oldest Enqueued one has waited (is the queue keeping up?), whether it is paused, and the
+    rate all servers keep together for it (`set_queue_rate`)."""
     counts: dict[str, dict[str, Any]] = {}
     for queue, state, n, oldest in store.queue_overview():
         row = counts.setdefault(queue, {"queue": queue})
@@ -177,13 +178,15 @@ def queues_frame(store: Store, now: datetime) -> pd.DataFrame:
         if state is JobState.ENQUEUED and oldest is not None:
             row["longest_wait"] = now - oldest
     paused = store.paused_queues()
-    for queue in paused:
+    rates = store.queue_rates()
+    for queue in [*paused, *rates]:
         counts.setdefault(queue, {"queue": queue})
     frame = pd.DataFrame([counts[q] for q in sorted(counts)], columns=QUEUE_COLUMNS)
     for column in ("enqueued", "scheduled", "awaiting", "processing"):
         frame[column] = frame[column].fillna(0).astype("int64")
     frame["longest_wait"] = pd.to_timedelta(frame["longest_wait"])
     frame["paused"] = frame["queue"].isin(list(paused))
+    frame["rate"] = pd.array([str(rates[q]) if q in rates else None for q in frame["queue"]], dtype="string")
     return frame
 
 

@@ -24,6 +24,7 @@ from ..model import (
     ServerInfo,
     StateChange,
 )
+from ..rates import Rate
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -189,12 +190,18 @@ class Store(abc.ABC):
         lease_until: datetime,
         now: datetime,
         queue_limits: Mapping[str, int] | None = None,
+        shared_rates: Mapping[str, Rate] | None = None,
     ) -> tuple[list[int], list[ClaimedJob]]:
         """`finish` then `acquire`: what a dispatcher does each turn. Returns what each returns.
 
+        `shared_rates`: the rates set with `set_queue_rate` as the server last read them; a rated
+        queue is claimed only through them (a server that has not read a new rate yet claims none of
+        its jobs), each claim counting the starts of every server.
         A store that can should do both in one transaction (one commit per turn; on an error neither
         happens); this default takes two.
         """
+        if shared_rates:
+            raise NotImplementedError("this store keeps no shared rates")
         lost = self.finish(server_id, outcomes, now)
         return lost, self.acquire(server_id, queues, limit, lease_until, now, queue_limits)
 
@@ -233,6 +240,14 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def paused_queues(self) -> dict[str, datetime]:
         """The paused queues and when each was paused."""
+
+    @abc.abstractmethod
+    def set_queue_rate(self, queue: str, rate: Rate | None, now: datetime) -> bool:
+        """Hold `queue` to `rate` on every server together (None: no shared rate); True if it changed."""
+
+    @abc.abstractmethod
+    def queue_rates(self) -> dict[str, Rate]:
+        """The shared rates, by queue."""
 
     @abc.abstractmethod
     def promote_due(self, now: datetime, limit: int = 1000) -> int:

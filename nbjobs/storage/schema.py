@@ -45,8 +45,9 @@ from ..model import (
 #: 4: `nbjobs_jobs.lock_name` and its two indexes (`options(lock=…)`: one job of a lock at a time;
 #:    an older nbjobs would run them side by side).
 #: 5: `nbjobs_paused_queues` (`pause_queue`: an older nbjobs would go on claiming from them).
-#: 6: `nbjobs_recurring.start_at` / `end_at` (a definition's window) and `misfire_grace`: an older
-#:    nbjobs would fire outside the window, or fire times however late.
+#: 6: `nbjobs_recurring.start_at` / `end_at` (a definition's window) and `misfire_grace`, and the
+#:    shared rates (`nbjobs_queue_rates`, `nbjobs_rate_starts`): an older nbjobs would fire outside
+#:    the window or however late, and claim from a rated queue beyond its rate.
 SCHEMA_VERSION = 6
 
 metadata = MetaData()
@@ -269,6 +270,28 @@ paused_queues = Table(
     Column("queue", String(QUEUE_MAX), primary_key=True),
     Column("paused_at", UTCDateTime, nullable=False),
 )
+
+# Rates every server keeps together (`Store.set_queue_rate`): at most `count` starts of the queue in
+# any `period` seconds, whatever the number of servers. Read by every claim statement (a rated queue
+# is claimed on its own, under a lock of its row) and by the servers' claims of it.
+queue_rates = Table(
+    "nbjobs_queue_rates",
+    metadata,
+    Column("queue", String(QUEUE_MAX), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("period", Float, nullable=False),
+    Column("set_at", UTCDateTime, nullable=False),
+)
+
+# The starts of rated queues within their period (older ones are deleted as claims go).
+rate_starts = Table(
+    "nbjobs_rate_starts",
+    metadata,
+    Column("id", JobId, primary_key=True, autoincrement=True),
+    Column("queue", String(QUEUE_MAX), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+)
+Index("ix_nbjobs_rate_starts_queue_at", rate_starts.c.queue, rate_starts.c.at)
 
 locks = Table(
     "nbjobs_locks",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -49,8 +49,9 @@ from ..model import (
     clip_middle,
     storable,
 )
+from ..rates import Rate
 from .base import Enqueued, LocalClaim, Store
-from .schema import ENQUEUED_ROW, dependencies, history, jobs, paused_queues
+from .schema import ENQUEUED_ROW, dependencies, history, jobs, paused_queues, queue_rates, rate_starts
 from .sql_base import (
     _FINISH_STMTS,
     _INSERT_JOB,
@@ -91,6 +92,9 @@ _MARK_PARENTS = (
     .where(jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.has_children.is_(False))
     .values(has_children=True)
 )
+
+#: A shared rate's most starts per period (labelled: `Row.count` is the tuple method).
+_RATE_COUNT = queue_rates.c.count.label("starts")
 
 #: The earliest due time of a Scheduled job.
 _NEXT_DUE = select(func.min(jobs.c.run_at)).where(jobs.c.state == S.SCHEDULED.value).scalar_subquery()
@@ -388,21 +392,25 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         lease_until: datetime,
         now: datetime,
         queue_limits: Mapping[str, int] | None = None,
+        shared_rates: Mapping[str, Rate] | None = None,
     ) -> tuple[list[int], list[ClaimedJob]]:
         """One transaction, so a dispatcher turn costs one commit (one fsync at synchronous=FULL)."""
 
         def body(conn: Connection) -> tuple[list[int], list[ClaimedJob]]:
             lost = self._finish(conn, server_id, outcomes, now) if outcomes else []
-            claimed = (
-                self._acquire(conn, server_id, queues, limit, lease_until, now, queue_limits)
-                if limit > 0 else []
-            )
+            claimed: list[ClaimedJob] = []
+            if limit > 0 and shared_rates:
+                claimed = self._acquire_rated(conn, server_id, queues, limit, lease_until, now,
+                                              shared_rates, queue_limits or {})
+            if limit - len(claimed) > 0:
+                claimed += self._acquire(conn, server_id, queues, limit - len(claimed), lease_until, now,
+                                         queue_limits)
             return lost, claimed
 
         if not outcomes and limit <= 0:
             return [], []
         # An idle server's claim from one queue list entry is a single statement (see `_tx`).
-        alone = (not outcomes and len(queues) <= 1 and not queue_limits
+        alone = (not outcomes and len(queues) <= 1 and not queue_limits and not shared_rates
                  and self.dialect.one_statement_writes)
         return self._tx(body, one_statement=alone)
 
@@ -415,6 +423,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         lease_until: datetime,
         now: datetime,
         queue_limits: Mapping[str, int] | None = None,
+        rated: bool = False,
     ) -> list[ClaimedJob]:
         claimed: list[ClaimedJob] = []
         for queue, exclude, room in _claim_plan(queues or ["*"], queue_limits or {}):
@@ -424,7 +433,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             if remaining <= 0:
                 continue
             rows = conn.execute(
-                self._claim_statement(queue, exclude),
+                self._claim_statement(queue, exclude, rated),
                 {"claim_limit": remaining, "claim_server": server_id, "claim_lease": lease_until,
                  "claim_now": now},
             ).all()
@@ -448,14 +457,83 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             )
         return claimed
 
-    def _claim_statement(self, queue: str, exclude: frozenset[str] = frozenset()) -> Any:
+    def _acquire_rated(
+        self, conn: Connection, server_id: str, queues: Sequence[str], limit: int, lease_until: datetime,
+        now: datetime, rates: Mapping[str, Rate], queue_limits: Mapping[str, int],
+    ) -> list[ClaimedJob]:
+        """Claim from the queues with a shared rate this server serves, each up to the room its rate
+        leaves in the last period, counting every server's starts; a rated queue's row is locked
+        first (PostgreSQL; SQLite's writer is alone), so two servers never both take the last room."""
+        served = [q for q in sorted(rates) if q in queues
+                  or ("*" in queues and PRIVATE_QUEUE_MARK not in q)]
+        claimed: list[ClaimedJob] = []
+        for queue in served:
+            take = min(limit - len(claimed), queue_limits.get(queue, limit))
+            if take <= 0:
+                continue
+            rate = conn.execute(self.dialect.row_lock(
+                select(_RATE_COUNT, queue_rates.c.period).where(queue_rates.c.queue == queue)
+            )).first()
+            if rate is None:  # cleared since the server read it: claimed as any queue now
+                continue
+            since = now - timedelta(seconds=rate.period)
+            conn.execute(delete(rate_starts).where(rate_starts.c.queue == queue, rate_starts.c.at <= since))
+            started = conn.execute(
+                select(func.count()).select_from(rate_starts).where(rate_starts.c.queue == queue)
+            ).scalar_one()
+            take = min(take, rate.starts - started)
+            if take <= 0:
+                continue
+            jobs_now = self._acquire(conn, server_id, [queue], take, lease_until, now, rated=True)
+            if jobs_now:
+                conn.execute(insert(rate_starts), [{"queue": queue, "at": now} for _ in jobs_now])
+            claimed += jobs_now
+        return claimed
+
+    def set_queue_rate(self, queue: str, rate: Rate | None, now: datetime) -> bool:
+        def body(conn: Connection) -> bool:
+            found = conn.execute(select(_RATE_COUNT, queue_rates.c.period)
+                                 .where(queue_rates.c.queue == queue)).first()
+            if rate is None:
+                if found is None:
+                    return False
+                conn.execute(delete(queue_rates).where(queue_rates.c.queue == queue))
+                conn.execute(delete(rate_starts).where(rate_starts.c.queue == queue))
+                self.dialect.notify(conn, "enqueued")  # its waiting jobs are claimable without it
+                return True
+            if found is not None and (found.starts, found.period) == (rate.count, rate.period):
+                return False
+            if found is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(queue_rates).values(queue=queue, count=rate.count,
+                                                                period=rate.period, set_at=now))
+                except IntegrityError:  # set by another process between our look and our insert
+                    pass
+                else:
+                    return True
+            conn.execute(update(queue_rates).where(queue_rates.c.queue == queue)
+                         .values(count=rate.count, period=rate.period, set_at=now))
+            self.dialect.notify(conn, "enqueued")  # a higher rate may leave room now
+            return True
+
+        return self._tx(body)
+
+    def queue_rates(self) -> dict[str, Rate]:
+        query = select(queue_rates.c.queue, _RATE_COUNT, queue_rates.c.period)
+        rows = self._tx(lambda conn: conn.execute(query.order_by(queue_rates.c.queue)).all(), write=False)
+        return {row.queue: Rate(count=row.starts, period=row.period) for row in rows}
+
+    def _claim_statement(
+        self, queue: str, exclude: frozenset[str] = frozenset(), rated: bool = False
+    ) -> Any:
         """The claim UPDATE for one queue ("*": every shared queue but `exclude`), built once with
-        bound values.
+        bound values. Queues with a shared rate are left out, but by the claim of one (`rated`).
 
         Building a statement costs more than running it for one job; the claim runs on every
         dispatcher turn, so it is built once per queue and reused from SQLAlchemy's compiled cache.
         """
-        key = (queue, exclude)
+        key = (queue, exclude, rated)
         stmt = self._claim_stmts.get(key)
         if stmt is not None:
             return stmt
@@ -466,9 +544,11 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             pick = pick.where(~jobs.c.queue.contains(PRIVATE_QUEUE_MARK, autoescape=True))
             if exclude:  # limited queues: claimed on their own, up to their room
                 pick = pick.where(jobs.c.queue.not_in(sorted(exclude)))
+        pick = pick.where(_LOCK_FREE, jobs.c.queue.not_in(select(paused_queues.c.queue).scalar_subquery()))
+        if not rated:
+            pick = pick.where(jobs.c.queue.not_in(select(queue_rates.c.queue).scalar_subquery()))
         pick = self.dialect.claim_lock(
-            pick.where(_LOCK_FREE, jobs.c.queue.not_in(select(paused_queues.c.queue).scalar_subquery()))
-            .order_by(jobs.c.priority.desc(), jobs.c.id).limit(bindparam("claim_limit", type_=Integer))
+            pick.order_by(jobs.c.priority.desc(), jobs.c.id).limit(bindparam("claim_limit", type_=Integer))
         )
         stmt = (
             update(jobs)

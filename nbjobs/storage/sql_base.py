@@ -136,7 +136,7 @@ class SqlBase:
         #: The same pool, its connections in autocommit while checked out (one-statement writes).
         self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._max_retries = max_retries
-        self._claim_stmts: dict[tuple[str, frozenset[str]], Any] = {}
+        self._claim_stmts: dict[tuple[str, frozenset[str], bool], Any] = {}
         self._enqueue_stmt: Any = None
         self._parent_states_stmt: Any = None  #: these two: `dialect.row_lock` of a module statement
         self._keyed_stmt: Any = None

@@ -292,7 +292,7 @@ def test_queues_show_what_waits_where_and_for_how_long(engine: nbjobs.Engine) ->
     assert not bool(rows.loc["default", "paused"])
     code, out, _ = invoke("queues", "--url", engine.url)
     assert code == 0 and out.splitlines()[0].split() == [
-        "queue", "enqueued", "scheduled", "awaiting", "processing", "longest_wait", "paused"]
+        "queue", "enqueued", "scheduled", "awaiting", "processing", "longest_wait", "paused", "rate"]
     code, out, _ = invoke("queues", "--url", engine.url, "--format", "json")
     assert {q["queue"]: q["enqueued"] for q in json.loads(out)} == {"default": 3, "etl": 1, "reports": 0}
 
@@ -334,3 +334,19 @@ def test_commands_that_add_jobs_create_the_database(tmp_path: Path) -> None:
 ])
 def test_the_file_a_sqlite_url_names(url: str, expected: str | None) -> None:
     assert sqlite_file(url) == expected
+
+
+def test_rate_queue_sets_shows_and_clears_a_shared_rate(engine: nbjobs.Engine) -> None:
+    code, out, _ = invoke("rate-queue", "--url", engine.url, "api", "60/m")
+    assert code == 0 and out.strip() == "queue 'api': at most 60/m on all servers together"
+    code, out, _ = invoke("rate-queue", "--url", engine.url, "api", "60/m")
+    assert "(as it was)" in out
+    code, out, _ = invoke("queues", "--url", engine.url, "--format", "json")
+    assert [(q["queue"], q["rate"], q["enqueued"]) for q in json.loads(out)] == [("api", "60/m", 0)]
+    assert engine.queue_rates() == {"api": "60/m"}
+    with pytest.raises(nbjobs.ConfigurationError, match="rate: 'sixty' is not a rate; write N/UNIT"):
+        invoke("rate-queue", "--url", engine.url, "api", "sixty")
+    code, out, err = invoke("rate-queue", "--url", engine.url, "api")
+    assert code == 2 and "give a RATE such as 60/m, or --clear" in err
+    code, out, _ = invoke("rate-queue", "--url", engine.url, "api", "--clear")
+    assert code == 0 and out.strip() == "queue 'api' has no shared rate" and engine.queue_rates() == {}

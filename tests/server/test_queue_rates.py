@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+import pytest
+
 import nbjobs
 from nbjobs import JobState
 
@@ -99,3 +101,35 @@ def test_the_loop_wakes_when_the_window_slides_though_nothing_else_happens(db_ur
             wait_for(lambda: _succeeded(jobs) == 3)
     finally:
         GATE.set()
+
+
+def test_a_shared_rate_holds_every_server_together(db_url: str) -> None:
+    """`set_queue_rate`: two servers (two engines, as on two machines) start 3 a minute between them,
+    where a server's own `rates=` would let each start 3; other queues run freely."""
+    clock = nbjobs.ManualClock()
+    with nbjobs.connect(db_url, clock=clock, secret="s") as one, \
+            nbjobs.connect(db_url, clock=clock, secret="s") as two:
+        assert one.set_queue_rate("api", "3/m") is True
+        assert two.queue_rates() == {"api": "3/m"}
+        api = [one.options(queue="api").enqueue(call_api, i) for i in range(8)]
+        others = [two.enqueue(call_api, 100 + i) for i in range(6)]
+        one.start_server(workers=4)
+        two.start_server(workers=4)
+        wait_for(lambda: _succeeded(others) == 6)
+        wait_for(lambda: _succeeded(api) == 3)
+        _turns_pass(one)
+        _turns_pass(two)
+        assert _succeeded(api) == 3 and [job.state for job in api[3:]] == [JobState.ENQUEUED] * 5
+        frame = one.queues().set_index("queue")
+        assert frame.loc["api", "rate"] == "3/m" and frame.loc["api", "enqueued"] == 5
+        clock.advance(61)  # the window slid past the first three starts: three more, whichever server
+        wait_for(lambda: _succeeded(api) == 6)
+        _turns_pass(one)
+        _turns_pass(two)
+        assert _succeeded(api) == 6
+        assert two.set_queue_rate("api", None) is True  # no rate: the rest run at once
+        wait_for(lambda: _succeeded(api) == 8)
+        with pytest.raises(nbjobs.ConfigurationError, match="is not a rate"):
+            one.set_queue_rate("api", "fast")
+        with pytest.raises(nbjobs.ConfigurationError, match="private queue"):
+            one.set_queue_rate("default@kernel-1", "1/s")

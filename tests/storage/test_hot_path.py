@@ -59,7 +59,7 @@ def test_claim_statement_is_reused_across_batch_sizes_and_queues(store: SqlStore
     store.enqueue([spec(i, queue="a") for i in range(5)] + [spec(i, queue="b") for i in range(5)], T0)
     sizes = [len(store.acquire("s", ["b", "a"], n, lease(), T0)) for n in (1, 3, 2, 10)]
     assert sizes == [1, 3, 2, 4]
-    assert set(store._claim_stmts) == {("a", frozenset()), ("b", frozenset())}
+    assert set(store._claim_stmts) == {("a", frozenset(), False), ("b", frozenset(), False)}
 
 
 def test_queue_limits_cap_each_limited_queue_and_star_takes_the_rest(store: SqlStore) -> None:

@@ -1,0 +1,98 @@
+"""Shared queue rates in storage: every server's claims of a rated queue counted together, on a real
+SQLite file and real PostgreSQL (two stores stand for two servers on other machines)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from nbjobs.model import JobOptions, NewJob
+from nbjobs.rates import Rate
+from nbjobs.storage import SqlStore
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+API = Rate(count=3, period=60.0)
+
+
+def spec(queue: str, i: int = 0) -> NewJob:
+    return NewJob(function="mod:fn", payload=f"p{i}".encode(), options=JobOptions(queue=queue))
+
+
+def lease(at: datetime) -> datetime:
+    return at + timedelta(seconds=300)
+
+
+@pytest.fixture
+def other(db_url: str) -> Iterator[SqlStore]:
+    """A second store on the same database: another server's."""
+    s = SqlStore(db_url)
+    yield s
+    s.close()
+
+
+def claim(store: SqlStore, server: str, at: datetime, rates: dict[str, Rate] | None,
+          queues: tuple[str, ...] = ("*",), limit: int = 10) -> list[str]:
+    _, jobs = store.finish_and_acquire(server, [], list(queues), limit, lease(at), at, None, rates)
+    return [j.options.queue for j in jobs]
+
+
+def test_a_shared_rate_counts_every_servers_starts(store: SqlStore, other: SqlStore) -> None:
+    store.enqueue([spec("api", i) for i in range(7)] + [spec("default", i) for i in range(2)], T0)
+    assert store.set_queue_rate("api", API, T0) is True
+    assert store.set_queue_rate("api", API, T0) is False  # the same: no change
+    assert other.queue_rates() == {"api": API}
+    first = claim(store, "s1", T0, {"api": API})
+    assert sorted(first) == ["api", "api", "api", "default", "default"]  # the rated queue up to its rate
+    assert claim(other, "s2", T0 + timedelta(seconds=30), {"api": API}) == []  # no room on any server
+    # a server that has not read the rate yet takes none of its jobs (the claim leaves rated queues out)
+    assert claim(other, "s2", T0 + timedelta(seconds=30), None) == []
+    assert claim(other, "s2", T0 + timedelta(seconds=30), None, queues=("api",)) == []
+    # a period after the first starts, room again, on whichever server claims
+    assert claim(other, "s2", T0 + timedelta(seconds=60, microseconds=1), {"api": API}) == ["api"] * 3
+    # a higher rate leaves room at once; without a rate the queue is claimed as any other
+    assert store.set_queue_rate("api", Rate(count=4, period=60.0), T0) is True
+    assert claim(store, "s1", T0 + timedelta(seconds=61), {"api": Rate(count=4, period=60.0)}) == ["api"]
+    assert store.set_queue_rate("api", None, T0) is True and store.queue_rates() == {}
+    assert store.set_queue_rate("api", None, T0) is False
+    store.enqueue([spec("api", 9)], T0)
+    assert claim(other, "s2", T0 + timedelta(seconds=62), None) == ["api"]
+
+
+def test_a_servers_own_limit_and_queue_list_still_apply_to_a_rated_queue(store: SqlStore) -> None:
+    store.enqueue([spec("api", i) for i in range(5)], T0)
+    store.set_queue_rate("api", API, T0)
+    _, jobs = store.finish_and_acquire("s1", [], ["*"], 10, lease(T0), T0, {"api": 1}, {"api": API})
+    assert [j.options.queue for j in jobs] == ["api"]  # its limit of 1 running, under the rate's 3
+    assert claim(store, "s2", T0, {"api": API}, queues=("default",)) == []  # a server not serving it
+    assert claim(store, "s3", T0, {"api": API}, limit=1) == ["api"]  # no more than its free slots
+
+
+def test_servers_claiming_at_once_never_exceed_the_rate(store: SqlStore, db_url: str) -> None:
+    store.enqueue([spec("api", i) for i in range(40)], T0)
+    store.set_queue_rate("api", Rate(count=5, period=60.0), T0)
+    stores = [SqlStore(db_url) for _ in range(4)]
+    taken: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(len(stores))
+
+    def server(index: int) -> None:
+        start.wait(10)
+        for _ in range(5):
+            got = claim(stores[index], f"s{index}", T0 + timedelta(seconds=1),
+                        {"api": Rate(count=5, period=60.0)}, limit=3)
+            with lock:
+                taken.extend(got)
+
+    threads = [threading.Thread(target=server, args=(i,)) for i in range(len(stores))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        for s in stores:
+            s.close()
+    assert len(taken) == 5

@@ -222,12 +222,16 @@ def overview_activity(
     buckets: int,
     bucket_label: str,
     paused: Mapping[str, datetime] | None = None,
+    rates: Mapping[str, Any] | None = None,
 ) -> str:
-    """The succeeded/failed chart and the queue lengths (a paused queue says so, even when empty)."""
-    paused = paused or {}
-    names = sorted(set(queues) | set(paused))
+    """The succeeded/failed chart and the queue lengths (a paused queue says so, and a queue with a
+    shared rate its rate, even when empty)."""
+    paused, rates = paused or {}, rates or {}
+    names = sorted(set(queues) | set(paused) | set(rates))
     qrows = "".join(
-        f"<tr><td>{esc(q)}{' <b>paused</b>' if q in paused else ''}</td><td>{queues.get(q, 0):,}</td></tr>"
+        f"<tr><td>{esc(q)}{' <b>paused</b>' if q in paused else ''}"
+        f"{f' <span class=nbjobs-muted>at most {esc(str(rates[q]))}</span>' if q in rates else ''}</td>"
+        f"<td>{queues.get(q, 0):,}</td></tr>"
         for q in names
     )
     qtable = (f'<table class="nbjobs-table"><colgroup><col style="width:200px"><col style="width:110px">'

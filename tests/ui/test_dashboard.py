@@ -290,6 +290,12 @@ def test_overview_servers_and_retries_pages(engine: nbjobs.Engine, dash_factory:
     dash.show("Overview")
     assert "<td>io <b>paused</b></td><td>1</td>" in dash.activity_html.value
     assert "<td>empty <b>paused</b></td><td>0</td>" in dash.activity_html.value  # shown though empty
+    engine.set_queue_rate("io", "60/m")
+    engine.set_queue_rate("quota", "5/s")
+    dash.refresh()
+    assert "<td>io <b>paused</b> <span class=nbjobs-muted>at most 60/m</span></td><td>1</td>" in (
+        dash.activity_html.value)
+    assert "<td>quota <span class=nbjobs-muted>at most 5/s</span></td><td>0</td>" in dash.activity_html.value
 
 
 def turn(dash: Dashboard) -> None:

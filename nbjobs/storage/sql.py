@@ -398,13 +398,10 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
 
         def body(conn: Connection) -> tuple[list[int], list[ClaimedJob]]:
             lost = self._finish(conn, server_id, outcomes, now) if outcomes else []
-            claimed: list[ClaimedJob] = []
-            if limit > 0 and shared_rates:
-                claimed = self._acquire_rated(conn, server_id, queues, limit, lease_until, now,
-                                              shared_rates, queue_limits or {})
-            if limit - len(claimed) > 0:
-                claimed += self._acquire(conn, server_id, queues, limit - len(claimed), lease_until, now,
-                                         queue_limits)
+            claimed = (
+                self._acquire(conn, server_id, queues, limit, lease_until, now, queue_limits, shared_rates)
+                if limit > 0 else []
+            )
             return lost, claimed
 
         if not outcomes and limit <= 0:
@@ -423,13 +420,15 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         lease_until: datetime,
         now: datetime,
         queue_limits: Mapping[str, int] | None = None,
-        rated: bool = False,
+        rates: Mapping[str, Rate] | None = None,
     ) -> list[ClaimedJob]:
         claimed: list[ClaimedJob] = []
-        for queue, exclude, room in _claim_plan(queues or ["*"], queue_limits or {}):
+        for queue, exclude, room, rated in _claim_plan(queues or ["*"], queue_limits or {}, rates or {}):
             remaining = min(limit - len(claimed), room)
             if limit - len(claimed) <= 0:
                 break
+            if rated and remaining > 0:
+                remaining = min(remaining, self._rate_room(conn, queue, now))
             if remaining <= 0:
                 continue
             rows = conn.execute(
@@ -437,6 +436,8 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
                 {"claim_limit": remaining, "claim_server": server_id, "claim_lease": lease_until,
                  "claim_now": now},
             ).all()
+            if rated and rows:
+                conn.execute(insert(rate_starts), [{"queue": queue, "at": now} for _ in rows])
             rows = sorted(rows, key=lambda r: (-r.priority, r.id))
             claimed.extend(
                 ClaimedJob(
@@ -457,38 +458,21 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             )
         return claimed
 
-    def _acquire_rated(
-        self, conn: Connection, server_id: str, queues: Sequence[str], limit: int, lease_until: datetime,
-        now: datetime, rates: Mapping[str, Rate], queue_limits: Mapping[str, int],
-    ) -> list[ClaimedJob]:
-        """Claim from the queues with a shared rate this server serves, each up to the room its rate
-        leaves in the last period, counting every server's starts; a rated queue's row is locked
-        first (PostgreSQL; SQLite's writer is alone), so two servers never both take the last room."""
-        served = [q for q in sorted(rates) if q in queues
-                  or ("*" in queues and PRIVATE_QUEUE_MARK not in q)]
-        claimed: list[ClaimedJob] = []
-        for queue in served:
-            take = min(limit - len(claimed), queue_limits.get(queue, limit))
-            if take <= 0:
-                continue
-            rate = conn.execute(self.dialect.row_lock(
-                select(_RATE_COUNT, queue_rates.c.period).where(queue_rates.c.queue == queue)
-            )).first()
-            if rate is None:  # cleared since the server read it: claimed as any queue now
-                continue
-            since = now - timedelta(seconds=rate.period)
-            conn.execute(delete(rate_starts).where(rate_starts.c.queue == queue, rate_starts.c.at <= since))
-            started = conn.execute(
-                select(func.count()).select_from(rate_starts).where(rate_starts.c.queue == queue)
-            ).scalar_one()
-            take = min(take, rate.starts - started)
-            if take <= 0:
-                continue
-            jobs_now = self._acquire(conn, server_id, [queue], take, lease_until, now, rated=True)
-            if jobs_now:
-                conn.execute(insert(rate_starts), [{"queue": queue, "at": now} for _ in jobs_now])
-            claimed += jobs_now
-        return claimed
+    def _rate_room(self, conn: Connection, queue: str, now: datetime) -> int:
+        """How many more jobs of a queue with a shared rate may start now, counting every server's
+        starts in the last period. Its rate's row is locked first (PostgreSQL; SQLite's writer is
+        alone), so two servers never both take the last room; starts older than the period go."""
+        rate = conn.execute(self.dialect.row_lock(
+            select(_RATE_COUNT, queue_rates.c.period).where(queue_rates.c.queue == queue)
+        )).first()
+        if rate is None:  # cleared since the server read it: the queue is claimed as any other now
+            return 0
+        since = now - timedelta(seconds=rate.period)
+        conn.execute(delete(rate_starts).where(rate_starts.c.queue == queue, rate_starts.c.at <= since))
+        started = conn.execute(
+            select(func.count()).select_from(rate_starts).where(rate_starts.c.queue == queue)
+        ).scalar_one()
+        return max(0, int(rate.starts) - int(started))
 
     def set_queue_rate(self, queue: str, rate: Rate | None, now: datetime) -> bool:
         def body(conn: Connection) -> bool:
@@ -866,24 +850,26 @@ def _id_list(ids: Any) -> str:
 
 
 def _claim_plan(
-    queues: Sequence[str], limits: Mapping[str, int]
-) -> list[tuple[str, frozenset[str], int]]:
-    """The claims of one acquire, in order: (queue, queues "*" leaves out, most jobs to take).
+    queues: Sequence[str], limits: Mapping[str, int], rated: Mapping[str, Any] | frozenset[str] = frozenset()
+) -> list[tuple[str, frozenset[str], int, bool]]:
+    """The claims of one acquire, in order: (queue, queues "*" leaves out, most jobs to take, whether
+    the queue has a shared rate).
 
     A limited queue takes at most its room: listed by name, in its place; covered by "*", just
-    before the other queues "*" stands for, which are claimed without it.
+    before the other queues "*" stands for, which are claimed without it. A queue with a shared rate
+    (`rated`) is placed the same way and claimed on its own (the claim statements leave it out).
     """
-    if not limits:
-        return [(queue, frozenset(), _NO_LIMIT) for queue in queues]
-    limited = frozenset(limits)
-    plan: list[tuple[str, frozenset[str], int]] = []
+    if not limits and not rated:
+        return [(queue, frozenset(), _NO_LIMIT, False) for queue in queues]
+    capped = frozenset(limits) | frozenset(rated)
+    plan: list[tuple[str, frozenset[str], int, bool]] = []
     for queue in queues:
         if queue == "*":
-            plan += [(q, frozenset(), limits[q]) for q in sorted(limited)
+            plan += [(q, frozenset(), limits.get(q, _NO_LIMIT), q in rated) for q in sorted(capped)
                      if q not in queues and PRIVATE_QUEUE_MARK not in q]
-            plan.append(("*", limited, _NO_LIMIT))
+            plan.append(("*", frozenset(limits), _NO_LIMIT, False))
         else:
-            plan.append((queue, frozenset(), limits.get(queue, _NO_LIMIT)))
+            plan.append((queue, frozenset(), limits.get(queue, _NO_LIMIT), queue in rated))
     return plan
 
 

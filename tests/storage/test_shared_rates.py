@@ -96,3 +96,14 @@ def test_servers_claiming_at_once_never_exceed_the_rate(store: SqlStore, db_url:
         for s in stores:
             s.close()
     assert len(taken) == 5
+
+
+def test_a_rated_queue_is_claimed_in_its_place_in_the_servers_queue_order(store: SqlStore) -> None:
+    store.enqueue([spec("api", i) for i in range(2)] + [spec("critical", i) for i in range(2)], T0)
+    store.set_queue_rate("api", API, T0)
+    rates = {"api": API}
+    assert claim(store, "s1", T0, rates, queues=("critical", "*"), limit=2) == ["critical"] * 2
+    assert claim(store, "s1", T0, rates, queues=("critical", "*"), limit=2) == ["api"] * 2  # "*" covers it
+    store.enqueue([spec("api", 3), spec("critical", 3)], T0)
+    assert claim(store, "s1", T0, rates, queues=("api", "critical"), limit=1) == ["api"]  # named first
+    assert claim(store, "s1", T0, rates, queues=("api", "critical"), limit=1) == ["critical"]  # api: no room

@@ -461,11 +461,13 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
     def _rate_room(self, conn: Connection, queue: str, now: datetime) -> int:
         """How many more jobs of a queue with a shared rate may start now, counting every server's
         starts in the last period. Its rate's row is locked first (PostgreSQL; SQLite's writer is
-        alone), so two servers never both take the last room; starts older than the period go."""
-        rate = conn.execute(self.dialect.row_lock(
+        alone), so two servers never both take the last room; starts older than the period go.
+        A row another server holds is skipped, not waited for: that server is claiming the queue now,
+        and two servers locking two rated queues in opposite orders cannot deadlock."""
+        rate = conn.execute(self.dialect.claim_lock(
             select(_RATE_COUNT, queue_rates.c.period).where(queue_rates.c.queue == queue)
         )).first()
-        if rate is None:  # cleared since the server read it: the queue is claimed as any other now
+        if rate is None:  # being claimed by another server, or cleared (then claimed as any queue)
             return 0
         since = now - timedelta(seconds=rate.period)
         conn.execute(delete(rate_starts).where(rate_starts.c.queue == queue, rate_starts.c.at <= since))

@@ -107,3 +107,24 @@ def test_a_rated_queue_is_claimed_in_its_place_in_the_servers_queue_order(store:
     store.enqueue([spec("api", 3), spec("critical", 3)], T0)
     assert claim(store, "s1", T0, rates, queues=("api", "critical"), limit=1) == ["api"]  # named first
     assert claim(store, "s1", T0, rates, queues=("api", "critical"), limit=1) == ["critical"]  # api: no room
+
+
+def test_a_rate_another_server_is_claiming_is_passed_over_not_waited_for(pg_database: str) -> None:
+    """PostgreSQL (many writers): a claim finding a rate's row locked by another server's claim takes
+    the other queues and leaves that one to it, so two servers locking two rated queues in opposite
+    orders never deadlock. (SQLite has one writer at a time: nothing to pass over.)"""
+    import psycopg
+
+    from tests.conftest import _reset_pg
+
+    _reset_pg(pg_database)
+    store = SqlStore(pg_database)
+    try:
+        store.enqueue([spec("api", i) for i in range(2)] + [spec("default", 0)], T0)
+        store.set_queue_rate("api", API, T0)
+        with psycopg.connect(pg_database) as holder:  # another server, mid-claim of "api"
+            holder.execute("SELECT 1 FROM nbjobs_queue_rates WHERE queue = 'api' FOR UPDATE")
+            assert claim(store, "s1", T0, {"api": API}) == ["default"]  # at once, without "api"
+        assert claim(store, "s1", T0, {"api": API}) == ["api", "api"]  # released: its room again
+    finally:
+        store.close()

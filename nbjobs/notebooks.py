@@ -279,17 +279,23 @@ def check_export(export: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
+def check_flag(name: str, value: object) -> bool:
+    """A yes/no option of a notebook job (`hide_code`, `latest`): a bool, not a truthy stand-in."""
+    if not isinstance(value, bool):
+        raise InvalidJobError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def check_hide_code(hide_code: object, formats: tuple[str, ...]) -> bool:
     """`hide_code=` of a notebook job: a bool, for exports that can leave the code out."""
-    if not isinstance(hide_code, bool):
-        raise InvalidJobError(f"hide_code must be True or False, got {hide_code!r}")
-    if hide_code and not formats:
+    hidden = check_flag("hide_code", hide_code)
+    if hidden and not formats:
         raise InvalidJobError("hide_code applies to the reports a run is exported as: add export='html' "
                               "(or another format); the saved run itself always keeps its code")
-    if hide_code and "python" in formats:
+    if hidden and "python" in formats:
         raise InvalidJobError("export 'python' without its code would be empty: export it separately, "
                               "without hide_code")
-    return hide_code
+    return hidden
 
 
 def latest_path(run: Path) -> Path:

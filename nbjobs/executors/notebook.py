@@ -391,9 +391,7 @@ def notebook_call(
         kwargs["export"] = list(formats)
     if hidden:
         kwargs["hide_code"] = True
-    if not isinstance(latest, bool):
-        raise InvalidJobError(f"latest must be True or False, got {latest!r}")
-    if latest:
+    if notebooks.check_flag("latest", latest):
         kwargs["latest"] = True
     return (str(source), params), kwargs
 

@@ -8,7 +8,7 @@ database it talks to.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -852,7 +852,7 @@ def _id_list(ids: Any) -> str:
 
 
 def _claim_plan(
-    queues: Sequence[str], limits: Mapping[str, int], rated: Mapping[str, Any] | frozenset[str] = frozenset()
+    queues: Sequence[str], limits: Mapping[str, int], rated: Collection[str] = frozenset()
 ) -> list[tuple[str, frozenset[str], int, bool]]:
     """The claims of one acquire, in order: (queue, queues "*" leaves out, most jobs to take, whether
     the queue has a shared rate).

@@ -451,13 +451,36 @@ def resume_queue_cmd(url: str | None, queue: str) -> None:
 @click.option("--clear", is_flag=True, help="Remove the queue's shared rate.")
 def rate_queue_cmd(url: str | None, queue: str, rate: str | None, clear: bool) -> None:
     """Start at most RATE jobs of QUEUE ('60/m', '5/s', '10/30s') on all servers together."""
-    if clear == (rate is not None):
-        raise click.UsageError("give a RATE such as 60/m, or --clear to remove the queue's rate")
+    _check_quota_arguments(rate, clear, "RATE such as 60/m", "rate")
     with _engine(url) as engine:
         changed = engine.set_queue_rate(queue, None if clear else rate)
         now = engine.queue_rates().get(queue)
+    _say_quota(queue, "rate", changed, now)
+
+
+@cli.command("limit-queue")
+@url_option
+@click.argument("queue")
+@click.argument("running", type=click.IntRange(min=1), required=False)
+@click.option("--clear", is_flag=True, help="Remove the queue's shared limit.")
+def limit_queue_cmd(url: str | None, queue: str, running: int | None, clear: bool) -> None:
+    """Run at most RUNNING jobs of QUEUE at once on all servers together."""
+    _check_quota_arguments(running, clear, "number RUNNING such as 2", "limit")
+    with _engine(url) as engine:
+        changed = engine.set_queue_limit(queue, None if clear else running)
+        now = engine.queue_limits().get(queue)
+    _say_quota(queue, "limit", changed, None if now is None else f"{now} running")
+
+
+def _check_quota_arguments(value: object, clear: bool, example: str, kind: str) -> None:
+    if clear == (value is not None):
+        raise click.UsageError(f"give a {example}, or --clear to remove the queue's {kind}")
+
+
+def _say_quota(queue: str, kind: str, changed: bool, now: str | None) -> None:
+    """What holds for the queue after `rate-queue` or `limit-queue`."""
     if now is None:
-        click.echo(f"queue {queue!r} has no shared rate" + ("" if changed else " (it had none)"))
+        click.echo(f"queue {queue!r} has no shared {kind}" + ("" if changed else " (it had none)"))
     else:
         click.echo(f"queue {queue!r}: at most {now} on all servers together"
                    + ("" if changed else " (as it was)"))

@@ -387,6 +387,15 @@ def queue_rates() -> dict[str, str]:
     return default_engine().queue_rates()
 
 
+def set_queue_limit(queue: str, running: Any) -> bool:
+    """At most so many `queue` jobs running on all servers together (see `Engine.set_queue_limit`)."""
+    return default_engine().set_queue_limit(queue, running)
+
+
+def queue_limits() -> dict[str, int]:
+    return default_engine().queue_limits()
+
+
 def remove_recurring(recurring_id: str) -> bool:
     return default_engine().remove_recurring(recurring_id)
 

@@ -38,7 +38,7 @@ from .errors import ConfigurationError, DuplicateServerWarning, NbJobsError, cal
 from .model import PAYLOAD_CEILING, PAYLOAD_MAX, PRIVATE_QUEUE_MARK, ContinueOn, JobState, StateChange, When
 from .payload import Codec, Signer, Target
 from .progress import ProgressThrottle
-from .rates import Rate, parse_rate
+from .rates import Rate, check_running_limit, parse_rate
 from .recurring_client import Recurring
 from .redact import DEFAULT_PATTERNS, Redactor, arguments_text, call_arguments
 from .server import Server, ServerConfig
@@ -543,19 +543,38 @@ class Engine:
         """Start at most so many jobs of `queue` in any period on all servers together: "60/m" (an
         API's quota, shared by every machine that calls it); None removes it. A server's own
         `rates=` is per server. Servers see it within a second; False if nothing changed."""
+        queue = self._shared_queue(queue, "a shared rate")
+        return self._quota_changed(self.store.set_queue_rate(
+            queue, None if rate is None else parse_rate(rate), self.clock.now()))
+
+    def set_queue_limit(self, queue: str, running: int | None) -> bool:
+        """Run at most `running` jobs of `queue` at once on all servers together (a GPU box's memory,
+        a database's connections, a licence's seats); None removes it. A server's own `limits=` is
+        per server. Servers see it within a second; False if nothing changed."""
+        queue = self._shared_queue(queue, "a shared limit")
+        return self._quota_changed(self.store.set_queue_limit(
+            queue, None if running is None else check_running_limit(running, queue), self.clock.now()))
+
+    def _shared_queue(self, queue: str, what: str) -> str:
         queue = check_queue(queue)
         if PRIVATE_QUEUE_MARK in queue:
-            raise ConfigurationError(f"queue {queue!r} is a kernel's private queue; a shared rate is for "
+            raise ConfigurationError(f"queue {queue!r} is a kernel's private queue; {what} is for "
                                      "the queues servers share")
-        changed = self.store.set_queue_rate(queue, None if rate is None else parse_rate(rate),
-                                            self.clock.now())
+        return queue
+
+    def _quota_changed(self, changed: bool) -> bool:
         if changed:
-            self.notifier.work.set()  # this process's server: a rate removed or raised frees jobs
+            self.notifier.work.set()  # this process's server: a quota removed or raised frees jobs
         return changed
 
     def queue_rates(self) -> dict[str, str]:
         """The shared rates by queue, as "60/m"."""
-        return {queue: str(rate) for queue, rate in self.store.queue_rates().items()}
+        return {queue: str(quota.rate) for queue, quota in self.store.queue_quotas().items() if quota.rate}
+
+    def queue_limits(self) -> dict[str, int]:
+        """The shared limits by queue: the most jobs running at once on all servers together."""
+        return {queue: quota.running for queue, quota in self.store.queue_quotas().items()
+                if quota.running is not None}
 
 
 def connect(url: str | None = None, **kwargs: Any) -> Engine:

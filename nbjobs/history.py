@@ -164,13 +164,15 @@ def servers_frame(store: Store) -> pd.DataFrame:
     return frame
 
 
-QUEUE_COLUMNS = ["queue", "enqueued", "scheduled", "awaiting", "processing", "longest_wait", "paused", "rate"]
+QUEUE_COLUMNS = ["queue", "enqueued", "scheduled", "awaiting", "processing", "longest_wait", "paused", "rate",
+                 "limit"]
 
 
 def queues_frame(store: Store, now: datetime) -> pd.DataFrame:
-    """One row a queue with unfinished jobs (or paused, or rated): how many wait in each state, how
-    long the oldest Enqueued one has waited (is the queue keeping up?), whether it is paused, and the
-    rate all servers keep together for it (`set_queue_rate`)."""
+    """One row a queue with unfinished jobs (or paused, or with a shared quota): how many wait in each
+    state, how long the oldest Enqueued one has waited (is the queue keeping up?), whether it is
+    paused, and the rate and the most running all servers keep together for it (`set_queue_rate`,
+    `set_queue_limit`)."""
     counts: dict[str, dict[str, Any]] = {}
     for queue, state, n, oldest in store.queue_overview():
         row = counts.setdefault(queue, {"queue": queue})
@@ -178,15 +180,18 @@ def queues_frame(store: Store, now: datetime) -> pd.DataFrame:
         if state is JobState.ENQUEUED and oldest is not None:
             row["longest_wait"] = now - oldest
     paused = store.paused_queues()
-    rates = store.queue_rates()
-    for queue in [*paused, *rates]:
+    quotas = store.queue_quotas()
+    for queue in [*paused, *quotas]:
         counts.setdefault(queue, {"queue": queue})
     frame = pd.DataFrame([counts[q] for q in sorted(counts)], columns=QUEUE_COLUMNS)
     for column in ("enqueued", "scheduled", "awaiting", "processing"):
         frame[column] = frame[column].fillna(0).astype("int64")
     frame["longest_wait"] = pd.to_timedelta(frame["longest_wait"])
     frame["paused"] = frame["queue"].isin(list(paused))
-    frame["rate"] = pd.array([str(rates[q]) if q in rates else None for q in frame["queue"]], dtype="string")
+    rates = [quotas[q].rate if q in quotas else None for q in frame["queue"]]
+    frame["rate"] = pd.array([str(rate) if rate else None for rate in rates], dtype="string")
+    frame["limit"] = pd.array([quotas[q].running if q in quotas else None for q in frame["queue"]],
+                              dtype="Int64")
     return frame
 
 

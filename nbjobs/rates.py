@@ -1,4 +1,5 @@
-"""Pure per-queue rate limits: "60/m" parsed, and the sliding window that enforces it.
+"""Pure per-queue rate limits: "60/m" parsed, the sliding window that enforces it, and the quotas
+all servers keep together (a shared rate, a shared cap on running jobs).
 
 An API's quota says "at most N requests in any minute"; a sliding window over the last period's
 start times says exactly that, where a token bucket refilling one token a second would hold a
@@ -9,6 +10,7 @@ too). The window is in monotonic seconds taken as an argument, so tests drive it
 from __future__ import annotations
 
 import math
+import operator
 import re
 from collections import deque
 from dataclasses import dataclass
@@ -54,6 +56,34 @@ def parse_rate(text: object, queue: str = "") -> Rate:
             "(to run none, leave the queue out of `queues`)"
         )
     return Rate(count=count, period=period)
+
+
+@dataclass(frozen=True, kw_only=True)
+class QueueQuota:
+    """What every server together keeps to for one queue: a rate of starts, a most running, or both."""
+
+    rate: Rate | None = None
+    running: int | None = None
+
+    def __str__(self) -> str:
+        parts = [str(self.rate)] if self.rate else []
+        if self.running is not None:
+            parts.append(f"{self.running} running")
+        return "at most " + ", ".join(parts)
+
+
+def check_running_limit(value: object, queue: str) -> int:
+    """A shared limit's most running jobs: a whole number of at least 1."""
+    try:
+        running = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        running = None
+    if running is None or running < 1:
+        raise ConfigurationError(
+            f"limit for queue {queue!r}: {value!r} is not a number of jobs; give a whole number of at "
+            "least 1 (None removes the limit; to run none, pause_queue)"
+        )
+    return running
 
 
 class RateWindow:

@@ -36,8 +36,8 @@ from ..rates import Rate, RateWindow
 from ..retry import decide
 from ..storage import LocalClaim, Store
 
-#: How often a dispatcher reads the shared rates again, and looks for room in them (seconds).
-SHARED_RATES_EVERY = 1.0
+#: How often a dispatcher reads the shared quotas again, and looks for room in them (seconds).
+SHARED_QUOTAS_EVERY = 1.0
 
 log = logging.getLogger("nbjobs.server")
 
@@ -137,9 +137,10 @@ class Dispatcher:
         self._capped = bool(config.limits or config.rates)
         #: When a queue the last claim found out of room by its rate gets room again (monotonic).
         self._rate_room_at: float | None = None
-        #: The rates all servers keep together (`Store.set_queue_rate`), as last read, and when to
-        #: read them again (monotonic): a rate set elsewhere is seen within `SHARED_RATES_EVERY`.
-        self._shared: dict[str, Rate] = {}
+        #: The queues with quotas all servers keep together (`Store.set_queue_rate`, `set_queue_limit`),
+        #: as last read, and when to read them again (monotonic): a quota set elsewhere is seen within
+        #: `SHARED_QUOTAS_EVERY`.
+        self._shared: frozenset[str] = frozenset()
         self._shared_read_at = -math.inf
         #: Slots lent by jobs waiting for other jobs: each adds a worker thread and a slot to claim.
         self._lent = 0
@@ -306,8 +307,8 @@ class Dispatcher:
             deadlines = [r.deadline for r in self.running.values() if r.deadline and not r.timed_out]
         if self._rate_room_at is not None:
             deadlines.append(self._rate_room_at)
-        if self._shared:  # room in a shared rate comes back without a word: look again soon
-            deadlines.append(now + SHARED_RATES_EVERY)
+        if self._shared:  # room in a shared quota comes back without a word: look again soon
+            deadlines.append(now + SHARED_QUOTAS_EVERY)
         return min([deadline, *deadlines])
 
     def _turn(self, claim: bool = True) -> tuple[int, int]:
@@ -329,7 +330,7 @@ class Dispatcher:
         outcomes = [self._outcome_or_failure(item, result, now) for item, result in done]
         lease_until = now + timedelta(seconds=self.config.lease_seconds)
         rooms = self._rooms(done) if self._capped and free > 0 else None
-        shared = self._shared_rates() if free > 0 else None
+        shared = self._shared_queues() if free > 0 else None
         try:
             lost, jobs = self.store.finish_and_acquire(
                 self.config.server_id, outcomes, self.config.queues, free, lease_until, now, rooms, shared
@@ -411,16 +412,16 @@ class Dispatcher:
             self._note_room_back(window, now)
         return rooms
 
-    def _shared_rates(self) -> dict[str, Rate] | None:
-        """The shared rates, read again once `SHARED_RATES_EVERY` has passed (one small read a
-        second: no claim may count on a rate it has not read, and the claims leave rated queues
-        to the claims that name them, so a stale list only delays a newly rated queue's jobs)."""
+    def _shared_queues(self) -> frozenset[str] | None:
+        """The queues with shared quotas, read again once `SHARED_QUOTAS_EVERY` has passed (one small
+        read a second: no claim may count on a quota it has not read, and the claims leave such
+        queues to the claims that name them, so a stale list only delays a new quota's jobs)."""
         now = self.clock.monotonic()
-        if now - self._shared_read_at >= SHARED_RATES_EVERY:
+        if now - self._shared_read_at >= SHARED_QUOTAS_EVERY:
             try:
-                self._shared = self.store.queue_rates()
+                self._shared = frozenset(self.store.queue_quotas())
             except Exception:  # the claim below meets the same fault and the loop handles it
-                log.debug("could not read the shared rates", exc_info=True)
+                log.debug("could not read the shared quotas", exc_info=True)
             self._shared_read_at = now
         return self._shared or None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
@@ -24,7 +24,7 @@ from ..model import (
     ServerInfo,
     StateChange,
 )
-from ..rates import Rate
+from ..rates import QueueQuota, Rate
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,18 +190,19 @@ class Store(abc.ABC):
         lease_until: datetime,
         now: datetime,
         queue_limits: Mapping[str, int] | None = None,
-        shared_rates: Mapping[str, Rate] | None = None,
+        shared: Collection[str] | None = None,
     ) -> tuple[list[int], list[ClaimedJob]]:
         """`finish` then `acquire`: what a dispatcher does each turn. Returns what each returns.
 
-        `shared_rates`: the rates set with `set_queue_rate` as the server last read them; a rated
-        queue is claimed only through them (a server that has not read a new rate yet claims none of
-        its jobs), each claim counting the starts of every server.
+        `shared`: the queues with quotas set by `set_queue_rate` / `set_queue_limit`, as the server
+        last read them; such a queue is claimed only through them (a server that has not read a new
+        quota yet claims none of its jobs), each claim counting every server's starts and running
+        jobs.
         A store that can should do both in one transaction (one commit per turn; on an error neither
         happens); this default takes two.
         """
-        if shared_rates:
-            raise NotImplementedError("this store keeps no shared rates")
+        if shared:
+            raise NotImplementedError("this store keeps no shared quotas")
         lost = self.finish(server_id, outcomes, now)
         return lost, self.acquire(server_id, queues, limit, lease_until, now, queue_limits)
 
@@ -246,8 +247,13 @@ class Store(abc.ABC):
         """Hold `queue` to `rate` on every server together (None: no shared rate); True if it changed."""
 
     @abc.abstractmethod
-    def queue_rates(self) -> dict[str, Rate]:
-        """The shared rates, by queue."""
+    def set_queue_limit(self, queue: str, running: int | None, now: datetime) -> bool:
+        """At most `running` jobs of `queue` running on all servers together (None: no shared limit);
+        True if it changed."""
+
+    @abc.abstractmethod
+    def queue_quotas(self) -> dict[str, QueueQuota]:
+        """The queues with shared quotas (a rate, a limit or both)."""
 
     @abc.abstractmethod
     def promote_due(self, now: datetime, limit: int = 1000) -> int:

@@ -48,7 +48,9 @@ from ..model import (
 #: 6: `nbjobs_recurring.start_at` / `end_at` (a definition's window) and `misfire_grace`, and the
 #:    shared rates (`nbjobs_queue_rates`, `nbjobs_rate_starts`): an older nbjobs would fire outside
 #:    the window or however late, and claim from a rated queue beyond its rate.
-SCHEMA_VERSION = 6
+#: 7: `nbjobs_queue_quotas` replaces `nbjobs_queue_rates` (rows moved), adding `max_running`, a cap on
+#:    a queue's running jobs across servers: an older nbjobs would run more.
+SCHEMA_VERSION = 7
 
 metadata = MetaData()
 
@@ -271,15 +273,17 @@ paused_queues = Table(
     Column("paused_at", UTCDateTime, nullable=False),
 )
 
-# Rates every server keeps together (`Store.set_queue_rate`): at most `count` starts of the queue in
-# any `period` seconds, whatever the number of servers. Read by every claim statement (a rated queue
-# is claimed on its own, under a lock of its row) and by the servers' claims of it.
-queue_rates = Table(
-    "nbjobs_queue_rates",
+# Quotas every server keeps together (`Store.set_queue_rate`, `Store.set_queue_limit`): at most
+# `count` starts of the queue in any `period` seconds, and at most `max_running` of its jobs running,
+# whatever the number of servers (NULL: no such quota). Read by every claim statement (a queue with a
+# quota is claimed on its own, under a lock of its row) and by the servers' claims of it.
+queue_quotas = Table(
+    "nbjobs_queue_quotas",
     metadata,
     Column("queue", String(QUEUE_MAX), primary_key=True),
-    Column("count", Integer, nullable=False),
-    Column("period", Float, nullable=False),
+    Column("count", Integer),
+    Column("period", Float),
+    Column("max_running", Integer),
     Column("set_at", UTCDateTime, nullable=False),
 )
 

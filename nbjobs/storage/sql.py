@@ -49,9 +49,9 @@ from ..model import (
     clip_middle,
     storable,
 )
-from ..rates import Rate
+from ..rates import QueueQuota, Rate
 from .base import Enqueued, LocalClaim, Store
-from .schema import ENQUEUED_ROW, dependencies, history, jobs, paused_queues, queue_rates, rate_starts
+from .schema import ENQUEUED_ROW, dependencies, history, jobs, paused_queues, queue_quotas, rate_starts
 from .sql_base import (
     _FINISH_STMTS,
     _INSERT_JOB,
@@ -93,8 +93,9 @@ _MARK_PARENTS = (
     .values(has_children=True)
 )
 
-#: A shared rate's most starts per period (labelled: `Row.count` is the tuple method).
-_RATE_COUNT = queue_rates.c.count.label("starts")
+#: A queue's shared quotas (`count` labelled: `Row.count` is the tuple method).
+_QUOTA = select(queue_quotas.c.queue, queue_quotas.c.count.label("starts"), queue_quotas.c.period,
+                queue_quotas.c.max_running)
 
 #: The earliest due time of a Scheduled job.
 _NEXT_DUE = select(func.min(jobs.c.run_at)).where(jobs.c.state == S.SCHEDULED.value).scalar_subquery()
@@ -392,14 +393,14 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         lease_until: datetime,
         now: datetime,
         queue_limits: Mapping[str, int] | None = None,
-        shared_rates: Mapping[str, Rate] | None = None,
+        shared: Collection[str] | None = None,
     ) -> tuple[list[int], list[ClaimedJob]]:
         """One transaction, so a dispatcher turn costs one commit (one fsync at synchronous=FULL)."""
 
         def body(conn: Connection) -> tuple[list[int], list[ClaimedJob]]:
             lost = self._finish(conn, server_id, outcomes, now) if outcomes else []
             claimed = (
-                self._acquire(conn, server_id, queues, limit, lease_until, now, queue_limits, shared_rates)
+                self._acquire(conn, server_id, queues, limit, lease_until, now, queue_limits, shared)
                 if limit > 0 else []
             )
             return lost, claimed
@@ -407,7 +408,7 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         if not outcomes and limit <= 0:
             return [], []
         # An idle server's claim from one queue list entry is a single statement (see `_tx`).
-        alone = (not outcomes and len(queues) <= 1 and not queue_limits and not shared_rates
+        alone = (not outcomes and len(queues) <= 1 and not queue_limits and not shared
                  and self.dialect.one_statement_writes)
         return self._tx(body, one_statement=alone)
 
@@ -420,19 +421,21 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
         lease_until: datetime,
         now: datetime,
         queue_limits: Mapping[str, int] | None = None,
-        rates: Mapping[str, Rate] | None = None,
+        shared: Collection[str] | None = None,
     ) -> list[ClaimedJob]:
         claimed: list[ClaimedJob] = []
-        for queue, exclude, room, rated in _claim_plan(queues or ["*"], queue_limits or {}, rates or {}):
+        for queue, exclude, room, quota in _claim_plan(queues or ["*"], queue_limits or {}, shared or ()):
             remaining = min(limit - len(claimed), room)
             if limit - len(claimed) <= 0:
                 break
-            if rated and remaining > 0:
-                remaining = min(remaining, self._rate_room(conn, queue, now))
+            rated = False
+            if quota and remaining > 0:
+                shared_room, rated = self._shared_room(conn, queue, now)
+                remaining = min(remaining, shared_room)
             if remaining <= 0:
                 continue
             rows = conn.execute(
-                self._claim_statement(queue, exclude, rated),
+                self._claim_statement(queue, exclude, quota),
                 {"claim_limit": remaining, "claim_server": server_id, "claim_lease": lease_until,
                  "claim_now": now},
             ).all()
@@ -458,68 +461,89 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             )
         return claimed
 
-    def _rate_room(self, conn: Connection, queue: str, now: datetime) -> int:
-        """How many more jobs of a queue with a shared rate may start now, counting every server's
-        starts in the last period. Its rate's row is locked first (PostgreSQL; SQLite's writer is
-        alone), so two servers never both take the last room; starts older than the period go.
-        A row another server holds is skipped, not waited for: that server is claiming the queue now,
-        and two servers locking two rated queues in opposite orders cannot deadlock."""
-        rate = conn.execute(self.dialect.claim_lock(
-            select(_RATE_COUNT, queue_rates.c.period).where(queue_rates.c.queue == queue)
-        )).first()
-        if rate is None:  # being claimed by another server, or cleared (then claimed as any queue)
-            return 0
-        since = now - timedelta(seconds=rate.period)
-        conn.execute(delete(rate_starts).where(rate_starts.c.queue == queue, rate_starts.c.at <= since))
-        started = conn.execute(
-            select(func.count()).select_from(rate_starts).where(rate_starts.c.queue == queue)
-        ).scalar_one()
-        return max(0, int(rate.starts) - int(started))
+    def _shared_room(self, conn: Connection, queue: str, now: datetime) -> tuple[int, bool]:
+        """How many more jobs of a queue with shared quotas may start now, counting every server's
+        starts in the last period (a rate) and every server's running jobs (a limit); and whether it
+        has a rate (whose starts the claim records). The quota's row is locked first (PostgreSQL;
+        SQLite's writer is alone), so two servers never both take the last room; starts older than the
+        period go. A row another server holds is skipped, not waited for: that server is claiming the
+        queue now, and two servers locking two such queues in opposite orders cannot deadlock."""
+        quota = conn.execute(self.dialect.claim_lock(_QUOTA.where(queue_quotas.c.queue == queue))).first()
+        if quota is None:  # being claimed by another server, or cleared (then claimed as any queue)
+            return 0, False
+        room = _NO_LIMIT
+        if quota.starts is not None:
+            since = now - timedelta(seconds=quota.period)
+            conn.execute(delete(rate_starts).where(rate_starts.c.queue == queue, rate_starts.c.at <= since))
+            started = conn.execute(
+                select(func.count()).select_from(rate_starts).where(rate_starts.c.queue == queue)
+            ).scalar_one()
+            room = int(quota.starts) - int(started)
+        if quota.max_running is not None:
+            running = conn.execute(
+                select(func.count()).select_from(jobs)
+                .where(jobs.c.state == S.PROCESSING.value, jobs.c.queue == queue)
+            ).scalar_one()
+            room = min(room, int(quota.max_running) - int(running))
+        return max(0, room), quota.starts is not None
 
     def set_queue_rate(self, queue: str, rate: Rate | None, now: datetime) -> bool:
+        values = {"count": None, "period": None} if rate is None else {"count": rate.count,
+                                                                         "period": rate.period}
+        return self._set_quota(queue, values, now)
+
+    def set_queue_limit(self, queue: str, running: int | None, now: datetime) -> bool:
+        return self._set_quota(queue, {"max_running": running}, now)
+
+    def _set_quota(self, queue: str, values: dict[str, Any], now: datetime) -> bool:
+        """Set some of a queue's quota columns (None: that quota removed); the row goes with its last
+        quota. True if anything changed."""
+
         def body(conn: Connection) -> bool:
-            found = conn.execute(select(_RATE_COUNT, queue_rates.c.period)
-                                 .where(queue_rates.c.queue == queue)).first()
-            if rate is None:
-                if found is None:
-                    return False
-                conn.execute(delete(queue_rates).where(queue_rates.c.queue == queue))
-                conn.execute(delete(rate_starts).where(rate_starts.c.queue == queue))
-                self.dialect.notify(conn, "enqueued")  # its waiting jobs are claimable without it
-                return True
-            if found is not None and (found.starts, found.period) == (rate.count, rate.period):
+            found = conn.execute(select(queue_quotas).where(queue_quotas.c.queue == queue)).first()
+            before = {name: None for name in values} if found is None else {
+                name: getattr(found, name) for name in values}
+            if before == values:
                 return False
             if found is None:
                 try:
                     with conn.begin_nested():
-                        conn.execute(insert(queue_rates).values(queue=queue, count=rate.count,
-                                                                period=rate.period, set_at=now))
+                        conn.execute(insert(queue_quotas).values(queue=queue, set_at=now, **values))
                 except IntegrityError:  # set by another process between our look and our insert
                     pass
                 else:
-                    return True
-            conn.execute(update(queue_rates).where(queue_rates.c.queue == queue)
-                         .values(count=rate.count, period=rate.period, set_at=now))
-            self.dialect.notify(conn, "enqueued")  # a higher rate may leave room now
+                    return True  # a new quota only holds jobs back: no server needs waking
+            where = queue_quotas.c.queue == queue
+            conn.execute(update(queue_quotas).where(where).values(set_at=now, **values))
+            conn.execute(delete(queue_quotas).where(
+                where, queue_quotas.c.count.is_(None), queue_quotas.c.max_running.is_(None)))
+            if values.get("period", 0) is None:
+                conn.execute(delete(rate_starts).where(rate_starts.c.queue == queue))
+            self.dialect.notify(conn, "enqueued")  # a quota raised or removed may leave room now
             return True
 
         return self._tx(body)
 
-    def queue_rates(self) -> dict[str, Rate]:
-        query = select(queue_rates.c.queue, _RATE_COUNT, queue_rates.c.period)
-        rows = self._tx(lambda conn: conn.execute(query.order_by(queue_rates.c.queue)).all(), write=False)
-        return {row.queue: Rate(count=row.starts, period=row.period) for row in rows}
+    def queue_quotas(self) -> dict[str, QueueQuota]:
+        rows = self._tx(lambda conn: conn.execute(_QUOTA.order_by(queue_quotas.c.queue)).all(), write=False)
+        return {
+            row.queue: QueueQuota(
+                rate=None if row.starts is None else Rate(count=row.starts, period=row.period),
+                running=row.max_running,
+            )
+            for row in rows
+        }
 
     def _claim_statement(
-        self, queue: str, exclude: frozenset[str] = frozenset(), rated: bool = False
+        self, queue: str, exclude: frozenset[str] = frozenset(), quota: bool = False
     ) -> Any:
         """The claim UPDATE for one queue ("*": every shared queue but `exclude`), built once with
-        bound values. Queues with a shared rate are left out, but by the claim of one (`rated`).
+        bound values. Queues with shared quotas are left out, but by the claim of one (`quota`).
 
         Building a statement costs more than running it for one job; the claim runs on every
         dispatcher turn, so it is built once per queue and reused from SQLAlchemy's compiled cache.
         """
-        key = (queue, exclude, rated)
+        key = (queue, exclude, quota)
         stmt = self._claim_stmts.get(key)
         if stmt is not None:
             return stmt
@@ -531,8 +555,8 @@ class SqlStore(ReadsSqlMixin, UpkeepSqlMixin, RecurringSqlMixin, SqlBase, Store)
             if exclude:  # limited queues: claimed on their own, up to their room
                 pick = pick.where(jobs.c.queue.not_in(sorted(exclude)))
         pick = pick.where(_LOCK_FREE, jobs.c.queue.not_in(select(paused_queues.c.queue).scalar_subquery()))
-        if not rated:
-            pick = pick.where(jobs.c.queue.not_in(select(queue_rates.c.queue).scalar_subquery()))
+        if not quota:
+            pick = pick.where(jobs.c.queue.not_in(select(queue_quotas.c.queue).scalar_subquery()))
         pick = self.dialect.claim_lock(
             pick.order_by(jobs.c.priority.desc(), jobs.c.id).limit(bindparam("claim_limit", type_=Integer))
         )
@@ -852,26 +876,26 @@ def _id_list(ids: Any) -> str:
 
 
 def _claim_plan(
-    queues: Sequence[str], limits: Mapping[str, int], rated: Collection[str] = frozenset()
+    queues: Sequence[str], limits: Mapping[str, int], shared: Collection[str] = frozenset()
 ) -> list[tuple[str, frozenset[str], int, bool]]:
     """The claims of one acquire, in order: (queue, queues "*" leaves out, most jobs to take, whether
-    the queue has a shared rate).
+    the queue has shared quotas).
 
     A limited queue takes at most its room: listed by name, in its place; covered by "*", just
-    before the other queues "*" stands for, which are claimed without it. A queue with a shared rate
-    (`rated`) is placed the same way and claimed on its own (the claim statements leave it out).
+    before the other queues "*" stands for, which are claimed without it. A queue with shared quotas
+    (`shared`) is placed the same way and claimed on its own (the claim statements leave it out).
     """
-    if not limits and not rated:
+    if not limits and not shared:
         return [(queue, frozenset(), _NO_LIMIT, False) for queue in queues]
-    capped = frozenset(limits) | frozenset(rated)
+    capped = frozenset(limits) | frozenset(shared)
     plan: list[tuple[str, frozenset[str], int, bool]] = []
     for queue in queues:
         if queue == "*":
-            plan += [(q, frozenset(), limits.get(q, _NO_LIMIT), q in rated) for q in sorted(capped)
+            plan += [(q, frozenset(), limits.get(q, _NO_LIMIT), q in shared) for q in sorted(capped)
                      if q not in queues and PRIVATE_QUEUE_MARK not in q]
             plan.append(("*", frozenset(limits), _NO_LIMIT, False))
         else:
-            plan.append((queue, frozenset(), limits.get(queue, _NO_LIMIT), queue in rated))
+            plan.append((queue, frozenset(), limits.get(queue, _NO_LIMIT), queue in shared))
     return plan
 
 

@@ -300,6 +300,12 @@ class SqlBase:
             LOCK_NEXT.create(conn, checkfirst=True)
         if version < 6:
             _add_columns(conn, recurring, "start_at", "end_at", "misfire_grace")
+        if version < 7 and "nbjobs_queue_rates" in inspect(conn).get_table_names():
+            conn.execute(text(  # schema 6's shared rates, now one kind of quota
+                "INSERT INTO nbjobs_queue_quotas (queue, count, period, set_at) "
+                "SELECT queue, count, period, set_at FROM nbjobs_queue_rates"
+            ))
+            conn.execute(text("DROP TABLE nbjobs_queue_rates"))
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
         log.info("database schema upgraded from %d to %d", version, SCHEMA_VERSION)
 

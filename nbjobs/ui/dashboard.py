@@ -294,7 +294,7 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         self.overview_html.value = views.overview_tiles(self.store.counts(), len(self.store.list_servers()))
         self.activity_html.value = views.overview_activity(
             self.store.queue_lengths(), self.store.finished_histogram(since, width), buckets, caption,
-            paused=self.store.paused_queues(), rates=self.store.queue_rates())
+            paused=self.store.paused_queues(), quotas=self.store.queue_quotas())
 
     def _refresh_jobs(self) -> None:
         counts = self.store.counts()

@@ -222,15 +222,15 @@ def overview_activity(
     buckets: int,
     bucket_label: str,
     paused: Mapping[str, datetime] | None = None,
-    rates: Mapping[str, Any] | None = None,
+    quotas: Mapping[str, Any] | None = None,
 ) -> str:
-    """The succeeded/failed chart and the queue lengths (a paused queue says so, and a queue with a
-    shared rate its rate, even when empty)."""
-    paused, rates = paused or {}, rates or {}
-    names = sorted(set(queues) | set(paused) | set(rates))
+    """The succeeded/failed chart and the queue lengths (a paused queue says so, and a queue with
+    shared quotas its rate and most running, even when empty)."""
+    paused, quotas = paused or {}, quotas or {}
+    names = sorted(set(queues) | set(paused) | set(quotas))
     qrows = "".join(
         f"<tr><td>{esc(q)}{' <b>paused</b>' if q in paused else ''}"
-        f"{f' <span class=nbjobs-muted>at most {esc(str(rates[q]))}</span>' if q in rates else ''}</td>"
+        f"{f' <span class=nbjobs-muted>{esc(str(quotas[q]))}</span>' if q in quotas else ''}</td>"
         f"<td>{queues.get(q, 0):,}</td></tr>"
         for q in names
     )

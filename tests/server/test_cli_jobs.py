@@ -292,7 +292,7 @@ def test_queues_show_what_waits_where_and_for_how_long(engine: nbjobs.Engine) ->
     assert not bool(rows.loc["default", "paused"])
     code, out, _ = invoke("queues", "--url", engine.url)
     assert code == 0 and out.splitlines()[0].split() == [
-        "queue", "enqueued", "scheduled", "awaiting", "processing", "longest_wait", "paused", "rate"]
+        "queue", "enqueued", "scheduled", "awaiting", "processing", "longest_wait", "paused", "rate", "limit"]
     code, out, _ = invoke("queues", "--url", engine.url, "--format", "json")
     assert {q["queue"]: q["enqueued"] for q in json.loads(out)} == {"default": 3, "etl": 1, "reports": 0}
 
@@ -350,3 +350,23 @@ def test_rate_queue_sets_shows_and_clears_a_shared_rate(engine: nbjobs.Engine) -
     assert code == 2 and "give a RATE such as 60/m, or --clear" in err
     code, out, _ = invoke("rate-queue", "--url", engine.url, "api", "--clear")
     assert code == 0 and out.strip() == "queue 'api' has no shared rate" and engine.queue_rates() == {}
+
+
+def test_limit_queue_sets_shows_and_clears_a_shared_limit(engine: nbjobs.Engine) -> None:
+    code, out, _ = invoke("limit-queue", "--url", engine.url, "gpu", "2")
+    assert code == 0 and out.strip() == "queue 'gpu': at most 2 running on all servers together"
+    code, out, _ = invoke("limit-queue", "--url", engine.url, "gpu", "2")
+    assert "(as it was)" in out
+    invoke("rate-queue", "--url", engine.url, "gpu", "10/m")  # a rate beside it: both hold
+    code, out, _ = invoke("queues", "--url", engine.url, "--format", "json")
+    assert [(q["queue"], q["rate"], q["limit"]) for q in json.loads(out)] == [("gpu", "10/m", 2)]
+    assert engine.queue_limits() == {"gpu": 2} and engine.queue_rates() == {"gpu": "10/m"}
+    code, out, err = invoke("limit-queue", "--url", engine.url, "gpu", "0")
+    assert code == 2 and "0 is not in the range x>=1" in err
+    code, out, err = invoke("limit-queue", "--url", engine.url, "gpu")
+    assert code == 2 and "give a number RUNNING such as 2, or --clear" in err
+    code, out, _ = invoke("limit-queue", "--url", engine.url, "gpu", "--clear")
+    assert code == 0 and out.strip() == "queue 'gpu' has no shared limit" and engine.queue_limits() == {}
+    assert engine.queue_rates() == {"gpu": "10/m"}  # the rate stays
+    code, out, _ = invoke("limit-queue", "--url", engine.url, "gpu", "--clear")
+    assert out.strip() == "queue 'gpu' has no shared limit (it had none)"

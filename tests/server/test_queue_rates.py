@@ -1,11 +1,14 @@
 """Per-queue rates on a server (`start_server(rates={"api": "3/m"})`), on both databases, on a
-manual clock: the window is seen to hold jobs back, then to let them go as it slides."""
+manual clock: the window is seen to hold jobs back, then to let them go as it slides. And the
+quotas all servers keep together: shared rates and shared limits, two engines standing for two
+machines."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
 
+import pandas as pd
 import pytest
 
 import nbjobs
@@ -133,3 +136,56 @@ def test_a_shared_rate_holds_every_server_together(db_url: str) -> None:
             one.set_queue_rate("api", "fast")
         with pytest.raises(nbjobs.ConfigurationError, match="private queue"):
             one.set_queue_rate("default@kernel-1", "1/s")
+
+
+ACTIVE = {"now": 0, "most": 0}
+ACTIVE_LOCK = threading.Lock()
+
+
+def use_gpu(n: int) -> int:
+    with ACTIVE_LOCK:
+        ACTIVE["now"] += 1
+        ACTIVE["most"] = max(ACTIVE["most"], ACTIVE["now"])
+    try:
+        GATE.wait(30)
+    finally:
+        with ACTIVE_LOCK:
+            ACTIVE["now"] -= 1
+    return n
+
+
+def test_a_shared_limit_holds_every_server_together(db_url: str) -> None:
+    """`set_queue_limit`: two servers (two engines, as on two machines) with four workers each run two
+    `gpu` jobs at a time between them, where a server's own `limits=` would let each run two; a place
+    freed on either is taken by either; other queues run freely."""
+    GATE.clear()
+    ACTIVE.update(now=0, most=0)
+    try:
+        with nbjobs.connect(db_url, secret="s") as one, nbjobs.connect(db_url, secret="s") as two:
+            assert one.set_queue_limit("gpu", 2) is True
+            assert two.queue_limits() == {"gpu": 2} and two.queue_rates() == {}
+            gpu = [one.options(queue="gpu").enqueue(use_gpu, i) for i in range(6)]
+            others = [two.enqueue(call_api, 100 + i) for i in range(6)]
+            one.start_server(workers=4)
+            two.start_server(workers=4)
+            wait_for(lambda: _succeeded(others) == 6)
+            wait_for(lambda: ACTIVE["now"] == 2)
+            _turns_pass(one)
+            _turns_pass(two)
+            assert ACTIVE["now"] == 2
+            assert sorted(job.state for job in gpu).count(JobState.ENQUEUED) == 4
+            frame = one.queues().set_index("queue")
+            assert (frame.loc["gpu", "limit"], frame.loc["gpu", "processing"]) == (2, 2)
+            assert pd.isna(frame.loc["gpu", "rate"])
+            GATE.set()  # each ends at once now: the next two start, on whichever server looks first
+            wait_for(lambda: _succeeded(gpu) == 6)
+            assert ACTIVE["most"] == 2
+            for bad in (0, -1, True, 2.5, "two"):
+                with pytest.raises(nbjobs.ConfigurationError, match="is not a number of jobs; give a whole"):
+                    one.set_queue_limit("gpu", bad)  # type: ignore[arg-type]
+            with pytest.raises(nbjobs.ConfigurationError, match="private queue"):
+                one.set_queue_limit("default@kernel-1", 1)
+            assert one.queue_limits() == {"gpu": 2}  # a refusal changes nothing
+            assert two.set_queue_limit("gpu", None) is True and one.queue_limits() == {}
+    finally:
+        GATE.set()

@@ -17,6 +17,7 @@ from sqlalchemy import bindparam, delete, event, inspect, select, text, update
 
 from nbjobs.errors import SchemaVersionError
 from nbjobs.model import JobOptions, JobState, NewJob, Outcome, OutcomeKind
+from nbjobs.rates import QueueQuota, Rate
 from nbjobs.storage import SqlStore
 from nbjobs.storage.base import RecurringSpec
 from nbjobs.storage.schema import SCHEMA_VERSION, meta, metadata
@@ -128,7 +129,8 @@ def altered_db_url(db_url: str) -> Iterator[str]:
         import psycopg
 
         with psycopg.connect(db_url, autocommit=True) as conn:
-            conn.execute(f"DROP TABLE IF EXISTS {', '.join(t.name for t in metadata.sorted_tables)} CASCADE")
+            names = [t.name for t in metadata.sorted_tables] + ["nbjobs_queue_rates"]  # schema 6's
+            conn.execute(f"DROP TABLE IF EXISTS {', '.join(names)} CASCADE")
 
 
 def test_an_older_schema_is_upgraded_in_place(altered_db_url: str) -> None:
@@ -147,6 +149,12 @@ def test_an_older_schema_is_upgraded_in_place(altered_db_url: str) -> None:
         conn.execute(text("ALTER TABLE nbjobs_recurring DROP COLUMN start_at"))  # schema 6
         conn.execute(text("ALTER TABLE nbjobs_recurring DROP COLUMN end_at"))
         conn.execute(text("ALTER TABLE nbjobs_recurring DROP COLUMN misfire_grace"))
+        conn.execute(text("DROP TABLE nbjobs_queue_quotas"))  # schema 7: schema 6's rates move in
+        real = "TIMESTAMPTZ" if db_url.startswith("postgresql") else "REAL"
+        conn.execute(text(f"CREATE TABLE nbjobs_queue_rates (queue VARCHAR(200) PRIMARY KEY, "
+                          f"count INTEGER NOT NULL, period FLOAT NOT NULL, set_at {real} NOT NULL)"))
+        conn.execute(text("INSERT INTO nbjobs_queue_rates VALUES ('api', 60, 60.0, :at)"),
+                     {"at": T0 if db_url.startswith("postgresql") else T0.timestamp()})
         conn.execute(update(meta).where(meta.c.key == "schema_version").values(value="1"))
     store.close()
     upgraded = SqlStore(db_url)
@@ -164,6 +172,8 @@ def test_an_older_schema_is_upgraded_in_place(altered_db_url: str) -> None:
         nightly = upgraded.get_recurring("nightly")
         assert nightly is not None and (nightly.next_fire, nightly.start, nightly.end) == (T0, None, None)
         assert nightly.misfire_grace is None
+        assert upgraded.queue_quotas() == {"api": QueueQuota(rate=Rate(count=60, period=60.0))}
+        assert "nbjobs_queue_rates" not in set(inspect(upgraded.engine).get_table_names())
     finally:
         upgraded.close()
 

@@ -296,6 +296,12 @@ def test_overview_servers_and_retries_pages(engine: nbjobs.Engine, dash_factory:
     assert "<td>io <b>paused</b> <span class=nbjobs-muted>at most 60/m</span></td><td>1</td>" in (
         dash.activity_html.value)
     assert "<td>quota <span class=nbjobs-muted>at most 5/s</span></td><td>0</td>" in dash.activity_html.value
+    engine.set_queue_limit("quota", 2)
+    engine.set_queue_limit("gpu", 1)
+    dash.refresh()
+    assert "<td>quota <span class=nbjobs-muted>at most 5/s, 2 running</span></td>" in dash.activity_html.value
+    assert "<td>gpu <span class=nbjobs-muted>at most 1 running</span></td><td>0</td>" in (
+        dash.activity_html.value)
 
 
 def turn(dash: Dashboard) -> None:

@@ -20,6 +20,8 @@ from .errors import ConfigurationError
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _UNITS.update({f"{word}{plural}": _UNITS[word[0]]
                for word in ("sec", "second", "min", "minute", "hour", "day") for plural in ("", "s")})
+#: The most jobs a rate or a limit counts: a 32-bit database integer.
+COUNT_MAX = 2**31 - 1
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 
 
@@ -55,6 +57,9 @@ def parse_rate(text: object, queue: str = "") -> Rate:
             f"{where}: {text!r} allows no job; give at least 1 job per period longer than 0 "
             "(to run none, leave the queue out of `queues`)"
         )
+    if count > COUNT_MAX:
+        raise ConfigurationError(f"{where}: {text!r} is more than {COUNT_MAX:,} jobs a period (a database "
+                                 "integer); give a smaller count, or no rate")
     return Rate(count=count, period=period)
 
 
@@ -83,6 +88,9 @@ def check_running_limit(value: object, queue: str) -> int:
             f"limit for queue {queue!r}: {value!r} is not a number of jobs; give a whole number of at "
             "least 1 (None removes the limit; to run none, pause_queue)"
         )
+    if running > COUNT_MAX:
+        raise ConfigurationError(f"limit for queue {queue!r}: {value!r} is more than {COUNT_MAX:,} jobs (a "
+                                 "database integer); give a smaller number, or None for no limit")
     return running
 
 

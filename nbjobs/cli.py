@@ -618,7 +618,8 @@ def server(url: str | None, workers: int, queues: str, limits: tuple[str, ...], 
 @url_option
 @format_option
 def queues_cmd(url: str | None, fmt: str) -> None:
-    """Queues with unfinished jobs: counts by state, the oldest waiting job's wait, paused or not."""
+    """Queues with unfinished jobs: counts by state, the oldest waiting job's wait, paused or not,
+    shared rate and limit."""
     with _engine(url) as engine:
         _print_frame(engine.queues(), fmt)
 

@@ -483,9 +483,9 @@ class Engine:
         return views.servers_frame(self.store)
 
     def queues(self) -> pd.DataFrame:
-        """Queues with unfinished jobs (or paused, or rated): counts by state, how long the oldest
-        Enqueued job has waited (`longest_wait`: is the queue keeping up?), paused or not, and its
-        shared rate (`set_queue_rate`)."""
+        """Queues with unfinished jobs (or paused, or with a shared quota): counts by state, how long
+        the oldest Enqueued job has waited (`longest_wait`: is the queue keeping up?), paused or not,
+        and its shared rate and limit (`set_queue_rate`, `set_queue_limit`)."""
         return views.queues_frame(self.store, self.clock.now())
 
     def recurring_jobs(self) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -308,3 +309,34 @@ class OutputCapture:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
         self.flush()
+
+
+def as_shown(text: str) -> str:
+    """Output as a terminal shows it: a carriage return goes back to the start of its line and what
+    follows overwrites it, and a cursor-up (ESC [ A) goes back a line, so progress bars redrawn in
+    place (tqdm, nested ones too; Keras) read as their last state, not as every redraw one after
+    the other. Lines so overwritten lose their trailing blanks. Stored output keeps every write."""
+    if "\r" not in text and "\x1b[" not in text:
+        return text
+    lines, row, col = [""], 0, 0
+    redrawn: set[int] = set()
+    for token in _CONTROL.split(text):
+        if token in ("\n", "\r\n"):
+            row, col = row + 1, 0
+            if row == len(lines):
+                lines.append("")
+        elif token == "\r":
+            col = 0
+            redrawn.add(row)
+        elif (up := _CURSOR_UP.fullmatch(token)) is not None:
+            row, col = max(0, row - int(up.group(1) or 1)), 0
+            redrawn.add(row)
+        elif token:
+            line = lines[row].ljust(col)
+            lines[row] = line[:col] + token + line[col + len(token):]
+            col += len(token)
+    return "\n".join(line.rstrip(" ") if index in redrawn else line for index, line in enumerate(lines))
+
+
+_CURSOR_UP = re.compile(r"\x1b\[(\d*)A")
+_CONTROL = re.compile(r"(\r\n|\r|\n|\x1b\[\d*A)")

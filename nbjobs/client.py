@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from . import context, notebooks, private_queues, recurring_client
 from .callbacks import DoneCallbacks
+from .capture import as_shown
 from .clock import Clock, seconds_of
 from .copies import BOUND_FIX, NOT_COPIED
 from .errors import (
@@ -984,9 +985,11 @@ class Job:
         finally:
             context.deactivate(token)
 
-    def logs(self, tail: int | None = None) -> str:
-        """Everything the job printed or logged, as one string."""
-        return "".join(text for _, _, text in self.client.store.read_logs(self.id, tail))
+    def logs(self, tail: int | None = None, raw: bool = False) -> str:
+        """Everything the job printed or logged, as one string, as a terminal shows it: a line
+        redrawn with carriage returns (a progress bar) as last drawn. `raw`: every write as made."""
+        text = "".join(text for _, _, text in self.client.store.read_logs(self.id, tail))
+        return text if raw else as_shown(text)
 
     # -- changing -------------------------------------------------------------------------------
     def requeue(self) -> Job:

@@ -61,7 +61,7 @@ from datetime import UTC, datetime
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .. import context
+from .. import context, tqdm_progress
 from ..capture import JobOutput
 from ..clock import Clock, SystemClock
 from ..errors import USER_CODE_ERRORS, JobCancelled, WorkerCrashedError
@@ -179,6 +179,7 @@ def _child_main(conn: Connection, key: bytes, server_pid: int | None = None) -> 
                          name="nbjobs-watch-server").start()
     codec = Codec(Signer(key))
     channel = _Channel(conn)
+    tqdm_progress.install()  # tqdm bars in this process's jobs report their progress
     while True:
         try:
             msg = conn.recv()

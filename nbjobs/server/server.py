@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import private_queues
+from .. import private_queues, tqdm_progress
 from ..clock import Clock, seconds_of
 from ..executors.thread import RunWrapper
 from ..model import PRIVATE_QUEUE_MARK, SERVER_NAME_MAX, ServerInfo, padded_queue, unstorable_character
@@ -237,6 +237,7 @@ class Server:
         if self._started:
             return self
         private_queues.serve_here(self)  # jobs that only this process can run
+        tqdm_progress.install()  # tqdm bars in this process's jobs report their progress
         self._register()
         # Recover what a crashed server on this host left behind before taking new work.
         try:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import ipywidgets as w
 
+from ..capture import as_shown
 from ..errors import ConfigurationError, JobNotFoundError, NbJobsError
 from ..model import JobRecord, JobState
 from ..redact import DEFAULT_PATTERNS, Redactor
@@ -342,7 +343,7 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         self.detail_html.value = views.detail(
             record, self.engine.clock.now(),
             arguments=arguments_preview(self.engine.codec, self.redactor, record, self._args_cache),
-            history=self.store.history(record.id), output="".join(t for _, _, t in chunks),
+            history=self.store.history(record.id), output=as_shown("".join(t for _, _, t in chunks)),
             output_truncated=tail is not None and len(chunks) >= tail,
             result=result_preview(self.engine.codec, self.redactor, record),
             children=children,

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from .. import client, gather
+from ..capture import as_shown
 from ..client import Job
 from ..clock import utcnow
 from ..gather import JobsView
@@ -114,7 +115,7 @@ def record_html(record: JobRecord, output: str, now: datetime) -> str:
 
 
 def _output(job: Job, lines: int = TAIL_LINES) -> str:
-    return "".join(text for _, _, text in job.client.store.read_logs(job.id, tail=lines * 4))
+    return as_shown("".join(text for _, _, text in job.client.store.read_logs(job.id, tail=lines * 4)))
 
 
 def job_html(job: Job) -> str:

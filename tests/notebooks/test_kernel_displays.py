@@ -70,3 +70,30 @@ def test_a_job_display_goes_to_the_cell_that_enqueued_it(kernel: BlockingKernelC
     assert displays_of(seen, "shown by an enqueued job") == [by_enqueue]
     assert displays_of(seen, "shown by a cell job") == [by_cell_job]
     assert later not in displays_of(seen, "shown by")
+
+
+def test_a_jobs_notebook_tqdm_bar_shows_under_its_cell_and_is_its_progress(
+        kernel: BlockingKernelClient) -> None:
+    """`tqdm.auto` in a kernel is the widget bar (tqdm.notebook): it appears under the cell that
+    enqueued the job, and the job's stored progress (the dashboard's, `jobs()`) follows it."""
+    seen: list[dict[str, Any]] = []
+    run(kernel, "%load_ext nbjobs\nimport threading\nfrom tqdm.auto import tqdm\n"
+                "go, halfway = threading.Event(), threading.Event()\n"
+                "def train(n):\n"
+                "    for epoch in tqdm(range(n), desc='epochs', mininterval=0):\n"
+                "        if epoch == n // 2:\n"
+                "            halfway.set()\n"
+                "            go.wait(30)\n"
+                "    return n", seen)
+    by_enqueue = run(kernel, "job = nbjobs.enqueue(train, 10)", seen)
+    run(kernel, "import time\nassert halfway.wait(30)\ndeadline = time.monotonic() + 30\n"
+                "while job.record().progress != 0.5 and time.monotonic() < deadline:\n"
+                "    time.sleep(0.05)\n"
+                "print('seen', job.record().progress, job.record().progress_message)\n"
+                "go.set()\nprint('result', job.result(timeout=30))", seen)
+    out = "".join(m["content"]["text"] for m in seen
+                  if m["msg_type"] == "stream" and m["content"]["name"] == "stdout")
+    assert "seen 0.5 epochs: 5/10" in out and "result 10" in out
+    widgets = [m["parent_header"].get("msg_id") for m in seen if m["msg_type"] == "display_data"
+               and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]]
+    assert widgets and set(widgets) == {by_enqueue}  # the bar, under the enqueuing cell

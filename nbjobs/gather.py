@@ -142,13 +142,10 @@ def _rounds(
         return
     from tqdm.auto import tqdm
 
-    job = context.current_job_or_none()  # inside a job, the bar is its progress too (dashboard, widget)
-    total = len(pending)
-    with tqdm(total=total, desc="jobs", unit="job") as bar:
+    # Inside a job the bar is its progress too (`tqdm_progress`): "jobs ended: 3/8".
+    with tqdm(total=len(pending), desc="jobs ended", unit="job") as bar:
         for seen in _seen_final(client, pending, timeout):
             bar.update(len(seen))
-            if job is not None:
-                job.set_progress(bar.n / total, f"{bar.n} of {total} jobs ended")
             yield seen
 
 

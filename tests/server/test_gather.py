@@ -198,7 +198,7 @@ def test_progress_shows_a_bar_of_the_jobs_that_ended(
     jobs = engine.enqueue_many(square, [(i,) for i in range(6)])
     assert engine.results(jobs, timeout=20, progress=True) == [i * i for i in range(6)]
     err = capsys.readouterr().err
-    assert "jobs: 100%" in err and "6/6" in err
+    assert "jobs ended: 100%" in err and "6/6" in err
     blocked = engine.enqueue(gated, "blocked")
     done, pending = engine.wait([*jobs, blocked], timeout=0.05, progress=True)
     assert (len(done), pending) == (6, [blocked])

@@ -228,8 +228,8 @@ def test_a_job_gathering_with_a_bar_reports_it_as_its_progress(engine: nbjobs.En
     parent = engine.enqueue(gather_with_a_bar, 4)
     assert parent.result(timeout=30) == 14
     record = parent.record()
-    assert (record.progress, record.progress_message) == (1.0, "4 of 4 jobs ended")
-    assert "jobs: 100%" in parent.logs()  # the bar itself went to the job's output
+    assert (record.progress, record.progress_message) == (1.0, "jobs ended: 4/4")
+    assert "jobs ended: 100%" in parent.logs()  # the bar itself went to the job's output
 
 
 def test_stopping_a_server_while_a_job_waits_returns_the_job_and_ends_every_thread(

@@ -9,7 +9,8 @@ and while the job runs its thread publishes under that header (ipykernel's `set_
 ipykernel 7): the frontend appends the output to the enqueuing cell, next to the job's widget.
 Jobs this kernel did not enqueue (other kernels', scripts', ones stored before a restart), and
 kernels without per-thread parents, keep IPython's behaviour. Printing is not affected: stdout and
-stderr of a job are its captured output (`nbjobs.capture`).
+stderr of a job are its captured output (`nbjobs.capture`). Matplotlib figures a job leaves open are
+shown in its cell when it ends (`ui.figures`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 from .. import client, context
 from ..client import Job
+from . import figures
 
 #: Jobs remembered with their cell; the oldest are forgotten past this (their displays fall back).
 REMEMBERED = 10_000
@@ -66,7 +68,8 @@ def in_its_cell(ctx: context.JobContext) -> Iterator[None]:
         return
     token = pub.set_thread_parent(header)
     try:
-        yield
+        with figures.kept_for(ctx):  # its charts too, when it ends: not in the next cell to run
+            yield
     finally:
         pub.reset_thread_parent(token)
 

@@ -97,3 +97,40 @@ def test_a_jobs_notebook_tqdm_bar_shows_under_its_cell_and_is_its_progress(
     widgets = [m["parent_header"].get("msg_id") for m in seen if m["msg_type"] == "display_data"
                and "application/vnd.jupyter.widget-view+json" in m["content"]["data"]]
     assert widgets and set(widgets) == {by_enqueue}  # the bar, under the enqueuing cell
+
+
+def images_of(seen: list[dict[str, Any]]) -> list[str]:
+    """The parent msg_ids of the figures drawn (image/png displays)."""
+    return [m["parent_header"].get("msg_id") for m in seen
+            if m["msg_type"] == "display_data" and "image/png" in m["content"]["data"]]
+
+
+def test_a_jobs_figures_are_its_own_and_show_under_its_cell_when_it_ends(
+        kernel: BlockingKernelClient) -> None:
+    """Matplotlib's inline backend draws the open figures when a cell ends: a job's chart (drawn
+    without plt.show()) landed under whatever cell ran next, and two jobs plotting at once drew
+    into one figure (pyplot's current figure was shared)."""
+    seen: list[dict[str, Any]] = []
+    run(kernel, "%load_ext nbjobs\nimport threading\nimport matplotlib.pyplot as plt\n"
+                "both = threading.Barrier(2)\n"
+                "def chart(points, first):\n"
+                "    if not first:\n"
+                "        both.wait(30)  # the first has plotted: its figure is pyplot's latest\n"
+                "    plt.plot(points)\n"
+                "    if first:\n"
+                "        both.wait(30)\n"
+                "    both.wait(30)  # both figures open\n"
+                "    return len(plt.gca().lines)", seen)
+    by_first = run(kernel, "first = nbjobs.enqueue(chart, [1, 3, 2], True)", seen)
+    by_second = run(kernel, "second = nbjobs.enqueue(chart, [2, 1], False)", seen)
+    by_cell_job = run(kernel, "%%job\nfig, ax = plt.subplots()\nax.bar(['a', 'b'], [1, 2])", seen)
+    waiting = run(kernel, "nbjobs.wait(nbjobs.jobs()['id'], timeout=30)\n"
+                          "print('lines', first.result(), second.result())", seen)
+    own = run(kernel, "plt.plot([3, 2, 1])  # the notebook's own figure: the backend's, in this cell", seen)
+    later = run(kernel, "print('open', plt.get_fignums())", seen)
+    images = images_of(seen)
+    assert [images.count(cell) for cell in (by_first, by_second, by_cell_job, own)] == [1, 1, 1, 1]
+    assert waiting not in images and later not in images
+    out = "".join(m["content"]["text"] for m in seen if m["msg_type"] == "stream")
+    assert "lines 1 1" in out  # each job drew in a figure of its own
+    assert "open []" in out  # every figure closed once shown

@@ -676,6 +676,8 @@ def _notebook_options(command: Callable[..., None]) -> Callable[..., None]:
         opt("--hide-code", is_flag=True, help="Leave the code out of the exports (outputs only)."),
         opt("--latest", is_flag=True,
             help="Also copy a successful run and its exports to NAME.latest.ipynb, NAME.latest.html, …."),
+        opt("--snapshot", is_flag=True,
+            help="Store the notebook with the job: runs execute it as it is now, not as the file is then."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -685,14 +687,14 @@ def _notebook_options(command: Callable[..., None]) -> Callable[..., None]:
 def _notebook_run(parameters: tuple[tuple[str, str], ...], queue: str | None, retries: int | None,
                   timeout: float | None, cell_timeout: float | None, lock: str | None,
                   kernel_name: str | None, cwd: str | None, output_dir: str | None,
-                  exports: tuple[str, ...], hide_code: bool,
-                  latest: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+                  exports: tuple[str, ...], hide_code: bool, latest: bool,
+                  snapshot: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """`_notebook_options` as `enqueue_notebook` takes them: the parameters, and its keyword arguments."""
     from .notebooks import parse_cli_value
 
     kwargs: dict[str, Any] = {
         "kernel_name": kernel_name, "cwd": cwd, "output_dir": output_dir, "cell_timeout": cell_timeout,
-        "export": exports or None, "hide_code": hide_code, "latest": latest,
+        "export": exports or None, "hide_code": hide_code, "latest": latest, "snapshot": snapshot,
         **_given(queue=queue, retries=retries, timeout=timeout, lock=lock),
     }
     return {name: parse_cli_value(value) for name, value in parameters}, kwargs

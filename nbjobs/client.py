@@ -545,6 +545,7 @@ class Client:
         export: str | Sequence[str] | None = None,
         hide_code: bool = False,
         latest: bool = False,
+        snapshot: bool = False,
         **options: Any,
     ) -> NotebookJob:
         """Run a notebook with `parameters` as a job (fresh kernel); checked now, saved when it runs.
@@ -555,10 +556,12 @@ class Client:
         ["html", "pdf"], any nbconvert format) also as `<name>.<job id>.html` beside it;
         `hide_code=True` leaves the code out of those reports (outputs only); `latest=True` also
         copies a successful run and its reports to `<name>.latest.ipynb` / `.html`, names to link to.
+        `snapshot=True` stores the notebook with the job, so a later run or a retry executes it as it
+        is now, whatever is saved to the file meanwhile (by default a run reads the file when it starts).
         """
         args, kwargs = notebook_call(path, parameters, kernel_name=kernel_name, cwd=cwd,
                                      output_dir=output_dir, cell_timeout=cell_timeout, export=export,
-                                     hide_code=hide_code, latest=latest)
+                                     hide_code=hide_code, latest=latest, snapshot=snapshot)
         if "name" not in options and self.defaults.get("name") is None:
             options["name"] = Path(args[0]).name
         job = self.submit([self.new_job(run_notebook, args, kwargs, options=options)])[0]
@@ -596,15 +599,18 @@ class Client:
         export: str | Sequence[str] | None = None,
         hide_code: bool = False,
         latest: bool = False,
+        snapshot: bool = False,
         **options: Any,
     ) -> recurring_client.Recurring:
         """Add or update (by id) a recurring notebook run: `path` with `parameters` at each fire of `cron`.
 
         Checked now like `enqueue_notebook`; each fire is a notebook job saved under its own job id.
+        `snapshot=True` runs the notebook as it is now at every fire (by default each fire reads the
+        file as it is then).
         """
         args, kwargs = notebook_call(path, parameters, kernel_name=kernel_name, cwd=cwd,
                                      output_dir=output_dir, cell_timeout=cell_timeout, export=export,
-                                     hide_code=hide_code, latest=latest)
+                                     hide_code=hide_code, latest=latest, snapshot=snapshot)
         if "name" not in options and self.defaults.get("name") is None:
             options["name"] = Path(args[0]).name
         client = self.options(**options) if options else self

@@ -342,14 +342,17 @@ class Engine:
         export: str | Sequence[str] | None = None,
         hide_code: bool = False,
         latest: bool = False,
+        snapshot: bool = False,
         **options: Any,
     ) -> NotebookJob:
         """Run a notebook with `parameters` as a job in a fresh kernel; `result()` is the executed run.
         `export="html"` (any nbconvert format, or a list) also writes the run as a report beside it
-        (`hide_code=True`: its outputs only); `latest=True` copies a successful run to `*.latest.*`."""
+        (`hide_code=True`: its outputs only); `latest=True` copies a successful run to `*.latest.*`;
+        `snapshot=True` runs the notebook as it is now, whatever is saved to the file before the run."""
         return self.client.enqueue_notebook(path, parameters, kernel_name=kernel_name, cwd=cwd,
                                             output_dir=output_dir, cell_timeout=cell_timeout, export=export,
-                                            hide_code=hide_code, latest=latest, **options)
+                                            hide_code=hide_code, latest=latest, snapshot=snapshot,
+                                            **options)
 
     def options(self, **options: Any) -> Client:
         """A client with these job options: queue, priority, retries, timeout, key, name, …"""

@@ -121,6 +121,19 @@ def parse_notebook(text: str, source: str) -> NotebookNode:
     return nb
 
 
+def snapshot_text(nb: NotebookNode) -> str:
+    """The notebook as a run will execute it, for storing with the job (`snapshot=True`): its code
+    and text without the outputs it was saved with, which a run replaces anyway."""
+    import nbformat
+
+    copied = copy.deepcopy(nb)
+    for cell in copied.cells:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+    return str(nbformat.writes(copied))  # type: ignore[no-untyped-call]
+
+
 def read_notebook(path: str | Path) -> NotebookNode:
     """A saved run, read back (nbformat 4)."""
     import nbformat

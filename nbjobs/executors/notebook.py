@@ -339,6 +339,7 @@ def notebook_call(
     export: str | Sequence[str] | None = None,
     hide_code: bool = False,
     latest: bool = False,
+    snapshot: bool = False,
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Check a notebook job at enqueue and return the arguments of its `run_notebook` call.
 
@@ -393,6 +394,8 @@ def notebook_call(
         kwargs["hide_code"] = True
     if notebooks.check_flag("latest", latest):
         kwargs["latest"] = True
+    if notebooks.check_flag("snapshot", snapshot):
+        kwargs["snapshot"] = notebooks.snapshot_text(parsed)
     return (str(source), params), kwargs
 
 
@@ -443,11 +446,13 @@ def run_notebook(
     export: Sequence[str] = (),
     hide_code: bool = False,
     latest: bool = False,
+    snapshot: str | None = None,
 ) -> dict[str, Any]:
     """Execute the notebook at `path` with `parameters` in a fresh kernel and save the run, and its
     exports (`export=["html"]`: `report.12.html` beside `report.12.ipynb`; `hide_code`: outputs
     only, for readers of a report), failed runs included. With `latest`, a successful run and its
     exports are also copied to `report.latest.ipynb`, `report.latest.html` (a failed one leaves them).
+    `snapshot`: the notebook as it was at enqueue (its JSON), run instead of the file as it is now.
 
     Returns `{"output_path", "kernel_name", "parameters", "cells", "exports"}`; raises
     NotebookCellError for a failing cell and JobCancelled when the job was cancelled (or timed out)
@@ -455,7 +460,8 @@ def run_notebook(
     """
     ctx = context.current_job_or_none()
     source = Path(path)
-    nb = notebooks.parse_notebook(source.read_text(encoding="utf-8"), str(source))
+    text = snapshot if snapshot is not None else source.read_text(encoding="utf-8")
+    nb = notebooks.parse_notebook(text, str(source))
     params = notebooks.check_parameters(parameters)
     nb = notebooks.inject_parameters(nb, params)
     run_id: int | str = ctx.id if ctx is not None else _clock.now().strftime("%Y%m%dT%H%M%S%f")
@@ -468,6 +474,8 @@ def run_notebook(
         "job_id": ctx.id if ctx else None, "attempt": ctx.attempt if ctx else None,
         "started_at": _clock.now().isoformat(), "status": "running",
     }
+    if snapshot is not None:
+        nb.metadata["nbjobs"]["snapshot"] = True  # the notebook as enqueued, not the file now
     run = _Run(nb, kernel_name=kernel, cwd=folder, cell_timeout=cell_timeout, ctx=ctx, output=output,
                checkpoint=_Checkpoint(nb, out))
     status = "failed"

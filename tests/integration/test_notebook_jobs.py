@@ -277,6 +277,29 @@ def test_failed_run_is_retried_by_the_normal_policy(nb: nbjobs.Engine, tmp_path:
     assert_no_kernel_left(baseline)
 
 
+def test_a_snapshot_runs_the_notebook_as_it_was_enqueued(nb: nbjobs.Engine, tmp_path: Path) -> None:
+    """`snapshot=True` stores the notebook with the job (jupyter-scheduler copies its input): a run
+    that starts after the file changed executes it as enqueued; without it, as the file is then."""
+    baseline = children()
+    path = make_notebook(tmp_path / "model.ipynb", "version = 'as enqueued'\nprint(version)")
+    executed = nbformat.read(path, as_version=4)
+    executed.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="x" * 100_000)]
+    nbformat.write(executed, path)  # saved with a large output: not stored with the job
+    nb.pause_queue("models")
+    frozen = nb.options(queue="models").enqueue_notebook(path, snapshot=True)
+    live = nb.options(queue="models").enqueue_notebook(path)
+    assert len(frozen.record().payload) < 10_000
+    make_notebook(path, "version = 'edited later'\nprint(version)")
+    nb.resume_queue("models")
+    ran = frozen.result(timeout=60)
+    assert ran.cells[1].outputs[0].text == "as enqueued\n" and ran.metadata["nbjobs"]["snapshot"] is True
+    assert live.result(timeout=60).cells[1].outputs[0].text == "edited later\n"
+    assert "snapshot" not in live.result().metadata["nbjobs"]
+    with pytest.raises(InvalidJobError, match="snapshot must be True or False, got 'yes'"):
+        nb.enqueue_notebook(path, snapshot="yes")  # type: ignore[arg-type]
+    assert_no_kernel_left(baseline)
+
+
 def test_a_kernel_that_dies_fails_the_run(nb: nbjobs.Engine, tmp_path: Path) -> None:
     baseline = children()
     path = make_notebook(tmp_path / "dies.ipynb", "print('alive', flush=True)", "import os\nos._exit(3)")
@@ -465,7 +488,7 @@ def test_cli_defines_a_recurring_notebook_and_lists_a_notebooks_parameters(tmp_p
     defined = runner.invoke(cli, [
         "recurring-notebook", "--url", url, "daily-sales", "0 7 * * MON-FRI", str(SALES),
         "-p", "region", "APAC", "--export", "html", "--hide-code", "--latest", "--queue", "reports",
-        "--tz", "europe/paris", "--misfire-grace", "2h", "--end", "30d",
+        "--tz", "europe/paris", "--misfire-grace", "2h", "--end", "30d", "--snapshot",
     ], env=env, catch_exceptions=False)
     assert defined.exit_code == 0, defined.output
     assert "recurring job 'daily-sales': 0 7 * * MON-FRI (Europe/Paris), next run 20" in defined.output
@@ -476,6 +499,7 @@ def test_cli_defines_a_recurring_notebook_and_lists_a_notebooks_parameters(tmp_p
         call = nb.codec.decode_call(record.payload)
         assert call.args == (str(SALES), {"region": "APAC"})
         assert call.kwargs["export"] == ["html"] and call.kwargs["hide_code"] and call.kwargs["latest"]
+        assert "Daily sales report" in call.kwargs["snapshot"]  # the notebook itself, stored with it
     bad = runner.invoke(cli, ["recurring-notebook", "--url", url, "typo", "0 25 * * *", str(SALES)], env=env)
     assert bad.exit_code != 0 and "hour field '25'" in str(bad.exception)
 

@@ -47,6 +47,9 @@ def _database(url: str | None, *, create: bool = False) -> str:
     return url
 
 
+at_option = click.option("--at", "when", default=None,
+                         help="Run later: a time ('2026-11-29 09:00', local) or a delay ('10m', '2h').")
+
 format_option = click.option(
     "--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
     help="table for people; csv or json (every column, durations in seconds) for scripts.",
@@ -368,8 +371,7 @@ def _echo_entries(entries: list[tuple[int, str]], last: int) -> int:
 @click.option("--key", default=None, help="Unique key: an unfinished job with it is returned instead.")
 @click.option("--lock", default=None, help="Jobs holding the same lock never run at once.")
 @click.option("--name", default=None, help="Name shown in listings and the dashboard.")
-@click.option("--at", "when", default=None,
-              help="Run later: a time ('2026-11-29 09:00', local) or a delay ('10m', '2h').")
+@at_option
 @click.option("--wait", is_flag=True, help="Wait until it ends; print its result, or exit 1 with its error.")
 def enqueue(url: str | None, function: str, args: tuple[str, ...], kwargs: tuple[tuple[str, str], ...],
             queue: str | None, priority: int | None, retries: int | None, timeout: float | None,
@@ -703,14 +705,17 @@ def _notebook_run(parameters: tuple[tuple[str, str], ...], queue: str | None, re
 @cli.command("run-notebook")
 @url_option
 @_notebook_options
+@at_option
 @click.option("--wait", is_flag=True, help="Wait until the run ends; exit 1 if it failed.")
-def run_notebook_cmd(url: str | None, path: str, wait: bool, **how: Any) -> None:
+def run_notebook_cmd(url: str | None, path: str, when: str | None, wait: bool, **how: Any) -> None:
     """Enqueue the notebook PATH as a job (a server runs it); print its id and where it is saved."""
     parameters, kwargs = _notebook_run(**how)
+    if when is not None:
+        kwargs["at"] = _parsed(values.when, when, "--at")
     with _engine(url, create=True) as engine:
         run = engine.enqueue_notebook(path, parameters, **kwargs)
         saved = ", ".join(map(str, [run.output_path, *run.exports.values()]))
-        click.echo(f"job {run.id} enqueued: {saved}")
+        click.echo(f"job {run.id} {run.state.value}: {saved}")
         if not wait:
             return
         state = run.wait()

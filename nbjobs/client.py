@@ -546,6 +546,7 @@ class Client:
         hide_code: bool = False,
         latest: bool = False,
         snapshot: bool = False,
+        at: When | None = None,
         **options: Any,
     ) -> NotebookJob:
         """Run a notebook with `parameters` as a job (fresh kernel); checked now, saved when it runs.
@@ -558,13 +559,15 @@ class Client:
         copies a successful run and its reports to `<name>.latest.ipynb` / `.html`, names to link to.
         `snapshot=True` stores the notebook with the job, so a later run or a retry executes it as it
         is now, whatever is saved to the file meanwhile (by default a run reads the file when it starts).
+        `at` runs it later, once: a time ("2026-12-08 22:00", local), a delay ("2h") or a datetime.
         """
+        run_at = None if at is None else resolve_when(at, self.clock.now(), "at")
         args, kwargs = notebook_call(path, parameters, kernel_name=kernel_name, cwd=cwd,
                                      output_dir=output_dir, cell_timeout=cell_timeout, export=export,
                                      hide_code=hide_code, latest=latest, snapshot=snapshot)
         if "name" not in options and self.defaults.get("name") is None:
             options["name"] = Path(args[0]).name
-        job = self.submit([self.new_job(run_notebook, args, kwargs, options=options)])[0]
+        job = self.submit([self.new_job(run_notebook, args, kwargs, options=options, run_at=run_at)])[0]
         return NotebookJob(self, job.id)
 
     def job(self, job_id: int | str) -> Job:

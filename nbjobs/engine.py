@@ -343,16 +343,18 @@ class Engine:
         hide_code: bool = False,
         latest: bool = False,
         snapshot: bool = False,
+        at: When | None = None,
         **options: Any,
     ) -> NotebookJob:
         """Run a notebook with `parameters` as a job in a fresh kernel; `result()` is the executed run.
         `export="html"` (any nbconvert format, or a list) also writes the run as a report beside it
         (`hide_code=True`: its outputs only); `latest=True` copies a successful run to `*.latest.*`;
-        `snapshot=True` runs the notebook as it is now, whatever is saved to the file before the run."""
+        `snapshot=True` runs the notebook as it is now, whatever is saved to the file before the run;
+        `at` runs it later ("22:00", "2h", a datetime)."""
         return self.client.enqueue_notebook(path, parameters, kernel_name=kernel_name, cwd=cwd,
                                             output_dir=output_dir, cell_timeout=cell_timeout, export=export,
                                             hide_code=hide_code, latest=latest, snapshot=snapshot,
-                                            **options)
+                                            at=at, **options)
 
     def options(self, **options: Any) -> Client:
         """A client with these job options: queue, priority, retries, timeout, key, name, …"""

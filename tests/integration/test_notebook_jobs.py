@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -298,6 +299,25 @@ def test_a_snapshot_runs_the_notebook_as_it_was_enqueued(nb: nbjobs.Engine, tmp_
     with pytest.raises(InvalidJobError, match="snapshot must be True or False, got 'yes'"):
         nb.enqueue_notebook(path, snapshot="yes")  # type: ignore[arg-type]
     assert_no_kernel_left(baseline)
+
+
+def test_a_notebook_run_can_be_put_off_until_later(tmp_path: Path) -> None:
+    """`enqueue_notebook(path, at=…)` and `nbjobs run-notebook --at`: one run, later (Scheduled)."""
+    clock = nbjobs.ManualClock()
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    with nbjobs.connect(url, secret="test-secret", clock=clock) as engine:
+        tonight = engine.enqueue_notebook(SALES, at="2h")
+        record = tonight.record()
+        assert tonight.state is JobState.SCHEDULED and record.run_at == clock.now() + timedelta(hours=2)
+        with pytest.raises(InvalidJobError, match="at 'tonight' is not a time"):
+            engine.enqueue_notebook(SALES, at="tonight")
+        assert len(engine.jobs()) == 1  # the refusal stored nothing
+    result = CliRunner().invoke(cli, ["run-notebook", str(SALES), "--url", url, "--at", "30m"],
+                                env={"NBJOBS_SECRET": "test-secret"}, catch_exceptions=False)
+    assert result.exit_code == 0 and " scheduled: " in result.output, result.output
+    bad = CliRunner().invoke(cli, ["run-notebook", str(SALES), "--url", url, "--at", "soonish"],
+                             env={"NBJOBS_SECRET": "test-secret"})
+    assert bad.exit_code == 2 and "Invalid value for --at: 'soonish' is neither a time" in bad.output
 
 
 def test_a_kernel_that_dies_fails_the_run(nb: nbjobs.Engine, tmp_path: Path) -> None:

@@ -146,6 +146,7 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
 
     # -- layout ---------------------------------------------------------------------------------
     def _build(self) -> None:
+        from .dashboard_queues import QueueControls
         from .dashboard_recurring import RecurringPage
 
         self.header = w.HTML(views.STYLE + views.title(self.engine.url))
@@ -166,7 +167,9 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         self.chart_range.observe(lambda _ch: self.refresh(), names="value")
         self.overview_html = w.HTML()
         self.activity_html = w.HTML()
-        self.overview = w.VBox([self.overview_html, self.chart_range, self.activity_html])
+        self.queue_controls = QueueControls(self)
+        self.overview = w.VBox([self.overview_html, self.chart_range, self.activity_html,
+                                self.queue_controls.box])
         self.jobs_page = self._build_jobs()
         self.detail_page = self._build_detail()
         self.recurring = RecurringPage(self)
@@ -293,9 +296,12 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         buckets, width, caption = RANGES[self.chart_range.value]
         since = self.engine.clock.now() - timedelta(seconds=buckets * width)
         self.overview_html.value = views.overview_tiles(self.store.counts(), len(self.store.list_servers()))
+        lengths, paused = self.store.queue_lengths(), self.store.paused_queues()
+        quotas = self.store.queue_quotas()
         self.activity_html.value = views.overview_activity(
-            self.store.queue_lengths(), self.store.finished_histogram(since, width), buckets, caption,
-            paused=self.store.paused_queues(), quotas=self.store.queue_quotas())
+            lengths, self.store.finished_histogram(since, width), buckets, caption, paused=paused,
+            quotas=quotas)
+        self.queue_controls.show([*lengths, *paused, *quotas])
 
     def _refresh_jobs(self) -> None:
         counts = self.store.counts()
@@ -461,7 +467,8 @@ class Dashboard(w.VBox):  # type: ignore[misc]  # ipywidgets ships no type hints
         self.status.value = views.status(message, ok)
 
     def allowed(self, action: str, target: Any) -> bool:
-        """Whether the person may do `action` on `target` (a JobRecord or a recurring record)."""
+        """Whether the person may do `action` on `target` (a JobRecord, a recurring record, or a
+        queue's name for "pause_queue" / "resume_queue")."""
         if self.read_only:
             return False
         if self.authorize is None:

@@ -22,6 +22,7 @@ STATE_ORDER = (S.ENQUEUED, S.SCHEDULED, S.PROCESSING, S.SUCCEEDED, S.FAILED, S.D
 #: Everything a person can do from the dashboard; `authorize(action, target)` decides each one.
 JOB_ACTIONS = ("requeue", "delete", "cancel")
 RECURRING_ACTIONS = ("trigger", "pause", "resume", "remove")
+QUEUE_ACTIONS = ("pause_queue", "resume_queue")
 REASON = "from dashboard"
 PAST = {"requeue": "requeued", "delete": "deleted", "cancel": "cancelled"}
 

@@ -156,7 +156,7 @@ def test_read_only_shows_no_action_at_all(engine: nbjobs.Engine, dash_factory: A
     dash.open_job(dash.rows[0].job_id)
     labels = {b.description.lower() for b in widgets_in(dash) if isinstance(b, w.Button)}
     forbidden = {a for a in JOB_ACTIONS} | {f"{a} selected" for a in JOB_ACTIONS} | {
-        "trigger now", *RECURRING_ACTIONS, "confirm"}
+        "trigger now", *RECURRING_ACTIONS, "confirm", "pause queue", "resume queue"}
     assert labels & forbidden == set()
     assert not any(isinstance(x, w.Checkbox) and x.layout.visibility != "hidden" for x in widgets_in(dash))
     assert dash.allowed("requeue", None) is False
@@ -178,6 +178,39 @@ def test_authorize_decides_each_action(engine: nbjobs.Engine, dash_factory: Any)
     assert asked[-1][0] == "delete" and asked[-1][1].id == job_id  # the JobRecord is passed
     dash.job_actions["requeue"].click()
     assert engine.store.states_of([job_id])[job_id] is S.ENQUEUED
+
+
+def test_a_queue_is_paused_and_resumed_from_the_overview(engine: nbjobs.Engine, dash_factory: Any) -> None:
+    engine.options(queue="etl").enqueue(login, "ann", "pw")
+    engine.enqueue(login, "bob", "pw")
+    asked: list[tuple[str, Any]] = []
+
+    def authorize(action: str, queue: Any) -> bool:
+        asked.append((action, queue))
+        return queue != "default"
+
+    dash = dash_factory(authorize=authorize)
+    dash.show("Overview")
+    controls = dash.queue_controls
+    assert controls.pick.options == ("default", "etl")
+    controls.pick.value = "etl"
+    controls.buttons["pause_queue"].click()
+    assert engine.paused_queues().keys() == {"etl"} and asked[-1] == ("pause_queue", "etl")
+    assert "queue &#x27;etl&#x27; paused: no server starts its jobs" in dash.status.value
+    assert "<td>etl <b>paused</b></td><td>1</td>" in dash.activity_html.value  # refreshed at once
+    controls.buttons["pause_queue"].click()
+    assert "queue &#x27;etl&#x27; was paused already" in dash.status.value
+    controls.pick.value = "default"
+    controls.buttons["pause_queue"].click()
+    assert "not allowed to pause queue &#x27;default&#x27;" in dash.status.value
+    assert "error" in dash.status.value
+    assert engine.paused_queues().keys() == {"etl"}
+    controls.pick.value = "etl"
+    controls.buttons["resume_queue"].click()
+    assert engine.paused_queues() == {} and "queue &#x27;etl&#x27; resumed" in dash.status.value
+    engine.set_queue_limit("gpu", 1)  # a queue with a quota and no job yet is listed too
+    dash.refresh()
+    assert controls.pick.options == ("default", "etl", "gpu") and controls.pick.value == "etl"
 
 
 def test_secret_arguments_are_masked(engine: nbjobs.Engine, dash_factory: Any) -> None:

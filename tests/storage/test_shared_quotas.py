@@ -5,7 +5,7 @@ other machines)."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -47,6 +47,27 @@ def running(store: SqlStore, queue: str) -> list[int]:
     return [row["id"] for row in store.query(JobFilter(states=(JobState.PROCESSING,), queues=(queue,)))]
 
 
+def race(db_url: str, servers: int, turn: Callable[[SqlStore, str], None]) -> None:
+    """`servers` stores (servers on other machines) start together and each runs `turn(store,
+    server_id)`; they are closed afterwards."""
+    stores = [SqlStore(db_url) for _ in range(servers)]
+    start = threading.Barrier(servers)
+
+    def server(index: int) -> None:
+        start.wait(10)
+        turn(stores[index], f"s{index}")
+
+    threads = [threading.Thread(target=server, args=(i,)) for i in range(servers)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        for s in stores:
+            s.close()
+
+
 def test_a_shared_rate_counts_every_servers_starts(store: SqlStore, other: SqlStore) -> None:
     store.enqueue([spec("api", i) for i in range(7)] + [spec("default", i) for i in range(2)], T0)
     assert store.set_queue_rate("api", API, T0) is True
@@ -81,28 +102,16 @@ def test_a_servers_own_limit_and_queue_list_still_apply_to_a_rated_queue(store: 
 def test_servers_claiming_at_once_never_exceed_the_rate(store: SqlStore, db_url: str) -> None:
     store.enqueue([spec("api", i) for i in range(40)], T0)
     store.set_queue_rate("api", Rate(count=5, period=60.0), T0)
-    stores = [SqlStore(db_url) for _ in range(4)]
     taken: list[str] = []
     lock = threading.Lock()
-    start = threading.Barrier(len(stores))
 
-    def server(index: int) -> None:
-        start.wait(10)
+    def turns(other: SqlStore, server: str) -> None:
         for _ in range(5):
-            got = claim(stores[index], f"s{index}", T0 + timedelta(seconds=1),
-                        {"api": Rate(count=5, period=60.0)}, limit=3)
+            got = claim(other, server, T0 + timedelta(seconds=1), {"api"}, limit=3)
             with lock:
                 taken.extend(got)
 
-    threads = [threading.Thread(target=server, args=(i,)) for i in range(len(stores))]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-    finally:
-        for s in stores:
-            s.close()
+    race(db_url, 4, turns)
     assert len(taken) == 5
 
 
@@ -186,29 +195,17 @@ def test_servers_claiming_at_once_never_exceed_the_limit(store: SqlStore, db_url
     in the same turn; at no moment do more than 3 run."""
     store.enqueue([spec("gpu", i) for i in range(60)], T0)
     store.set_queue_limit("gpu", 3, T0)
-    stores = [SqlStore(db_url) for _ in range(4)]
-    start = threading.Barrier(len(stores))
     most = [0]
     lock = threading.Lock()
 
-    def server(index: int) -> None:
+    def turns(other: SqlStore, server: str) -> None:
         mine: list[int] = []
-        start.wait(10)
         for _ in range(15):
             outcomes = [Outcome(job_id=i, kind=OutcomeKind.SUCCEEDED, finished_at=T0) for i in mine]
-            _, jobs = stores[index].finish_and_acquire(f"s{index}", outcomes, ["*"], 2, lease(T0), T0,
-                                                       None, {"gpu"})
+            _, jobs = other.finish_and_acquire(server, outcomes, ["*"], 2, lease(T0), T0, None, {"gpu"})
             mine = [j.id for j in jobs]
             with lock:
                 most[0] = max(most[0], len(running(store, "gpu")))
 
-    threads = [threading.Thread(target=server, args=(i,)) for i in range(len(stores))]
-    try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-    finally:
-        for s in stores:
-            s.close()
+    race(db_url, 4, turns)
     assert 1 <= most[0] <= 3

@@ -103,8 +103,9 @@ def test_tqdm_in_a_worker_process_job_is_its_progress(engine: nbjobs.Engine) -> 
 
 def test_installing_twice_wraps_once() -> None:
     assert tqdm_progress.install() and tqdm_progress.install()
-    refresh = tqdm.refresh
-    assert not hasattr(getattr(refresh, "__wrapped__", None), "__wrapped__")
+    for method in (tqdm.__init__, tqdm.refresh, tqdm.close):
+        original = method.__wrapped__  # wrapped: tqdm's own method inside
+        assert not hasattr(original, "__wrapped__")  # and only once
 
 
 def bar(n: float, total: float | None, desc: str = "") -> Any:
